@@ -1,0 +1,199 @@
+//! `gatehouse doctor`: checks what sshd will check, and what would quietly let a revoked
+//! key back in, before a user finds out.
+
+use super::init::store_files;
+use crate::config::Config;
+use crate::trust::check_owned_path;
+use std::collections::HashMap;
+use std::io::Write;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Ok,
+    Warn,
+    Fail,
+}
+
+/// One finding.
+#[derive(Debug, Clone)]
+pub struct Finding {
+    pub verdict: Verdict,
+    pub text: String,
+}
+
+/// Where to find sshd and its configuration.
+pub struct DoctorOptions<'a> {
+    pub sshd: &'a Path,
+    pub sshd_config: Option<&'a Path>,
+}
+
+struct Report(Vec<Finding>);
+
+impl Report {
+    fn ok(&mut self, text: impl Into<String>) {
+        self.0.push(Finding { verdict: Verdict::Ok, text: text.into() });
+    }
+    fn warn(&mut self, text: impl Into<String>) {
+        self.0.push(Finding { verdict: Verdict::Warn, text: text.into() });
+    }
+    fn fail(&mut self, text: impl Into<String>) {
+        self.0.push(Finding { verdict: Verdict::Fail, text: text.into() });
+    }
+}
+
+/// `sshd -T`: the effective server configuration, keyword → value(s).
+fn sshd_effective(options: &DoctorOptions<'_>) -> Result<HashMap<String, Vec<String>>, String> {
+    let mut cmd = Command::new(options.sshd);
+    cmd.arg("-T");
+    if let Some(cfg) = options.sshd_config {
+        cmd.arg("-f").arg(cfg);
+    }
+    let output = cmd.stdin(Stdio::null()).output().map_err(|e| format!("{}: {e}", options.sshd.display()))?;
+    if !output.status.success() {
+        let err = String::from_utf8_lossy(&output.stderr);
+        return Err(format!("`sshd -T` failed: {}", err.lines().last().unwrap_or("no message").trim()));
+    }
+    let mut settings: HashMap<String, Vec<String>> = HashMap::new();
+    for line in String::from_utf8_lossy(&output.stdout).lines() {
+        if let Some((k, v)) = line.split_once(' ') {
+            settings.entry(k.to_ascii_lowercase()).or_default().push(v.to_string());
+        }
+    }
+    Ok(settings)
+}
+
+fn first<'a>(settings: &'a HashMap<String, Vec<String>>, key: &str) -> Option<&'a str> {
+    settings.get(key).and_then(|v| v.first()).map(String::as_str)
+}
+
+/// Runs every check; the caller prints the findings.
+pub fn diagnose(config: &Config, options: &DoctorOptions<'_>) -> Vec<Finding> {
+    let mut r = Report(Vec::new());
+    match &config.source {
+        Some(p) => r.ok(format!("config {} parsed and trusted", p.display())),
+        None => r.warn(format!("no config file at {}; defaults in use", crate::config::DEFAULT_PATH)),
+    }
+
+    // Store and the files a read-only reader needs.
+    for file in store_files(&config.store_path) {
+        match std::fs::metadata(&file) {
+            Ok(meta) if meta.permissions().mode() & 0o002 != 0 => {
+                r.fail(format!("{}: world-writable (mode {:04o})", file.display(), meta.mode() & 0o7777))
+            }
+            Ok(meta) => r.ok(format!("{} exists (uid {}, gid {}, mode {:04o})", file.display(), meta.uid(), meta.gid(), meta.mode() & 0o7777)),
+            Err(e) => r.fail(format!(
+                "{}: {e}; read-only readers need the store and its -wal and -shm files (run `gatehouse init`)",
+                file.display()
+            )),
+        }
+    }
+    match crate::store::sqlite::SqliteStore::open_reader(&config.store_path, config.busy_timeout_ms) {
+        Ok(_) => r.ok(format!("store opens read-only, schema version {}", crate::store::current_version())),
+        Err(e) => r.fail(e.to_string()),
+    }
+
+    // The forced command.
+    let shell = Path::new(&config.shell_path);
+    match std::fs::metadata(shell) {
+        Ok(meta) if meta.permissions().mode() & 0o111 == 0 => r.fail(format!("shell.path {}: not executable", shell.display())),
+        Ok(_) => match check_owned_path(shell, &[]) {
+            Ok(()) => r.ok(format!("shell.path {} is root-owned and not writable by others", shell.display())),
+            Err(e) => r.fail(format!("shell.path: {e}")),
+        },
+        Err(e) => r.fail(format!("shell.path {}: {e}", shell.display())),
+    }
+
+    // What sshd will do.
+    let settings = match sshd_effective(options) {
+        Ok(s) => s,
+        Err(e) => {
+            r.fail(format!("cannot read sshd's effective configuration: {e}"));
+            return r.0;
+        }
+    };
+    let command = first(&settings, "authorizedkeyscommand").unwrap_or("none");
+    let words: Vec<&str> = command.split_whitespace().collect();
+    let program = words.first().copied().unwrap_or("none");
+    if command == "none" || !program.ends_with("/gatehouse-keys") {
+        r.fail(format!("sshd's AuthorizedKeysCommand is `{command}`, not gatehouse-keys (sshd uses the first one it reads)"));
+    } else {
+        r.ok(format!("sshd runs {command}"));
+        for token in ["%u", "%f", "%t", "%k"] {
+            if !words.contains(&token) {
+                r.fail(format!("AuthorizedKeysCommand lacks {token}: sshd must pass %u %f %t %k"));
+            }
+        }
+        match check_owned_path(Path::new(program), &[]) {
+            Ok(()) => r.ok(format!("{program} and its folders are root-owned and not writable by others")),
+            Err(e) => r.fail(format!("sshd will refuse the key command: {e}")),
+        }
+        probe_key_command(&mut r, &settings, &words);
+    }
+    match first(&settings, "authorizedkeysfile") {
+        Some("none") => r.ok("AuthorizedKeysFile none: the store is the only source of keys"),
+        Some(files) => r.warn(format!(
+            "AuthorizedKeysFile {files}: keys in those files are accepted too, and a key revoked in the store still works if it is also there"
+        )),
+        None => {}
+    }
+    if first(&settings, "exposeauthinfo") != Some("yes") {
+        r.warn("ExposeAuthInfo is off: sessions cannot tell which key logged in");
+    }
+    r.0
+}
+
+/// Runs the key command as its configured user, to prove that user can read the store.
+fn probe_key_command(r: &mut Report, settings: &HashMap<String, Vec<String>>, words: &[&str]) {
+    let Some(user) = first(settings, "authorizedkeyscommanduser").filter(|u| *u != "none") else {
+        r.fail("AuthorizedKeysCommandUser is not set; sshd will not run the key command");
+        return;
+    };
+    match nix::unistd::User::from_name(user) {
+        Ok(Some(_)) => {}
+        _ => {
+            r.fail(format!("AuthorizedKeysCommandUser {user} does not exist"));
+            return;
+        }
+    }
+    if !nix::unistd::geteuid().is_root() {
+        r.warn(format!("not root: cannot run the key command as {user} to prove it can read the store"));
+        return;
+    }
+    // setpriv --init-groups gives the probe the supplementary groups sshd would give it.
+    let args: Vec<&str> = words[1..]
+        .iter()
+        .filter(|w| !["%f", "%t", "%k"].contains(w))
+        .map(|w| if *w == "%u" { "gatehouse-doctor-probe" } else { w })
+        .collect();
+    let output = Command::new("setpriv")
+        .args(["--reuid", user, "--regid", user, "--init-groups", "--"])
+        .arg(words[0])
+        .args(&args)
+        .stdin(Stdio::null())
+        .output();
+    match output {
+        Ok(o) if o.status.success() => r.ok(format!("the key command runs as {user} and reads the store")),
+        Ok(o) => r.fail(format!(
+            "the key command as {user} exited with {}: {}",
+            o.status,
+            String::from_utf8_lossy(&o.stderr).lines().last().unwrap_or("see syslog").trim()
+        )),
+        Err(e) => r.warn(format!("cannot run setpriv to probe the key command: {e}")),
+    }
+}
+
+/// Prints findings; returns true when none failed.
+pub fn print(findings: &[Finding], out: &mut dyn Write) -> std::io::Result<bool> {
+    for f in findings {
+        let tag = match f.verdict {
+            Verdict::Ok => "ok  ",
+            Verdict::Warn => "warn",
+            Verdict::Fail => "FAIL",
+        };
+        writeln!(out, "{tag} {}", f.text)?;
+    }
+    Ok(!findings.iter().any(|f| f.verdict == Verdict::Fail))
+}

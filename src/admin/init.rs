@@ -1,0 +1,87 @@
+//! `gatehouse init`: create the store, or bring an existing one up to date.
+
+use super::AdminError;
+use crate::config::Config;
+use crate::store::sqlite::SqliteStore;
+use crate::store::Actor;
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+fn refused(what: impl std::fmt::Display) -> AdminError {
+    AdminError::Refused(what.to_string())
+}
+
+/// The store file and the two WAL companions that must outlive every writer.
+pub fn store_files(store: &Path) -> [PathBuf; 3] {
+    let with = |suffix: &str| {
+        let mut p = store.as_os_str().to_os_string();
+        p.push(suffix);
+        PathBuf::from(p)
+    };
+    [store.to_path_buf(), with("-wal"), with("-shm")]
+}
+
+/// Creates or upgrades the store at `config.store_path`; the folder is made 0750 and the
+/// files 0640, owned by `owner`/`group` when given, so that the key-command user needs only
+/// group membership to read.
+pub fn init(
+    config: &Config,
+    owner: Option<&str>,
+    group: Option<&str>,
+    actor: &Actor,
+    out: &mut dyn Write,
+) -> Result<(), AdminError> {
+    let uid = match owner {
+        Some(name) => Some(
+            nix::unistd::User::from_name(name)
+                .map_err(|e| refused(format!("--owner {name}: {e}")))?
+                .ok_or_else(|| refused(format!("--owner {name}: no such user")))?
+                .uid,
+        ),
+        None => None,
+    };
+    let gid = match group {
+        Some(name) => Some(
+            nix::unistd::Group::from_name(name)
+                .map_err(|e| refused(format!("--group {name}: {e}")))?
+                .ok_or_else(|| refused(format!("--group {name}: no such group")))?
+                .gid,
+        ),
+        None => None,
+    };
+    let path = &config.store_path;
+    if let Some(dir) = path.parent() {
+        if !dir.exists() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o750)
+                .create(dir)
+                .map_err(|e| refused(format!("creating {}: {e}", dir.display())))?;
+            if uid.is_some() || gid.is_some() {
+                nix::unistd::chown(dir, uid, gid).map_err(|e| refused(format!("chown {}: {e}", dir.display())))?;
+            }
+        }
+    }
+    let existed = path.exists();
+    let mut store = SqliteStore::create(path, config.busy_timeout_ms)?;
+    let version = store.migrate()?;
+    drop(store);
+    for file in store_files(path) {
+        if !file.exists() {
+            return Err(refused(format!("{}: missing after init; the store's folder must be writable", file.display())));
+        }
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o640))
+            .map_err(|e| refused(format!("chmod {}: {e}", file.display())))?;
+        if uid.is_some() || gid.is_some() {
+            nix::unistd::chown(&file, uid, gid).map_err(|e| refused(format!("chown {}: {e}", file.display())))?;
+        }
+    }
+    // Recorded through a normal writer so the audit trail shows who initialised it.
+    let mut store = SqliteStore::open_writer(path, config.busy_timeout_ms)?;
+    store.record(actor, if existed { "store.upgrade" } else { "store.init" }, &format!("version={version}"))?;
+    let verb = if existed { "is up to date" } else { "created" };
+    writeln!(out, "store {} {verb} (schema version {version})", path.display())
+        .map_err(|e| AdminError::Io(e.to_string()))?;
+    Ok(())
+}

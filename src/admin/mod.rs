@@ -1,0 +1,308 @@
+//! The admin CLI's operations. `src/bin/gatehouse.rs` parses arguments and calls these;
+//! each writes its report to the writer it is given and returns an [`AdminError`].
+
+pub mod doctor;
+pub mod import;
+pub mod init;
+
+use crate::config::Config;
+use crate::keys::{parse_public_key, KeyError, MAX_COMMENT};
+use crate::log::{Level, Logger};
+use crate::policy::{Scope, UserState};
+use crate::store::{Actor, AdminStore, AuditQuery, Key, NewKey, StoreError, User};
+use crate::time::{self, Timestamp};
+use std::fmt;
+use std::io::Write;
+
+/// Exit codes, as documented in gatehouse(8).
+pub mod exit {
+    pub const OK: u8 = 0;
+    /// The operation was refused or partly failed (bad key, no such user, skipped lines).
+    pub const REFUSED: u8 = 1;
+    /// Usage error.
+    pub const USAGE: u8 = 2;
+    /// Configuration error.
+    pub const CONFIG: u8 = 3;
+    /// The store could not be opened, read or written.
+    pub const STORE: u8 = 4;
+}
+
+#[derive(Debug)]
+pub enum AdminError {
+    Refused(String),
+    Store(StoreError),
+    Io(String),
+}
+
+impl AdminError {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            AdminError::Refused(_) => exit::REFUSED,
+            AdminError::Store(StoreError::Unavailable { .. } | StoreError::Version { .. } | StoreError::Busy { .. }) => {
+                exit::STORE
+            }
+            AdminError::Store(_) => exit::REFUSED,
+            AdminError::Io(_) => exit::REFUSED,
+        }
+    }
+}
+
+impl fmt::Display for AdminError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AdminError::Refused(m) | AdminError::Io(m) => f.write_str(m),
+            AdminError::Store(e) => e.fmt(f),
+        }
+    }
+}
+
+impl From<StoreError> for AdminError {
+    fn from(e: StoreError) -> AdminError {
+        AdminError::Store(e)
+    }
+}
+
+fn io(e: std::io::Error) -> AdminError {
+    AdminError::Io(format!("writing output: {e}"))
+}
+
+/// Everything a command needs besides its arguments.
+pub struct Admin<'a> {
+    pub config: &'a Config,
+    pub store: &'a mut dyn AdminStore,
+    pub actor: Actor,
+    pub log: &'a mut Logger,
+}
+
+/// `cli:<login name>` for the user running the CLI.
+pub fn cli_actor(now: Timestamp) -> Actor {
+    let uid = nix::unistd::getuid();
+    let name = match nix::unistd::User::from_uid(uid) {
+        Ok(Some(user)) => user.name,
+        _ => format!("uid{}", uid.as_raw()),
+    };
+    Actor { name: format!("cli:{name}"), now }
+}
+
+/// Options for adding one key.
+#[derive(Debug, Clone, Default)]
+pub struct KeyOptions {
+    pub scope: Option<Scope>,
+    pub expires: Option<String>,
+    pub from: Option<String>,
+    pub comment: Option<String>,
+}
+
+fn print_json(out: &mut dyn Write, value: &impl serde::Serialize) -> Result<(), AdminError> {
+    serde_json::to_writer_pretty(&mut *out, value).map_err(|e| AdminError::Io(e.to_string()))?;
+    writeln!(out).map_err(io)
+}
+
+#[derive(serde::Serialize)]
+struct KeyJson<'a> {
+    #[serde(flatten)]
+    key: &'a Key,
+    expires_at: Option<String>,
+    created_at: String,
+}
+
+fn key_json(key: &Key) -> KeyJson<'_> {
+    KeyJson { key, expires_at: key.expires.map(time::rfc3339), created_at: time::rfc3339(key.created) }
+}
+
+impl Admin<'_> {
+    fn logged(&mut self, action: &str, pairs: &[(&str, &str)]) {
+        let mut all = vec![("actor", self.actor.name.as_str()), ("action", action)];
+        all.extend_from_slice(pairs);
+        self.log.log(Level::Info, &all);
+    }
+
+    pub fn user_add(&mut self, name: &str, policy: Option<Scope>, port_forwarding: bool, disabled: bool) -> Result<(), AdminError> {
+        if !self.config.valid_user_name(name) {
+            return Err(AdminError::Refused(format!(
+                "`{}` is not a valid user name (users.name_pattern is {})",
+                name.escape_debug(),
+                self.config.name_pattern_text
+            )));
+        }
+        let user = User {
+            name: name.to_string(),
+            state: if disabled { UserState::Disabled } else { UserState::Enabled },
+            policy: policy.unwrap_or(self.config.default_policy),
+            port_forwarding,
+            created: self.actor.now,
+            source: "cli".to_string(),
+        };
+        self.store.add_user(&self.actor, &user)?;
+        self.logged("user.add", &[("user", name), ("policy", user.policy.as_str())]);
+        Ok(())
+    }
+
+    pub fn user_list(&mut self, out: &mut dyn Write, json: bool) -> Result<(), AdminError> {
+        let users = self.store.users()?;
+        if json {
+            return print_json(out, &users);
+        }
+        for u in &users {
+            writeln!(
+                out,
+                "{}\t{}\t{}\t{}",
+                u.name,
+                u.state.as_str(),
+                u.policy,
+                if u.port_forwarding { "forwarding" } else { "-" }
+            )
+            .map_err(io)?;
+        }
+        Ok(())
+    }
+
+    pub fn user_show(&mut self, out: &mut dyn Write, name: &str, json: bool) -> Result<(), AdminError> {
+        let user = self.store.user(name)?;
+        let keys = self.store.keys(name)?;
+        if json {
+            #[derive(serde::Serialize)]
+            struct Show<'a> {
+                #[serde(flatten)]
+                user: &'a User,
+                created_at: String,
+                keys: Vec<KeyJson<'a>>,
+            }
+            let keys = keys.iter().map(key_json).collect();
+            return print_json(out, &Show { user: &user, created_at: time::rfc3339(user.created), keys });
+        }
+        writeln!(out, "name: {}", user.name).map_err(io)?;
+        writeln!(out, "state: {}", user.state.as_str()).map_err(io)?;
+        writeln!(out, "policy: {}", user.policy).map_err(io)?;
+        writeln!(out, "port forwarding: {}", if user.port_forwarding { "yes" } else { "no" }).map_err(io)?;
+        writeln!(out, "created: {} ({})", time::rfc3339(user.created), user.source).map_err(io)?;
+        writeln!(out, "keys: {}", keys.len()).map_err(io)?;
+        for k in &keys {
+            write_key(out, k, self.actor.now)?;
+        }
+        Ok(())
+    }
+
+    pub fn user_set_state(&mut self, name: &str, state: UserState) -> Result<bool, AdminError> {
+        let changed = self.store.set_user_state(&self.actor, name, state)?;
+        if changed {
+            let action = if state == UserState::Enabled { "user.enable" } else { "user.disable" };
+            self.logged(action, &[("user", name)]);
+        }
+        Ok(changed)
+    }
+
+    pub fn user_set(&mut self, name: &str, policy: Option<Scope>, port_forwarding: Option<bool>) -> Result<(), AdminError> {
+        if policy.is_none() && port_forwarding.is_none() {
+            return Err(AdminError::Refused("nothing to change: give --policy or --port-forwarding".into()));
+        }
+        self.store.set_user_policy(&self.actor, name, policy, port_forwarding)?;
+        self.logged("user.set", &[("user", name), ("policy", policy.map_or("-", Scope::as_str))]);
+        Ok(())
+    }
+
+    pub fn user_remove(&mut self, name: &str) -> Result<u64, AdminError> {
+        let keys = self.store.remove_user(&self.actor, name)?;
+        self.logged("user.remove", &[("user", name), ("keys", &keys.to_string())]);
+        Ok(keys)
+    }
+
+    /// Validates the options of a key to add: expiry within the site maximum, `from`
+    /// patterns, comment.
+    pub fn new_key(&self, text: &str, options: &KeyOptions, source: &str) -> Result<NewKey, AdminError> {
+        let mut key = parse_public_key(text, self.config).map_err(|e| AdminError::Refused(e.to_string()))?;
+        if let Some(comment) = &options.comment {
+            if comment.chars().any(char::is_control) {
+                return Err(AdminError::Refused("--comment: control characters are not allowed".into()));
+            }
+            if comment.chars().count() > MAX_COMMENT {
+                return Err(AdminError::Refused(KeyError::CommentTooLong.to_string()));
+            }
+            key.comment = comment.trim().to_string();
+        }
+        let now = self.actor.now;
+        let latest = self.config.max_key_lifetime.map(|life| now + life);
+        let expires = match &options.expires {
+            Some(text) => {
+                let t = time::parse_expiry(text, now).map_err(|e| AdminError::Refused(format!("--expires: {e}")))?;
+                if t <= now {
+                    return Err(AdminError::Refused(format!("--expires: {} is in the past", time::rfc3339(t))));
+                }
+                if latest.is_some_and(|l| t > l) {
+                    return Err(AdminError::Refused(format!(
+                        "--expires: {} is beyond the site's maximum key lifetime (keys.max_lifetime)",
+                        time::rfc3339(t)
+                    )));
+                }
+                Some(t)
+            }
+            None => latest,
+        };
+        if let Some(from) = &options.from {
+            crate::authorized::valid_from_patterns(from).map_err(|e| AdminError::Refused(format!("--from: {e}")))?;
+        }
+        Ok(NewKey { key, scope: options.scope, from: options.from.clone(), expires, source: source.to_string() })
+    }
+
+    pub fn key_add(&mut self, user: &str, text: &str, options: &KeyOptions) -> Result<String, AdminError> {
+        let new = self.new_key(text, options, "cli")?;
+        let result = self.store.add_key(&self.actor, user, &new, self.config.max_keys_per_user);
+        if let Err(e) = &result {
+            let reason = e.to_string();
+            self.log.log(
+                Level::Notice,
+                &[("actor", &self.actor.name), ("action", "key.add"), ("user", user), ("fingerprint", &new.key.fingerprint), ("verdict", "refuse"), ("reason", &reason)],
+            );
+        }
+        result?;
+        self.logged("key.add", &[("user", user), ("fingerprint", &new.key.fingerprint)]);
+        Ok(new.key.fingerprint)
+    }
+
+    pub fn key_list(&mut self, out: &mut dyn Write, user: &str, json: bool) -> Result<(), AdminError> {
+        let keys = self.store.keys(user)?;
+        if json {
+            let keys: Vec<_> = keys.iter().map(key_json).collect();
+            return print_json(out, &keys);
+        }
+        for k in &keys {
+            write_key(out, k, self.actor.now)?;
+        }
+        Ok(())
+    }
+
+    pub fn key_remove(&mut self, user: &str, fingerprint: &str) -> Result<(), AdminError> {
+        self.store.remove_key(&self.actor, user, fingerprint)?;
+        self.logged("key.remove", &[("user", user), ("fingerprint", fingerprint)]);
+        Ok(())
+    }
+
+    pub fn audit(&mut self, out: &mut dyn Write, query: &AuditQuery, json: bool) -> Result<(), AdminError> {
+        let events = self.store.audit(query)?;
+        if json {
+            #[derive(serde::Serialize)]
+            struct EventJson<'a> {
+                #[serde(flatten)]
+                event: &'a crate::store::AuditEvent,
+                time_at: String,
+            }
+            let events: Vec<_> = events.iter().map(|e| EventJson { event: e, time_at: time::rfc3339(e.time) }).collect();
+            return print_json(out, &events);
+        }
+        for e in &events {
+            writeln!(out, "{} {} {} {} {}", time::rfc3339(e.time), e.actor, e.action, e.subject, e.detail).map_err(io)?;
+        }
+        Ok(())
+    }
+}
+
+/// One key per line: fingerprint, type and size, scope, expiry, comment.
+fn write_key(out: &mut dyn Write, k: &Key, now: Timestamp) -> Result<(), AdminError> {
+    let expiry = match k.expires {
+        Some(t) if t <= now => format!("expired {}", time::rfc3339(t)),
+        Some(t) => format!("expires {}", time::rfc3339(t)),
+        None => "no-expiry".to_string(),
+    };
+    let from = k.from.as_deref().map(|f| format!(" from={f}")).unwrap_or_default();
+    writeln!(out, "{} {} {} {} {}{} {}", k.fingerprint, k.algorithm, k.bits, k.scope, expiry, from, k.comment).map_err(io)
+}

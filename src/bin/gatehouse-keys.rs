@@ -1,0 +1,48 @@
+//! sshd AuthorizedKeysCommand; see gatehouse-keys(8).
+use gatehouse::config::Config;
+use gatehouse::log::{Level, Logger};
+use gatehouse::lookup::{self, Invocation};
+use gatehouse::store::sqlite::SqliteStore;
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let args: Vec<_> = std::env::args_os().skip(1).collect();
+    let (config_path, request) = match lookup::parse_args(&args) {
+        Ok(Invocation::Lookup { config, request }) => (config, request),
+        Ok(Invocation::Help) => {
+            println!("{}", lookup::USAGE);
+            return ExitCode::SUCCESS;
+        }
+        Ok(Invocation::Version) => {
+            println!("gatehouse-keys {}", env!("CARGO_PKG_VERSION"));
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            Logger::stderr_only("gatehouse-keys").log(Level::Error, &[("error", &e), ("usage", lookup::USAGE)]);
+            return ExitCode::from(2);
+        }
+    };
+    let config = match Config::load(config_path.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            Logger::stderr_only("gatehouse-keys").log(Level::Error, &[("error", &e.0)]);
+            return ExitCode::from(3);
+        }
+    };
+    let mut log = Logger::open("gatehouse-keys", &config);
+    let store = match SqliteStore::open_reader(&config.store_path, config.busy_timeout_ms) {
+        Ok(s) => s,
+        Err(e) => {
+            log.log(Level::Error, &[("error", &e.to_string())]);
+            return ExitCode::from(4);
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    match lookup::answer(&config, &store, &request, gatehouse::time::now(), &mut out, &mut log) {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) => {
+            log.log(Level::Error, &[("error", &e)]);
+            ExitCode::from(4)
+        }
+    }
+}

@@ -1,0 +1,339 @@
+//! The admin CLI; see gatehouse(8).
+use clap::{Args, Parser, Subcommand};
+use gatehouse::admin::{self, doctor, exit, Admin, AdminError, KeyOptions};
+use gatehouse::config::Config;
+use gatehouse::log::{Level, Logger};
+use gatehouse::policy::{Scope, UserState};
+use gatehouse::store::sqlite::SqliteStore;
+use gatehouse::store::AuditQuery;
+use std::io::{BufReader, Read, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "gatehouse", version, about = "Gatehouse admin: users, keys, imports, audit, checks")]
+struct Cli {
+    /// Configuration file [default: /etc/gatehouse/gatehouse.toml]
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create the key store, or upgrade an existing one
+    Init {
+        /// Owner of the store folder and files
+        #[arg(long, value_name = "USER")]
+        owner: Option<String>,
+        /// Group of the store folder and files (the key-command user's group)
+        #[arg(long, value_name = "GROUP")]
+        group: Option<String>,
+    },
+    /// Manage users
+    #[command(subcommand)]
+    User(UserCommand),
+    /// Manage keys
+    #[command(subcommand)]
+    Key(KeyCommand),
+    /// Import keys from existing files
+    #[command(subcommand)]
+    Import(ImportCommand),
+    /// Show the audit trail
+    Audit {
+        /// Only events about this user
+        #[arg(long, value_name = "USER")]
+        user: Option<String>,
+        /// Only events since T (YYYY-MM-DD, YYYY-MM-DDTHH:MM:SSZ, or an age like 7d)
+        #[arg(long, value_name = "T")]
+        since: Option<String>,
+        /// At most N events, the newest
+        #[arg(long, value_name = "N")]
+        limit: Option<u32>,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check the installation the way sshd will see it
+    Doctor {
+        /// sshd binary
+        #[arg(long, value_name = "PATH", default_value = "/usr/sbin/sshd")]
+        sshd: PathBuf,
+        /// sshd configuration file to check [default: sshd's own]
+        #[arg(long, value_name = "FILE")]
+        sshd_config: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Add a user
+    Add {
+        name: String,
+        /// Access policy: shell, files, git or git-read [default: users.default_policy]
+        #[arg(long, value_name = "SCOPE")]
+        policy: Option<Scope>,
+        /// Allow local port forwarding (to forwarding.permit_open) for shell keys
+        #[arg(long)]
+        port_forwarding: bool,
+        /// Add the user disabled
+        #[arg(long)]
+        disabled: bool,
+    },
+    /// List users
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a user and their keys
+    Show {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Disable a user: no key works until enabled again
+    Disable { name: String },
+    /// Enable a user
+    Enable { name: String },
+    /// Change a user's policy
+    Set {
+        name: String,
+        #[arg(long, value_name = "SCOPE")]
+        policy: Option<Scope>,
+        #[arg(long, value_name = "yes|no", value_parser = parse_yes_no)]
+        port_forwarding: Option<bool>,
+    },
+    /// Remove a user and all their keys
+    Remove { name: String },
+}
+
+#[derive(Args, Clone)]
+struct KeyArgs {
+    /// shell, files, git or git-read [default: the user's policy]
+    #[arg(long, value_name = "SCOPE")]
+    scope: Option<Scope>,
+    /// Expiry: YYYY-MM-DD, YYYY-MM-DDTHH:MM:SSZ (UTC) or a lifetime like 90d
+    #[arg(long, value_name = "DATE")]
+    expires: Option<String>,
+    /// Source addresses allowed, as in authorized_keys from= (e.g. 10.0.0.0/8,*.lab.example)
+    #[arg(long, value_name = "PATTERNS")]
+    from: Option<String>,
+}
+
+impl KeyArgs {
+    fn options(&self, comment: Option<String>) -> KeyOptions {
+        KeyOptions { scope: self.scope, expires: self.expires.clone(), from: self.from.clone(), comment }
+    }
+}
+
+#[derive(Subcommand)]
+enum KeyCommand {
+    /// Add a key; prints its fingerprint
+    Add {
+        user: String,
+        /// `-` to read the key from standard input
+        #[arg(value_name = "-", conflicts_with = "file", required_unless_present = "file")]
+        stdin: Option<String>,
+        /// Read the key from FILE
+        #[arg(long, value_name = "PATH")]
+        file: Option<PathBuf>,
+        #[command(flatten)]
+        key: KeyArgs,
+        /// Replace the key's comment
+        #[arg(long, value_name = "C")]
+        comment: Option<String>,
+    },
+    /// List a user's keys
+    List {
+        user: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a key
+    Remove { user: String, fingerprint: String },
+}
+
+#[derive(Subcommand)]
+enum ImportCommand {
+    /// Import an existing authorized_keys file for USER
+    #[command(name = "authorized-keys")]
+    AuthorizedKeys {
+        user: String,
+        file: PathBuf,
+        #[command(flatten)]
+        key: KeyArgs,
+    },
+    /// Bulk import of USER<TAB>KEY lines (FILE or - for standard input)
+    Tsv {
+        file: PathBuf,
+        /// Create users that do not exist yet
+        #[arg(long)]
+        create_users: bool,
+        #[command(flatten)]
+        key: KeyArgs,
+    },
+}
+
+fn parse_yes_no(text: &str) -> Result<bool, String> {
+    match text {
+        "yes" => Ok(true),
+        "no" => Ok(false),
+        _ => Err("expected yes or no".to_string()),
+    }
+}
+
+/// A key file holds one key; a trailing newline is the file's, not the key's.
+fn read_key_text(stdin: bool, file: Option<&PathBuf>) -> Result<String, AdminError> {
+    let mut bytes = Vec::new();
+    let shown = match file {
+        Some(path) => {
+            std::fs::File::open(path)
+                .and_then(|f| f.take(64 * 1024).read_to_end(&mut bytes))
+                .map_err(|e| AdminError::Refused(format!("{}: {e}", path.display())))?;
+            path.display().to_string()
+        }
+        None if stdin => {
+            std::io::stdin()
+                .take(64 * 1024)
+                .read_to_end(&mut bytes)
+                .map_err(|e| AdminError::Refused(format!("standard input: {e}")))?;
+            "standard input".to_string()
+        }
+        None => return Err(AdminError::Refused("give --file PATH or - for standard input".into())),
+    };
+    let text = String::from_utf8(bytes).map_err(|_| AdminError::Refused(format!("{shown}: not valid UTF-8")))?;
+    let text = text.strip_suffix('\n').unwrap_or(&text);
+    let keys = text.lines().filter(|l| !l.trim().is_empty()).count();
+    if keys > 1 && !text.contains("PRIVATE KEY") && !text.contains("BEGIN SSH2") {
+        return Err(AdminError::Refused(format!(
+            "{shown} holds {keys} lines; add one key at a time, or use `gatehouse import authorized-keys`"
+        )));
+    }
+    Ok(text.to_string())
+}
+
+fn run(cli: Cli, config: &Config, log: &mut Logger) -> Result<u8, AdminError> {
+    let now = gatehouse::time::now();
+    let actor = admin::cli_actor(now);
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    let store_path = &config.store_path;
+    match cli.command {
+        Command::Init { owner, group } => {
+            admin::init::init(config, owner.as_deref(), group.as_deref(), &actor, &mut out)?;
+            log.log(Level::Info, &[("actor", &actor.name), ("action", "store.init"), ("store", &store_path.display().to_string())]);
+            return Ok(exit::OK);
+        }
+        Command::Doctor { sshd, sshd_config } => {
+            let options = doctor::DoctorOptions { sshd: &sshd, sshd_config: sshd_config.as_deref() };
+            let findings = doctor::diagnose(config, &options);
+            let healthy = doctor::print(&findings, &mut out).map_err(|e| AdminError::Io(e.to_string()))?;
+            return Ok(if healthy { exit::OK } else { exit::REFUSED });
+        }
+        _ => {}
+    }
+    let mut store = SqliteStore::open_writer(store_path, config.busy_timeout_ms)?;
+    let mut admin = Admin { config, store: &mut store, actor, log };
+    let say = |out: &mut dyn Write, text: String| writeln!(out, "{text}").map_err(|e| AdminError::Io(e.to_string()));
+    match cli.command {
+        Command::Init { .. } | Command::Doctor { .. } => {}
+        Command::User(cmd) => match cmd {
+            UserCommand::Add { name, policy, port_forwarding, disabled } => {
+                admin.user_add(&name, policy, port_forwarding, disabled)?;
+                say(&mut out, format!("added user {name}"))?;
+            }
+            UserCommand::List { json } => admin.user_list(&mut out, json)?,
+            UserCommand::Show { name, json } => admin.user_show(&mut out, &name, json)?,
+            UserCommand::Disable { name } => {
+                let changed = admin.user_set_state(&name, UserState::Disabled)?;
+                say(&mut out, format!("user {name} {}", if changed { "disabled" } else { "was already disabled" }))?;
+            }
+            UserCommand::Enable { name } => {
+                let changed = admin.user_set_state(&name, UserState::Enabled)?;
+                say(&mut out, format!("user {name} {}", if changed { "enabled" } else { "was already enabled" }))?;
+            }
+            UserCommand::Set { name, policy, port_forwarding } => {
+                admin.user_set(&name, policy, port_forwarding)?;
+                say(&mut out, format!("updated user {name}"))?;
+            }
+            UserCommand::Remove { name } => {
+                let keys = admin.user_remove(&name)?;
+                say(&mut out, format!("removed user {name} and {keys} key(s)"))?;
+            }
+        },
+        Command::Key(cmd) => match cmd {
+            KeyCommand::Add { user, stdin, file, key, comment } => {
+                if let Some(s) = &stdin {
+                    if s != "-" {
+                        return Err(AdminError::Refused(format!("unexpected argument `{s}`; use --file PATH or -")));
+                    }
+                }
+                let text = read_key_text(stdin.is_some(), file.as_ref())?;
+                let fingerprint = admin.key_add(&user, &text, &key.options(comment))?;
+                say(&mut out, fingerprint)?;
+            }
+            KeyCommand::List { user, json } => admin.key_list(&mut out, &user, json)?,
+            KeyCommand::Remove { user, fingerprint } => {
+                admin.key_remove(&user, &fingerprint)?;
+                say(&mut out, format!("removed {fingerprint} from {user}"))?;
+            }
+        },
+        Command::Import(cmd) => match cmd {
+            ImportCommand::AuthorizedKeys { user, file, key } => {
+                let text = std::fs::read_to_string(&file)
+                    .map_err(|e| AdminError::Refused(format!("{}: {e}", file.display())))?;
+                let shown = file.display().to_string();
+                let summary = admin.import_authorized_keys(&mut out, &user, &shown, &text, &key.options(None))?;
+                return Ok(if summary.skipped == 0 { exit::OK } else { exit::REFUSED });
+            }
+            ImportCommand::Tsv { file, create_users, key } => {
+                let shown = file.display().to_string();
+                let stderr = std::io::stderr();
+                let mut errors = stderr.lock();
+                let summary = if shown == "-" {
+                    let stdin = std::io::stdin();
+                    let mut input = stdin.lock();
+                    admin.import_tsv(&mut out, &mut errors, "-", &mut input, create_users, &key.options(None))?
+                } else {
+                    let f = std::fs::File::open(&file).map_err(|e| AdminError::Refused(format!("{shown}: {e}")))?;
+                    let mut input = BufReader::with_capacity(1 << 20, f);
+                    admin.import_tsv(&mut out, &mut errors, &shown, &mut input, create_users, &key.options(None))?
+                };
+                return Ok(if summary.skipped == 0 { exit::OK } else { exit::REFUSED });
+            }
+        },
+        Command::Audit { user, since, limit, json } => {
+            let since = since
+                .map(|s| gatehouse::time::parse_since(&s, now).map_err(|e| AdminError::Refused(format!("--since: {e}"))))
+                .transpose()?;
+            admin.audit(&mut out, &AuditQuery { subject: user, since, limit }, json)?;
+        }
+    }
+    Ok(exit::OK)
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { exit::USAGE } else { exit::OK });
+        }
+    };
+    let config = match Config::load(cli.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("gatehouse: {e}");
+            return ExitCode::from(exit::CONFIG);
+        }
+    };
+    let mut log = Logger::open("gatehouse", &config);
+    match run(cli, &config, &mut log) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("gatehouse: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}

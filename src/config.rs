@@ -1,0 +1,390 @@
+//! gatehouse.toml: read into raw structs that reject unknown keys, then validated into a
+//! typed [`Config`] with defaults. Every error names the file, the line and the key.
+
+use crate::policy::Scope;
+use crate::time;
+use serde::Deserialize;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use toml::Spanned;
+
+pub const DEFAULT_PATH: &str = "/etc/gatehouse/gatehouse.toml";
+pub const DEFAULT_STORE: &str = "/var/lib/gatehouse/store.db";
+pub const DEFAULT_SHELL: &str = "/usr/bin/gatehouse-shell";
+pub const DEFAULT_NAME_PATTERN: &str = "^[a-z_][a-z0-9_-]{0,31}$";
+pub const DEFAULT_LOG_SOCKET: &str = "/dev/log";
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    store: Option<RawStore>,
+    shell: Option<RawShell>,
+    keys: Option<RawKeys>,
+    users: Option<RawUsers>,
+    forwarding: Option<RawForwarding>,
+    log: Option<RawLog>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStore {
+    path: Option<Spanned<String>>,
+    busy_timeout_ms: Option<Spanned<i64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawShell {
+    path: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKeys {
+    min_rsa_bits: Option<Spanned<i64>>,
+    allowed_types: Option<Spanned<Vec<String>>>,
+    max_per_user: Option<Spanned<i64>>,
+    max_lifetime: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUsers {
+    name_pattern: Option<Spanned<String>>,
+    default_policy: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawForwarding {
+    permit_open: Option<Spanned<Vec<String>>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    socket: Option<Spanned<String>>,
+    stderr: Option<bool>,
+}
+
+/// Key families an operator can allow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyFamily {
+    Ed25519,
+    Ecdsa,
+    Rsa,
+    SkEd25519,
+    SkEcdsa,
+}
+
+impl KeyFamily {
+    pub const ALL: [KeyFamily; 5] =
+        [KeyFamily::Ed25519, KeyFamily::Ecdsa, KeyFamily::Rsa, KeyFamily::SkEd25519, KeyFamily::SkEcdsa];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyFamily::Ed25519 => "ed25519",
+            KeyFamily::Ecdsa => "ecdsa",
+            KeyFamily::Rsa => "rsa",
+            KeyFamily::SkEd25519 => "sk-ed25519",
+            KeyFamily::SkEcdsa => "sk-ecdsa",
+        }
+    }
+}
+
+/// The validated configuration every program works from.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it came from, if any; passed on to the forced command.
+    pub source: Option<PathBuf>,
+    pub store_path: PathBuf,
+    pub busy_timeout_ms: u32,
+    pub shell_path: String,
+    pub min_rsa_bits: u32,
+    pub allowed_types: Vec<KeyFamily>,
+    pub max_keys_per_user: u32,
+    pub max_key_lifetime: Option<i64>,
+    pub name_pattern: regex_lite::Regex,
+    pub name_pattern_text: String,
+    pub default_policy: Scope,
+    pub permit_open: Vec<String>,
+    pub log_socket: PathBuf,
+    pub log_stderr: bool,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        // A constant pattern, compiled by every unit test that builds a default Config.
+        #[allow(clippy::expect_used)]
+        let name_pattern = regex_lite::Regex::new(DEFAULT_NAME_PATTERN).expect("default name pattern compiles");
+        Config {
+            source: None,
+            store_path: PathBuf::from(DEFAULT_STORE),
+            busy_timeout_ms: 5000,
+            shell_path: DEFAULT_SHELL.to_string(),
+            min_rsa_bits: 3072,
+            allowed_types: KeyFamily::ALL.to_vec(),
+            max_keys_per_user: 100,
+            max_key_lifetime: None,
+            name_pattern,
+            name_pattern_text: DEFAULT_NAME_PATTERN.to_string(),
+            default_policy: Scope::Shell,
+            permit_open: vec!["localhost:*".to_string(), "127.0.0.1:*".to_string()],
+            log_socket: PathBuf::from(DEFAULT_LOG_SOCKET),
+            log_stderr: false,
+        }
+    }
+}
+
+/// A configuration error, already phrased for the operator.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError(pub String);
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+struct Located<'a> {
+    file: &'a str,
+    text: &'a str,
+}
+
+impl Located<'_> {
+    fn line_of(&self, span: &Range<usize>) -> usize {
+        let end = span.start.min(self.text.len());
+        self.text.as_bytes()[..end].iter().filter(|&&b| b == b'\n').count() + 1
+    }
+
+    fn error<T>(&self, span: &Range<usize>, key: &str, message: impl std::fmt::Display) -> Result<T, ConfigError> {
+        Err(ConfigError(format!("{}:{}: {key}: {message}", self.file, self.line_of(span))))
+    }
+}
+
+/// Characters allowed in paths that end up inside an authorized_keys `command="…"`:
+/// sshd hands that string to the user's shell, so nothing a shell would interpret.
+pub fn is_plain_path(path: &str) -> bool {
+    path.starts_with('/')
+        && path.len() <= 1024
+        && path.bytes().all(|b| b.is_ascii_alphanumeric() || b"/._+-".contains(&b))
+        && !path.split('/').any(|c| c == "..")
+}
+
+/// `host:port` patterns for authorized_keys `permitopen="…"`.
+fn is_permit_open(pattern: &str) -> bool {
+    let Some((host, port)) = pattern.rsplit_once(':') else {
+        return false;
+    };
+    let host_ok = !host.is_empty()
+        && host.len() <= 255
+        && host.bytes().all(|b| b.is_ascii_alphanumeric() || b".-*[]:".contains(&b));
+    let port_ok = port == "*" || port.parse::<u16>().is_ok_and(|p| p > 0);
+    host_ok && port_ok
+}
+
+impl Config {
+    /// Loads the configuration for a program. An explicit path must exist; the default path
+    /// may be missing, in which case the defaults apply. The file must pass the ownership
+    /// rules of [`crate::trust`].
+    pub fn load(explicit: Option<&Path>) -> Result<Config, ConfigError> {
+        let path = explicit.unwrap_or(Path::new(DEFAULT_PATH));
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && explicit.is_none() => {
+                return Ok(Config::default())
+            }
+            Err(e) => return Err(ConfigError(format!("{}: cannot read: {e}", path.display()))),
+        };
+        crate::trust::check_owned_path(path, &[nix::unistd::geteuid().as_raw()])
+            .map_err(|e| ConfigError(format!("{}: not trusted: {e}", path.display())))?;
+        let mut config = Config::parse(&path.display().to_string(), &text)?;
+        config.source = Some(path.to_path_buf());
+        Ok(config)
+    }
+
+    /// Parses and validates configuration text; `file` names it in errors.
+    pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
+        let at = Located { file, text };
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            let line = e.span().map(|s| at.line_of(&s)).unwrap_or(1);
+            let message = e.message().lines().next().unwrap_or("invalid TOML").trim_end_matches('.');
+            ConfigError(format!("{file}:{line}: {message}"))
+        })?;
+        let mut c = Config::default();
+
+        if let Some(store) = raw.store {
+            if let Some(p) = store.path {
+                if !p.get_ref().starts_with('/') || p.get_ref().contains('\0') {
+                    return at.error(&p.span(), "store.path", "must be an absolute path");
+                }
+                c.store_path = PathBuf::from(p.into_inner());
+            }
+            if let Some(t) = store.busy_timeout_ms {
+                match u32::try_from(*t.get_ref()) {
+                    Ok(ms) if (1..=60_000).contains(&ms) => c.busy_timeout_ms = ms,
+                    _ => return at.error(&t.span(), "store.busy_timeout_ms", "must be between 1 and 60000"),
+                }
+            }
+        }
+        if let Some(shell) = raw.shell {
+            if let Some(p) = shell.path {
+                if !is_plain_path(p.get_ref()) {
+                    return at.error(
+                        &p.span(),
+                        "shell.path",
+                        "must be an absolute path of letters, digits and / . _ + - only",
+                    );
+                }
+                c.shell_path = p.into_inner();
+            }
+        }
+        if let Some(keys) = raw.keys {
+            if let Some(bits) = keys.min_rsa_bits {
+                match u32::try_from(*bits.get_ref()) {
+                    Ok(b) if (2048..=16384).contains(&b) => c.min_rsa_bits = b,
+                    _ => return at.error(&bits.span(), "keys.min_rsa_bits", "must be between 2048 and 16384"),
+                }
+            }
+            if let Some(types) = keys.allowed_types {
+                let span = types.span();
+                let mut families = Vec::new();
+                for name in types.into_inner() {
+                    match KeyFamily::ALL.into_iter().find(|f| f.as_str() == name) {
+                        Some(f) if !families.contains(&f) => families.push(f),
+                        Some(_) => {}
+                        None => {
+                            return at.error(
+                                &span,
+                                "keys.allowed_types",
+                                format!(
+                                    "`{}` is not a key type (ed25519, ecdsa, rsa, sk-ed25519, sk-ecdsa)",
+                                    name.escape_debug()
+                                ),
+                            )
+                        }
+                    }
+                }
+                if families.is_empty() {
+                    return at.error(&span, "keys.allowed_types", "must allow at least one key type");
+                }
+                c.allowed_types = families;
+            }
+            if let Some(max) = keys.max_per_user {
+                match u32::try_from(*max.get_ref()) {
+                    Ok(m) if (1..=10_000).contains(&m) => c.max_keys_per_user = m,
+                    _ => return at.error(&max.span(), "keys.max_per_user", "must be between 1 and 10000"),
+                }
+            }
+            if let Some(life) = keys.max_lifetime {
+                match time::parse_duration(life.get_ref()) {
+                    Ok(secs) => c.max_key_lifetime = Some(secs),
+                    Err(e) => return at.error(&life.span(), "keys.max_lifetime", e),
+                }
+            }
+        }
+        if let Some(users) = raw.users {
+            if let Some(p) = users.name_pattern {
+                let text = p.get_ref();
+                if !text.starts_with('^') || !text.ends_with('$') {
+                    return at.error(&p.span(), "users.name_pattern", "must be anchored with ^ and $");
+                }
+                match regex_lite::Regex::new(text) {
+                    Ok(re) => {
+                        c.name_pattern = re;
+                        c.name_pattern_text = p.into_inner();
+                    }
+                    Err(e) => {
+                        let first = e.to_string();
+                        let first = first.lines().last().unwrap_or("invalid regular expression");
+                        return at.error(&p.span(), "users.name_pattern", first.trim());
+                    }
+                }
+            }
+            if let Some(p) = users.default_policy {
+                match p.get_ref().parse::<Scope>() {
+                    Ok(scope) => c.default_policy = scope,
+                    Err(e) => return at.error(&p.span(), "users.default_policy", e),
+                }
+            }
+        }
+        if let Some(fwd) = raw.forwarding {
+            if let Some(list) = fwd.permit_open {
+                let span = list.span();
+                let list = list.into_inner();
+                if let Some(bad) = list.iter().find(|p| !is_permit_open(p)) {
+                    return at.error(
+                        &span,
+                        "forwarding.permit_open",
+                        format!("`{}` is not a host:port pattern", bad.escape_debug()),
+                    );
+                }
+                c.permit_open = list;
+            }
+        }
+        if let Some(log) = raw.log {
+            if let Some(s) = log.socket {
+                if !s.get_ref().starts_with('/') {
+                    return at.error(&s.span(), "log.socket", "must be an absolute path");
+                }
+                c.log_socket = PathBuf::from(s.into_inner());
+            }
+            if let Some(e) = log.stderr {
+                c.log_stderr = e;
+            }
+        }
+        Ok(c)
+    }
+
+    /// Whether `name` is acceptable as a user name.
+    pub fn valid_user_name(&self, name: &str) -> bool {
+        name.len() <= 256 && self.name_pattern.is_match(name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(text: &str) -> String {
+        Config::parse("g.toml", text).unwrap_err().0
+    }
+
+    #[test]
+    fn defaults_and_fixed_keys() {
+        let c = Config::parse("g.toml", "[store]\npath = \"/srv/s.db\"\n[shell]\npath = \"/usr/libexec/gatehouse/gatehouse-shell\"\n").unwrap();
+        assert_eq!(c.store_path, PathBuf::from("/srv/s.db"));
+        assert_eq!(c.shell_path, "/usr/libexec/gatehouse/gatehouse-shell");
+        assert_eq!(c.min_rsa_bits, 3072);
+        assert!(c.valid_user_name("alice"));
+        assert!(!c.valid_user_name("Alice"));
+        assert!(!c.valid_user_name("-alice"));
+        assert!(!c.valid_user_name("alice\n"));
+        assert!(!c.valid_user_name(""));
+    }
+
+    #[test]
+    fn unknown_key_names_line() {
+        assert_eq!(err("[store]\npath = \"/a\"\ncolour = 1\n"), "g.toml:3: unknown field `colour`, expected `path` or `busy_timeout_ms`");
+        assert!(err("\n\n[nosuch]\n").starts_with("g.toml:3: unknown field `nosuch`"), "{}", err("\n\n[nosuch]\n"));
+    }
+
+    #[test]
+    fn bad_values_name_line_and_key() {
+        assert_eq!(err("[keys]\n\nmin_rsa_bits = 1024\n"), "g.toml:3: keys.min_rsa_bits: must be between 2048 and 16384");
+        assert!(err("[shell]\npath = \"gatehouse-shell\"\n").starts_with("g.toml:2: shell.path:"));
+        assert!(err("[shell]\npath = \"/usr/bin/x; rm -rf /\"\n").starts_with("g.toml:2: shell.path:"));
+        assert!(err("[shell]\npath = \"/usr/bin/a\\\"b\"\n").starts_with("g.toml:2: shell.path:"));
+        assert!(err("[keys]\nallowed_types = [\"dsa\"]\n").starts_with("g.toml:2: keys.allowed_types: `dsa`"));
+        assert!(err("[keys]\nallowed_types = []\n").contains("at least one"));
+        assert!(err("[keys]\nmax_lifetime = \"1y\"\n").starts_with("g.toml:2: keys.max_lifetime"));
+        assert!(err("[users]\nname_pattern = \"[a-z]+\"\n").contains("anchored"));
+        assert!(err("[users]\nname_pattern = \"^([a-z]$\"\n").starts_with("g.toml:2: users.name_pattern"));
+        assert!(err("[users]\ndefault_policy = \"root\"\n").starts_with("g.toml:2: users.default_policy"));
+        assert!(err("[forwarding]\npermit_open = [\"localhost:*\", \"evil\\\" x:1\"]\n").starts_with("g.toml:2: forwarding.permit_open"));
+        assert!(err("[store]\nbusy_timeout_ms = -1\n").starts_with("g.toml:2: store.busy_timeout_ms"));
+        assert!(err("[store]\npath = 5\n").starts_with("g.toml:2: invalid type"), "{}", err("[store]\npath = 5\n"));
+        assert!(err("[store\n").starts_with("g.toml:1:"));
+        assert!(!err("[store]\npath = \"/a\"\ncolour = 1\n").contains('\n'));
+    }
+}

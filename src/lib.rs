@@ -1,0 +1,17 @@
+//! Gatehouse: an SSH front door for multi-user research servers.
+//!
+//! The binaries in `src/bin/` are thin shims over this library: they parse arguments,
+//! call in here and map errors to exit codes.
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod authorized;
+pub mod config;
+pub mod keys;
+pub mod log;
+pub mod lookup;
+pub mod policy;
+pub mod shell;
+pub mod store;
+pub mod time;
+pub mod trust;

@@ -1,0 +1,174 @@
+//! The key store: users, their keys and the audit trail.
+//!
+//! Callers speak to two traits: [`LoginStore`] for the read-only login path and
+//! [`AdminStore`] for the writers (CLI, web service, directory sync). SQLite is the
+//! embedded backend; another (a synced replica, PostgreSQL) can stand beside it by
+//! implementing the same traits.
+
+mod schema;
+pub mod sqlite;
+
+use crate::policy::{Scope, UserState};
+use crate::time::Timestamp;
+use std::fmt;
+
+pub use schema::current_version;
+
+/// A user as the store keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct User {
+    pub name: String,
+    pub state: UserState,
+    pub policy: Scope,
+    pub port_forwarding: bool,
+    pub created: Timestamp,
+    pub source: String,
+}
+
+/// A stored key.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Key {
+    pub user: String,
+    pub algorithm: String,
+    pub blob: String,
+    pub fingerprint: String,
+    pub bits: u32,
+    pub comment: String,
+    pub scope: Scope,
+    pub from: Option<String>,
+    pub expires: Option<Timestamp>,
+    pub created: Timestamp,
+    pub source: String,
+}
+
+/// What the login path needs: the user and the keys asked for.
+#[derive(Debug, Clone)]
+pub struct LoginView {
+    pub user: User,
+    pub keys: Vec<Key>,
+}
+
+/// A key to add, already validated.
+#[derive(Debug, Clone)]
+pub struct NewKey {
+    pub key: crate::keys::ValidKey,
+    /// `None`: the owner's policy.
+    pub scope: Option<Scope>,
+    pub from: Option<String>,
+    pub expires: Option<Timestamp>,
+    pub source: String,
+}
+
+/// One audit event.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct AuditEvent {
+    pub time: Timestamp,
+    pub actor: String,
+    pub action: String,
+    pub subject: String,
+    pub detail: String,
+}
+
+/// Who makes a change, and when; recorded with it.
+#[derive(Debug, Clone)]
+pub struct Actor {
+    pub name: String,
+    pub now: Timestamp,
+}
+
+#[derive(Debug)]
+pub enum StoreError {
+    /// The store cannot be opened or read; names the path.
+    Unavailable { path: String, reason: String },
+    /// The store's schema is not the one this build speaks.
+    Version { path: String, found: i64, expected: i64 },
+    NoSuchUser(String),
+    UserExists(String),
+    NoSuchKey { user: String, fingerprint: String },
+    KeyTaken { fingerprint: String, owner: String },
+    TooManyKeys { user: String, max: u32 },
+    ScopeOutsidePolicy { scope: Scope, policy: Scope },
+    Busy { path: String },
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StoreError::Unavailable { path, reason } => write!(f, "store {path}: {reason}"),
+            StoreError::Version { path, found, expected } => write!(
+                f,
+                "store {path}: schema version {found}, this build speaks {expected} (run `gatehouse init` to upgrade)"
+            ),
+            StoreError::NoSuchUser(u) => write!(f, "no such user: {u}"),
+            StoreError::UserExists(u) => write!(f, "user {u} already exists"),
+            StoreError::NoSuchKey { user, fingerprint } => write!(f, "user {user} has no key {fingerprint}"),
+            StoreError::KeyTaken { fingerprint, owner } => {
+                write!(f, "key {fingerprint} is already registered (to user {owner})")
+            }
+            StoreError::TooManyKeys { user, max } => write!(f, "user {user} already has {max} keys, the most allowed"),
+            StoreError::ScopeOutsidePolicy { scope, policy } => {
+                write!(f, "scope {scope} is wider than the user's policy {policy}")
+            }
+            StoreError::Busy { path } => write!(f, "store {path}: still locked by another writer after the busy timeout"),
+        }
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+/// The read-only login path.
+pub trait LoginStore {
+    /// The user and their keys; only the key with `fingerprint` when one is given.
+    /// `None` when the user is not in the store.
+    fn login_view(&self, user: &str, fingerprint: Option<&str>) -> Result<Option<LoginView>, StoreError>;
+}
+
+/// Filters for the audit trail.
+#[derive(Debug, Clone, Default)]
+pub struct AuditQuery {
+    pub subject: Option<String>,
+    pub since: Option<Timestamp>,
+    pub limit: Option<u32>,
+}
+
+/// What a bulk import remembers about a user between batches.
+#[derive(Debug, Clone)]
+pub struct ImportUser {
+    pub id: i64,
+    pub policy: Scope,
+    pub keys: u32,
+}
+
+pub type ImportCache = std::collections::HashMap<String, ImportUser>;
+
+/// The writers' side.
+pub trait AdminStore: LoginStore {
+    fn add_user(&mut self, actor: &Actor, user: &User) -> Result<(), StoreError>;
+    fn user(&self, name: &str) -> Result<User, StoreError>;
+    fn users(&self) -> Result<Vec<User>, StoreError>;
+    fn set_user_state(&mut self, actor: &Actor, name: &str, state: UserState) -> Result<bool, StoreError>;
+    fn set_user_policy(
+        &mut self,
+        actor: &Actor,
+        name: &str,
+        policy: Option<Scope>,
+        port_forwarding: Option<bool>,
+    ) -> Result<(), StoreError>;
+    fn remove_user(&mut self, actor: &Actor, name: &str) -> Result<u64, StoreError>;
+    fn add_key(&mut self, actor: &Actor, user: &str, key: &NewKey, max_keys: u32) -> Result<(), StoreError>;
+    fn keys(&self, user: &str) -> Result<Vec<Key>, StoreError>;
+    fn remove_key(&mut self, actor: &Actor, user: &str, fingerprint: &str) -> Result<(), StoreError>;
+    fn audit(&self, query: &AuditQuery) -> Result<Vec<AuditEvent>, StoreError>;
+    /// Adds many keys in one transaction, as bulk imports do. Returns one result per item;
+    /// a refused item does not stop the others. Users missing from the store are created
+    /// with policy `create_users` when given, refused otherwise. `known_users` carries what
+    /// was learnt about users from one batch to the next.
+    fn import_keys(
+        &mut self,
+        actor: &Actor,
+        items: &[(String, NewKey)],
+        create_users: Option<Scope>,
+        max_keys: u32,
+        known_users: &mut ImportCache,
+    ) -> Result<Vec<Result<(), StoreError>>, StoreError>;
+}

@@ -1,0 +1,49 @@
+//! Versioned schema. Each entry upgrades the store by one version (`PRAGMA user_version`);
+//! entries are append-only: a released migration is never edited.
+
+pub const MIGRATIONS: &[&str] = &[
+    // 1: users, keys, audit.
+    "
+    CREATE TABLE users (
+        id              INTEGER PRIMARY KEY,
+        name            TEXT NOT NULL UNIQUE,
+        state           TEXT NOT NULL CHECK (state IN ('enabled', 'disabled')),
+        policy          TEXT NOT NULL CHECK (policy IN ('shell', 'files', 'git', 'git-read')),
+        port_forwarding INTEGER NOT NULL DEFAULT 0 CHECK (port_forwarding IN (0, 1)),
+        created         INTEGER NOT NULL,
+        source          TEXT NOT NULL
+    ) STRICT;
+
+    CREATE TABLE keys (
+        id            INTEGER PRIMARY KEY,
+        user_id       INTEGER NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+        algorithm     TEXT NOT NULL,
+        blob          TEXT NOT NULL,
+        fingerprint   TEXT NOT NULL UNIQUE,
+        bits          INTEGER NOT NULL,
+        comment       TEXT NOT NULL,
+        scope         TEXT NOT NULL CHECK (scope IN ('shell', 'files', 'git', 'git-read')),
+        from_patterns TEXT,
+        expires       INTEGER,
+        created       INTEGER NOT NULL,
+        source        TEXT NOT NULL
+    ) STRICT;
+    CREATE INDEX keys_by_user ON keys (user_id);
+
+    CREATE TABLE audit (
+        id      INTEGER PRIMARY KEY,
+        time    INTEGER NOT NULL,
+        actor   TEXT NOT NULL,
+        action  TEXT NOT NULL,
+        subject TEXT NOT NULL,
+        detail  TEXT NOT NULL
+    ) STRICT;
+    CREATE INDEX audit_by_time ON audit (time);
+    CREATE INDEX audit_by_subject ON audit (subject, time);
+    ",
+];
+
+/// The schema version this build reads and writes.
+pub fn current_version() -> i64 {
+    MIGRATIONS.len() as i64
+}

@@ -1,0 +1,572 @@
+//! SQLite backend.
+//!
+//! WAL mode, so readers never wait for a writer and a writer never waits for readers.
+//! Readers (the key command, as another uid) open read-only; SQLite then needs the `-wal`
+//! and `-shm` files to exist already, because a read-only reader cannot create them. A
+//! writer normally deletes both when the last connection closes; our writers turn off the
+//! checkpoint-on-close (SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE), which keeps them, created with
+//! the database file's owner and mode. Checkpoints still run during writes, so the WAL stays
+//! small. `synchronous=FULL`: a change the CLI reported is on disk.
+
+use super::*;
+use crate::keys::ValidKey;
+use rusqlite::config::DbConfig;
+use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension, Transaction};
+use std::path::Path;
+use std::time::Duration;
+
+pub struct SqliteStore {
+    conn: Connection,
+    path: String,
+}
+
+fn unavailable(path: &str, e: impl fmt::Display) -> StoreError {
+    StoreError::Unavailable { path: path.to_string(), reason: e.to_string() }
+}
+
+fn is_busy(e: &rusqlite::Error) -> bool {
+    matches!(e.sqlite_error_code(), Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked))
+}
+
+fn parse_scope(text: String) -> rusqlite::Result<Scope> {
+    text.parse().map_err(|e: String| rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, e.into()))
+}
+
+fn parse_state(text: String) -> rusqlite::Result<UserState> {
+    text.parse().map_err(|e: String| rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, e.into()))
+}
+
+const USER_COLUMNS: &str = "name, state, policy, port_forwarding, created, source";
+
+fn user_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<User> {
+    Ok(User {
+        name: row.get(0)?,
+        state: parse_state(row.get(1)?)?,
+        policy: parse_scope(row.get(2)?)?,
+        port_forwarding: row.get(3)?,
+        created: row.get(4)?,
+        source: row.get(5)?,
+    })
+}
+
+const KEY_COLUMNS: &str = "k.algorithm, k.blob, k.fingerprint, k.bits, k.comment, k.scope, k.from_patterns, \
+                           k.expires, k.created, k.source";
+
+fn key_from_row(user: &str, row: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<Key> {
+    Ok(Key {
+        user: user.to_string(),
+        algorithm: row.get(at)?,
+        blob: row.get(at + 1)?,
+        fingerprint: row.get(at + 2)?,
+        bits: row.get(at + 3)?,
+        comment: row.get(at + 4)?,
+        scope: parse_scope(row.get(at + 5)?)?,
+        from: row.get(at + 6)?,
+        expires: row.get(at + 7)?,
+        created: row.get(at + 8)?,
+        source: row.get(at + 9)?,
+    })
+}
+
+impl SqliteStore {
+    /// Opens the store read-only, as the login path does. Never creates or changes a file.
+    pub fn open_reader(path: &Path, busy_timeout_ms: u32) -> Result<SqliteStore, StoreError> {
+        let shown = path.display().to_string();
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_NOFOLLOW;
+        let conn = Connection::open_with_flags(path, flags).map_err(|e| unavailable(&shown, e))?;
+        let store = SqliteStore { conn, path: shown };
+        store.prepare_connection(busy_timeout_ms)?;
+        store.check_version()?;
+        Ok(store)
+    }
+
+    /// Opens the store for writing; it must already exist (see [`SqliteStore::create`]).
+    pub fn open_writer(path: &Path, busy_timeout_ms: u32) -> Result<SqliteStore, StoreError> {
+        Self::open_writable(path, busy_timeout_ms, false)
+    }
+
+    /// Creates the store if missing and brings its schema up to date.
+    pub fn create(path: &Path, busy_timeout_ms: u32) -> Result<SqliteStore, StoreError> {
+        let mut store = Self::open_writable(path, busy_timeout_ms, true)?;
+        store.migrate()?;
+        Ok(store)
+    }
+
+    fn open_writable(path: &Path, busy_timeout_ms: u32, create: bool) -> Result<SqliteStore, StoreError> {
+        let shown = path.display().to_string();
+        if !create && !path.exists() {
+            return Err(unavailable(&shown, "does not exist (run `gatehouse init`)"));
+        }
+        let mut flags =
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_NOFOLLOW;
+        if create {
+            flags |= OpenFlags::SQLITE_OPEN_CREATE;
+        }
+        let conn = Connection::open_with_flags(path, flags).map_err(|e| unavailable(&shown, e))?;
+        let store = SqliteStore { conn, path: shown };
+        store.prepare_connection(busy_timeout_ms)?;
+        store
+            .conn
+            .set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)
+            .map_err(|e| store.error(e))?;
+        let mode: String = store
+            .conn
+            .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+            .map_err(|e| store.error(e))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(unavailable(&store.path, format!("cannot switch to WAL mode (still {mode})")));
+        }
+        store
+            .conn
+            .execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")
+            .map_err(|e| store.error(e))?;
+        if !create {
+            store.check_version()?;
+        }
+        Ok(store)
+    }
+
+    fn prepare_connection(&self, busy_timeout_ms: u32) -> Result<(), StoreError> {
+        self.conn
+            .busy_timeout(Duration::from_millis(u64::from(busy_timeout_ms)))
+            .map_err(|e| self.error(e))
+    }
+
+    fn error(&self, e: rusqlite::Error) -> StoreError {
+        if is_busy(&e) {
+            StoreError::Busy { path: self.path.clone() }
+        } else {
+            unavailable(&self.path, e)
+        }
+    }
+
+    fn version(&self) -> Result<i64, StoreError> {
+        self.conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(|e| self.error(e))
+    }
+
+    fn check_version(&self) -> Result<(), StoreError> {
+        let found = self.version()?;
+        if found != current_version() {
+            return Err(StoreError::Version { path: self.path.clone(), found, expected: current_version() });
+        }
+        Ok(())
+    }
+
+    /// Applies the migrations this store lacks, each in its own transaction.
+    pub fn migrate(&mut self) -> Result<i64, StoreError> {
+        loop {
+            let tx = self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate);
+            let tx = tx.map_err(|e| unavailable(&self.path, e))?;
+            let found: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(|e| unavailable(&self.path, e))?;
+            if found > current_version() {
+                return Err(StoreError::Version { path: self.path.clone(), found, expected: current_version() });
+            }
+            let Some(sql) = usize::try_from(found).ok().and_then(|i| schema::MIGRATIONS.get(i)) else {
+                return Ok(found);
+            };
+            tx.execute_batch(sql).map_err(|e| unavailable(&self.path, e))?;
+            tx.pragma_update(None, "user_version", found + 1).map_err(|e| unavailable(&self.path, e))?;
+            tx.commit().map_err(|e| unavailable(&self.path, e))?;
+        }
+    }
+
+    /// Records an event that is not a change to users or keys (init, upgrade).
+    pub fn record(&mut self, actor: &Actor, action: &str, detail: &str) -> Result<(), StoreError> {
+        let path = self.path.clone();
+        self.write(|tx| audit(tx, actor, action, &path, detail).map_err(|e| unavailable(&path, e)))
+    }
+
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    /// Runs `f` in one IMMEDIATE transaction (the write lock taken up front, so a busy
+    /// store fails at the start rather than half-way).
+    fn write<T>(&mut self, f: impl FnOnce(&Transaction<'_>) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        let path = self.path.clone();
+        let map = |e: rusqlite::Error| {
+            if is_busy(&e) {
+                StoreError::Busy { path: path.clone() }
+            } else {
+                unavailable(&path, e)
+            }
+        };
+        let tx = self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(map)?;
+        let value = f(&tx)?;
+        tx.commit().map_err(map)?;
+        Ok(value)
+    }
+}
+
+const INSERT_KEY: &str = "INSERT INTO keys (user_id, algorithm, blob, fingerprint, bits, comment, scope, \
+                          from_patterns, expires, created, source) \
+                          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)";
+const INSERT_AUDIT: &str = "INSERT INTO audit (time, actor, action, subject, detail) VALUES (?1, ?2, ?3, ?4, ?5)";
+
+fn insert_key(
+    stmt: &mut rusqlite::Statement<'_>,
+    user_id: i64,
+    new: &NewKey,
+    scope: Scope,
+    now: Timestamp,
+) -> rusqlite::Result<usize> {
+    let ValidKey { algorithm, blob, fingerprint, comment, bits } = &new.key;
+    stmt.execute(params![
+        user_id,
+        algorithm,
+        blob,
+        fingerprint,
+        bits,
+        comment,
+        scope.as_str(),
+        new.from,
+        new.expires,
+        now,
+        new.source
+    ])
+}
+
+fn key_detail(new: &NewKey, scope: Scope) -> String {
+    let mut detail = String::new();
+    crate::log::push_pair(&mut detail, "fingerprint", &new.key.fingerprint);
+    crate::log::push_pair(&mut detail, "scope", scope.as_str());
+    crate::log::push_pair(&mut detail, "source", &new.source);
+    if let Some(from) = &new.from {
+        crate::log::push_pair(&mut detail, "from", from);
+    }
+    if let Some(expires) = new.expires {
+        crate::log::push_pair(&mut detail, "expires", &crate::time::rfc3339(expires));
+    }
+    detail
+}
+
+fn audit(tx: &Transaction<'_>, actor: &Actor, action: &str, subject: &str, detail: &str) -> rusqlite::Result<()> {
+    tx.prepare_cached(INSERT_AUDIT)?.execute(params![actor.now, actor.name, action, subject, detail])?;
+    Ok(())
+}
+
+impl LoginStore for SqliteStore {
+    fn login_view(&self, user: &str, fingerprint: Option<&str>) -> Result<Option<LoginView>, StoreError> {
+        let found = self
+            .conn
+            .prepare_cached(&format!("SELECT id, {USER_COLUMNS} FROM users WHERE name = ?1"))
+            .and_then(|mut s| {
+                s.query_row([user], |row| {
+                    let id: i64 = row.get(0)?;
+                    Ok((
+                        id,
+                        User {
+                            name: row.get(1)?,
+                            state: parse_state(row.get(2)?)?,
+                            policy: parse_scope(row.get(3)?)?,
+                            port_forwarding: row.get(4)?,
+                            created: row.get(5)?,
+                            source: row.get(6)?,
+                        },
+                    ))
+                })
+                .optional()
+            })
+            .map_err(|e| self.error(e))?;
+        let Some((id, user)) = found else {
+            return Ok(None);
+        };
+        let keys = match fingerprint {
+            Some(fp) => self
+                .conn
+                .prepare_cached(&format!("SELECT {KEY_COLUMNS} FROM keys k WHERE k.user_id = ?1 AND k.fingerprint = ?2"))
+                .and_then(|mut s| s.query_map(params![id, fp], |r| key_from_row(&user.name, r, 0))?.collect())
+                .map_err(|e| self.error(e))?,
+            None => self
+                .conn
+                .prepare_cached(&format!("SELECT {KEY_COLUMNS} FROM keys k WHERE k.user_id = ?1 ORDER BY k.id"))
+                .and_then(|mut s| s.query_map([id], |r| key_from_row(&user.name, r, 0))?.collect())
+                .map_err(|e| self.error(e))?,
+        };
+        Ok(Some(LoginView { user, keys }))
+    }
+}
+
+impl AdminStore for SqliteStore {
+    /// Adds many keys in one transaction, as bulk imports do. Returns one result per item;
+    /// a refused item does not stop the others. Users missing from the store are created
+    /// with `create_users` (policy `default_policy`), refused otherwise.
+    fn import_keys(
+        &mut self,
+        actor: &Actor,
+        items: &[(String, NewKey)],
+        create_users: Option<Scope>,
+        max_keys: u32,
+        known_users: &mut ImportCache,
+    ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+        let path = self.path.clone();
+        self.write(|tx| {
+            let db = |e: rusqlite::Error| unavailable(&path, e);
+            let mut find_user = tx.prepare_cached("SELECT id, policy FROM users WHERE name = ?1").map_err(db)?;
+            let mut count_keys = tx.prepare_cached("SELECT count(*) FROM keys WHERE user_id = ?1").map_err(db)?;
+            let mut insert_user = tx
+                .prepare_cached(
+                    "INSERT INTO users (name, state, policy, port_forwarding, created, source) \
+                     VALUES (?1, 'enabled', ?2, 0, ?3, 'import')",
+                )
+                .map_err(db)?;
+            let mut insert_key_stmt = tx.prepare_cached(INSERT_KEY).map_err(db)?;
+            let mut owner_of = tx
+                .prepare_cached("SELECT u.name FROM keys k JOIN users u ON u.id = k.user_id WHERE k.fingerprint = ?1")
+                .map_err(db)?;
+            let mut audit = tx.prepare_cached(INSERT_AUDIT).map_err(db)?;
+            let mut results = Vec::with_capacity(items.len());
+            for (user, new) in items {
+                if !known_users.contains_key(user) {
+                    let found: Option<(i64, String)> =
+                        find_user.query_row([user], |r| Ok((r.get(0)?, r.get(1)?))).optional().map_err(db)?;
+                    let found = match (found, create_users) {
+                        (Some((id, policy)), _) => Some((id, parse_scope(policy).map_err(db)?)),
+                        (None, Some(policy)) => {
+                            insert_user.execute(params![user, policy.as_str(), actor.now]).map_err(db)?;
+                            audit.execute(params![actor.now, actor.name, "user.add", user, "source=import"]).map_err(db)?;
+                            Some((tx.last_insert_rowid(), policy))
+                        }
+                        (None, None) => None,
+                    };
+                    if let Some((id, policy)) = found {
+                        let keys: u32 = count_keys.query_row([id], |r| r.get(0)).map_err(db)?;
+                        known_users.insert(user.clone(), ImportUser { id, policy, keys });
+                    }
+                }
+                let Some(entry) = known_users.get_mut(user) else {
+                    results.push(Err(StoreError::NoSuchUser(user.clone())));
+                    continue;
+                };
+                if entry.keys >= max_keys {
+                    results.push(Err(StoreError::TooManyKeys { user: user.clone(), max: max_keys }));
+                    continue;
+                }
+                let scope = new.scope.unwrap_or(entry.policy);
+                if !entry.policy.includes(scope) {
+                    results.push(Err(StoreError::ScopeOutsidePolicy { scope, policy: entry.policy }));
+                    continue;
+                }
+                match insert_key(&mut insert_key_stmt, entry.id, new, scope, actor.now) {
+                    Ok(_) => {
+                        entry.keys += 1;
+                        audit
+                            .execute(params![actor.now, actor.name, "key.add", user, key_detail(new, scope)])
+                            .map_err(db)?;
+                        results.push(Ok(()));
+                    }
+                    Err(e) if e.sqlite_error_code() == Some(ErrorCode::ConstraintViolation) => {
+                        let owner: String = owner_of
+                            .query_row([&new.key.fingerprint], |r| r.get(0))
+                            .optional()
+                            .map_err(db)?
+                            .unwrap_or_default();
+                        results.push(Err(StoreError::KeyTaken { fingerprint: new.key.fingerprint.clone(), owner }));
+                    }
+                    Err(e) => return Err(db(e)),
+                }
+            }
+            Ok(results)
+        })
+    }
+
+    fn add_user(&mut self, actor: &Actor, user: &User) -> Result<(), StoreError> {
+        let path = self.path.clone();
+        self.write(|tx| {
+            let inserted = tx.execute(
+                "INSERT INTO users (name, state, policy, port_forwarding, created, source) VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
+                 ON CONFLICT (name) DO NOTHING",
+                params![user.name, user.state.as_str(), user.policy.as_str(), user.port_forwarding, actor.now, user.source],
+            );
+            match inserted {
+                Ok(0) => return Err(StoreError::UserExists(user.name.clone())),
+                Ok(_) => {}
+                Err(e) => return Err(unavailable(&path, e)),
+            }
+            let mut detail = String::new();
+            crate::log::push_pair(&mut detail, "state", user.state.as_str());
+            crate::log::push_pair(&mut detail, "policy", user.policy.as_str());
+            crate::log::push_pair(&mut detail, "port_forwarding", if user.port_forwarding { "yes" } else { "no" });
+            audit(tx, actor, "user.add", &user.name, &detail).map_err(|e| unavailable(&path, e))
+        })
+    }
+
+    fn user(&self, name: &str) -> Result<User, StoreError> {
+        self.conn
+            .query_row(&format!("SELECT {USER_COLUMNS} FROM users WHERE name = ?1"), [name], user_from_row)
+            .optional()
+            .map_err(|e| self.error(e))?
+            .ok_or_else(|| StoreError::NoSuchUser(name.to_string()))
+    }
+
+    fn users(&self) -> Result<Vec<User>, StoreError> {
+        self.conn
+            .prepare(&format!("SELECT {USER_COLUMNS} FROM users ORDER BY name"))
+            .and_then(|mut s| s.query_map([], user_from_row)?.collect())
+            .map_err(|e| self.error(e))
+    }
+
+    fn set_user_state(&mut self, actor: &Actor, name: &str, state: UserState) -> Result<bool, StoreError> {
+        let path = self.path.clone();
+        self.write(|tx| {
+            let db = |e| unavailable(&path, e);
+            let old: Option<String> =
+                tx.query_row("SELECT state FROM users WHERE name = ?1", [name], |r| r.get(0)).optional().map_err(db)?;
+            let Some(old) = old else {
+                return Err(StoreError::NoSuchUser(name.to_string()));
+            };
+            if old == state.as_str() {
+                return Ok(false);
+            }
+            tx.execute("UPDATE users SET state = ?2 WHERE name = ?1", params![name, state.as_str()]).map_err(db)?;
+            let action = match state {
+                UserState::Enabled => "user.enable",
+                UserState::Disabled => "user.disable",
+            };
+            audit(tx, actor, action, name, "").map_err(db)?;
+            Ok(true)
+        })
+    }
+
+    fn set_user_policy(
+        &mut self,
+        actor: &Actor,
+        name: &str,
+        policy: Option<Scope>,
+        port_forwarding: Option<bool>,
+    ) -> Result<(), StoreError> {
+        let path = self.path.clone();
+        self.write(|tx| {
+            let db = |e| unavailable(&path, e);
+            let changed = tx
+                .execute(
+                    "UPDATE users SET policy = coalesce(?2, policy), port_forwarding = coalesce(?3, port_forwarding) \
+                     WHERE name = ?1",
+                    params![name, policy.map(Scope::as_str), port_forwarding],
+                )
+                .map_err(db)?;
+            if changed == 0 {
+                return Err(StoreError::NoSuchUser(name.to_string()));
+            }
+            let mut detail = String::new();
+            if let Some(p) = policy {
+                crate::log::push_pair(&mut detail, "policy", p.as_str());
+            }
+            if let Some(f) = port_forwarding {
+                crate::log::push_pair(&mut detail, "port_forwarding", if f { "yes" } else { "no" });
+            }
+            audit(tx, actor, "user.set", name, &detail).map_err(db)
+        })
+    }
+
+    fn remove_user(&mut self, actor: &Actor, name: &str) -> Result<u64, StoreError> {
+        let path = self.path.clone();
+        self.write(|tx| {
+            let db = |e| unavailable(&path, e);
+            let keys: i64 = tx
+                .query_row(
+                    "SELECT count(*) FROM keys WHERE user_id = (SELECT id FROM users WHERE name = ?1)",
+                    [name],
+                    |r| r.get(0),
+                )
+                .map_err(db)?;
+            if tx.execute("DELETE FROM users WHERE name = ?1", [name]).map_err(db)? == 0 {
+                return Err(StoreError::NoSuchUser(name.to_string()));
+            }
+            audit(tx, actor, "user.remove", name, &format!("keys={keys}")).map_err(db)?;
+            Ok(keys.max(0) as u64)
+        })
+    }
+
+    fn add_key(&mut self, actor: &Actor, user: &str, key: &NewKey, max_keys: u32) -> Result<(), StoreError> {
+        let path = self.path.clone();
+        self.write(|tx| {
+            let db = |e| unavailable(&path, e);
+            let found: Option<(i64, String)> = tx
+                .query_row("SELECT id, policy FROM users WHERE name = ?1", [user], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()
+                .map_err(db)?;
+            let Some((user_id, policy)) = found else {
+                return Err(StoreError::NoSuchUser(user.to_string()));
+            };
+            let policy = parse_scope(policy).map_err(db)?;
+            let scope = key.scope.unwrap_or(policy);
+            if !policy.includes(scope) {
+                return Err(StoreError::ScopeOutsidePolicy { scope, policy });
+            }
+            let count: u32 = tx.query_row("SELECT count(*) FROM keys WHERE user_id = ?1", [user_id], |r| r.get(0)).map_err(db)?;
+            if count >= max_keys {
+                return Err(StoreError::TooManyKeys { user: user.to_string(), max: max_keys });
+            }
+            match tx.prepare_cached(INSERT_KEY).and_then(|mut s| insert_key(&mut s, user_id, key, scope, actor.now)) {
+                Ok(_) => {}
+                Err(e) if e.sqlite_error_code() == Some(ErrorCode::ConstraintViolation) => {
+                    let owner: String = tx
+                        .query_row(
+                            "SELECT u.name FROM keys k JOIN users u ON u.id = k.user_id WHERE k.fingerprint = ?1",
+                            [&key.key.fingerprint],
+                            |r| r.get(0),
+                        )
+                        .map_err(db)?;
+                    return Err(StoreError::KeyTaken { fingerprint: key.key.fingerprint.clone(), owner });
+                }
+                Err(e) => return Err(db(e)),
+            }
+            audit(tx, actor, "key.add", user, &key_detail(key, scope)).map_err(db)
+        })
+    }
+
+    fn keys(&self, user: &str) -> Result<Vec<Key>, StoreError> {
+        self.user(user)?;
+        self.conn
+            .prepare(&format!(
+                "SELECT {KEY_COLUMNS} FROM keys k JOIN users u ON u.id = k.user_id WHERE u.name = ?1 ORDER BY k.id"
+            ))
+            .and_then(|mut s| s.query_map([user], |r| key_from_row(user, r, 0))?.collect())
+            .map_err(|e| self.error(e))
+    }
+
+    fn remove_key(&mut self, actor: &Actor, user: &str, fingerprint: &str) -> Result<(), StoreError> {
+        let path = self.path.clone();
+        self.write(|tx| {
+            let db = |e| unavailable(&path, e);
+            let removed = tx
+                .execute(
+                    "DELETE FROM keys WHERE fingerprint = ?2 AND user_id = (SELECT id FROM users WHERE name = ?1)",
+                    params![user, fingerprint],
+                )
+                .map_err(db)?;
+            if removed == 0 {
+                return Err(StoreError::NoSuchKey { user: user.to_string(), fingerprint: fingerprint.to_string() });
+            }
+            let mut detail = String::new();
+            crate::log::push_pair(&mut detail, "fingerprint", fingerprint);
+            audit(tx, actor, "key.remove", user, &detail).map_err(db)
+        })
+    }
+
+    fn audit(&self, query: &AuditQuery) -> Result<Vec<AuditEvent>, StoreError> {
+        self.conn
+            .prepare(
+                "SELECT time, actor, action, subject, detail FROM audit \
+                 WHERE (?1 IS NULL OR subject = ?1) AND (?2 IS NULL OR time >= ?2) \
+                 ORDER BY id DESC LIMIT ?3",
+            )
+            .and_then(|mut s| {
+                let mut events: Vec<AuditEvent> = s
+                    .query_map(params![query.subject, query.since, query.limit.map_or(-1, i64::from)], |r| {
+                        Ok(AuditEvent {
+                            time: r.get(0)?,
+                            actor: r.get(1)?,
+                            action: r.get(2)?,
+                            subject: r.get(3)?,
+                            detail: r.get(4)?,
+                        })
+                    })?
+                    .collect::<rusqlite::Result<_>>()?;
+                events.reverse();
+                Ok(events)
+            })
+            .map_err(|e| self.error(e))
+    }
+}
