@@ -29,10 +29,7 @@ pub fn valid_from_patterns(text: &str) -> Result<(), String> {
             || body.len() > 255
             || !body.bytes().all(|b| b.is_ascii_alphanumeric() || b".:*?/_-".contains(&b))
         {
-            return Err(format!(
-                "`{}` is not a host, address, CIDR block or wildcard pattern",
-                p.escape_debug()
-            ));
+            return Err(format!("`{}` is not a host, address, CIDR block or wildcard pattern", p.escape_debug()));
         }
     }
     Ok(())
@@ -96,7 +93,12 @@ pub fn usable_scope(user: &User, key: &Key, now: Timestamp) -> Result<Scope, Ref
 }
 
 /// One authorized_keys line for `key`, or why there is none.
-pub fn authorized_line(ctx: &LineContext<'_>, user: &User, key: &Key, now: Timestamp) -> Result<(Scope, String), Refusal> {
+pub fn authorized_line(
+    ctx: &LineContext<'_>,
+    user: &User,
+    key: &Key,
+    now: Timestamp,
+) -> Result<(Scope, String), Refusal> {
     let scope = usable_scope(user, key, now)?;
     let algorithm_ok = key.algorithm.bytes().all(|b| b.is_ascii_alphanumeric() || b"-@.".contains(&b));
     let blob_ok = key.blob.bytes().all(|b| b.is_ascii_alphanumeric() || b"+/=".contains(&b));

@@ -189,15 +189,13 @@ impl Config {
     /// rules of [`crate::trust`].
     pub fn load(explicit: Option<&Path>) -> Result<Config, ConfigError> {
         let path = explicit.unwrap_or(Path::new(DEFAULT_PATH));
-        let text = match std::fs::read_to_string(path) {
-            Ok(text) => text,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && explicit.is_none() => {
-                return Ok(Config::default())
-            }
-            Err(e) => return Err(ConfigError(format!("{}: cannot read: {e}", path.display()))),
-        };
-        crate::trust::check_owned_path(path, &[nix::unistd::geteuid().as_raw()])
-            .map_err(|e| ConfigError(format!("{}: not trusted: {e}", path.display())))?;
+        match crate::trust::check_owned_path(path, &[nix::unistd::geteuid().as_raw()]) {
+            Ok(()) => {}
+            Err(_) if explicit.is_none() && !path.exists() => return Ok(Config::default()),
+            Err(e) => return Err(ConfigError(format!("{}: not trusted: {e}", path.display()))),
+        }
+        let text =
+            std::fs::read_to_string(path).map_err(|e| ConfigError(format!("{}: cannot read: {e}", path.display())))?;
         let mut config = Config::parse(&path.display().to_string(), &text)?;
         config.source = Some(path.to_path_buf());
         Ok(config)
@@ -352,7 +350,11 @@ mod tests {
 
     #[test]
     fn defaults_and_fixed_keys() {
-        let c = Config::parse("g.toml", "[store]\npath = \"/srv/s.db\"\n[shell]\npath = \"/usr/libexec/gatehouse/gatehouse-shell\"\n").unwrap();
+        let c = Config::parse(
+            "g.toml",
+            "[store]\npath = \"/srv/s.db\"\n[shell]\npath = \"/usr/libexec/gatehouse/gatehouse-shell\"\n",
+        )
+        .unwrap();
         assert_eq!(c.store_path, PathBuf::from("/srv/s.db"));
         assert_eq!(c.shell_path, "/usr/libexec/gatehouse/gatehouse-shell");
         assert_eq!(c.min_rsa_bits, 3072);
@@ -365,13 +367,19 @@ mod tests {
 
     #[test]
     fn unknown_key_names_line() {
-        assert_eq!(err("[store]\npath = \"/a\"\ncolour = 1\n"), "g.toml:3: unknown field `colour`, expected `path` or `busy_timeout_ms`");
+        assert_eq!(
+            err("[store]\npath = \"/a\"\ncolour = 1\n"),
+            "g.toml:3: unknown field `colour`, expected `path` or `busy_timeout_ms`"
+        );
         assert!(err("\n\n[nosuch]\n").starts_with("g.toml:3: unknown field `nosuch`"), "{}", err("\n\n[nosuch]\n"));
     }
 
     #[test]
     fn bad_values_name_line_and_key() {
-        assert_eq!(err("[keys]\n\nmin_rsa_bits = 1024\n"), "g.toml:3: keys.min_rsa_bits: must be between 2048 and 16384");
+        assert_eq!(
+            err("[keys]\n\nmin_rsa_bits = 1024\n"),
+            "g.toml:3: keys.min_rsa_bits: must be between 2048 and 16384"
+        );
         assert!(err("[shell]\npath = \"gatehouse-shell\"\n").starts_with("g.toml:2: shell.path:"));
         assert!(err("[shell]\npath = \"/usr/bin/x; rm -rf /\"\n").starts_with("g.toml:2: shell.path:"));
         assert!(err("[shell]\npath = \"/usr/bin/a\\\"b\"\n").starts_with("g.toml:2: shell.path:"));
@@ -381,7 +389,8 @@ mod tests {
         assert!(err("[users]\nname_pattern = \"[a-z]+\"\n").contains("anchored"));
         assert!(err("[users]\nname_pattern = \"^([a-z]$\"\n").starts_with("g.toml:2: users.name_pattern"));
         assert!(err("[users]\ndefault_policy = \"root\"\n").starts_with("g.toml:2: users.default_policy"));
-        assert!(err("[forwarding]\npermit_open = [\"localhost:*\", \"evil\\\" x:1\"]\n").starts_with("g.toml:2: forwarding.permit_open"));
+        assert!(err("[forwarding]\npermit_open = [\"localhost:*\", \"evil\\\" x:1\"]\n")
+            .starts_with("g.toml:2: forwarding.permit_open"));
         assert!(err("[store]\nbusy_timeout_ms = -1\n").starts_with("g.toml:2: store.busy_timeout_ms"));
         assert!(err("[store]\npath = 5\n").starts_with("g.toml:2: invalid type"), "{}", err("[store]\npath = 5\n"));
         assert!(err("[store\n").starts_with("g.toml:1:"));

@@ -53,21 +53,18 @@ impl fmt::Display for KeyError {
         match self {
             KeyError::Empty => write!(f, "no key given"),
             KeyError::TooLong(n) => write!(f, "key text is {n} bytes, longer than {MAX_KEY_TEXT}"),
-            KeyError::PrivateKey => write!(
-                f,
-                "this is a PRIVATE key: it was not stored; keep it secret and upload the matching .pub file"
-            ),
-            KeyError::Rfc4716 => write!(
-                f,
-                "RFC 4716 (SSH2) format is not accepted; convert it with `ssh-keygen -i -f FILE`"
-            ),
+            KeyError::PrivateKey => {
+                write!(f, "this is a PRIVATE key: it was not stored; keep it secret and upload the matching .pub file")
+            }
+            KeyError::Rfc4716 => {
+                write!(f, "RFC 4716 (SSH2) format is not accepted; convert it with `ssh-keygen -i -f FILE`")
+            }
             KeyError::ControlCharacter { code, column } => {
                 write!(f, "control character U+{code:04X} at column {column}; a key is one line of printable text")
             }
-            KeyError::Options => write!(
-                f,
-                "authorized_keys options are not accepted; give only the key type, the key and a comment"
-            ),
+            KeyError::Options => {
+                write!(f, "authorized_keys options are not accepted; give only the key type, the key and a comment")
+            }
             KeyError::UnknownType(t) => write!(f, "unknown key type `{t}`"),
             KeyError::Dsa => write!(f, "DSA keys are refused (insecure; OpenSSH no longer accepts them)"),
             KeyError::Certificate => write!(f, "certificates are refused; upload the plain public key"),
@@ -239,9 +236,8 @@ pub fn parse_public_key(text: &str, config: &Config) -> Result<ValidKey, KeyErro
 /// Checks that `text` looks like a SHA256 fingerprint as ssh-keygen prints it, so it can be
 /// used in a forced command and a query without further quoting.
 pub fn is_fingerprint(text: &str) -> bool {
-    text.strip_prefix("SHA256:").is_some_and(|b64| {
-        b64.len() == 43 && b64.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/')
-    })
+    text.strip_prefix("SHA256:")
+        .is_some_and(|b64| b64.len() == 43 && b64.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/'))
 }
 
 #[cfg(test)]

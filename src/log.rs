@@ -7,6 +7,9 @@
 use crate::config::Config;
 use std::fmt::Write as _;
 
+/// Longest wait for the syslog socket per line.
+const SEND_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(100);
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Level {
     Info,
@@ -22,6 +25,9 @@ pub struct Logger {
     stderr: bool,
 }
 
+/// Longest value logged; the rest is cut and marked with `...`.
+const MAX_VALUE: usize = 512;
+
 fn safe_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || "._:/@+-,=*".contains(c)
 }
@@ -34,12 +40,12 @@ pub fn push_pair(line: &mut String, key: &str, value: &str) {
     }
     line.push_str(key);
     line.push('=');
-    if !value.is_empty() && value.chars().all(safe_char) {
+    if !value.is_empty() && value.len() <= MAX_VALUE && value.chars().all(safe_char) {
         line.push_str(value);
         return;
     }
     line.push('"');
-    for c in value.chars().take(512) {
+    for c in value.chars().take(MAX_VALUE) {
         match c {
             '"' => line.push_str("\\\""),
             '\\' => line.push_str("\\\\"),
@@ -49,7 +55,7 @@ pub fn push_pair(line: &mut String, key: &str, value: &str) {
             c => line.push(c),
         }
     }
-    if value.chars().count() > 512 {
+    if value.chars().count() > MAX_VALUE {
         line.push_str("...");
     }
     line.push('"');
@@ -78,7 +84,17 @@ impl Logger {
             process: program.to_string(),
             pid: std::process::id(),
         };
-        Logger { program, syslog: syslog::unix_custom(formatter, socket).ok(), stderr }
+        let syslog = syslog::unix_custom(formatter, socket).ok().map(|mut logger| {
+            // A stalled syslog daemon must not stall a login: a line it cannot take within
+            // the timeout is dropped.
+            let _ = match &mut logger.backend {
+                syslog::LoggerBackend::Unix(socket) => socket.set_write_timeout(Some(SEND_TIMEOUT)),
+                syslog::LoggerBackend::UnixStream(stream) => stream.get_ref().set_write_timeout(Some(SEND_TIMEOUT)),
+                _ => Ok(()),
+            };
+            logger
+        });
+        Logger { program, syslog, stderr }
     }
 
     /// A logger that only writes to stderr, for errors before the config is known.
@@ -116,5 +132,7 @@ mod tests {
         assert_eq!(format_pairs(&[("u", "é")]), "u=\"\\x{e9}\"");
         let long = "a ".repeat(1000);
         assert!(format_pairs(&[("x", &long)]).ends_with("...\""));
+        let plain = "a".repeat(1000);
+        assert_eq!(format_pairs(&[("x", &plain)]).len(), "x=\"\"...".len() + 512);
     }
 }

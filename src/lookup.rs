@@ -141,7 +141,15 @@ pub fn answer(
             }
             Err(refusal) => {
                 if refusal == crate::authorized::Refusal::BadStoredField {
-                    log.log(Level::Error, &[("user", user), ("fingerprint", &key.fingerprint), ("verdict", "refuse"), ("reason", refusal.as_str())]);
+                    log.log(
+                        Level::Error,
+                        &[
+                            ("user", user),
+                            ("fingerprint", &key.fingerprint),
+                            ("verdict", "refuse"),
+                            ("reason", refusal.as_str()),
+                        ],
+                    );
                 }
                 last_refusal = Some(refusal.as_str());
             }
@@ -177,17 +185,24 @@ mod tests {
 
     #[test]
     fn argument_forms() {
-        let lookup = |config: Option<&str>, user: &str, fp: Option<&str>, offered: Option<(&str, &str)>| Invocation::Lookup {
-            config: config.map(PathBuf::from),
-            request: Request {
-                user: Some(user.into()),
-                fingerprint: fp.map(Into::into),
-                offered: offered.map(|(a, b)| (a.into(), b.into())),
-            },
-        };
+        let lookup =
+            |config: Option<&str>, user: &str, fp: Option<&str>, offered: Option<(&str, &str)>| Invocation::Lookup {
+                config: config.map(PathBuf::from),
+                request: Request {
+                    user: Some(user.into()),
+                    fingerprint: fp.map(Into::into),
+                    offered: offered.map(|(a, b)| (a.into(), b.into())),
+                },
+            };
         assert_eq!(parse_args(&os(&["alice"])), Ok(lookup(None, "alice", None, None)));
-        assert_eq!(parse_args(&os(&["--config", "/c", "alice", "SHA256:x"])), Ok(lookup(Some("/c"), "alice", Some("SHA256:x"), None)));
-        assert_eq!(parse_args(&os(&["--config=/c", "--", "alice", "f", "t", "k"])), Ok(lookup(Some("/c"), "alice", Some("f"), Some(("t", "k")))));
+        assert_eq!(
+            parse_args(&os(&["--config", "/c", "alice", "SHA256:x"])),
+            Ok(lookup(Some("/c"), "alice", Some("SHA256:x"), None))
+        );
+        assert_eq!(
+            parse_args(&os(&["--config=/c", "--", "alice", "f", "t", "k"])),
+            Ok(lookup(Some("/c"), "alice", Some("f"), Some(("t", "k"))))
+        );
         // Option-like user names are data.
         assert_eq!(parse_args(&os(&["--", "--help", "f"])), Ok(lookup(None, "--help", Some("f"), None)));
         assert_eq!(parse_args(&os(&["--help", "f"])), Ok(lookup(None, "--help", Some("f"), None)));

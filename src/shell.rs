@@ -42,6 +42,7 @@ pub fn parse_args(args: &[OsString]) -> Result<ShellArgs, String> {
     while let Some(arg) = it.next() {
         match arg.to_str() {
             Some("--config") => config = Some(PathBuf::from(it.next().ok_or("--config needs a file")?)),
+            Some(a) if a.starts_with("--config=") => config = Some(PathBuf::from(&a["--config=".len()..])),
             Some("--key") => {
                 let fp = it.next().and_then(|f| f.to_str()).ok_or("--key needs a fingerprint")?;
                 if !is_fingerprint(fp) {
@@ -79,12 +80,8 @@ pub const MAX_COMMAND: usize = 64 * 1024;
 /// Decides what the session may do, from the store alone.
 pub fn decide(config: &Config, store: &dyn LoginStore, session: &Session<'_>) -> Result<Action, String> {
     let refuse = |message: String, reason: &'static str| Action::Refuse { message, reason, code: exit::REFUSED };
-    let revoked = || {
-        refuse(
-            format!("Key {} is no longer valid for {}.", session.fingerprint, session.user),
-            "key-not-valid",
-        )
-    };
+    let revoked =
+        || refuse(format!("Key {} is no longer valid for {}.", session.fingerprint, session.user), "key-not-valid");
     if !config.valid_user_name(session.user) {
         return Ok(refuse("Your account name is not one Gatehouse serves.".to_string(), "bad-user-name"));
     }
@@ -96,7 +93,12 @@ pub fn decide(config: &Config, store: &dyn LoginStore, session: &Session<'_>) ->
     };
     let scope = match usable_scope(&view.user, key, session.now) {
         Ok(scope) => scope,
-        Err(refusal) => return Ok(refuse(format!("Key {} is no longer valid for {}.", session.fingerprint, session.user), refusal.as_str())),
+        Err(refusal) => {
+            return Ok(refuse(
+                format!("Key {} is no longer valid for {}.", session.fingerprint, session.user),
+                refusal.as_str(),
+            ))
+        }
     };
     if let Some(command) = session.command {
         if command.len() > MAX_COMMAND {

@@ -11,10 +11,7 @@ pub type Timestamp = i64;
 
 /// The current time; the only place the clock is read.
 pub fn now() -> Timestamp {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }
 
 /// A UTC calendar time.
@@ -84,10 +81,7 @@ impl Civil {
 
     /// The form sshd's `expiry-time=` option takes: `YYYYMMDDHHMMSSZ` (UTC).
     pub fn ssh_timespec(&self) -> String {
-        format!(
-            "{:04}{:02}{:02}{:02}{:02}{:02}Z",
-            self.year, self.month, self.day, self.hour, self.minute, self.second
-        )
+        format!("{:04}{:02}{:02}{:02}{:02}{:02}Z", self.year, self.month, self.day, self.hour, self.minute, self.second)
     }
 }
 
@@ -213,7 +207,18 @@ mod tests {
 
     #[test]
     fn refuses_bad_dates() {
-        for bad in ["", "2023-02-29", "2023-13-01", "2023-1-01", "2023-01-01T24:00Z", "2023-01-01T10:00", "+2023-01-01", "2023-01-01T1:00:00Z", "２０２３-01-01", "2023-01-01T10:00:00+01:00"] {
+        for bad in [
+            "",
+            "2023-02-29",
+            "2023-13-01",
+            "2023-1-01",
+            "2023-01-01T24:00Z",
+            "2023-01-01T10:00",
+            "+2023-01-01",
+            "2023-01-01T1:00:00Z",
+            "２０２３-01-01",
+            "2023-01-01T10:00:00+01:00",
+        ] {
             assert!(parse_date(bad).is_err(), "{bad}");
         }
     }

@@ -11,9 +11,7 @@ pub fn check_owned_path(path: &Path, owners: &[u32]) -> Result<(), String> {
     let absolute: PathBuf = if path.is_absolute() {
         path.to_path_buf()
     } else {
-        std::env::current_dir()
-            .map_err(|e| format!("cannot resolve {}: {e}", path.display()))?
-            .join(path)
+        std::env::current_dir().map_err(|e| format!("cannot resolve {}: {e}", path.display()))?.join(path)
     };
     let mut current = Some(absolute.as_path());
     while let Some(p) = current {

@@ -28,6 +28,9 @@ pub struct Finding {
 pub struct DoctorOptions<'a> {
     pub sshd: &'a Path,
     pub sshd_config: Option<&'a Path>,
+    /// Evaluate sshd's `Match` blocks for this user; default: the first store user with a
+    /// system account.
+    pub user: Option<&'a str>,
 }
 
 struct Report(Vec<Finding>);
@@ -45,11 +48,15 @@ impl Report {
 }
 
 /// `sshd -T`: the effective server configuration, keyword → value(s).
-fn sshd_effective(options: &DoctorOptions<'_>) -> Result<HashMap<String, Vec<String>>, String> {
+fn sshd_effective(options: &DoctorOptions<'_>, user: Option<&str>) -> Result<HashMap<String, Vec<String>>, String> {
     let mut cmd = Command::new(options.sshd);
     cmd.arg("-T");
     if let Some(cfg) = options.sshd_config {
         cmd.arg("-f").arg(cfg);
+    }
+    if let Some(user) = user {
+        // sshd's Match blocks apply per connection; -C evaluates them for one.
+        cmd.arg("-C").arg(format!("user={user},host=localhost,addr=127.0.0.1,laddr=127.0.0.1,lport=22"));
     }
     let output = cmd.stdin(Stdio::null()).output().map_err(|e| format!("{}: {e}", options.sshd.display()))?;
     if !output.status.success() {
@@ -83,22 +90,42 @@ pub fn diagnose(config: &Config, options: &DoctorOptions<'_>) -> Vec<Finding> {
             Ok(meta) if meta.permissions().mode() & 0o002 != 0 => {
                 r.fail(format!("{}: world-writable (mode {:04o})", file.display(), meta.mode() & 0o7777))
             }
-            Ok(meta) => r.ok(format!("{} exists (uid {}, gid {}, mode {:04o})", file.display(), meta.uid(), meta.gid(), meta.mode() & 0o7777)),
+            Ok(meta) => r.ok(format!(
+                "{} exists (uid {}, gid {}, mode {:04o})",
+                file.display(),
+                meta.uid(),
+                meta.gid(),
+                meta.mode() & 0o7777
+            )),
             Err(e) => r.fail(format!(
                 "{}: {e}; read-only readers need the store and its -wal and -shm files (run `gatehouse init`)",
                 file.display()
             )),
         }
     }
+    let mut sample_user = options.user.map(str::to_string);
     match crate::store::sqlite::SqliteStore::open_reader(&config.store_path, config.busy_timeout_ms) {
-        Ok(_) => r.ok(format!("store opens read-only, schema version {}", crate::store::current_version())),
+        Ok(store) => {
+            r.ok(format!("store opens read-only, schema version {}", crate::store::current_version()));
+            if sample_user.is_none() {
+                use crate::store::AdminStore;
+                sample_user = store
+                    .users()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|u| u.name)
+                    .find(|name| matches!(nix::unistd::User::from_name(name), Ok(Some(_))));
+            }
+        }
         Err(e) => r.fail(e.to_string()),
     }
 
     // The forced command.
     let shell = Path::new(&config.shell_path);
     match std::fs::metadata(shell) {
-        Ok(meta) if meta.permissions().mode() & 0o111 == 0 => r.fail(format!("shell.path {}: not executable", shell.display())),
+        Ok(meta) if meta.permissions().mode() & 0o111 == 0 => {
+            r.fail(format!("shell.path {}: not executable", shell.display()))
+        }
         Ok(_) => match check_owned_path(shell, &[]) {
             Ok(()) => r.ok(format!("shell.path {} is root-owned and not writable by others", shell.display())),
             Err(e) => r.fail(format!("shell.path: {e}")),
@@ -107,7 +134,11 @@ pub fn diagnose(config: &Config, options: &DoctorOptions<'_>) -> Vec<Finding> {
     }
 
     // What sshd will do.
-    let settings = match sshd_effective(options) {
+    match &sample_user {
+        Some(u) => r.ok(format!("evaluating sshd's configuration for user {u}")),
+        None => r.warn("no store user has a system account; sshd's Match blocks are not evaluated (use --user)"),
+    }
+    let settings = match sshd_effective(options, sample_user.as_deref()) {
         Ok(s) => s,
         Err(e) => {
             r.fail(format!("cannot read sshd's effective configuration: {e}"));
@@ -118,7 +149,9 @@ pub fn diagnose(config: &Config, options: &DoctorOptions<'_>) -> Vec<Finding> {
     let words: Vec<&str> = command.split_whitespace().collect();
     let program = words.first().copied().unwrap_or("none");
     if command == "none" || !program.ends_with("/gatehouse-keys") {
-        r.fail(format!("sshd's AuthorizedKeysCommand is `{command}`, not gatehouse-keys (sshd uses the first one it reads)"));
+        r.fail(format!(
+            "sshd's AuthorizedKeysCommand is `{command}`, not gatehouse-keys (sshd uses the first one it reads)"
+        ));
     } else {
         r.ok(format!("sshd runs {command}"));
         for token in ["%u", "%f", "%t", "%k"] {
@@ -151,13 +184,13 @@ fn probe_key_command(r: &mut Report, settings: &HashMap<String, Vec<String>>, wo
         r.fail("AuthorizedKeysCommandUser is not set; sshd will not run the key command");
         return;
     };
-    match nix::unistd::User::from_name(user) {
-        Ok(Some(_)) => {}
+    let gid = match nix::unistd::User::from_name(user) {
+        Ok(Some(account)) => account.gid.to_string(),
         _ => {
             r.fail(format!("AuthorizedKeysCommandUser {user} does not exist"));
             return;
         }
-    }
+    };
     if !nix::unistd::geteuid().is_root() {
         r.warn(format!("not root: cannot run the key command as {user} to prove it can read the store"));
         return;
@@ -169,7 +202,7 @@ fn probe_key_command(r: &mut Report, settings: &HashMap<String, Vec<String>>, wo
         .map(|w| if *w == "%u" { "gatehouse-doctor-probe" } else { w })
         .collect();
     let output = Command::new("setpriv")
-        .args(["--reuid", user, "--regid", user, "--init-groups", "--"])
+        .args(["--reuid", user, "--regid", &gid, "--init-groups", "--"])
         .arg(words[0])
         .args(&args)
         .stdin(Stdio::null())

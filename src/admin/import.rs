@@ -38,18 +38,25 @@ impl Admin<'_> {
             if line.trim().is_empty() || line.trim_start().starts_with('#') {
                 continue;
             }
-            let result = self
-                .new_key(line, options, "import")
-                .and_then(|new| self.store.add_key(&self.actor, user, &new, self.config.max_keys_per_user).map(|_| new).map_err(AdminError::from));
+            let result = self.new_key(line, options, "import").and_then(|new| {
+                self.store
+                    .add_key(&self.actor, user, &new, self.config.max_keys_per_user)
+                    .map(|_| new)
+                    .map_err(AdminError::from)
+            });
             match result {
                 Ok(new) => {
                     summary.imported += 1;
-                    writeln!(out, "{file}:{number}: imported {} {}", new.key.fingerprint, new.key.algorithm).map_err(io)?;
-                    self.logged("key.add", &[("user", user), ("fingerprint", &new.key.fingerprint), ("source", "import")]);
+                    writeln!(out, "{file}:{number}: imported {} {}", new.key.fingerprint, new.key.algorithm)
+                        .map_err(io)?;
+                    self.logged(
+                        "key.add",
+                        &[("user", user), ("fingerprint", &new.key.fingerprint), ("source", "import")],
+                    );
                 }
-                Err(AdminError::Store(e @ (crate::store::StoreError::Unavailable { .. } | crate::store::StoreError::Busy { .. }))) => {
-                    return Err(AdminError::Store(e))
-                }
+                Err(AdminError::Store(
+                    e @ (crate::store::StoreError::Unavailable { .. } | crate::store::StoreError::Busy { .. }),
+                )) => return Err(AdminError::Store(e)),
                 Err(e) => {
                     summary.skipped += 1;
                     writeln!(out, "{file}:{number}: skipped: {e}").map_err(io)?;
@@ -130,7 +137,12 @@ impl Admin<'_> {
         let secs = format!("{:.1}", started.elapsed().as_secs_f64());
         self.logged(
             "import.tsv",
-            &[("file", file), ("imported", &summary.imported.to_string()), ("skipped", &summary.skipped.to_string()), ("seconds", &secs)],
+            &[
+                ("file", file),
+                ("imported", &summary.imported.to_string()),
+                ("skipped", &summary.skipped.to_string()),
+                ("seconds", &secs),
+            ],
         );
         writeln!(out, "imported {}, skipped {} ({secs} s)", summary.imported, summary.skipped).map_err(io)?;
         Ok(summary)
@@ -138,7 +150,7 @@ impl Admin<'_> {
 
     fn tsv_line(&self, line: &[u8], options: &KeyOptions) -> Result<Option<(String, NewKey)>, String> {
         let text = std::str::from_utf8(line).map_err(|_| "not valid UTF-8".to_string())?;
-        if text.trim().is_empty() || text.starts_with('#') {
+        if text.trim().is_empty() || text.trim_start().starts_with('#') {
             return Ok(None);
         }
         let (user, key) = text.split_once('\t').ok_or("expected USER<TAB>KEY")?;

@@ -22,6 +22,7 @@ pub fn store_files(store: &Path) -> [PathBuf; 3] {
     [store.to_path_buf(), with("-wal"), with("-shm")]
 }
 
+/// Returns the audit action taken (`store.init`, `store.upgrade`), if any.
 /// Creates or upgrades the store at `config.store_path`; the folder is made 0750 and the
 /// files 0640, owned by `owner`/`group` when given, so that the key-command user needs only
 /// group membership to read.
@@ -31,7 +32,7 @@ pub fn init(
     group: Option<&str>,
     actor: &Actor,
     out: &mut dyn Write,
-) -> Result<(), AdminError> {
+) -> Result<Option<&'static str>, AdminError> {
     let uid = match owner {
         Some(name) => Some(
             nix::unistd::User::from_name(name)
@@ -63,13 +64,16 @@ pub fn init(
             }
         }
     }
-    let existed = path.exists();
     let mut store = SqliteStore::create(path, config.busy_timeout_ms)?;
+    let before = store.version()?;
     let version = store.migrate()?;
     drop(store);
     for file in store_files(path) {
         if !file.exists() {
-            return Err(refused(format!("{}: missing after init; the store's folder must be writable", file.display())));
+            return Err(refused(format!(
+                "{}: missing after init; the store's folder must be writable",
+                file.display()
+            )));
         }
         std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o640))
             .map_err(|e| refused(format!("chmod {}: {e}", file.display())))?;
@@ -77,11 +81,21 @@ pub fn init(
             nix::unistd::chown(&file, uid, gid).map_err(|e| refused(format!("chown {}: {e}", file.display())))?;
         }
     }
-    // Recorded through a normal writer so the audit trail shows who initialised it.
-    let mut store = SqliteStore::open_writer(path, config.busy_timeout_ms)?;
-    store.record(actor, if existed { "store.upgrade" } else { "store.init" }, &format!("version={version}"))?;
-    let verb = if existed { "is up to date" } else { "created" };
-    writeln!(out, "store {} {verb} (schema version {version})", path.display())
+    let action = match before {
+        0 => Some("store.init"),
+        v if v < version => Some("store.upgrade"),
+        _ => None,
+    };
+    if let Some(action) = action {
+        let mut store = SqliteStore::open_writer(path, config.busy_timeout_ms)?;
+        store.record(actor, action, &format!("from={before} to={version}"))?;
+    }
+    let said = match before {
+        0 => "created".to_string(),
+        v if v < version => format!("upgraded from schema version {v}"),
+        _ => "is up to date".to_string(),
+    };
+    writeln!(out, "store {} {said} (schema version {version})", path.display())
         .map_err(|e| AdminError::Io(e.to_string()))?;
-    Ok(())
+    Ok(action)
 }

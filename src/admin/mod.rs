@@ -38,9 +38,9 @@ impl AdminError {
     pub fn exit_code(&self) -> u8 {
         match self {
             AdminError::Refused(_) => exit::REFUSED,
-            AdminError::Store(StoreError::Unavailable { .. } | StoreError::Version { .. } | StoreError::Busy { .. }) => {
-                exit::STORE
-            }
+            AdminError::Store(
+                StoreError::Unavailable { .. } | StoreError::Version { .. } | StoreError::Busy { .. },
+            ) => exit::STORE,
             AdminError::Store(_) => exit::REFUSED,
             AdminError::Io(_) => exit::REFUSED,
         }
@@ -117,7 +117,13 @@ impl Admin<'_> {
         self.log.log(Level::Info, &all);
     }
 
-    pub fn user_add(&mut self, name: &str, policy: Option<Scope>, port_forwarding: bool, disabled: bool) -> Result<(), AdminError> {
+    pub fn user_add(
+        &mut self,
+        name: &str,
+        policy: Option<Scope>,
+        port_forwarding: bool,
+        disabled: bool,
+    ) -> Result<(), AdminError> {
         if !self.config.valid_user_name(name) {
             return Err(AdminError::Refused(format!(
                 "`{}` is not a valid user name (users.name_pattern is {})",
@@ -192,12 +198,24 @@ impl Admin<'_> {
         Ok(changed)
     }
 
-    pub fn user_set(&mut self, name: &str, policy: Option<Scope>, port_forwarding: Option<bool>) -> Result<(), AdminError> {
+    pub fn user_set(
+        &mut self,
+        name: &str,
+        policy: Option<Scope>,
+        port_forwarding: Option<bool>,
+    ) -> Result<(), AdminError> {
         if policy.is_none() && port_forwarding.is_none() {
             return Err(AdminError::Refused("nothing to change: give --policy or --port-forwarding".into()));
         }
         self.store.set_user_policy(&self.actor, name, policy, port_forwarding)?;
-        self.logged("user.set", &[("user", name), ("policy", policy.map_or("-", Scope::as_str))]);
+        let mut pairs = vec![("user", name)];
+        if let Some(p) = policy {
+            pairs.push(("policy", p.as_str()));
+        }
+        if let Some(f) = port_forwarding {
+            pairs.push(("port_forwarding", if f { "yes" } else { "no" }));
+        }
+        self.logged("user.set", &pairs);
         Ok(())
     }
 
@@ -251,7 +269,14 @@ impl Admin<'_> {
             let reason = e.to_string();
             self.log.log(
                 Level::Notice,
-                &[("actor", &self.actor.name), ("action", "key.add"), ("user", user), ("fingerprint", &new.key.fingerprint), ("verdict", "refuse"), ("reason", &reason)],
+                &[
+                    ("actor", &self.actor.name),
+                    ("action", "key.add"),
+                    ("user", user),
+                    ("fingerprint", &new.key.fingerprint),
+                    ("verdict", "refuse"),
+                    ("reason", &reason),
+                ],
             );
         }
         result?;
@@ -286,11 +311,13 @@ impl Admin<'_> {
                 event: &'a crate::store::AuditEvent,
                 time_at: String,
             }
-            let events: Vec<_> = events.iter().map(|e| EventJson { event: e, time_at: time::rfc3339(e.time) }).collect();
+            let events: Vec<_> =
+                events.iter().map(|e| EventJson { event: e, time_at: time::rfc3339(e.time) }).collect();
             return print_json(out, &events);
         }
         for e in &events {
-            writeln!(out, "{} {} {} {} {}", time::rfc3339(e.time), e.actor, e.action, e.subject, e.detail).map_err(io)?;
+            writeln!(out, "{} {} {} {} {}", time::rfc3339(e.time), e.actor, e.action, e.subject, e.detail)
+                .map_err(io)?;
         }
         Ok(())
     }
@@ -304,5 +331,6 @@ fn write_key(out: &mut dyn Write, k: &Key, now: Timestamp) -> Result<(), AdminEr
         None => "no-expiry".to_string(),
     };
     let from = k.from.as_deref().map(|f| format!(" from={f}")).unwrap_or_default();
-    writeln!(out, "{} {} {} {} {}{} {}", k.fingerprint, k.algorithm, k.bits, k.scope, expiry, from, k.comment).map_err(io)
+    writeln!(out, "{} {} {} {} {}{} {}", k.fingerprint, k.algorithm, k.bits, k.scope, expiry, from, k.comment)
+        .map_err(io)
 }

@@ -30,6 +30,10 @@ fn main() -> ExitCode {
         }
     };
     let mut log = Logger::open("gatehouse-keys", &config);
+    if let Err(e) = gatehouse::authorized::LineContext::from_config(&config) {
+        log.log(Level::Error, &[("error", &e)]);
+        return ExitCode::from(3);
+    }
     let store = match SqliteStore::open_reader(&config.store_path, config.busy_timeout_ms) {
         Ok(s) => s,
         Err(e) => {

@@ -11,8 +11,7 @@ fn main() -> ExitCode {
     let parsed = match shell::parse_args(&args) {
         Ok(a) => a,
         Err(e) => {
-            eprintln!("gatehouse-shell: {e}\n{}", shell::USAGE);
-            Logger::stderr_only("gatehouse-shell").log(Level::Error, &[("error", &e)]);
+            Logger::stderr_only("gatehouse-shell").log(Level::Error, &[("error", &e), ("usage", shell::USAGE)]);
             return ExitCode::from(exit::USAGE);
         }
     };
@@ -33,7 +32,16 @@ fn main() -> ExitCode {
             return ExitCode::from(exit::REFUSED);
         }
     };
-    let command = std::env::var_os("SSH_ORIGINAL_COMMAND").map(|c| c.to_string_lossy().into_owned());
+    // A command that is not UTF-8 is refused rather than altered: what is checked is what runs.
+    let command = match std::env::var_os("SSH_ORIGINAL_COMMAND").map(|c| c.into_string()) {
+        None => None,
+        Some(Ok(c)) => Some(c),
+        Some(Err(_)) => {
+            eprintln!("gatehouse-shell: the command is not valid UTF-8");
+            log.log(Level::Notice, &[("user", &account.name), ("verdict", "refuse"), ("reason", "command-not-utf-8")]);
+            return ExitCode::from(exit::REFUSED);
+        }
+    };
     let session = Session {
         user: &account.name,
         fingerprint: &parsed.fingerprint,
@@ -44,7 +52,10 @@ fn main() -> ExitCode {
         Ok(s) => s,
         Err(e) => {
             eprintln!("gatehouse-shell: service unavailable, please try again later");
-            log.log(Level::Error, &[("user", session.user), ("fingerprint", session.fingerprint), ("error", &e.to_string())]);
+            log.log(
+                Level::Error,
+                &[("user", session.user), ("fingerprint", session.fingerprint), ("error", &e.to_string())],
+            );
             return ExitCode::from(exit::STORE);
         }
     };
@@ -63,7 +74,13 @@ fn main() -> ExitCode {
             eprintln!("{message}");
             log.log(
                 Level::Notice,
-                &[("user", session.user), ("fingerprint", session.fingerprint), ("verb", verb), ("verdict", "refuse"), ("reason", reason)],
+                &[
+                    ("user", session.user),
+                    ("fingerprint", session.fingerprint),
+                    ("verb", verb),
+                    ("verdict", "refuse"),
+                    ("reason", reason),
+                ],
             );
             ExitCode::from(code)
         }
@@ -93,7 +110,10 @@ fn main() -> ExitCode {
             }
             let err = cmd.exec();
             eprintln!("gatehouse-shell: cannot start your shell {}", shell.display());
-            log.log(Level::Error, &[("user", session.user), ("shell", &shell.display().to_string()), ("error", &err.to_string())]);
+            log.log(
+                Level::Error,
+                &[("user", session.user), ("shell", &shell.display().to_string()), ("error", &err.to_string())],
+            );
             ExitCode::from(exit::EXEC)
         }
     }

@@ -63,6 +63,9 @@ enum Command {
         /// sshd configuration file to check [default: sshd's own]
         #[arg(long, value_name = "FILE")]
         sshd_config: Option<PathBuf>,
+        /// Evaluate sshd's Match blocks for this user [default: the first store user with an account]
+        #[arg(long, value_name = "USER")]
+        user: Option<String>,
     },
 }
 
@@ -221,12 +224,18 @@ fn run(cli: Cli, config: &Config, log: &mut Logger) -> Result<u8, AdminError> {
     let store_path = &config.store_path;
     match cli.command {
         Command::Init { owner, group } => {
-            admin::init::init(config, owner.as_deref(), group.as_deref(), &actor, &mut out)?;
-            log.log(Level::Info, &[("actor", &actor.name), ("action", "store.init"), ("store", &store_path.display().to_string())]);
+            let action = admin::init::init(config, owner.as_deref(), group.as_deref(), &actor, &mut out)?;
+            if let Some(action) = action {
+                log.log(
+                    Level::Info,
+                    &[("actor", &actor.name), ("action", action), ("store", &store_path.display().to_string())],
+                );
+            }
             return Ok(exit::OK);
         }
-        Command::Doctor { sshd, sshd_config } => {
-            let options = doctor::DoctorOptions { sshd: &sshd, sshd_config: sshd_config.as_deref() };
+        Command::Doctor { sshd, sshd_config, user } => {
+            let options =
+                doctor::DoctorOptions { sshd: &sshd, sshd_config: sshd_config.as_deref(), user: user.as_deref() };
             let findings = doctor::diagnose(config, &options);
             let healthy = doctor::print(&findings, &mut out).map_err(|e| AdminError::Io(e.to_string()))?;
             return Ok(if healthy { exit::OK } else { exit::REFUSED });
@@ -266,7 +275,8 @@ fn run(cli: Cli, config: &Config, log: &mut Logger) -> Result<u8, AdminError> {
             KeyCommand::Add { user, stdin, file, key, comment } => {
                 if let Some(s) = &stdin {
                     if s != "-" {
-                        return Err(AdminError::Refused(format!("unexpected argument `{s}`; use --file PATH or -")));
+                        eprintln!("gatehouse: unexpected argument `{}`; use --file PATH or -", s.escape_debug());
+                        return Ok(exit::USAGE);
                     }
                 }
                 let text = read_key_text(stdin.is_some(), file.as_ref())?;
@@ -305,7 +315,9 @@ fn run(cli: Cli, config: &Config, log: &mut Logger) -> Result<u8, AdminError> {
         },
         Command::Audit { user, since, limit, json } => {
             let since = since
-                .map(|s| gatehouse::time::parse_since(&s, now).map_err(|e| AdminError::Refused(format!("--since: {e}"))))
+                .map(|s| {
+                    gatehouse::time::parse_since(&s, now).map_err(|e| AdminError::Refused(format!("--since: {e}")))
+                })
                 .transpose()?;
             admin.audit(&mut out, &AuditQuery { subject: user, since, limit }, json)?;
         }
@@ -333,6 +345,8 @@ fn main() -> ExitCode {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("gatehouse: {e}");
+            let actor = admin::cli_actor(0).name;
+            log.log(Level::Notice, &[("actor", &actor), ("verdict", "error"), ("error", &e.to_string())]);
             ExitCode::from(e.exit_code())
         }
     }

@@ -79,16 +79,37 @@ pub struct Actor {
 #[derive(Debug)]
 pub enum StoreError {
     /// The store cannot be opened or read; names the path.
-    Unavailable { path: String, reason: String },
+    Unavailable {
+        path: String,
+        reason: String,
+    },
     /// The store's schema is not the one this build speaks.
-    Version { path: String, found: i64, expected: i64 },
+    Version {
+        path: String,
+        found: i64,
+        expected: i64,
+    },
     NoSuchUser(String),
     UserExists(String),
-    NoSuchKey { user: String, fingerprint: String },
-    KeyTaken { fingerprint: String, owner: String },
-    TooManyKeys { user: String, max: u32 },
-    ScopeOutsidePolicy { scope: Scope, policy: Scope },
-    Busy { path: String },
+    NoSuchKey {
+        user: String,
+        fingerprint: String,
+    },
+    KeyTaken {
+        fingerprint: String,
+        owner: String,
+    },
+    TooManyKeys {
+        user: String,
+        max: u32,
+    },
+    ScopeOutsidePolicy {
+        scope: Scope,
+        policy: Scope,
+    },
+    Busy {
+        path: String,
+    },
 }
 
 impl fmt::Display for StoreError {
@@ -109,7 +130,9 @@ impl fmt::Display for StoreError {
             StoreError::ScopeOutsidePolicy { scope, policy } => {
                 write!(f, "scope {scope} is wider than the user's policy {policy}")
             }
-            StoreError::Busy { path } => write!(f, "store {path}: still locked by another writer after the busy timeout"),
+            StoreError::Busy { path } => {
+                write!(f, "store {path}: still locked by another writer after the busy timeout")
+            }
         }
     }
 }

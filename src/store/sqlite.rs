@@ -28,12 +28,19 @@ fn is_busy(e: &rusqlite::Error) -> bool {
     matches!(e.sqlite_error_code(), Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked))
 }
 
+/// A UNIQUE violation: the only constraint a valid insert can hit is the fingerprint's.
+fn is_duplicate(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE)
+}
+
 fn parse_scope(text: String) -> rusqlite::Result<Scope> {
-    text.parse().map_err(|e: String| rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, e.into()))
+    text.parse()
+        .map_err(|e: String| rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, e.into()))
 }
 
 fn parse_state(text: String) -> rusqlite::Result<UserState> {
-    text.parse().map_err(|e: String| rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, e.into()))
+    text.parse()
+        .map_err(|e: String| rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, e.into()))
 }
 
 const USER_COLUMNS: &str = "name, state, policy, port_forwarding, created, source";
@@ -72,7 +79,8 @@ impl SqliteStore {
     /// Opens the store read-only, as the login path does. Never creates or changes a file.
     pub fn open_reader(path: &Path, busy_timeout_ms: u32) -> Result<SqliteStore, StoreError> {
         let shown = path.display().to_string();
-        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_NOFOLLOW;
+        let flags =
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_NOFOLLOW;
         let conn = Connection::open_with_flags(path, flags).map_err(|e| unavailable(&shown, e))?;
         let store = SqliteStore { conn, path: shown };
         store.prepare_connection(busy_timeout_ms)?;
@@ -85,11 +93,10 @@ impl SqliteStore {
         Self::open_writable(path, busy_timeout_ms, false)
     }
 
-    /// Creates the store if missing and brings its schema up to date.
+    /// Opens the store for writing, creating an empty file if missing, without checking or
+    /// changing its schema: follow with [`SqliteStore::migrate`].
     pub fn create(path: &Path, busy_timeout_ms: u32) -> Result<SqliteStore, StoreError> {
-        let mut store = Self::open_writable(path, busy_timeout_ms, true)?;
-        store.migrate()?;
-        Ok(store)
+        Self::open_writable(path, busy_timeout_ms, true)
     }
 
     fn open_writable(path: &Path, busy_timeout_ms: u32, create: bool) -> Result<SqliteStore, StoreError> {
@@ -105,21 +112,13 @@ impl SqliteStore {
         let conn = Connection::open_with_flags(path, flags).map_err(|e| unavailable(&shown, e))?;
         let store = SqliteStore { conn, path: shown };
         store.prepare_connection(busy_timeout_ms)?;
-        store
-            .conn
-            .set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)
-            .map_err(|e| store.error(e))?;
-        let mode: String = store
-            .conn
-            .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
-            .map_err(|e| store.error(e))?;
+        store.conn.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true).map_err(|e| store.error(e))?;
+        let mode: String =
+            store.conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0)).map_err(|e| store.error(e))?;
         if !mode.eq_ignore_ascii_case("wal") {
             return Err(unavailable(&store.path, format!("cannot switch to WAL mode (still {mode})")));
         }
-        store
-            .conn
-            .execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")
-            .map_err(|e| store.error(e))?;
+        store.conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;").map_err(|e| store.error(e))?;
         if !create {
             store.check_version()?;
         }
@@ -127,9 +126,7 @@ impl SqliteStore {
     }
 
     fn prepare_connection(&self, busy_timeout_ms: u32) -> Result<(), StoreError> {
-        self.conn
-            .busy_timeout(Duration::from_millis(u64::from(busy_timeout_ms)))
-            .map_err(|e| self.error(e))
+        self.conn.busy_timeout(Duration::from_millis(u64::from(busy_timeout_ms))).map_err(|e| self.error(e))
     }
 
     fn error(&self, e: rusqlite::Error) -> StoreError {
@@ -140,7 +137,8 @@ impl SqliteStore {
         }
     }
 
-    fn version(&self) -> Result<i64, StoreError> {
+    /// The schema version the store is at.
+    pub fn version(&self) -> Result<i64, StoreError> {
         self.conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(|e| self.error(e))
     }
 
@@ -157,7 +155,8 @@ impl SqliteStore {
         loop {
             let tx = self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate);
             let tx = tx.map_err(|e| unavailable(&self.path, e))?;
-            let found: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(|e| unavailable(&self.path, e))?;
+            let found: i64 =
+                tx.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(|e| unavailable(&self.path, e))?;
             if found > current_version() {
                 return Err(StoreError::Version { path: self.path.clone(), found, expected: current_version() });
             }
@@ -274,7 +273,9 @@ impl LoginStore for SqliteStore {
         let keys = match fingerprint {
             Some(fp) => self
                 .conn
-                .prepare_cached(&format!("SELECT {KEY_COLUMNS} FROM keys k WHERE k.user_id = ?1 AND k.fingerprint = ?2"))
+                .prepare_cached(&format!(
+                    "SELECT {KEY_COLUMNS} FROM keys k WHERE k.user_id = ?1 AND k.fingerprint = ?2"
+                ))
                 .and_then(|mut s| s.query_map(params![id, fp], |r| key_from_row(&user.name, r, 0))?.collect())
                 .map_err(|e| self.error(e))?,
             None => self
@@ -324,8 +325,11 @@ impl AdminStore for SqliteStore {
                         (Some((id, policy)), _) => Some((id, parse_scope(policy).map_err(db)?)),
                         (None, Some(policy)) => {
                             insert_user.execute(params![user, policy.as_str(), actor.now]).map_err(db)?;
-                            audit.execute(params![actor.now, actor.name, "user.add", user, "source=import"]).map_err(db)?;
-                            Some((tx.last_insert_rowid(), policy))
+                            let id = tx.last_insert_rowid();
+                            audit
+                                .execute(params![actor.now, actor.name, "user.add", user, "source=import"])
+                                .map_err(db)?;
+                            Some((id, policy))
                         }
                         (None, None) => None,
                     };
@@ -355,7 +359,7 @@ impl AdminStore for SqliteStore {
                             .map_err(db)?;
                         results.push(Ok(()));
                     }
-                    Err(e) if e.sqlite_error_code() == Some(ErrorCode::ConstraintViolation) => {
+                    Err(e) if is_duplicate(&e) => {
                         let owner: String = owner_of
                             .query_row([&new.key.fingerprint], |r| r.get(0))
                             .optional()
@@ -494,13 +498,14 @@ impl AdminStore for SqliteStore {
             if !policy.includes(scope) {
                 return Err(StoreError::ScopeOutsidePolicy { scope, policy });
             }
-            let count: u32 = tx.query_row("SELECT count(*) FROM keys WHERE user_id = ?1", [user_id], |r| r.get(0)).map_err(db)?;
+            let count: u32 =
+                tx.query_row("SELECT count(*) FROM keys WHERE user_id = ?1", [user_id], |r| r.get(0)).map_err(db)?;
             if count >= max_keys {
                 return Err(StoreError::TooManyKeys { user: user.to_string(), max: max_keys });
             }
             match tx.prepare_cached(INSERT_KEY).and_then(|mut s| insert_key(&mut s, user_id, key, scope, actor.now)) {
                 Ok(_) => {}
-                Err(e) if e.sqlite_error_code() == Some(ErrorCode::ConstraintViolation) => {
+                Err(e) if is_duplicate(&e) => {
                     let owner: String = tx
                         .query_row(
                             "SELECT u.name FROM keys k JOIN users u ON u.id = k.user_id WHERE k.fingerprint = ?1",

@@ -1,0 +1,431 @@
+//! Shared test harness: private folders, system users, a private sshd on a loopback port,
+//! and the real `ssh` client. Each piece removes what it created when dropped.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::Read;
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+pub fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// Skips a test that needs root, saying so; under CI (always root) a missing root fails.
+#[macro_export]
+macro_rules! require_root {
+    () => {
+        if !common::is_root() {
+            assert!(std::env::var_os("CI").is_none(), "this test needs root, and CI runs as root");
+            eprintln!("SKIPPED: this test needs root (it creates users and starts sshd)");
+            return;
+        }
+    };
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A unique short tag for names of users, groups and folders made by this process.
+pub fn unique(prefix: &str) -> String {
+    let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+    format!("{prefix}{}x{n}", std::process::id() % 100_000)
+}
+
+/// A folder removed on drop. As root it lives under /run (root-owned parents, as sshd and
+/// our own trust checks demand); otherwise under cargo's target tmp dir.
+pub struct TestDir {
+    pub path: PathBuf,
+}
+
+impl TestDir {
+    pub fn new(name: &str) -> TestDir {
+        let base = if is_root() {
+            PathBuf::from("/run/gatehouse-tests")
+        } else {
+            PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("gatehouse-tests")
+        };
+        std::fs::create_dir_all(&base).unwrap();
+        std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let path = base.join(unique(name));
+        std::fs::create_dir(&path).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        TestDir { path }
+    }
+
+    pub fn join(&self, p: &str) -> PathBuf {
+        self.path.join(p)
+    }
+}
+
+impl Drop for TestDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+// useradd and friends lock /etc/passwd; tests in one process take turns.
+static ACCOUNTS: Mutex<()> = Mutex::new(());
+
+fn account_command(program: &str, args: &[&str]) {
+    let _guard = ACCOUNTS.lock().unwrap_or_else(|e| e.into_inner());
+    for attempt in 0..20 {
+        let out = Command::new(program).args(args).output().unwrap();
+        if out.status.success() {
+            return;
+        }
+        let err = String::from_utf8_lossy(&out.stderr);
+        if !err.contains("lock") || attempt == 19 {
+            panic!("{program} {args:?}: {err}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A system group, deleted on drop.
+pub struct SystemGroup {
+    pub name: String,
+}
+
+impl SystemGroup {
+    pub fn new(prefix: &str) -> SystemGroup {
+        let name = unique(prefix);
+        account_command("groupadd", &[&name]);
+        SystemGroup { name }
+    }
+}
+
+impl Drop for SystemGroup {
+    fn drop(&mut self) {
+        let _guard = ACCOUNTS.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = Command::new("groupdel").arg(&self.name).output();
+    }
+}
+
+/// A system account with a home under `home_base`, deleted on drop. The password field is
+/// `*` (not `!`), so sshd does not treat it as locked.
+pub struct SystemUser {
+    pub name: String,
+    pub home: PathBuf,
+    pub uid: u32,
+}
+
+impl SystemUser {
+    pub fn new(prefix: &str, home_base: &Path, groups: &[&str]) -> SystemUser {
+        let name = unique(prefix);
+        let home = home_base.join(&name);
+        let mut args = vec!["-M", "-p", "*", "-s", "/bin/sh", "-d", home.to_str().unwrap(), "-U"];
+        let group_list = groups.join(",");
+        if !groups.is_empty() {
+            args.extend(["-G", &group_list]);
+        }
+        args.push(&name);
+        account_command("useradd", &args);
+        let account = nix::unistd::User::from_name(&name).unwrap().unwrap();
+        std::fs::create_dir_all(&home).unwrap();
+        std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o755)).unwrap();
+        nix::unistd::chown(&home, Some(account.uid), Some(account.gid)).unwrap();
+        SystemUser { name, home, uid: account.uid.as_raw() }
+    }
+}
+
+impl Drop for SystemUser {
+    fn drop(&mut self) {
+        let _guard = ACCOUNTS.lock().unwrap_or_else(|e| e.into_inner());
+        // Sessions may linger a moment after the client exits.
+        let _ = Command::new("pkill").args(["-KILL", "-u", &self.name]).output();
+        let _ = Command::new("userdel").arg(&self.name).output();
+        let _ = Command::new("groupdel").arg(&self.name).output();
+    }
+}
+
+/// Collects syslog lines sent to a private socket (the config's `[log] socket`), reading
+/// continuously like a syslog daemon would.
+pub struct LogSink {
+    lines: std::sync::Arc<Mutex<Vec<String>>>,
+    pub path: PathBuf,
+}
+
+impl LogSink {
+    pub fn new(path: PathBuf) -> LogSink {
+        let socket = UnixDatagram::bind(&path).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
+        socket.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+        let lines = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let sink = std::sync::Arc::downgrade(&lines);
+        // The reader stops once the sink is dropped.
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 8192];
+            loop {
+                let received = socket.recv(&mut buf);
+                let Some(lines) = sink.upgrade() else { return };
+                if let Ok(n) = received {
+                    lines.lock().unwrap().push(String::from_utf8_lossy(&buf[..n]).into_owned());
+                }
+            }
+        });
+        LogSink { lines, path }
+    }
+
+    /// Every line received since the last call, after a moment for stragglers.
+    pub fn drain(&self) -> Vec<String> {
+        std::thread::sleep(Duration::from_millis(50));
+        std::mem::take(&mut *self.lines.lock().unwrap())
+    }
+}
+
+/// The project's binaries, copied into a root-owned folder (sshd checks the key command's
+/// path), a config pointing at a private store, and the CLI to manage it.
+pub struct Gatehouse {
+    pub dir: TestDir,
+    pub config: PathBuf,
+    pub store: PathBuf,
+    pub keys_bin: PathBuf,
+    pub shell_bin: PathBuf,
+    pub cli_bin: PathBuf,
+    pub log: LogSink,
+}
+
+impl Gatehouse {
+    /// A fresh instance; `extra_config` is appended to the generated config.
+    pub fn new(name: &str, extra_config: &str) -> Gatehouse {
+        let dir = TestDir::new(name);
+        let bin = dir.join("bin");
+        std::fs::create_dir(&bin).unwrap();
+        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let copy = |name: &str, from: &str| {
+            let to = bin.join(name);
+            std::fs::copy(from, &to).unwrap();
+            std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o755)).unwrap();
+            to
+        };
+        let keys_bin = copy("gatehouse-keys", env!("CARGO_BIN_EXE_gatehouse-keys"));
+        let shell_bin = copy("gatehouse-shell", env!("CARGO_BIN_EXE_gatehouse-shell"));
+        let cli_bin = copy("gatehouse", env!("CARGO_BIN_EXE_gatehouse"));
+        let state = dir.join("state");
+        std::fs::create_dir(&state).unwrap();
+        std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let store = state.join("store.db");
+        let log = LogSink::new(dir.join("log.sock"));
+        let config = dir.join("gatehouse.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[store]\npath = \"{}\"\n\n[shell]\npath = \"{}\"\n\n[log]\nsocket = \"{}\"\n{extra_config}",
+                store.display(),
+                shell_bin.display(),
+                log.path.display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).unwrap();
+        Gatehouse { dir, config, store, keys_bin, shell_bin, cli_bin, log }
+    }
+
+    /// Runs the admin CLI with this instance's config.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(&self.cli_bin).arg("--config").arg(&self.config).args(args).stdin(Stdio::null()).output().unwrap()
+    }
+
+    /// Runs the CLI and returns stdout, panicking with stderr on failure.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(out.status.success(), "gatehouse {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Runs the CLI with `input` on standard input.
+    pub fn cli_stdin(&self, args: &[&str], input: &[u8]) -> Output {
+        let mut child = Command::new(&self.cli_bin)
+            .arg("--config")
+            .arg(&self.config)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(input).unwrap();
+        child.wait_with_output().unwrap()
+    }
+
+    /// Runs gatehouse-keys with this instance's config.
+    pub fn keys(&self, args: &[&str]) -> Output {
+        Command::new(&self.keys_bin).arg("--config").arg(&self.config).arg("--").args(args).output().unwrap()
+    }
+
+    pub fn init(&self, group: Option<&str>) {
+        let mut args = vec!["init"];
+        if let Some(g) = group {
+            args.extend(["--group", g]);
+        }
+        self.ok(&args);
+    }
+
+    /// Makes the store readable by `group` only (plus root), as the package does: folder
+    /// 0750, files 0640.
+    pub fn share_store_with(&self, group: &str) {
+        let gid = nix::unistd::Group::from_name(group).unwrap().unwrap().gid;
+        let state = self.store.parent().unwrap();
+        nix::unistd::chown(state, None, Some(gid)).unwrap();
+        std::fs::set_permissions(state, std::fs::Permissions::from_mode(0o750)).unwrap();
+        for suffix in ["", "-wal", "-shm"] {
+            let file = PathBuf::from(format!("{}{suffix}", self.store.display()));
+            nix::unistd::chown(&file, None, Some(gid)).unwrap();
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o640)).unwrap();
+        }
+    }
+}
+
+/// A key pair made by ssh-keygen.
+pub struct KeyPair {
+    pub private: PathBuf,
+    pub public: String,
+    pub fingerprint: String,
+}
+
+pub fn keygen(dir: &Path, kind: &str) -> KeyPair {
+    let private = dir.join(unique("id_"));
+    let mut args = vec!["-q", "-N", "", "-C", "test@gatehouse", "-f", private.to_str().unwrap(), "-t", kind];
+    if kind == "rsa" {
+        args.extend(["-b", "3072"]);
+    }
+    let out = Command::new("ssh-keygen").args(&args).output().unwrap();
+    assert!(out.status.success(), "ssh-keygen: {}", String::from_utf8_lossy(&out.stderr));
+    let pub_path = format!("{}.pub", private.display());
+    let public = std::fs::read_to_string(&pub_path).unwrap().trim_end().to_string();
+    let lf = Command::new("ssh-keygen").args(["-lf", &pub_path]).output().unwrap();
+    let fingerprint = String::from_utf8(lf.stdout).unwrap().split_whitespace().nth(1).unwrap().to_string();
+    KeyPair { private, public, fingerprint }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A private sshd on 127.0.0.1, configured with the shipped drop-in
+/// (sshd_config.d/gatehouse.conf) pointed at this test's binaries, users and groups.
+pub struct Sshd {
+    child: Child,
+    pub port: u16,
+    pub config: PathBuf,
+    pub log: PathBuf,
+    pub key_user: SystemUser,
+    pub managed: SystemGroup,
+}
+
+impl Sshd {
+    pub fn start(gh: &Gatehouse, extra: &str) -> Sshd {
+        std::fs::create_dir_all("/run/sshd").unwrap();
+        let managed = SystemGroup::new("ghm");
+        // The key command's user, like every managed user, reads the store only through
+        // the managed group.
+        let key_user = SystemUser::new("ghk", &gh.dir.path, &[&managed.name]);
+        let host_key = gh.dir.join("host_ed25519");
+        if !host_key.exists() {
+            let out = Command::new("ssh-keygen")
+                .args(["-q", "-N", "", "-t", "ed25519", "-f", host_key.to_str().unwrap()])
+                .output()
+                .unwrap();
+            assert!(out.status.success());
+        }
+        let shipped = include_str!("../../sshd_config.d/gatehouse.conf");
+        let keys_command = format!("{} --config {} --", gh.keys_bin.display(), gh.config.display());
+        let dropin = shipped
+            .replace("/usr/bin/gatehouse-keys --", &keys_command)
+            .replace(
+                "AuthorizedKeysCommandUser gatehouse-keys",
+                &format!("AuthorizedKeysCommandUser {}", key_user.name),
+            )
+            .replace("Match Group gatehouse-users", &format!("Match Group {}", managed.name));
+        assert!(dropin.contains(&keys_command) && dropin.contains(&managed.name), "shipped drop-in changed shape");
+        let log = gh.dir.join("sshd.log");
+        let config = gh.dir.join("sshd_config");
+        gh.share_store_with(&managed.name);
+        // A port picked free may be taken before sshd binds it; try a few.
+        for _ in 0..5 {
+            let port = free_port();
+            let text = format!(
+                "Port {port}\nListenAddress 127.0.0.1\nHostKey {}\nPidFile none\nUsePAM no\n\
+                 KexAlgorithms curve25519-sha256\nLogLevel VERBOSE\nMaxStartups 300\nMaxSessions 50\n\
+                 PasswordAuthentication no\nKbdInteractiveAuthentication no\nStrictModes no\n\
+                 AuthenticationMethods publickey\n{extra}\n{dropin}",
+                host_key.display()
+            );
+            std::fs::write(&config, text).unwrap();
+            let mut child = Command::new("/usr/sbin/sshd")
+                .args(["-D", "-e", "-f", config.to_str().unwrap()])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(&log).unwrap())
+                .spawn()
+                .unwrap();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline && child.try_wait().unwrap().is_none() {
+                if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    return Sshd { child, port, config, log, key_user, managed };
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!("sshd did not start: {}", std::fs::read_to_string(&log).unwrap_or_default());
+    }
+
+    /// A system account in the managed group, with the same name added to the store.
+    pub fn user(&self, gh: &Gatehouse, store_args: &[&str]) -> SystemUser {
+        let user = SystemUser::new("ghu", &gh.dir.path, &[&self.managed.name]);
+        let mut args = vec!["user", "add", user.name.as_str()];
+        args.extend_from_slice(store_args);
+        gh.ok(&args);
+        user
+    }
+
+    /// `ssh user@127.0.0.1 command` with only `key` offered.
+    pub fn ssh(&self, user: &str, key: &Path, command: &[&str]) -> Output {
+        self.ssh_command(user, key, command).output().unwrap()
+    }
+
+    pub fn ssh_command(&self, user: &str, key: &Path, command: &[&str]) -> Command {
+        let mut cmd = Command::new("ssh");
+        cmd.args(["-F", "/dev/null", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no"])
+            .args(["-o", "UserKnownHostsFile=/dev/null", "-o", "IdentitiesOnly=yes", "-o", "IdentityAgent=none"])
+            .args(["-o", "ConnectTimeout=20", "-o", "LogLevel=ERROR", "-o", "KexAlgorithms=curve25519-sha256"])
+            .arg("-i")
+            .arg(key)
+            .args(["-p", &self.port.to_string()])
+            .arg(format!("{user}@127.0.0.1"))
+            .args(command)
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    pub fn log_text(&self) -> String {
+        let mut s = String::new();
+        if let Ok(mut f) = std::fs::File::open(&self.log) {
+            let _ = f.read_to_string(&mut s);
+        }
+        s
+    }
+}
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}

@@ -1,0 +1,197 @@
+//! Docs do not drift: every flag, command and configuration key the code defines appears in
+//! its manual page under man/, and each page passes a formatter's lint when one is installed.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+const PAGES: [&str; 4] = ["man/gatehouse.8", "man/gatehouse-keys.8", "man/gatehouse-shell.8", "man/gatehouse.toml.5"];
+
+fn path(relative: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(relative)
+}
+
+fn read(relative: &str) -> String {
+    std::fs::read_to_string(path(relative)).unwrap_or_else(|e| panic!("{relative}: {e}"))
+}
+
+fn is_word(c: char) -> bool {
+    c.is_ascii_alphanumeric() || c == '-' || c == '_'
+}
+
+/// Whether `text` holds `needle` as whole words (`Fl -sshd` does not count as `Fl -ssh`).
+fn mentions(text: &str, needle: &str) -> bool {
+    text.match_indices(needle).any(|(at, _)| !text[at + needle.len()..].starts_with(is_word))
+}
+
+/// The long options (`--name`, returned as `name`) in a help or usage text.
+fn long_flags(text: &str) -> BTreeSet<String> {
+    text.match_indices("--")
+        .filter(|(at, _)| !text[..*at].ends_with(is_word))
+        .map(|(at, _)| text[at + 2..].chars().take_while(|&c| is_word(c)).collect::<String>())
+        .filter(|name| !name.is_empty())
+        .collect()
+}
+
+fn run(program: &str, args: &[&str]) -> Output {
+    Command::new(program).args(args).output().unwrap_or_else(|e| panic!("{program}: {e}"))
+}
+
+/// Every command path of `gatehouse` (`["user", "add"]`, …) and every long flag, read from
+/// the built binary's `--help` output.
+fn gatehouse_cli() -> (Vec<Vec<String>>, BTreeSet<String>) {
+    let (mut commands, mut flags) = (Vec::new(), BTreeSet::new());
+    let mut queue = vec![Vec::<String>::new()];
+    while let Some(command) = queue.pop() {
+        let mut args: Vec<&str> = command.iter().map(String::as_str).collect();
+        args.push("--help");
+        let out = run(env!("CARGO_BIN_EXE_gatehouse"), &args);
+        assert!(out.status.success(), "gatehouse {args:?} failed");
+        let help = String::from_utf8(out.stdout).unwrap();
+        flags.extend(long_flags(&help));
+        let listed = help.lines().skip_while(|l| l.trim() != "Commands:").skip(1);
+        for line in listed.take_while(|l| !l.trim().is_empty()) {
+            let name = line.split_whitespace().next().unwrap();
+            if name != "help" {
+                let mut sub = command.clone();
+                sub.push(name.to_string());
+                queue.push(sub.clone());
+                commands.push(sub);
+            }
+        }
+    }
+    (commands, flags)
+}
+
+/// Long options an mdoc page documents, written `Fl -name`.
+fn documented_flags(page: &str) -> BTreeSet<String> {
+    page.match_indices("Fl -")
+        .map(|(at, _)| page[at + 4..].chars().take_while(|&c| is_word(c)).collect::<String>())
+        .filter(|name| !name.is_empty())
+        .collect()
+}
+
+#[test]
+fn gatehouse_8_documents_every_flag() {
+    let page = read("man/gatehouse.8");
+    let (_, flags) = gatehouse_cli();
+    assert!(flags.contains("config") && flags.contains("sshd-config"), "{flags:?}");
+    let missing: Vec<_> = flags.iter().filter(|f| !mentions(&page, &format!("Fl -{f}"))).collect();
+    assert!(missing.is_empty(), "flags missing from man/gatehouse.8: {missing:?}");
+    let stale: Vec<_> = documented_flags(&page).into_iter().filter(|f| !flags.contains(f)).collect();
+    assert!(stale.is_empty(), "man/gatehouse.8 documents flags gatehouse lacks: {stale:?}");
+}
+
+#[test]
+fn gatehouse_8_documents_every_command() {
+    let page = read("man/gatehouse.8");
+    let (commands, _) = gatehouse_cli();
+    assert!(commands.len() > 10, "{commands:?}");
+    let missing: Vec<_> =
+        commands.iter().map(|c| c.join(" ")).filter(|c| !mentions(&page, &format!("Cm {c}"))).collect();
+    assert!(missing.is_empty(), "commands missing from man/gatehouse.8: {missing:?}");
+}
+
+/// `section.key` for every field of the `Raw*` structs in src/config.rs, the section being
+/// the `RawConfig` field that holds the struct.
+fn config_keys() -> Vec<String> {
+    let source = read("src/config.rs");
+    let mut structs: Vec<(String, Vec<(String, String)>)> = Vec::new();
+    let mut inside = false;
+    for line in source.lines().map(str::trim) {
+        if let Some((_, rest)) = line.split_once("struct Raw") {
+            let name: String = rest.chars().take_while(|c| c.is_alphanumeric()).collect();
+            structs.push((format!("Raw{name}"), Vec::new()));
+            inside = true;
+        } else if line == "}" {
+            inside = false;
+        } else if let (true, Some((field, ty))) = (inside, line.split_once(": Option<")) {
+            let ty: String = ty.chars().take_while(|c| c.is_alphanumeric()).collect();
+            let field = field.trim_start_matches("pub ").to_string();
+            structs.last_mut().unwrap().1.push((field, ty));
+        }
+    }
+    let fields = |name: &str| structs.iter().find(|(n, _)| n == name).map(|(_, f)| f.clone());
+    let sections = fields("RawConfig").expect("struct RawConfig in src/config.rs");
+    let mut keys = Vec::new();
+    for (section, ty) in sections {
+        let table = fields(&ty).unwrap_or_else(|| panic!("struct {ty} in src/config.rs"));
+        keys.extend(table.into_iter().map(|(key, _)| format!("{section}.{key}")));
+    }
+    keys
+}
+
+#[test]
+fn gatehouse_toml_5_documents_every_key() {
+    let page = read("man/gatehouse.toml.5");
+    let keys = config_keys();
+    assert!(keys.contains(&"store.path".to_string()), "{keys:?}");
+    let missing: Vec<_> = keys.iter().filter(|k| !mentions(&page, &format!(".It Cm {k}"))).collect();
+    assert!(missing.is_empty(), "keys missing from man/gatehouse.toml.5: {missing:?}");
+    let stale: Vec<_> = page
+        .lines()
+        .filter_map(|l| l.strip_prefix(".It Cm "))
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|k| k.contains('.') && !keys.iter().any(|known| known == k))
+        .collect();
+    assert!(stale.is_empty(), "man/gatehouse.toml.5 documents unknown keys: {stale:?}");
+}
+
+#[test]
+fn keys_and_shell_pages_document_their_arguments() {
+    let keys_page = read("man/gatehouse-keys.8");
+    let usage = run(env!("CARGO_BIN_EXE_gatehouse-keys"), &["--help"]);
+    let flags = long_flags(&String::from_utf8_lossy(&usage.stdout));
+    assert!(flags.contains("config"), "{flags:?}");
+    for flag in &flags {
+        assert!(mentions(&keys_page, &format!("Fl -{flag}")), "gatehouse-keys.8 lacks --{flag}");
+    }
+    for token in ["%u", "%f", "%t", "%k"] {
+        assert!(keys_page.contains(&format!("Cm {token}")), "gatehouse-keys.8 lacks {token}");
+    }
+    // The drop-in is quoted in the page; both must say the same.
+    let page_lines: BTreeSet<&str> = keys_page.lines().map(str::trim).collect();
+    let drop_in = read("sshd_config.d/gatehouse.conf");
+    for line in drop_in.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
+        assert!(page_lines.contains(line), "gatehouse-keys.8 does not quote `{line}`");
+    }
+
+    let shell_page = read("man/gatehouse-shell.8");
+    // Without arguments gatehouse-shell prints its usage line.
+    let usage = run(env!("CARGO_BIN_EXE_gatehouse-shell"), &[]);
+    let flags = long_flags(&String::from_utf8_lossy(&usage.stderr));
+    assert!(flags.contains("config") && flags.contains("key"), "{flags:?}");
+    for flag in &flags {
+        assert!(mentions(&shell_page, &format!("Fl -{flag}")), "gatehouse-shell.8 lacks --{flag}");
+    }
+}
+
+#[test]
+fn pages_have_their_sections_and_pass_lint() {
+    for page in PAGES {
+        let text = read(page);
+        let mut sections = vec!["NAME", "DESCRIPTION", "FILES", "SEE ALSO"];
+        if page.ends_with(".8") {
+            sections.extend(["SYNOPSIS", "EXIT STATUS"]);
+        }
+        for section in sections {
+            let heading = format!(".Sh {section}\n");
+            assert!(text.contains(&heading), "{page} lacks {section}");
+        }
+    }
+    // mandoc's lint, else groff's warnings; neither is installed by this test.
+    let lints: [(&str, &[&str]); 2] =
+        [("mandoc", &["-T", "lint", "-W", "warning"]), ("groff", &["-mandoc", "-Tutf8", "-ww", "-z"])];
+    let Some((linter, args)) =
+        lints.into_iter().find(|(program, _)| Command::new(program).arg("--version").output().is_ok())
+    else {
+        eprintln!("SKIPPED: lint needs mandoc or groff, and neither is installed");
+        return;
+    };
+    for page in PAGES {
+        let out = Command::new(linter).args(args).arg(path(page)).output().unwrap();
+        let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success() && said.is_empty(), "{linter} on {page}:\n{said}");
+    }
+}
