@@ -229,3 +229,32 @@ fn hundred_concurrent_logins_while_other_keys_change() {
     let logged = gh.log.drain().join("\n");
     assert!(!logged.contains("locked"), "a reader saw a locked store: {logged}");
 }
+
+#[test]
+fn doctor_passes_on_the_shipped_setup_and_names_what_breaks_it() {
+    require_root!();
+    let (gh, sshd) = setup("doctor");
+    let user = sshd.user(&gh, &[]);
+    let doctor = || gh.cli(&["doctor", "--sshd-config", sshd.config.to_str().unwrap()]);
+    let out = doctor();
+    assert!(out.status.success(), "{}", stdout(&out));
+    let report = stdout(&out);
+    assert!(report.contains(&format!("the key command runs as {} and reads the store", sshd.key_user.name)), "{report}");
+    assert!(report.contains("AuthorizedKeysFile none"), "{report}");
+    assert!(report.contains(&format!("evaluating sshd's configuration for user {}", user.name)), "{report}");
+
+    // A key command sshd would refuse: its folder writable by others.
+    use std::os::unix::fs::PermissionsExt;
+    let bin = gh.keys_bin.parent().unwrap();
+    std::fs::set_permissions(bin, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let out = doctor();
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    assert!(stdout(&out).contains("FAIL sshd will refuse the key command"), "{}", stdout(&out));
+    std::fs::set_permissions(bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+
+    // The key-command user cut off from the store.
+    std::fs::set_permissions(gh.store.parent().unwrap(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let out = doctor();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stdout(&out).contains(&format!("FAIL the key command as {}", sshd.key_user.name)), "{}", stdout(&out));
+}

@@ -84,8 +84,24 @@ impl SqliteStore {
         let conn = Connection::open_with_flags(path, flags).map_err(|e| unavailable(&shown, e))?;
         let store = SqliteStore { conn, path: shown };
         store.prepare_connection(busy_timeout_ms)?;
-        store.check_version()?;
+        store.check_version().map_err(|e| store.explain_missing_wal(e))?;
         Ok(store)
+    }
+
+    /// A read-only reader cannot create the -wal and -shm files; when they are missing
+    /// (another tool closed the store last and removed them), say so and how to mend it.
+    fn explain_missing_wal(&self, e: StoreError) -> StoreError {
+        let shm = format!("{}-shm", self.path);
+        match e {
+            StoreError::Unavailable { path, reason } if !Path::new(&shm).exists() => StoreError::Unavailable {
+                path,
+                reason: format!(
+                    "{reason}; its -wal and -shm files are missing (a tool other than gatehouse closed it last): \
+                     run `gatehouse init` to restore them"
+                ),
+            },
+            other => other,
+        }
     }
 
     /// Opens the store for writing; it must already exist (see [`SqliteStore::create`]).
