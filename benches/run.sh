@@ -20,11 +20,11 @@
 #   BENCH_RUN    binaries and the private sshd (default: /run/gatehouse-bench)
 #   BENCH_USERS  users in the big store (default 200000; 5 keys each)
 #   BENCH_RUNS   hyperfine runs per command (default 500)
-#   BENCH_LOGINS ssh logins per user (default 50)
+#   BENCH_LOGINS ssh logins per path (default 50)
 #   BENCH_KEEP=1 keep the stores and key lists afterwards (about 600 MB)
 #
 # Exit status: 0 all targets met, 1 some target missed, other values: the run failed.
-# Takes about 2-3 minutes on 2 cores once the release build is done.
+# Takes about a minute on 2 cores once the release build is done (the build: ~1.5 min).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -49,6 +49,10 @@ die() {
 }
 
 [ "$(id -u)" -eq 0 ] || die "run as root (starts sshd on 127.0.0.1, adds user $BENCH_USER)"
+# Both directories get files removed on exit: absolute paths of their own, never /.
+for d in "$DATA" "$RUN"; do
+    case $d in /?*) ;; *) die "BENCH_DATA and BENCH_RUN must be absolute paths other than / (got '$d')" ;; esac
+done
 
 # ---------------------------------------------------------------- cleanup on any exit
 SSHD_PID=
@@ -63,10 +67,11 @@ cleanup() {
     if [ "$(getent passwd "$BENCH_USER" | cut -d: -f5)" = "$MARK" ]; then
         userdel "$BENCH_USER" 2>/dev/null
     fi
-    rm -rf "$RUN/sshd" "$RUN/client" "$RUN/bin"
+    rm -rf "${RUN:?}/sshd" "${RUN:?}/client" "${RUN:?}/bin"
     rmdir "$RUN" 2>/dev/null
     if [ "${BENCH_KEEP:-0}" != 1 ]; then
-        rm -rf "$DATA/store-1k" "$DATA/store-1k-as-imported" "$DATA/store-1m" "$DATA/keys-1k.tsv" "$DATA/keys-1m.tsv"
+        rm -rf "${DATA:?}/store-1k" "${DATA:?}/store-1k-as-imported" "${DATA:?}/store-1m" \
+            "${DATA:?}/keys-1k.tsv" "${DATA:?}/keys-1m.tsv"
     fi
 }
 trap cleanup EXIT
@@ -96,7 +101,7 @@ as_nobody() { setpriv --reuid=nobody --regid=nogroup --clear-groups "$@"; }
 # ---------------------------------------------------------------- prerequisites
 need=()
 for pair in hyperfine:hyperfine time:/usr/bin/time jq:jq sqlite3:sqlite3 openssh-server:/usr/sbin/sshd \
-    openssh-client:ssh; do
+    openssh-client:ssh iproute2:ss util-linux:setpriv; do
     command -v "${pair#*:}" >/dev/null || need+=("${pair%%:*}")
 done
 if [ "${#need[@]}" -gt 0 ]; then
@@ -111,8 +116,9 @@ check_trusted() {
     local p=$1
     while :; do
         read -r uid mode < <(stat -c '%u %a' "$p")
-        [ "$uid" -eq 0 ] && [ $((8#$mode & 8#022)) -eq 0 ] ||
+        if [ "$uid" -ne 0 ] || [ $((8#$mode & 8#022)) -ne 0 ]; then
             die "$p must be root-owned and not group/world-writable (set BENCH_DATA / BENCH_RUN elsewhere)"
+        fi
         [ "$p" != / ] || break
         p=$(dirname "$p")
     done
@@ -128,16 +134,17 @@ if getent passwd "$BENCH_USER" >/dev/null; then
     [ "$(getent passwd "$BENCH_USER" | cut -d: -f5)" = "$MARK" ] || die "user $BENCH_USER exists and is not a benchmark account"
     userdel "$BENCH_USER"
 fi
-rm -rf "$DATA/store-1k" "$DATA/store-1k-as-imported" "$DATA/store-1m" "$RUN/sshd" "$RUN/client" "$RUN/bin"
+rm -rf "${DATA:?}/store-1k" "${DATA:?}/store-1k-as-imported" "${DATA:?}/store-1m" \
+    "${RUN:?}/sshd" "${RUN:?}/client" "${RUN:?}/bin"
 
 # ---------------------------------------------------------------- build
-log "building release binaries"
-(cd "$ROOT" && cargo build --release --locked --bins --example gen_keys)
+log "building release binaries (scripts/build-release: gatehouse-keys static)"
+(cd "$ROOT" && scripts/build-release && cargo build --release --locked --example gen_keys)
 # sshd runs the key command only from a root-owned path nobody else can write, so the
 # binaries are copied out of the build tree into $RUN/bin (0755, root).
 install -d -m 0755 "$RUN/bin"
 for b in gatehouse gatehouse-keys gatehouse-shell; do
-    install -m 0755 "$ROOT/target/release/$b" "$RUN/bin/$b"
+    install -m 0755 "$ROOT/target/dist/$b" "$RUN/bin/$b"
 done
 GH=$RUN/bin/gatehouse
 KEYS=$RUN/bin/gatehouse-keys
@@ -175,11 +182,11 @@ make_store() {
     IMPORTED=${IMPORTED:-0}
     echo "$name: $out; wall ${IMPORT_S} s" >&2
     if [ "$IMPORTED" -ne "$expected" ]; then
-        # Seen with the first version of import_keys: --create-users creates each user but
-        # then takes the id of the audit row just written as the user's id, so every key
-        # of a new user fails its foreign key and is reported as "already registered (to
-        # user )". The users do exist afterwards, so a second import (same file, users now
-        # present) fills the store and lets the rest of the benchmark run.
+        # Seen before commit bab75d7: --create-users created each user but then took the
+        # id of the audit row just written as the user's id, so every key of a new user
+        # failed its foreign key and was reported as "already registered (to user )". The
+        # users did exist afterwards, so a second import (same file, users now present)
+        # fills the store and lets the rest of the benchmark run; the target row fails.
         NOTES+=("$name: \`import tsv --create-users\` imported $IMPORTED of $expected keys; first errors: $(head -c 300 "$dir/import-errors.txt" | head -2 | tr '\n' ' ')")
         t0=$(now_us)
         rc=0
@@ -258,17 +265,37 @@ log "hyperfine: gatehouse-keys vs /bin/true vs sqlite3 script, as nobody"
 # -N: no intermediate shell, so /bin/true really is the cost of fork+exec of a trivial
 # program. hyperfine itself runs as nobody (so do all its commands); it writes its
 # exports into a directory nobody owns, moved to $DATA afterwards.
+# hyperfine times one command after the other, so a burst of other load would land on one
+# command only and skew the ratios; ROUNDS rounds of RUNS/ROUNDS runs each, pooled per
+# command, spread any such burst over all of them.
+ROUNDS=5
 HF_DIR=$(mktemp -d)
 chown nobody "$HF_DIR"
-(cd "$HF_DIR" && as_nobody hyperfine -N --warmup 50 --runs "$RUNS" \
-    --export-json "$HF_DIR/lookup.json" --export-markdown "$HF_DIR/lookup.md" \
-    -n true "/bin/true" \
-    -n keys-1k "$KEYS --config $S1K/gatehouse.toml -- $BENCH_USER $FP" \
-    -n keys-1m "$KEYS --config $S1M/gatehouse.toml -- $BENCH_USER $FP" \
-    -n keys-1k-as-imported "$KEYS --config $S1K_RAW/gatehouse.toml -- $BENCH_USER $FP" \
-    -n sqlite-script-1m "/bin/sh $ROOT/benches/sqlite-keys.sh $S1M/store.db $BENCH_USER $FP") |
-    tee "$DATA/lookup.txt"
-mv "$HF_DIR/lookup.json" "$HF_DIR/lookup.md" "$DATA/"
+LOAD_BEFORE=$(cut -d' ' -f1 /proc/loadavg)
+: >"$DATA/lookup.txt"
+for r in $(seq "$ROUNDS"); do
+    (cd "$HF_DIR" && as_nobody hyperfine -N --style basic --warmup 20 --runs $((RUNS / ROUNDS)) \
+        --export-json "$HF_DIR/lookup-round-$r.json" --export-markdown "$HF_DIR/lookup-round-$r.md" \
+        -n true "/bin/true" \
+        -n keys-1k "$KEYS --config $S1K/gatehouse.toml -- $BENCH_USER $FP" \
+        -n keys-1m "$KEYS --config $S1M/gatehouse.toml -- $BENCH_USER $FP" \
+        -n keys-1k-as-imported "$KEYS --config $S1K_RAW/gatehouse.toml -- $BENCH_USER $FP" \
+        -n sqlite-script-1m "/bin/sh $ROOT/benches/sqlite-keys.sh $S1M/store.db $BENCH_USER $FP") |
+        tee -a "$DATA/lookup.txt"
+done
+mv "$HF_DIR"/lookup-round-* "$DATA/"
+# Pool the rounds: every command's run times, with median/mean/min/max over all of them.
+jq -s '{results: ([.[].results[]] | group_by(.command) | map({command: .[0].command, times: (map(.times) | add)})
+        | map(.times |= sort | . + {runs: (.times | length), min: .times[0], max: .times[-1],
+              mean: ((.times | add) / (.times | length)),
+              median: (.times | if length % 2 == 1 then .[(length - 1) / 2] else (.[length / 2 - 1] + .[length / 2]) / 2 end)}))}' \
+    "$DATA"/lookup-round-*.json >"$DATA/lookup.json"
+{
+    echo "| command | runs | median ms | mean ms | min ms | max ms |"
+    echo "| --- | --- | --- | --- | --- | --- |"
+    jq -r '.results[] | "| \(.command) | \(.runs) | \(.median * 1000 * 1000 | round / 1000) | \(.mean * 1000 * 1000 | round / 1000) | \(.min * 1000 * 1000 | round / 1000) | \(.max * 1000 * 1000 | round / 1000) |"' "$DATA/lookup.json"
+} >"$DATA/lookup.md"
+cat "$DATA/lookup.md"
 # Medians (in ms): steadier than means on a small, shared machine.
 med() { jq -r --arg n "$1" '.results[] | select(.command == $n) | .median * 1000' "$DATA/lookup.json"; }
 T_TRUE=$(med true) T_1K=$(med keys-1k) T_1M=$(med keys-1m) T_SH=$(med sqlite-script-1m)
@@ -303,6 +330,7 @@ row "peak RSS gatehouse-keys, 1,000,000-key store" "$RSS_1M KiB" "<= 8192 KiB" "
 
 # ---------------------------------------------------------------- logins
 log "logins through a private sshd"
+LOAD_LOGINS=$(cut -d' ' -f1 /proc/loadavg)
 # A throw-away account: '*' (not '!') as the password, because with UsePAM no sshd treats
 # '!' as locked and refuses even a valid key. Home '/' avoids a chdir warning.
 useradd -M -d / -p '*' -s /bin/sh -c "$MARK" "$BENCH_USER"
@@ -392,9 +420,10 @@ SSHD_PID=
     echo
     echo "$(date -u '+%Y-%m-%d %H:%M UTC'), $(uname -sr), $(nproc) CPUs, commit $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$ROOT" diff --quiet HEAD 2>/dev/null || echo ' (+ local changes)'), $(/usr/sbin/sshd -V 2>&1 | head -1 | cut -d, -f1), hyperfine $RUNS runs/command"
     echo
-    echo "Lookups are timed as nobody (the AuthorizedKeysCommandUser), medians; ratios are of medians."
+    echo "Lookups are timed as nobody (the AuthorizedKeysCommandUser), $RUNS runs per command in $ROUNDS interleaved rounds; ratios are of medians."
     echo "Both stores were checkpointed before the 1k/1M comparison (see the as-imported row for the WAL's cost)."
     echo "Logins: one user, one sshd, two ports, so sshd's per-user pre-auth padding (5-9.3 ms) is the same on both sides."
+    echo "Other load: 1-minute load average $LOAD_BEFORE before the lookups, $LOAD_LOGINS before the logins (2 CPUs; well above 0 means shared time)."
     echo
     echo "| measure | value | target | result |"
     echo "| --- | --- | --- | --- |"
@@ -403,11 +432,11 @@ SSHD_PID=
     if [ -e /dev/log ]; then
         echo "syslog socket /dev/log present: each lookup's log line was sent."
     else
-        echo "No syslog socket (/dev/log) on this machine: lookups skipped their log line (a live syslog adds a connect and a send per lookup)."
+        echo "No syslog socket (/dev/log) on this machine: lookups skipped their log line (against an idle listening socket it cost about 0.01 ms)."
     fi
     for n in "${NOTES[@]}"; do echo "- $n"; done
     echo
-    echo "Raw data: lookup.json, lookup.md, lookup.txt, logins.tsv, sshd.log in $DATA."
+    echo "Raw data in $DATA: lookup.json and lookup.md (pooled), lookup-round-*.json/md, lookup.txt, logins.tsv, sshd.log."
 } | tee "$DATA/summary.md"
 
 [ "$FAILS" -eq 0 ] || exit 1

@@ -67,6 +67,23 @@ struct RawLog {
     stderr: Option<bool>,
 }
 
+/// The user-name rule: the default one is checked without compiling a regex, since the
+/// key command runs it on every login.
+#[derive(Debug, Clone)]
+pub enum NamePattern {
+    /// [`DEFAULT_NAME_PATTERN`].
+    Default,
+    Custom(regex_lite::Regex),
+}
+
+/// `^[a-z_][a-z0-9_-]{0,31}$`, by hand.
+fn is_default_name(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    matches!(bytes.first(), Some(b'a'..=b'z' | b'_'))
+        && bytes.len() <= 32
+        && bytes[1..].iter().all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'_' | b'-'))
+}
+
 /// Key families an operator can allow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KeyFamily {
@@ -104,7 +121,7 @@ pub struct Config {
     pub allowed_types: Vec<KeyFamily>,
     pub max_keys_per_user: u32,
     pub max_key_lifetime: Option<i64>,
-    pub name_pattern: regex_lite::Regex,
+    pub name_pattern: NamePattern,
     pub name_pattern_text: String,
     pub default_policy: Scope,
     pub permit_open: Vec<String>,
@@ -114,9 +131,6 @@ pub struct Config {
 
 impl Default for Config {
     fn default() -> Config {
-        // A constant pattern, compiled by every unit test that builds a default Config.
-        #[allow(clippy::expect_used)]
-        let name_pattern = regex_lite::Regex::new(DEFAULT_NAME_PATTERN).expect("default name pattern compiles");
         Config {
             source: None,
             store_path: PathBuf::from(DEFAULT_STORE),
@@ -126,7 +140,7 @@ impl Default for Config {
             allowed_types: KeyFamily::ALL.to_vec(),
             max_keys_per_user: 100,
             max_key_lifetime: None,
-            name_pattern,
+            name_pattern: NamePattern::Default,
             name_pattern_text: DEFAULT_NAME_PATTERN.to_string(),
             default_policy: Scope::Shell,
             permit_open: vec!["localhost:*".to_string(), "127.0.0.1:*".to_string()],
@@ -289,7 +303,8 @@ impl Config {
                 }
                 match regex_lite::Regex::new(text) {
                     Ok(re) => {
-                        c.name_pattern = re;
+                        c.name_pattern =
+                            if text == DEFAULT_NAME_PATTERN { NamePattern::Default } else { NamePattern::Custom(re) };
                         c.name_pattern_text = p.into_inner();
                     }
                     Err(e) => {
@@ -336,7 +351,11 @@ impl Config {
 
     /// Whether `name` is acceptable as a user name.
     pub fn valid_user_name(&self, name: &str) -> bool {
-        name.len() <= 256 && self.name_pattern.is_match(name)
+        name.len() <= 256
+            && match &self.name_pattern {
+                NamePattern::Default => is_default_name(name),
+                NamePattern::Custom(re) => re.is_match(name),
+            }
     }
 }
 
@@ -363,6 +382,25 @@ mod tests {
         assert!(!c.valid_user_name("-alice"));
         assert!(!c.valid_user_name("alice\n"));
         assert!(!c.valid_user_name(""));
+    }
+
+    #[test]
+    fn default_name_rule_matches_its_regex() {
+        let re = regex_lite::Regex::new(DEFAULT_NAME_PATTERN).unwrap();
+        let mut samples: Vec<String> = ["", "a", "_", "-", "0a", "a-b_c9", "A", "a.b", "a b", "é", "a\n", "-a"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        samples.push("a".repeat(32));
+        samples.push("a".repeat(33));
+        let alphabet = ['a', 'z', '_', '-', '0', '9', 'A', '.', '/', ' '];
+        for i in 0..2000usize {
+            let len = i % 5;
+            samples.push((0..len).map(|j| alphabet[(i / (j + 1) + j * 7) % alphabet.len()]).collect());
+        }
+        for s in samples {
+            assert_eq!(is_default_name(&s), re.is_match(&s), "{s:?}");
+        }
     }
 
     #[test]

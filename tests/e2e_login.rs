@@ -239,7 +239,10 @@ fn doctor_passes_on_the_shipped_setup_and_names_what_breaks_it() {
     let out = doctor();
     assert!(out.status.success(), "{}", stdout(&out));
     let report = stdout(&out);
-    assert!(report.contains(&format!("the key command runs as {} and reads the store", sshd.key_user.name)), "{report}");
+    assert!(
+        report.contains(&format!("the key command runs as {} and reads the store", sshd.key_user.name)),
+        "{report}"
+    );
     assert!(report.contains("AuthorizedKeysFile none"), "{report}");
     assert!(report.contains(&format!("evaluating sshd's configuration for user {}", user.name)), "{report}");
 

@@ -18,6 +18,17 @@ use std::time::Duration;
 pub struct SqliteStore {
     conn: Connection,
     path: String,
+    writable: bool,
+}
+
+impl Drop for SqliteStore {
+    /// A writer leaves the WAL empty (but in place): a reader that finds no writer attached
+    /// would otherwise rebuild its index from every frame on each lookup.
+    fn drop(&mut self) {
+        if self.writable {
+            let _ = self.conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+        }
+    }
 }
 
 fn unavailable(path: &str, e: impl fmt::Display) -> StoreError {
@@ -43,7 +54,7 @@ fn parse_state(text: String) -> rusqlite::Result<UserState> {
         .map_err(|e: String| rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, e.into()))
 }
 
-const USER_COLUMNS: &str = "name, state, policy, port_forwarding, created, source";
+const USER_COLUMNS: &str = "u.name, u.state, u.policy, u.port_forwarding, u.created, u.source";
 
 fn user_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<User> {
     Ok(User {
@@ -82,7 +93,7 @@ impl SqliteStore {
         let flags =
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_NOFOLLOW;
         let conn = Connection::open_with_flags(path, flags).map_err(|e| unavailable(&shown, e))?;
-        let store = SqliteStore { conn, path: shown };
+        let store = SqliteStore { conn, path: shown, writable: false };
         store.prepare_connection(busy_timeout_ms)?;
         store.check_version().map_err(|e| store.explain_missing_wal(e))?;
         Ok(store)
@@ -126,7 +137,7 @@ impl SqliteStore {
             flags |= OpenFlags::SQLITE_OPEN_CREATE;
         }
         let conn = Connection::open_with_flags(path, flags).map_err(|e| unavailable(&shown, e))?;
-        let store = SqliteStore { conn, path: shown };
+        let store = SqliteStore { conn, path: shown, writable: true };
         store.prepare_connection(busy_timeout_ms)?;
         store.conn.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true).map_err(|e| store.error(e))?;
         let mode: String =
@@ -262,45 +273,28 @@ fn audit(tx: &Transaction<'_>, actor: &Actor, action: &str, subject: &str, detai
 
 impl LoginStore for SqliteStore {
     fn login_view(&self, user: &str, fingerprint: Option<&str>) -> Result<Option<LoginView>, StoreError> {
-        let found = self
-            .conn
-            .prepare_cached(&format!("SELECT id, {USER_COLUMNS} FROM users WHERE name = ?1"))
-            .and_then(|mut s| {
-                s.query_row([user], |row| {
-                    let id: i64 = row.get(0)?;
-                    Ok((
-                        id,
-                        User {
-                            name: row.get(1)?,
-                            state: parse_state(row.get(2)?)?,
-                            policy: parse_scope(row.get(3)?)?,
-                            port_forwarding: row.get(4)?,
-                            created: row.get(5)?,
-                            source: row.get(6)?,
-                        },
-                    ))
-                })
-                .optional()
-            })
-            .map_err(|e| self.error(e))?;
-        let Some((id, user)) = found else {
-            return Ok(None);
-        };
-        let keys = match fingerprint {
-            Some(fp) => self
-                .conn
-                .prepare_cached(&format!(
-                    "SELECT {KEY_COLUMNS} FROM keys k WHERE k.user_id = ?1 AND k.fingerprint = ?2"
-                ))
-                .and_then(|mut s| s.query_map(params![id, fp], |r| key_from_row(&user.name, r, 0))?.collect())
-                .map_err(|e| self.error(e))?,
-            None => self
-                .conn
-                .prepare_cached(&format!("SELECT {KEY_COLUMNS} FROM keys k WHERE k.user_id = ?1 ORDER BY k.id"))
-                .and_then(|mut s| s.query_map([id], |r| key_from_row(&user.name, r, 0))?.collect())
-                .map_err(|e| self.error(e))?,
-        };
-        Ok(Some(LoginView { user, keys }))
+        // One statement: on the login path, parsing SQL costs more than running it.
+        let sql = format!(
+            "SELECT {USER_COLUMNS}, {KEY_COLUMNS} FROM users u \
+             LEFT JOIN keys k ON k.user_id = u.id AND (?2 IS NULL OR k.fingerprint = ?2) \
+             WHERE u.name = ?1 ORDER BY k.id"
+        );
+        let mut view: Option<LoginView> = None;
+        let mut stmt = self.conn.prepare(&sql).map_err(|e| self.error(e))?;
+        let mut rows = stmt.query(params![user, fingerprint]).map_err(|e| self.error(e))?;
+        while let Some(row) = rows.next().map_err(|e| self.error(e))? {
+            let v = match &mut view {
+                Some(v) => v,
+                None => {
+                    view.insert(LoginView { user: user_from_row(row).map_err(|e| self.error(e))?, keys: Vec::new() })
+                }
+            };
+            let has_key: Option<String> = row.get(6).map_err(|e| self.error(e))?;
+            if has_key.is_some() {
+                v.keys.push(key_from_row(user, row, 6).map_err(|e| self.error(e))?);
+            }
+        }
+        Ok(view)
     }
 }
 
@@ -413,7 +407,7 @@ impl AdminStore for SqliteStore {
 
     fn user(&self, name: &str) -> Result<User, StoreError> {
         self.conn
-            .query_row(&format!("SELECT {USER_COLUMNS} FROM users WHERE name = ?1"), [name], user_from_row)
+            .query_row(&format!("SELECT {USER_COLUMNS} FROM users u WHERE u.name = ?1"), [name], user_from_row)
             .optional()
             .map_err(|e| self.error(e))?
             .ok_or_else(|| StoreError::NoSuchUser(name.to_string()))
@@ -421,7 +415,7 @@ impl AdminStore for SqliteStore {
 
     fn users(&self) -> Result<Vec<User>, StoreError> {
         self.conn
-            .prepare(&format!("SELECT {USER_COLUMNS} FROM users ORDER BY name"))
+            .prepare(&format!("SELECT {USER_COLUMNS} FROM users u ORDER BY u.name"))
             .and_then(|mut s| s.query_map([], user_from_row)?.collect())
             .map_err(|e| self.error(e))
     }

@@ -199,7 +199,11 @@ impl Gatehouse {
         std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
         let copy = |name: &str, from: &str| {
             let to = bin.join(name);
-            std::fs::copy(from, &to).unwrap();
+            // Copied by cp(1), not in this process: a child another test thread forks while
+            // we hold the new file open for writing would inherit that descriptor, and
+            // running the binary would then fail with ETXTBSY ("Text file busy").
+            let status = Command::new("cp").arg(from).arg(&to).status().unwrap();
+            assert!(status.success(), "cp {from} {}", to.display());
             std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o755)).unwrap();
             to
         };
