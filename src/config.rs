@@ -23,6 +23,23 @@ struct RawConfig {
     users: Option<RawUsers>,
     forwarding: Option<RawForwarding>,
     log: Option<RawLog>,
+    git: Option<RawGit>,
+    sftp: Option<RawProgram>,
+    rsync: Option<RawProgram>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGit {
+    root: Option<Spanned<String>>,
+    program: Option<Spanned<String>>,
+    create_on_push: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProgram {
+    program: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -52,6 +69,7 @@ struct RawKeys {
 struct RawUsers {
     name_pattern: Option<Spanned<String>>,
     default_policy: Option<Spanned<String>>,
+    data_dir: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -127,6 +145,13 @@ pub struct Config {
     pub permit_open: Vec<String>,
     pub log_socket: PathBuf,
     pub log_stderr: bool,
+    /// `%u` stands for the user name.
+    pub data_dir: String,
+    pub git_root: PathBuf,
+    pub git_program: PathBuf,
+    pub git_create_on_push: bool,
+    pub sftp_program: PathBuf,
+    pub rsync_program: PathBuf,
 }
 
 impl Default for Config {
@@ -146,6 +171,12 @@ impl Default for Config {
             permit_open: vec!["localhost:*".to_string(), "127.0.0.1:*".to_string()],
             log_socket: PathBuf::from(DEFAULT_LOG_SOCKET),
             log_stderr: false,
+            data_dir: "/data/%u".to_string(),
+            git_root: PathBuf::from("/data"),
+            git_program: PathBuf::from("/usr/bin/git"),
+            git_create_on_push: false,
+            sftp_program: PathBuf::from("/usr/lib/openssh/sftp-server"),
+            rsync_program: PathBuf::from("/usr/bin/rsync"),
         }
     }
 }
@@ -314,6 +345,13 @@ impl Config {
                     }
                 }
             }
+            if let Some(p) = users.data_dir {
+                let text = p.get_ref();
+                if !text.starts_with('/') || !text.contains("%u") || text.split('/').any(|c| c == "..") {
+                    return at.error(&p.span(), "users.data_dir", "must be an absolute path containing %u");
+                }
+                c.data_dir = p.into_inner();
+            }
             if let Some(p) = users.default_policy {
                 match p.get_ref().parse::<Scope>() {
                     Ok(scope) => c.default_policy = scope,
@@ -335,6 +373,29 @@ impl Config {
                 c.permit_open = list;
             }
         }
+        let absolute = |p: Spanned<String>, key: &str| -> Result<PathBuf, ConfigError> {
+            if !p.get_ref().starts_with('/') || p.get_ref().contains('\0') || p.get_ref().split('/').any(|c| c == "..") {
+                return at.error(&p.span(), key, "must be an absolute path without ..");
+            }
+            Ok(PathBuf::from(p.into_inner()))
+        };
+        if let Some(git) = raw.git {
+            if let Some(p) = git.root {
+                c.git_root = absolute(p, "git.root")?;
+            }
+            if let Some(p) = git.program {
+                c.git_program = absolute(p, "git.program")?;
+            }
+            if let Some(b) = git.create_on_push {
+                c.git_create_on_push = b;
+            }
+        }
+        if let Some(p) = raw.sftp.and_then(|s| s.program) {
+            c.sftp_program = absolute(p, "sftp.program")?;
+        }
+        if let Some(p) = raw.rsync.and_then(|s| s.program) {
+            c.rsync_program = absolute(p, "rsync.program")?;
+        }
         if let Some(log) = raw.log {
             if let Some(s) = log.socket {
                 if !s.get_ref().starts_with('/') {
@@ -347,6 +408,11 @@ impl Config {
             }
         }
         Ok(c)
+    }
+
+    /// The data folder of `user` (a name already checked by [`Config::valid_user_name`]).
+    pub fn data_dir_of(&self, user: &str) -> PathBuf {
+        PathBuf::from(self.data_dir.replace("%u", user))
     }
 
     /// Whether `name` is acceptable as a user name.

@@ -6,11 +6,15 @@
 
 pub mod admin;
 pub mod authorized;
+pub mod command;
 pub mod config;
+pub mod confine;
 pub mod keys;
 pub mod log;
 pub mod lookup;
 pub mod policy;
+pub mod repo;
+pub mod rsync;
 pub mod shell;
 pub mod store;
 pub mod time;

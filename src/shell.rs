@@ -5,13 +5,16 @@
 //! the environment. It checks the store again and decides what may run.
 
 use crate::authorized::usable_scope;
+use crate::command::{self, GitVerb, Refused, Request, MAX_COMMAND};
 use crate::config::Config;
+use crate::confine::Confinement;
 use crate::keys::is_fingerprint;
 use crate::policy::Scope;
+use crate::repo::{self, Access};
 use crate::store::LoginStore;
 use crate::time::Timestamp;
 use std::ffi::OsString;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 pub const USAGE: &str = "usage: gatehouse-shell [--config FILE] --key FINGERPRINT";
 
@@ -36,6 +39,24 @@ pub struct ShellArgs {
 }
 
 pub fn parse_args(args: &[OsString]) -> Result<ShellArgs, String> {
+    // As a login shell, sshd runs us as `gatehouse-shell -c "<the forced command>"`: no
+    // other shell, and so no startup file, ever runs for the account. The forced command is
+    // one we wrote (plain words), naming this program.
+    if let [flag, command] = args {
+        if flag == "-c" {
+            let command = command.to_str().ok_or("-c: not UTF-8")?;
+            let mut words = command.split(' ').filter(|w| !w.is_empty());
+            match words.next() {
+                Some(program) if program.rsplit('/').next() == Some("gatehouse-shell") => {}
+                _ => return Err("-c: only the forced command written by gatehouse-keys is accepted".to_string()),
+            }
+            let inner: Vec<OsString> = words.map(OsString::from).collect();
+            if inner.first().is_some_and(|w| w == "-c") {
+                return Err("-c: nested -c".to_string());
+            }
+            return parse_args(&inner);
+        }
+    }
     let mut config = None;
     let mut fingerprint = None;
     let mut it = args.iter();
@@ -56,11 +77,31 @@ pub fn parse_args(args: &[OsString]) -> Result<ShellArgs, String> {
     Ok(ShellArgs { config, fingerprint: fingerprint.ok_or("--key is required")? })
 }
 
+/// A program to run in place of gatehouse-shell, fully decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecPlan {
+    /// What the client asked for, for the log: `git-upload-pack`, `sftp`, `rsync`.
+    pub verb: &'static str,
+    /// The repository or folder served, for the log.
+    pub target: String,
+    pub program: PathBuf,
+    pub args: Vec<OsString>,
+    pub cwd: PathBuf,
+    /// The child's whole environment.
+    pub env: Vec<(String, String)>,
+    /// `None`: the key has shell scope and is not confined.
+    pub confine: Option<Confinement>,
+    /// Create this bare repository first (a first push into one's own root).
+    pub init_bare: Option<PathBuf>,
+}
+
 /// What to do for this session.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
     /// Run the user's login shell: interactive when `command` is `None`, else `-c command`.
     Shell { command: Option<String> },
+    /// Run a served program directly, no shell in between.
+    Exec(ExecPlan),
     /// Print `message` to the client and exit with `code`; `reason` goes to the log.
     Refuse { message: String, reason: &'static str, code: u8 },
 }
@@ -71,19 +112,79 @@ pub struct Session<'a> {
     pub fingerprint: &'a str,
     /// `SSH_ORIGINAL_COMMAND`, when the client asked for a command.
     pub command: Option<&'a str>,
+    /// The user's system groups, for `@group` grants.
+    pub groups: &'a [String],
+    /// The environment sshd gave the session.
+    pub env: &'a [(String, String)],
     pub now: Timestamp,
 }
 
-/// Longest remote command accepted.
-pub const MAX_COMMAND: usize = 64 * 1024;
+/// The PATH served programs get.
+pub const SAFE_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
+
+fn printable(value: &str) -> bool {
+    value.len() <= 256 && !value.chars().any(char::is_control)
+}
+
+/// The environment handed to a served program: an allow-list. Nothing that steers git
+/// (`GIT_DIR`, `GIT_CONFIG_*`), the loader (`LD_*`) or a shell survives.
+pub fn child_env(session: &Session<'_>) -> Vec<(String, String)> {
+    let mut env = vec![("PATH".to_string(), SAFE_PATH.to_string())];
+    for (key, value) in session.env {
+        let keep = match key.as_str() {
+            "HOME" | "USER" | "LOGNAME" | "LANG" | "LC_ALL" | "TZ" | "SSH_CONNECTION" | "SSH_CLIENT" => printable(value),
+            k if k.starts_with("LC_") && k[3..].bytes().all(|b| b.is_ascii_uppercase()) => printable(value),
+            // Protocol v2: `version=2`, possibly with more `key=value` items joined by `:`.
+            "GIT_PROTOCOL" => {
+                !value.is_empty()
+                    && value.len() <= 64
+                    && value.bytes().all(|b| b.is_ascii_alphanumeric() || b"=:._-".contains(&b))
+            }
+            _ => false,
+        };
+        if keep {
+            env.push((key.clone(), value.clone()));
+        }
+    }
+    // The user's own git configuration is not read by served git: it could point git at
+    // programs to run, and the confinement would hide it anyway.
+    env.push(("GIT_CONFIG_GLOBAL".to_string(), "/dev/null".to_string()));
+    env
+}
+
+fn refuse(message: impl Into<String>, reason: &'static str) -> Action {
+    Action::Refuse { message: message.into(), reason, code: exit::REFUSED }
+}
+
+fn greeting(session: &Session<'_>) -> Action {
+    refuse(
+        format!(
+            "Hi {}! You've authenticated with key {}, but shell access is not enabled for this key.",
+            session.user, session.fingerprint
+        ),
+        "no-shell-access",
+    )
+}
+
+/// A folder that exists and is not a symbolic link, checked from the root down so that
+/// no component is a link either.
+fn real_dir(path: &Path) -> bool {
+    let mut current = PathBuf::new();
+    for component in path.components() {
+        current.push(component);
+        match std::fs::symlink_metadata(&current) {
+            Ok(meta) if meta.file_type().is_dir() => {}
+            _ => return false,
+        }
+    }
+    true
+}
 
 /// Decides what the session may do, from the store alone.
 pub fn decide(config: &Config, store: &dyn LoginStore, session: &Session<'_>) -> Result<Action, String> {
-    let refuse = |message: String, reason: &'static str| Action::Refuse { message, reason, code: exit::REFUSED };
-    let revoked =
-        || refuse(format!("Key {} is no longer valid for {}.", session.fingerprint, session.user), "key-not-valid");
+    let revoked = || refuse(format!("Key {} is no longer valid for {}.", session.fingerprint, session.user), "key-not-valid");
     if !config.valid_user_name(session.user) {
-        return Ok(refuse("Your account name is not one Gatehouse serves.".to_string(), "bad-user-name"));
+        return Ok(refuse("Your account name is not one Gatehouse serves.", "bad-user-name"));
     }
     let Some(view) = store.login_view(session.user, Some(session.fingerprint)).map_err(|e| e.to_string())? else {
         return Ok(revoked());
@@ -100,21 +201,127 @@ pub fn decide(config: &Config, store: &dyn LoginStore, session: &Session<'_>) ->
             ))
         }
     };
-    if let Some(command) = session.command {
-        if command.len() > MAX_COMMAND {
-            return Ok(refuse(format!("Command longer than {MAX_COMMAND} bytes refused."), "command-too-long"));
+    if scope != Scope::Shell && session.command.is_some_and(|c| c.len() > MAX_COMMAND) {
+        return Ok(refuse(format!("Command longer than {MAX_COMMAND} bytes refused."), "command-too-long"));
+    }
+    let request = match command::parse(session.command) {
+        Ok(r) => r,
+        // A shell key may run anything its shell accepts; the parse only serves the others.
+        Err(_) if scope == Scope::Shell => Request::Other(session.command.unwrap_or_default().to_string()),
+        Err(Refused(why)) => return Ok(refuse(format!("Refused: {why}."), "bad-command")),
+    };
+    let confined = scope != Scope::Shell;
+    match request {
+        Request::Interactive | Request::Other(_) if scope == Scope::Shell => {
+            Ok(Action::Shell { command: session.command.map(str::to_string) })
+        }
+        Request::Interactive | Request::Other(_) => Ok(greeting(session)),
+        Request::Git { verb, path } => {
+            if !scope.includes(Scope::GitRead) {
+                return Ok(refuse("Git is not enabled for this key.", "scope"));
+            }
+            if verb.writes() && !scope.includes(Scope::Git) {
+                return Ok(refuse("This key is read-only: pushing is not enabled for it.", "read-only-key"));
+            }
+            git_plan(config, store, session, verb, &path, confined)
+        }
+        Request::Sftp | Request::Rsync { .. } => {
+            if !scope.includes(Scope::Files) {
+                return Ok(refuse("File transfer is not enabled for this key.", "scope"));
+            }
+            let data = config.data_dir_of(session.user);
+            if !real_dir(&data) {
+                return Ok(refuse(format!("Your data folder {} does not exist yet.", data.display()), "no-data-folder"));
+            }
+            let (verb, program, args): (_, _, Vec<OsString>) = match request {
+                Request::Rsync { args } => ("rsync", config.rsync_program.clone(), args.into_iter().map(Into::into).collect()),
+                _ => (
+                    "sftp",
+                    config.sftp_program.clone(),
+                    ["-d".into(), data.clone().into_os_string(), "-f".into(), "AUTHPRIV".into(), "-l".into(), "INFO".into()]
+                        .into(),
+                ),
+            };
+            Ok(Action::Exec(ExecPlan {
+                verb,
+                target: data.display().to_string(),
+                program,
+                args,
+                cwd: data.clone(),
+                env: child_env(session),
+                confine: confined.then(|| Confinement { read_write: vec![data], read_only: vec![] }),
+                init_bare: None,
+            }))
         }
     }
-    match scope {
-        Scope::Shell => Ok(Action::Shell { command: session.command.map(str::to_string) }),
-        Scope::Files | Scope::Git | Scope::GitRead => Ok(refuse(
-            format!(
-                "Hi {}! You've authenticated with key {}, but shell access is not enabled for this key.",
-                session.user, session.fingerprint
-            ),
-            "no-shell-access",
-        )),
+}
+
+fn git_plan(
+    config: &Config,
+    store: &dyn LoginStore,
+    session: &Session<'_>,
+    verb: GitVerb,
+    path: &str,
+    confined: bool,
+) -> Result<Action, String> {
+    let repo = match repo::parse_repo_path(path, |o| config.valid_user_name(o)) {
+        Ok(r) => r,
+        Err(why) => return Ok(refuse(why, "bad-repository-path")),
+    };
+    let not_found = || {
+        refuse(format!("Repository {} not found, or you do not have access to it.", repo.relative()), "no-access")
+    };
+    let mut subjects = vec![session.user.to_string()];
+    subjects.extend(session.groups.iter().map(|g| format!("@{g}")));
+    let grants = if repo.owner == session.user { Vec::new() } else { store.grants_for(&subjects).map_err(|e| e.to_string())? };
+    let need = if verb.writes() { Access::Write } else { Access::Read };
+    let Some(granted) = repo::access(session.user, &repo, &grants) else {
+        return Ok(not_found());
+    };
+    if granted < need {
+        return Ok(not_found());
     }
+    let dir = config.git_root.join(&repo.owner).join(&repo.name);
+    let mut init_bare = None;
+    if !real_dir(&dir) || !dir.join("HEAD").is_file() {
+        let own_first_push = verb.writes() && repo.owner == session.user && config.git_create_on_push;
+        if !own_first_push || std::fs::symlink_metadata(&dir).is_ok() || !real_dir(&config.git_root.join(&repo.owner)) {
+            return Ok(not_found());
+        }
+        init_bare = Some(dir.clone());
+    }
+    let mut args: Vec<OsString> = vec!["-c".into(), format!("safe.directory={}", dir.display()).into()];
+    if repo.owner != session.user {
+        // Hooks in someone else's repository would run as this user.
+        args.extend(["-c".into(), "core.hooksPath=/dev/null".into()]);
+    }
+    args.push(verb.subcommand().into());
+    if verb == GitVerb::UploadPack {
+        args.push("--strict".into());
+    }
+    args.push(dir.clone().into_os_string());
+    let verb_name = match verb {
+        GitVerb::UploadPack => "git-upload-pack",
+        GitVerb::ReceivePack => "git-receive-pack",
+        GitVerb::UploadArchive => "git-upload-archive",
+    };
+    let confine = confined.then(|| {
+        if verb.writes() {
+            Confinement { read_write: vec![dir.clone()], read_only: vec![] }
+        } else {
+            Confinement { read_write: vec![], read_only: vec![dir.clone()] }
+        }
+    });
+    Ok(Action::Exec(ExecPlan {
+        verb: verb_name,
+        target: repo.relative(),
+        program: config.git_program.clone(),
+        args,
+        cwd: if init_bare.is_some() { config.git_root.join(&repo.owner) } else { dir.clone() },
+        env: child_env(session),
+        confine,
+        init_bare,
+    }))
 }
 
 #[cfg(test)]
@@ -138,5 +345,14 @@ mod tests {
         assert!(parse_args(&os(&["--key", "SHA256:short"])).is_err());
         assert!(parse_args(&os(&["--key", FP, "-c", "sh"])).is_err());
         assert!(parse_args(&os(&["--key"])).is_err());
+        // As a login shell.
+        let forced = format!("/usr/bin/gatehouse-shell --config /c --key {FP}");
+        assert_eq!(
+            parse_args(&os(&["-c", &forced])),
+            Ok(ShellArgs { config: Some("/c".into()), fingerprint: FP.into() })
+        );
+        assert!(parse_args(&os(&["-c", "id"])).is_err());
+        assert!(parse_args(&os(&["-c", &format!("/bin/sh --key {FP}")])).is_err());
+        assert!(parse_args(&os(&["-c", "/usr/bin/gatehouse-shell -c x"])).is_err());
     }
 }

@@ -133,6 +133,23 @@ pub fn diagnose(config: &Config, options: &DoctorOptions<'_>) -> Vec<Finding> {
         Err(e) => r.fail(format!("shell.path {}: {e}", shell.display())),
     }
 
+    // What the forced command serves, and the wall around it.
+    for (key, program) in [
+        ("git.program", &config.git_program),
+        ("sftp.program", &config.sftp_program),
+        ("rsync.program", &config.rsync_program),
+    ] {
+        match std::fs::metadata(program) {
+            Ok(meta) if meta.permissions().mode() & 0o111 != 0 => r.ok(format!("{key} {} is there", program.display())),
+            _ => r.warn(format!("{key} {}: not an executable file; that service will fail", program.display())),
+        }
+    }
+    if crate::confine::kernel_has_landlock() {
+        r.ok("Landlock is available: sessions without shell scope are confined to their folder")
+    } else {
+        r.warn("Landlock is not available on this kernel: sessions without shell scope rely on the argument allow-lists alone")
+    }
+
     // What sshd will do.
     match &sample_user {
         Some(u) => r.ok(format!("evaluating sshd's configuration for user {u}")),

@@ -302,6 +302,48 @@ impl Admin<'_> {
         Ok(())
     }
 
+    pub fn grant_add(&mut self, subject: &str, pattern: &str, access: crate::repo::Access) -> Result<bool, AdminError> {
+        let name = subject.strip_prefix('@').unwrap_or(subject);
+        if !self.config.valid_user_name(name) {
+            return Err(AdminError::Refused(format!(
+                "`{}` is neither a user name nor @GROUP",
+                subject.escape_debug()
+            )));
+        }
+        if !subject.starts_with('@') {
+            self.store.user(subject)?;
+        }
+        crate::repo::valid_pattern(pattern).map_err(AdminError::Refused)?;
+        let grant = crate::store::Grant {
+            subject: subject.to_string(),
+            pattern: pattern.to_string(),
+            access,
+            created: self.actor.now,
+        };
+        let changed = self.store.add_grant(&self.actor, &grant)?;
+        if changed {
+            self.logged("grant.add", &[("subject", subject), ("pattern", pattern), ("access", access.as_str())]);
+        }
+        Ok(changed)
+    }
+
+    pub fn grant_list(&mut self, out: &mut dyn Write, json: bool) -> Result<(), AdminError> {
+        let grants = self.store.grants()?;
+        if json {
+            return print_json(out, &grants);
+        }
+        for g in &grants {
+            writeln!(out, "{}\t{}\t{}", g.subject, g.pattern, g.access).map_err(io)?;
+        }
+        Ok(())
+    }
+
+    pub fn grant_remove(&mut self, subject: &str, pattern: &str) -> Result<(), AdminError> {
+        self.store.remove_grant(&self.actor, subject, pattern)?;
+        self.logged("grant.remove", &[("subject", subject), ("pattern", pattern)]);
+        Ok(())
+    }
+
     pub fn audit(&mut self, out: &mut dyn Write, query: &AuditQuery, json: bool) -> Result<(), AdminError> {
         let events = self.store.audit(query)?;
         if json {

@@ -1,7 +1,8 @@
 //! The forced command; see gatehouse-shell(8).
 use gatehouse::config::Config;
 use gatehouse::log::{Level, Logger};
-use gatehouse::shell::{self, exit, Action, Session};
+use gatehouse::confine;
+use gatehouse::shell::{self, exit, Action, ExecPlan, Session};
 use gatehouse::store::sqlite::SqliteStore;
 use std::os::unix::process::CommandExt;
 use std::process::{Command, ExitCode};
@@ -42,10 +43,21 @@ fn main() -> ExitCode {
             return ExitCode::from(exit::REFUSED);
         }
     };
+    let groups: Vec<String> = nix::unistd::getgroups()
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|gid| nix::unistd::Group::from_gid(gid).ok().flatten())
+        .map(|g| g.name)
+        .collect();
+    let env: Vec<(String, String)> = std::env::vars_os()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+        .collect();
     let session = Session {
         user: &account.name,
         fingerprint: &parsed.fingerprint,
         command: command.as_deref(),
+        groups: &groups,
+        env: &env,
         now: gatehouse::time::now(),
     };
     let store = match SqliteStore::open_reader(&config.store_path, config.busy_timeout_ms) {
@@ -70,6 +82,7 @@ fn main() -> ExitCode {
     drop(store);
     let verb = if session.command.is_some() { "command" } else { "interactive" };
     match action {
+        Action::Exec(plan) => run(plan, &session, &mut log),
         Action::Refuse { message, reason, code } => {
             eprintln!("{message}");
             log.log(
@@ -117,4 +130,65 @@ fn main() -> ExitCode {
             ExitCode::from(exit::EXEC)
         }
     }
+}
+
+/// Confines this process as planned, then becomes the served program.
+fn run(plan: ExecPlan, session: &Session<'_>, log: &mut Logger) -> ExitCode {
+    let base = |verdict: &'static str| {
+        vec![
+            ("user", session.user.to_string()),
+            ("fingerprint", session.fingerprint.to_string()),
+            ("verb", plan.verb.to_string()),
+            ("target", plan.target.clone()),
+            ("verdict", verdict.to_string()),
+        ]
+    };
+    let emit = |log: &mut Logger, level: Level, pairs: &[(&str, String)]| {
+        let borrowed: Vec<(&str, &str)> = pairs.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        log.log(level, &borrowed);
+    };
+    let mut pairs = base("accept");
+    // The repository must exist before the confinement names it.
+    if let Some(dir) = &plan.init_bare {
+        let created = Command::new(&plan.program)
+            .args(["init", "--quiet", "--bare"])
+            .arg(dir)
+            .env_clear()
+            .envs(plan.env.iter().map(|(k, v)| (k, v)))
+            .current_dir(&plan.cwd)
+            .stdout(std::process::Stdio::null())
+            .status();
+        if !matches!(created, Ok(s) if s.success()) {
+            eprintln!("gatehouse-shell: cannot create the repository");
+            emit(log, Level::Error, &[base("refuse"), vec![("reason", "init-failed".to_string())]].concat());
+            return ExitCode::from(exit::EXEC);
+        }
+        pairs.push(("created", "yes".to_string()));
+    }
+    if let Some(confinement) = &plan.confine {
+        match confine::apply(confinement) {
+            Ok(enforced) => {
+                if enforced != confine::Enforced::Fully {
+                    // The kernel lacks (part of) Landlock: the allow-lists remain the wall.
+                    emit(log, Level::Warning, &[base("accept"), vec![("landlock", enforced.as_str().to_string())]].concat());
+                }
+                pairs.push(("landlock", enforced.as_str().to_string()));
+            }
+            Err(e) => {
+                eprintln!("gatehouse-shell: cannot confine the session, refusing it");
+                emit(log, Level::Error, &[base("refuse"), vec![("error", e)]].concat());
+                return ExitCode::from(exit::EXEC);
+            }
+        }
+    }
+    emit(log, Level::Info, &pairs);
+    let err = Command::new(&plan.program)
+        .args(&plan.args)
+        .env_clear()
+        .envs(plan.env.iter().map(|(k, v)| (k, v)))
+        .current_dir(&plan.cwd)
+        .exec();
+    eprintln!("gatehouse-shell: cannot start {}", plan.verb);
+    emit(log, Level::Error, &[base("refuse"), vec![("error", err.to_string())]].concat());
+    ExitCode::from(exit::EXEC)
 }

@@ -40,6 +40,9 @@ enum Command {
     /// Import keys from existing files
     #[command(subcommand)]
     Import(ImportCommand),
+    /// Manage repository grants
+    #[command(subcommand)]
+    Grant(GrantCommand),
     /// Show the audit trail
     Audit {
         /// Only events about this user
@@ -155,6 +158,26 @@ enum KeyCommand {
     },
     /// Remove a key
     Remove { user: String, fingerprint: String },
+}
+
+#[derive(Subcommand)]
+enum GrantCommand {
+    /// Let USER (or @GROUP, a system group) read or write repositories matching PATTERN
+    Add {
+        /// A user name, or @GROUP
+        subject: String,
+        /// OWNER/NAME.git; `*` matches any run of characters within a part
+        pattern: String,
+        /// read or write
+        access: gatehouse::repo::Access,
+    },
+    /// List grants
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a grant
+    Remove { subject: String, pattern: String },
 }
 
 #[derive(Subcommand)]
@@ -311,6 +334,17 @@ fn run(cli: Cli, config: &Config, log: &mut Logger) -> Result<u8, AdminError> {
                     admin.import_tsv(&mut out, &mut errors, &shown, &mut input, create_users, &key.options(None))?
                 };
                 return Ok(if summary.skipped == 0 { exit::OK } else { exit::REFUSED });
+            }
+        },
+        Command::Grant(cmd) => match cmd {
+            GrantCommand::Add { subject, pattern, access } => {
+                let changed = admin.grant_add(&subject, &pattern, access)?;
+                say(&mut out, format!("{subject} may {access} {pattern}{}", if changed { "" } else { " (unchanged)" }))?;
+            }
+            GrantCommand::List { json } => admin.grant_list(&mut out, json)?,
+            GrantCommand::Remove { subject, pattern } => {
+                admin.grant_remove(&subject, &pattern)?;
+                say(&mut out, format!("removed the grant for {subject} on {pattern}"))?;
             }
         },
         Command::Audit { user, since, limit, json } => {

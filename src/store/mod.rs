@@ -41,6 +41,16 @@ pub struct Key {
     pub source: String,
 }
 
+/// A repository grant: `subject` (a user name, or `@group` for a system group) may read or
+/// write repositories whose `owner/name.git` path matches `pattern`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Grant {
+    pub subject: String,
+    pub pattern: String,
+    pub access: crate::repo::Access,
+    pub created: Timestamp,
+}
+
 /// What the login path needs: the user and the keys asked for.
 #[derive(Debug, Clone)]
 pub struct LoginView {
@@ -91,6 +101,10 @@ pub enum StoreError {
     },
     NoSuchUser(String),
     UserExists(String),
+    NoSuchGrant {
+        subject: String,
+        pattern: String,
+    },
     NoSuchKey {
         user: String,
         fingerprint: String,
@@ -116,6 +130,11 @@ impl fmt::Display for StoreError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             StoreError::Unavailable { path, reason } => write!(f, "store {path}: {reason}"),
+            StoreError::Version { path, found, expected } if found > expected => write!(
+                f,
+                "store {path}: schema version {found} was written by a newer Gatehouse; this build speaks {expected}: \
+                 install the newer version"
+            ),
             StoreError::Version { path, found, expected } => write!(
                 f,
                 "store {path}: schema version {found}, this build speaks {expected} (run `gatehouse init` to upgrade)"
@@ -123,6 +142,7 @@ impl fmt::Display for StoreError {
             StoreError::NoSuchUser(u) => write!(f, "no such user: {u}"),
             StoreError::UserExists(u) => write!(f, "user {u} already exists"),
             StoreError::NoSuchKey { user, fingerprint } => write!(f, "user {user} has no key {fingerprint}"),
+            StoreError::NoSuchGrant { subject, pattern } => write!(f, "no grant for {subject} on {pattern}"),
             StoreError::KeyTaken { fingerprint, owner } => {
                 write!(f, "key {fingerprint} is already registered (to user {owner})")
             }
@@ -144,6 +164,8 @@ pub trait LoginStore {
     /// The user and their keys; only the key with `fingerprint` when one is given.
     /// `None` when the user is not in the store.
     fn login_view(&self, user: &str, fingerprint: Option<&str>) -> Result<Option<LoginView>, StoreError>;
+    /// Grants whose subject is one of `subjects` (a user name, `@group` names).
+    fn grants_for(&self, subjects: &[String]) -> Result<Vec<Grant>, StoreError>;
 }
 
 /// Filters for the audit trail.
@@ -182,6 +204,10 @@ pub trait AdminStore: LoginStore {
     fn keys(&self, user: &str) -> Result<Vec<Key>, StoreError>;
     fn remove_key(&mut self, actor: &Actor, user: &str, fingerprint: &str) -> Result<(), StoreError>;
     fn audit(&self, query: &AuditQuery) -> Result<Vec<AuditEvent>, StoreError>;
+    /// Adds or changes a grant; returns false when it existed with the same access.
+    fn add_grant(&mut self, actor: &Actor, grant: &Grant) -> Result<bool, StoreError>;
+    fn grants(&self) -> Result<Vec<Grant>, StoreError>;
+    fn remove_grant(&mut self, actor: &Actor, subject: &str, pattern: &str) -> Result<(), StoreError>;
     /// Adds many keys in one transaction, as bulk imports do. Returns one result per item;
     /// a refused item does not stop the others. Users missing from the store are created
     /// with policy `create_users` when given, refused otherwise. `known_users` carries what

@@ -41,6 +41,17 @@ pub const MIGRATIONS: &[&str] = &[
     CREATE INDEX audit_by_time ON audit (time);
     CREATE INDEX audit_by_subject ON audit (subject, time);
     ",
+    // 2: repository grants.
+    "
+    CREATE TABLE grants (
+        id      INTEGER PRIMARY KEY,
+        subject TEXT NOT NULL,
+        pattern TEXT NOT NULL,
+        access  TEXT NOT NULL CHECK (access IN ('read', 'write')),
+        created INTEGER NOT NULL,
+        UNIQUE (subject, pattern)
+    ) STRICT;
+    ",
 ];
 
 /// The schema version this build reads and writes.

@@ -296,9 +296,84 @@ impl LoginStore for SqliteStore {
         }
         Ok(view)
     }
+
+    fn grants_for(&self, subjects: &[String]) -> Result<Vec<Grant>, StoreError> {
+        let subjects = serde_json::to_string(subjects).map_err(|e| unavailable(&self.path, e))?;
+        self.conn
+            .prepare(
+                "SELECT subject, pattern, access, created FROM grants \
+                 WHERE subject IN (SELECT value FROM json_each(?1))",
+            )
+            .and_then(|mut s| s.query_map([subjects], grant_from_row)?.collect())
+            .map_err(|e| self.error(e))
+    }
+}
+
+fn grant_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Grant> {
+    let access: String = row.get(2)?;
+    Ok(Grant {
+        subject: row.get(0)?,
+        pattern: row.get(1)?,
+        access: access.parse().map_err(|e: String| {
+            rusqlite::Error::FromSqlConversionFailure(2, rusqlite::types::Type::Text, e.into())
+        })?,
+        created: row.get(3)?,
+    })
 }
 
 impl AdminStore for SqliteStore {
+    fn add_grant(&mut self, actor: &Actor, grant: &Grant) -> Result<bool, StoreError> {
+        let path = self.path.clone();
+        self.write(|tx| {
+            let db = |e| unavailable(&path, e);
+            let old: Option<String> = tx
+                .query_row(
+                    "SELECT access FROM grants WHERE subject = ?1 AND pattern = ?2",
+                    params![grant.subject, grant.pattern],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(db)?;
+            if old.as_deref() == Some(grant.access.as_str()) {
+                return Ok(false);
+            }
+            tx.execute(
+                "INSERT INTO grants (subject, pattern, access, created) VALUES (?1, ?2, ?3, ?4) \
+                 ON CONFLICT (subject, pattern) DO UPDATE SET access = excluded.access",
+                params![grant.subject, grant.pattern, grant.access.as_str(), actor.now],
+            )
+            .map_err(db)?;
+            let mut detail = String::new();
+            crate::log::push_pair(&mut detail, "pattern", &grant.pattern);
+            crate::log::push_pair(&mut detail, "access", grant.access.as_str());
+            audit(tx, actor, "grant.add", &grant.subject, &detail).map_err(db)?;
+            Ok(true)
+        })
+    }
+
+    fn grants(&self) -> Result<Vec<Grant>, StoreError> {
+        self.conn
+            .prepare("SELECT subject, pattern, access, created FROM grants ORDER BY subject, pattern")
+            .and_then(|mut s| s.query_map([], grant_from_row)?.collect())
+            .map_err(|e| self.error(e))
+    }
+
+    fn remove_grant(&mut self, actor: &Actor, subject: &str, pattern: &str) -> Result<(), StoreError> {
+        let path = self.path.clone();
+        self.write(|tx| {
+            let db = |e| unavailable(&path, e);
+            let removed = tx
+                .execute("DELETE FROM grants WHERE subject = ?1 AND pattern = ?2", params![subject, pattern])
+                .map_err(db)?;
+            if removed == 0 {
+                return Err(StoreError::NoSuchGrant { subject: subject.to_string(), pattern: pattern.to_string() });
+            }
+            let mut detail = String::new();
+            crate::log::push_pair(&mut detail, "pattern", pattern);
+            audit(tx, actor, "grant.remove", subject, &detail).map_err(db)
+        })
+    }
+
     /// Adds many keys in one transaction, as bulk imports do. Returns one result per item;
     /// a refused item does not stop the others. Users missing from the store are created
     /// with `create_users` (policy `default_policy`), refused otherwise.

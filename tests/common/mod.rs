@@ -188,6 +188,8 @@ pub struct Gatehouse {
     pub shell_bin: PathBuf,
     pub cli_bin: PathBuf,
     pub log: LogSink,
+    /// The `[users] data_dir` root and `[git] root`.
+    pub data: PathBuf,
 }
 
 impl Gatehouse {
@@ -215,19 +217,36 @@ impl Gatehouse {
         std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o755)).unwrap();
         let store = state.join("store.db");
         let log = LogSink::new(dir.join("log.sock"));
+        // Users' data folders and their git repositories, as /data is in production.
+        let data = dir.join("data");
+        std::fs::create_dir(&data).unwrap();
+        std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
         let config = dir.join("gatehouse.toml");
         std::fs::write(
             &config,
             format!(
-                "[store]\npath = \"{}\"\n\n[shell]\npath = \"{}\"\n\n[log]\nsocket = \"{}\"\n{extra_config}",
+                "[store]\npath = \"{}\"\n\n[shell]\npath = \"{}\"\n\n[log]\nsocket = \"{}\"\n\n\
+                 [users]\ndata_dir = \"{}/%u\"\n\n[git]\nroot = \"{}\"\n{extra_config}",
                 store.display(),
                 shell_bin.display(),
-                log.path.display()
+                log.path.display(),
+                data.display(),
+                data.display()
             ),
         )
         .unwrap();
         std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).unwrap();
-        Gatehouse { dir, config, store, keys_bin, shell_bin, cli_bin, log }
+        Gatehouse { dir, config, store, keys_bin, shell_bin, cli_bin, log, data }
+    }
+
+    /// Creates `user`'s data folder, owned by them, mode 0750.
+    pub fn data_dir(&self, user: &SystemUser) -> PathBuf {
+        let dir = self.data.join(&user.name);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o750)).unwrap();
+        let account = nix::unistd::User::from_name(&user.name).unwrap().unwrap();
+        nix::unistd::chown(&dir, Some(account.uid), Some(account.gid)).unwrap();
+        dir
     }
 
     /// Runs the admin CLI with this instance's config.
@@ -358,7 +377,7 @@ impl Sshd {
                 "Port {port}\nListenAddress 127.0.0.1\nHostKey {}\nPidFile none\nUsePAM no\n\
                  KexAlgorithms curve25519-sha256\nLogLevel VERBOSE\nMaxStartups 300\nMaxSessions 50\n\
                  PasswordAuthentication no\nKbdInteractiveAuthentication no\nStrictModes no\n\
-                 AuthenticationMethods publickey\n{extra}\n{dropin}",
+                 AuthenticationMethods publickey\nSubsystem sftp /usr/lib/openssh/sftp-server\n{extra}\n{dropin}",
                 host_key.display()
             );
             std::fs::write(&config, text).unwrap();
