@@ -222,7 +222,12 @@ mod tests {
         assert_eq!(parse(Some("/usr/lib/openssh/sftp-server -l INFO")), Ok(Request::Sftp));
         assert!(parse(Some("/usr/lib/openssh/sftp-server -d /")).is_err());
         let r = parse(Some("rsync --server -vlogDtpre.iLsfxCIvu . my\\ dir/")).unwrap();
-        assert_eq!(r, Request::Rsync { args: vec!["--server".into(), "-vlogDtpre.iLsfxCIvu".into(), ".".into(), "my dir/".into()] });
+        assert_eq!(
+            r,
+            Request::Rsync {
+                args: vec!["--server".into(), "-vlogDtpre.iLsfxCIvu".into(), ".".into(), "my dir/".into()]
+            }
+        );
         assert!(parse(Some("rsync --server --rsh=sh . x")).is_err());
         assert_eq!(parse(Some("rsync --version")), Ok(Request::Other("rsync --version".into())));
         assert_eq!(parse(None), Ok(Request::Interactive));

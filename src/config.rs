@@ -374,7 +374,8 @@ impl Config {
             }
         }
         let absolute = |p: Spanned<String>, key: &str| -> Result<PathBuf, ConfigError> {
-            if !p.get_ref().starts_with('/') || p.get_ref().contains('\0') || p.get_ref().split('/').any(|c| c == "..") {
+            if !p.get_ref().starts_with('/') || p.get_ref().contains('\0') || p.get_ref().split('/').any(|c| c == "..")
+            {
                 return at.error(&p.span(), key, "must be an absolute path without ..");
             }
             Ok(PathBuf::from(p.into_inner()))

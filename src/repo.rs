@@ -136,9 +136,26 @@ mod tests {
         assert_eq!(parse_repo_path("alice/thesis", owner_ok), Ok(repo("alice", "thesis.git")));
         assert_eq!(parse_repo_path("alice/thesis.git/", owner_ok), Ok(repo("alice", "thesis.git")));
         for bad in [
-            "", "alice", "alice/", "/", "~alice/x.git", "alice/../bob/x.git", "../x.git", "alice/..", "-alice/x.git",
-            "alice/-x.git", "alice/.x.git", "alice/x y.git", "alice/x;rm.git", "Alice/x.git", "alice/b/x.git",
-            "alice//x.git", "alice/x.git\n", "alice/.git", "alice/x'.git", "//x.git",
+            "",
+            "alice",
+            "alice/",
+            "/",
+            "~alice/x.git",
+            "alice/../bob/x.git",
+            "../x.git",
+            "alice/..",
+            "-alice/x.git",
+            "alice/-x.git",
+            "alice/.x.git",
+            "alice/x y.git",
+            "alice/x;rm.git",
+            "Alice/x.git",
+            "alice/b/x.git",
+            "alice//x.git",
+            "alice/x.git\n",
+            "alice/.git",
+            "alice/x'.git",
+            "//x.git",
         ] {
             assert!(parse_repo_path(bad, owner_ok).is_err(), "{bad:?}");
         }

@@ -132,7 +132,9 @@ pub fn child_env(session: &Session<'_>) -> Vec<(String, String)> {
     let mut env = vec![("PATH".to_string(), SAFE_PATH.to_string())];
     for (key, value) in session.env {
         let keep = match key.as_str() {
-            "HOME" | "USER" | "LOGNAME" | "LANG" | "LC_ALL" | "TZ" | "SSH_CONNECTION" | "SSH_CLIENT" => printable(value),
+            "HOME" | "USER" | "LOGNAME" | "LANG" | "LC_ALL" | "TZ" | "SSH_CONNECTION" | "SSH_CLIENT" => {
+                printable(value)
+            }
             k if k.starts_with("LC_") && k[3..].bytes().all(|b| b.is_ascii_uppercase()) => printable(value),
             // Protocol v2: `version=2`, possibly with more `key=value` items joined by `:`.
             "GIT_PROTOCOL" => {
@@ -182,7 +184,8 @@ fn real_dir(path: &Path) -> bool {
 
 /// Decides what the session may do, from the store alone.
 pub fn decide(config: &Config, store: &dyn LoginStore, session: &Session<'_>) -> Result<Action, String> {
-    let revoked = || refuse(format!("Key {} is no longer valid for {}.", session.fingerprint, session.user), "key-not-valid");
+    let revoked =
+        || refuse(format!("Key {} is no longer valid for {}.", session.fingerprint, session.user), "key-not-valid");
     if !config.valid_user_name(session.user) {
         return Ok(refuse("Your account name is not one Gatehouse serves.", "bad-user-name"));
     }
@@ -231,15 +234,27 @@ pub fn decide(config: &Config, store: &dyn LoginStore, session: &Session<'_>) ->
             }
             let data = config.data_dir_of(session.user);
             if !real_dir(&data) {
-                return Ok(refuse(format!("Your data folder {} does not exist yet.", data.display()), "no-data-folder"));
+                return Ok(refuse(
+                    format!("Your data folder {} does not exist yet.", data.display()),
+                    "no-data-folder",
+                ));
             }
             let (verb, program, args): (_, _, Vec<OsString>) = match request {
-                Request::Rsync { args } => ("rsync", config.rsync_program.clone(), args.into_iter().map(Into::into).collect()),
+                Request::Rsync { args } => {
+                    ("rsync", config.rsync_program.clone(), args.into_iter().map(Into::into).collect())
+                }
                 _ => (
                     "sftp",
                     config.sftp_program.clone(),
-                    ["-d".into(), data.clone().into_os_string(), "-f".into(), "AUTHPRIV".into(), "-l".into(), "INFO".into()]
-                        .into(),
+                    [
+                        "-d".into(),
+                        data.clone().into_os_string(),
+                        "-f".into(),
+                        "AUTHPRIV".into(),
+                        "-l".into(),
+                        "INFO".into(),
+                    ]
+                    .into(),
                 ),
             };
             Ok(Action::Exec(ExecPlan {
@@ -268,12 +283,12 @@ fn git_plan(
         Ok(r) => r,
         Err(why) => return Ok(refuse(why, "bad-repository-path")),
     };
-    let not_found = || {
-        refuse(format!("Repository {} not found, or you do not have access to it.", repo.relative()), "no-access")
-    };
+    let not_found =
+        || refuse(format!("Repository {} not found, or you do not have access to it.", repo.relative()), "no-access");
     let mut subjects = vec![session.user.to_string()];
     subjects.extend(session.groups.iter().map(|g| format!("@{g}")));
-    let grants = if repo.owner == session.user { Vec::new() } else { store.grants_for(&subjects).map_err(|e| e.to_string())? };
+    let grants =
+        if repo.owner == session.user { Vec::new() } else { store.grants_for(&subjects).map_err(|e| e.to_string())? };
     let need = if verb.writes() { Access::Write } else { Access::Read };
     let Some(granted) = repo::access(session.user, &repo, &grants) else {
         return Ok(not_found());

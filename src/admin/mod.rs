@@ -305,10 +305,7 @@ impl Admin<'_> {
     pub fn grant_add(&mut self, subject: &str, pattern: &str, access: crate::repo::Access) -> Result<bool, AdminError> {
         let name = subject.strip_prefix('@').unwrap_or(subject);
         if !self.config.valid_user_name(name) {
-            return Err(AdminError::Refused(format!(
-                "`{}` is neither a user name nor @GROUP",
-                subject.escape_debug()
-            )));
+            return Err(AdminError::Refused(format!("`{}` is neither a user name nor @GROUP", subject.escape_debug())));
         }
         if !subject.starts_with('@') {
             self.store.user(subject)?;

@@ -1,7 +1,7 @@
 //! The forced command; see gatehouse-shell(8).
 use gatehouse::config::Config;
-use gatehouse::log::{Level, Logger};
 use gatehouse::confine;
+use gatehouse::log::{Level, Logger};
 use gatehouse::shell::{self, exit, Action, ExecPlan, Session};
 use gatehouse::store::sqlite::SqliteStore;
 use std::os::unix::process::CommandExt;
@@ -49,9 +49,8 @@ fn main() -> ExitCode {
         .filter_map(|gid| nix::unistd::Group::from_gid(gid).ok().flatten())
         .map(|g| g.name)
         .collect();
-    let env: Vec<(String, String)> = std::env::vars_os()
-        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
-        .collect();
+    let env: Vec<(String, String)> =
+        std::env::vars_os().filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?))).collect();
     let session = Session {
         user: &account.name,
         fingerprint: &parsed.fingerprint,
@@ -109,6 +108,21 @@ fn main() -> ExitCode {
                 ],
             );
             let shell = account.shell;
+            if shell.file_name().is_some_and(|n| n == "gatehouse-shell") {
+                // Set as the login shell to keep shells away from keys without shell scope;
+                // a shell key needs a real one.
+                eprintln!("Shell access needs a real login shell for {}; ask an administrator.", session.user);
+                log.log(
+                    Level::Notice,
+                    &[
+                        ("user", session.user),
+                        ("fingerprint", session.fingerprint),
+                        ("verdict", "refuse"),
+                        ("reason", "login-shell-is-gatehouse-shell"),
+                    ],
+                );
+                return ExitCode::from(exit::REFUSED);
+            }
             let mut cmd = Command::new(&shell);
             cmd.env_remove("SSH_ORIGINAL_COMMAND");
             match &command {
@@ -170,7 +184,11 @@ fn run(plan: ExecPlan, session: &Session<'_>, log: &mut Logger) -> ExitCode {
             Ok(enforced) => {
                 if enforced != confine::Enforced::Fully {
                     // The kernel lacks (part of) Landlock: the allow-lists remain the wall.
-                    emit(log, Level::Warning, &[base("accept"), vec![("landlock", enforced.as_str().to_string())]].concat());
+                    emit(
+                        log,
+                        Level::Warning,
+                        &[base("accept"), vec![("landlock", enforced.as_str().to_string())]].concat(),
+                    );
                 }
                 pairs.push(("landlock", enforced.as_str().to_string()));
             }

@@ -339,7 +339,10 @@ fn run(cli: Cli, config: &Config, log: &mut Logger) -> Result<u8, AdminError> {
         Command::Grant(cmd) => match cmd {
             GrantCommand::Add { subject, pattern, access } => {
                 let changed = admin.grant_add(&subject, &pattern, access)?;
-                say(&mut out, format!("{subject} may {access} {pattern}{}", if changed { "" } else { " (unchanged)" }))?;
+                say(
+                    &mut out,
+                    format!("{subject} may {access} {pattern}{}", if changed { "" } else { " (unchanged)" }),
+                )?;
             }
             GrantCommand::List { json } => admin.grant_list(&mut out, json)?,
             GrantCommand::Remove { subject, pattern } => {

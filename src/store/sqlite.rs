@@ -314,9 +314,9 @@ fn grant_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Grant> {
     Ok(Grant {
         subject: row.get(0)?,
         pattern: row.get(1)?,
-        access: access.parse().map_err(|e: String| {
-            rusqlite::Error::FromSqlConversionFailure(2, rusqlite::types::Type::Text, e.into())
-        })?,
+        access: access
+            .parse()
+            .map_err(|e: String| rusqlite::Error::FromSqlConversionFailure(2, rusqlite::types::Type::Text, e.into()))?,
         created: row.get(3)?,
     })
 }

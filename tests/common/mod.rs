@@ -415,6 +415,18 @@ impl Sshd {
         self.ssh_command(user, key, command).output().unwrap()
     }
 
+    /// An `ssh` command line for git's GIT_SSH_COMMAND, rsync's `-e` and sftp's `-S`-less
+    /// use: this server's port, only `key` offered, no host-key prompts.
+    pub fn ssh_line(&self, key: &Path) -> String {
+        format!(
+            "ssh -F /dev/null -o BatchMode=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null \
+             -o IdentitiesOnly=yes -o IdentityAgent=none -o LogLevel=ERROR -o KexAlgorithms=curve25519-sha256 \
+             -i {} -p {}",
+            key.display(),
+            self.port
+        )
+    }
+
     pub fn ssh_command(&self, user: &str, key: &Path, command: &[&str]) -> Command {
         let mut cmd = Command::new("ssh");
         cmd.args(["-F", "/dev/null", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no"])
