@@ -122,6 +122,39 @@ fn reader_is_served_throughout_a_bulk_import() {
 }
 
 #[test]
+fn many_readers_of_another_uid_never_fail_while_commits_land() {
+    require_root!();
+    let f = fixture("race");
+    let other = keygen(&f.gh.dir.path, "ed25519");
+    f.gh.ok(&["user", "add", "bob"]);
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let failures = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        for _ in 0..8 {
+            s.spawn(|| {
+                let mut runs = 0;
+                while !done.load(std::sync::atomic::Ordering::SeqCst) && runs < 400 {
+                    let out = f.lookup("alice", &f.key.fingerprint);
+                    if !out.status.success() || out.stdout.is_empty() {
+                        failures.lock().unwrap().push(f.gh.log.drain().join("\n"));
+                    }
+                    runs += 1;
+                }
+            });
+        }
+        // Each CLI run commits, and truncates the WAL as it closes.
+        for _ in 0..60 {
+            let out = f.gh.cli_stdin(&["key", "add", "bob", "-"], other.public.as_bytes());
+            assert!(out.status.success(), "{}", stderr(&out));
+            f.gh.ok(&["key", "remove", "bob", &other.fingerprint]);
+        }
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
+    });
+    let failures = failures.into_inner().unwrap();
+    assert!(failures.is_empty(), "{} lookups failed; first: {}", failures.len(), failures[0]);
+}
+
+#[test]
 fn kill_9_loses_no_committed_batch_and_readers_carry_on() {
     require_root!();
     let f = fixture("kill9");

@@ -39,7 +39,10 @@ impl AdminError {
         match self {
             AdminError::Refused(_) => exit::REFUSED,
             AdminError::Store(
-                StoreError::Unavailable { .. } | StoreError::Version { .. } | StoreError::Busy { .. },
+                StoreError::Unavailable { .. }
+                | StoreError::IndexRace { .. }
+                | StoreError::Version { .. }
+                | StoreError::Busy { .. },
             ) => exit::STORE,
             AdminError::Store(_) => exit::REFUSED,
             AdminError::Io(_) => exit::REFUSED,

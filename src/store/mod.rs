@@ -93,6 +93,11 @@ pub enum StoreError {
         path: String,
         reason: String,
     },
+    /// A read-only reader found the WAL index mid-update; worth another try.
+    IndexRace {
+        path: String,
+        reason: String,
+    },
     /// The store's schema is not the one this build speaks.
     Version {
         path: String,
@@ -129,7 +134,9 @@ pub enum StoreError {
 impl fmt::Display for StoreError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            StoreError::Unavailable { path, reason } => write!(f, "store {path}: {reason}"),
+            StoreError::Unavailable { path, reason } | StoreError::IndexRace { path, reason } => {
+                write!(f, "store {path}: {reason}")
+            }
             StoreError::Version { path, found, expected } if found > expected => write!(
                 f,
                 "store {path}: schema version {found} was written by a newer Gatehouse; this build speaks {expected}: \

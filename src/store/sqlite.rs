@@ -159,6 +159,8 @@ impl SqliteStore {
     fn error(&self, e: rusqlite::Error) -> StoreError {
         if is_busy(&e) {
             StoreError::Busy { path: self.path.clone() }
+        } else if !self.writable && e.sqlite_error_code() == Some(ErrorCode::ReadOnly) {
+            StoreError::IndexRace { path: self.path.clone(), reason: e.to_string() }
         } else {
             unavailable(&self.path, e)
         }
@@ -170,7 +172,7 @@ impl SqliteStore {
     }
 
     fn check_version(&self) -> Result<(), StoreError> {
-        let found = self.version()?;
+        let found = self.read_retrying(|| self.version())?;
         if found != current_version() {
             return Err(StoreError::Version { path: self.path.clone(), found, expected: current_version() });
         }
@@ -273,6 +275,36 @@ fn audit(tx: &Transaction<'_>, actor: &Actor, action: &str, subject: &str, detai
 
 impl LoginStore for SqliteStore {
     fn login_view(&self, user: &str, fingerprint: Option<&str>) -> Result<Option<LoginView>, StoreError> {
+        self.read_retrying(|| self.login_view_once(user, fingerprint))
+    }
+
+    fn grants_for(&self, subjects: &[String]) -> Result<Vec<Grant>, StoreError> {
+        self.read_retrying(|| self.grants_for_once(subjects))
+    }
+}
+
+impl SqliteStore {
+    /// Runs a read, again if a read-only connection caught the WAL index mid-update.
+    ///
+    /// A reader that may not write the `-shm` file cannot repair an index it finds
+    /// inconsistent, and SQLite reports that as SQLITE_READONLY_RECOVERY (or _CANTINIT)
+    /// rather than waiting in the busy handler. Under concurrent commits this happens now
+    /// and then; the writer has finished by the next try. Bounded: about 0.2 s in all.
+    fn read_retrying<T>(&self, mut read: impl FnMut() -> Result<T, StoreError>) -> Result<T, StoreError> {
+        let mut attempt = 0;
+        loop {
+            match read() {
+                Err(StoreError::IndexRace { .. }) if attempt < 100 => {
+                    attempt += 1;
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                Err(StoreError::IndexRace { path, reason }) => return Err(StoreError::Unavailable { path, reason }),
+                other => return other,
+            }
+        }
+    }
+
+    fn login_view_once(&self, user: &str, fingerprint: Option<&str>) -> Result<Option<LoginView>, StoreError> {
         // One statement: on the login path, parsing SQL costs more than running it.
         let sql = format!(
             "SELECT {USER_COLUMNS}, {KEY_COLUMNS} FROM users u \
@@ -297,7 +329,7 @@ impl LoginStore for SqliteStore {
         Ok(view)
     }
 
-    fn grants_for(&self, subjects: &[String]) -> Result<Vec<Grant>, StoreError> {
+    fn grants_for_once(&self, subjects: &[String]) -> Result<Vec<Grant>, StoreError> {
         let subjects = serde_json::to_string(subjects).map_err(|e| unavailable(&self.path, e))?;
         self.conn
             .prepare(
