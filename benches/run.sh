@@ -35,119 +35,21 @@ KEYS_PER_USER=5
 SMALL_USERS=200 # 200 x 5 = the 1,000-key store
 RUNS=${BENCH_RUNS:-500}
 LOGINS=${BENCH_LOGINS:-50}
-# One test user for both login paths, on purpose: sshd pads every publickey query to
-# 5 ms + a per-user delay of 0-4.3 ms (a hash of the user name and a secret derived from
-# the host key and sshd_config; auth2.c user_specific_delay), so two users would differ by
-# up to 4.3 ms before gatehouse does anything. One user, one sshd, two ports instead.
-BENCH_USER=ghbench
-MARK=gatehouse-bench # GECOS of the test user: cleanup removes only an account that carries it
+SCRIPT=run.sh
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+. "$ROOT/benches/lib.sh" # BENCH_USER (one user for both login paths: see there), helpers, cleanup
 
-log() { printf '\n== %s\n' "$*" >&2; }
-die() {
-    printf 'run.sh: %s\n' "$*" >&2
-    exit 2
-}
-
-[ "$(id -u)" -eq 0 ] || die "run as root (starts sshd on 127.0.0.1, adds user $BENCH_USER)"
-# Both directories get files removed on exit: absolute paths of their own, never /.
-for d in "$DATA" "$RUN"; do
-    case $d in /?*) ;; *) die "BENCH_DATA and BENCH_RUN must be absolute paths other than / (got '$d')" ;; esac
-done
-
-# ---------------------------------------------------------------- cleanup on any exit
-SSHD_PID=
-HF_DIR=
-cleanup() {
-    set +e
-    [ -z "$HF_DIR" ] || rm -rf "$HF_DIR"
-    if [ -n "$SSHD_PID" ]; then
-        kill "$SSHD_PID" 2>/dev/null
-        wait "$SSHD_PID" 2>/dev/null
-    fi
-    if [ "$(getent passwd "$BENCH_USER" | cut -d: -f5)" = "$MARK" ]; then
-        userdel "$BENCH_USER" 2>/dev/null
-    fi
-    rm -rf "${RUN:?}/sshd" "${RUN:?}/client" "${RUN:?}/bin"
-    rmdir "$RUN" 2>/dev/null
-    if [ "${BENCH_KEEP:-0}" != 1 ]; then
-        rm -rf "${DATA:?}/store-1k" "${DATA:?}/store-1k-as-imported" "${DATA:?}/store-1m" \
-            "${DATA:?}/keys-1k.tsv" "${DATA:?}/keys-1m.tsv"
-    fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM # make Ctrl-C go through the EXIT trap too
-
-# ---------------------------------------------------------------- results
-# One row per figure: name | value | target | PASS/FAIL/info. NOTES collect anomalies.
-ROWS=()
-NOTES=()
-FAILS=0
-row() {
-    ROWS+=("| $1 | $2 | $3 | $4 |")
-    [ "$4" != FAIL ] || FAILS=$((FAILS + 1))
-}
-verdict() { if awk -v v="$1" -v t="$2" 'BEGIN { exit !(v <= t) }'; then echo PASS; else echo FAIL; fi; }
-now_us() { echo "${EPOCHREALTIME/./}"; }
-# 1234567 -> 1,234,567 (printf's ' flag depends on the locale).
-commas() { sed ':a;s/\B[0-9]\{3\}\>/,&/;ta' <<<"$1"; }
-# Prints the median of the numbers on stdin.
-median() { sort -g | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
-
-# sshd runs the key command as AuthorizedKeysCommandUser (nobody here), and a reader that
-# cannot write the -shm file takes a different path inside SQLite than root would: time it
-# as nobody, the way logins run it.
-as_nobody() { setpriv --reuid=nobody --regid=nogroup --clear-groups "$@"; }
-
-# ---------------------------------------------------------------- prerequisites
-need=()
-for pair in hyperfine:hyperfine time:/usr/bin/time jq:jq sqlite3:sqlite3 openssh-server:/usr/sbin/sshd \
-    openssh-client:ssh iproute2:ss util-linux:setpriv; do
-    command -v "${pair#*:}" >/dev/null || need+=("${pair%%:*}")
-done
-if [ "${#need[@]}" -gt 0 ]; then
-    log "installing ${need[*]}"
-    DEBIAN_FRONTEND=noninteractive apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}"
-fi
-
-# gatehouse refuses a config file (and sshd a key command) if any directory above it is
-# writable by someone other than root; say so up front rather than failing half-way.
-check_trusted() {
-    local p=$1
-    while :; do
-        read -r uid mode < <(stat -c '%u %a' "$p")
-        if [ "$uid" -ne 0 ] || [ $((8#$mode & 8#022)) -ne 0 ]; then
-            die "$p must be root-owned and not group/world-writable (set BENCH_DATA / BENCH_RUN elsewhere)"
-        fi
-        [ "$p" != / ] || break
-        p=$(dirname "$p")
-    done
-}
-umask 022
-mkdir -p "$DATA" "$RUN"
-chmod 0755 "$DATA" "$RUN"
-check_trusted "$DATA"
-check_trusted "$RUN"
-
-# Leftovers of a run that was killed with SIGKILL: remove our own account, refuse others.
-if getent passwd "$BENCH_USER" >/dev/null; then
-    [ "$(getent passwd "$BENCH_USER" | cut -d: -f5)" = "$MARK" ] || die "user $BENCH_USER exists and is not a benchmark account"
-    userdel "$BENCH_USER"
-fi
-rm -rf "${DATA:?}/store-1k" "${DATA:?}/store-1k-as-imported" "${DATA:?}/store-1m" \
-    "${RUN:?}/sshd" "${RUN:?}/client" "${RUN:?}/bin"
+# ---------------------------------------------------------------- setup, cleanup on any exit
+bench_prepare # root, trusted paths, lock, EXIT trap, leftovers of a killed run
+bench_need hyperfine:hyperfine time:/usr/bin/time jq:jq sqlite3:sqlite3 openssh-server:/usr/sbin/sshd \
+    openssh-client:ssh iproute2:ss util-linux:setpriv
+CLEANUP_DATA+=("$DATA/store-1k" "$DATA/store-1k-as-imported" "$DATA/store-1m" "$DATA/keys-1k.tsv" "$DATA/keys-1m.tsv")
+rm -rf "${DATA:?}/store-1k" "${DATA:?}/store-1k-as-imported" "${DATA:?}/store-1m"
 
 # ---------------------------------------------------------------- build
 log "building release binaries (scripts/build-release: gatehouse-keys static)"
 (cd "$ROOT" && scripts/build-release && cargo build --release --locked --example gen_keys)
-# sshd runs the key command only from a root-owned path nobody else can write, so the
-# binaries are copied out of the build tree into $RUN/bin (0755, root).
-install -d -m 0755 "$RUN/bin"
-for b in gatehouse gatehouse-keys gatehouse-shell; do
-    install -m 0755 "$ROOT/target/dist/$b" "$RUN/bin/$b"
-done
-GH=$RUN/bin/gatehouse
-KEYS=$RUN/bin/gatehouse-keys
+bench_install_binaries # $RUN/bin: GH, KEYS, SHELL_BIN
 
 # ---------------------------------------------------------------- key lists
 log "generating key lists"
@@ -270,6 +172,7 @@ log "hyperfine: gatehouse-keys vs /bin/true vs sqlite3 script, as nobody"
 # command, spread any such burst over all of them.
 ROUNDS=5
 HF_DIR=$(mktemp -d)
+CLEANUP_ALWAYS+=("$HF_DIR")
 chown nobody "$HF_DIR"
 LOAD_BEFORE=$(cut -d' ' -f1 /proc/loadavg)
 : >"$DATA/lookup.txt"
@@ -285,23 +188,13 @@ for r in $(seq "$ROUNDS"); do
 done
 mv "$HF_DIR"/lookup-round-* "$DATA/"
 # Pool the rounds: every command's run times, with median/mean/min/max over all of them.
-jq -s '{results: ([.[].results[]] | group_by(.command) | map({command: .[0].command, times: (map(.times) | add)})
-        | map(.times |= sort | . + {runs: (.times | length), min: .times[0], max: .times[-1],
-              mean: ((.times | add) / (.times | length)),
-              median: (.times | if length % 2 == 1 then .[(length - 1) / 2] else (.[length / 2 - 1] + .[length / 2]) / 2 end)}))}' \
-    "$DATA"/lookup-round-*.json >"$DATA/lookup.json"
-{
-    echo "| command | runs | median ms | mean ms | min ms | max ms |"
-    echo "| --- | --- | --- | --- | --- | --- |"
-    jq -r '.results[] | "| \(.command) | \(.runs) | \(.median * 1000 * 1000 | round / 1000) | \(.mean * 1000 * 1000 | round / 1000) | \(.min * 1000 * 1000 | round / 1000) | \(.max * 1000 * 1000 | round / 1000) |"' "$DATA/lookup.json"
-} >"$DATA/lookup.md"
+hf_pool "$DATA/lookup.json" "$DATA"/lookup-round-*.json
+hf_table "$DATA/lookup.json" >"$DATA/lookup.md"
 cat "$DATA/lookup.md"
 # Medians (in ms): steadier than means on a small, shared machine.
-med() { jq -r --arg n "$1" '.results[] | select(.command == $n) | .median * 1000' "$DATA/lookup.json"; }
+med() { hf_median "$DATA/lookup.json" "$1"; }
 T_TRUE=$(med true) T_1K=$(med keys-1k) T_1M=$(med keys-1m) T_SH=$(med sqlite-script-1m)
 T_1K_RAW=$(med keys-1k-as-imported)
-ms() { awk -v v="$1" 'BEGIN { printf "%.2f ms", v }'; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
 row "/bin/true (median)" "$(ms "$T_TRUE")" "baseline" info
 row "gatehouse-keys USER FP, 1,000-key store (median)" "$(ms "$T_1K")" "info" info
 row "gatehouse-keys USER FP, 1,000,000-key store (median)" "$(ms "$T_1M")" "info" info
@@ -331,65 +224,34 @@ row "peak RSS gatehouse-keys, 1,000,000-key store" "$RSS_1M KiB" "<= 8192 KiB" "
 # ---------------------------------------------------------------- logins
 log "logins through a private sshd"
 LOAD_LOGINS=$(cut -d' ' -f1 /proc/loadavg)
-# A throw-away account: '*' (not '!') as the password, because with UsePAM no sshd treats
-# '!' as locked and refuses even a valid key. Home '/' avoids a chdir warning.
-useradd -M -d / -p '*' -s /bin/sh -c "$MARK" "$BENCH_USER"
-install -d -m 0755 "$RUN/sshd" "$RUN/sshd/authorized"
-ssh-keygen -q -t ed25519 -N '' -C "$MARK-host" -f "$RUN/sshd/host_ed25519"
+bench_add_user
+sshd_prepare
 # Port A: today's setup, a one-line authorized_keys file (root-owned, outside any home).
-echo "$KEY_LINE" >"$RUN/sshd/authorized/$BENCH_USER.keys"
-chmod 0644 "$RUN/sshd/authorized/$BENCH_USER.keys"
-# Two free ports above the usual ones.
-free_port() {
-    local p=$1
-    while [ -n "$(ss -Hltn "sport = :$p")" ]; do p=$((p + 1)); done
-    echo "$p"
-}
-PORT_A=$(free_port 22990)
-PORT_B=$(free_port $((PORT_A + 1)))
 # Port B: no file at all; the key comes from gatehouse-keys over the million-key store,
 # with the four tokens the packaged drop-in passes, and its line forces gatehouse-shell.
-# Same KEX on both (curve25519; the post-quantum default costs ~100 ms more per login).
-cat >"$RUN/sshd/sshd_config" <<EOF
-ListenAddress 127.0.0.1
-HostKey $RUN/sshd/host_ed25519
-PidFile none
-UsePAM no
-KexAlgorithms curve25519-sha256
-PubkeyAuthentication yes
-PasswordAuthentication no
-KbdInteractiveAuthentication no
-AllowUsers $BENCH_USER
-AuthorizedKeysFile $RUN/sshd/authorized/%u.keys
-ExposeAuthInfo yes
+PORT_A=$(free_port 22990)
+PORT_B=$(free_port $((PORT_A + 1)))
+{
+    sshd_config_base
+    cat <<EOF
 Match LocalPort $PORT_B
     AuthorizedKeysFile none
     AuthorizedKeysCommand $KEYS --config $S1M/gatehouse.toml -- %u %f %t %k
     AuthorizedKeysCommandUser nobody
 EOF
-mkdir -p /run/sshd # privilege-separation directory sshd insists on
-/usr/sbin/sshd -t -f "$RUN/sshd/sshd_config" -p "$PORT_A" -p "$PORT_B"
+} >"$RUN/sshd/sshd_config"
+echo "$KEY_LINE" >"$RUN/sshd/authorized/$BENCH_USER.keys"
+chmod 0644 "$RUN/sshd/authorized/$BENCH_USER.keys"
 # Prove the split: on port B the store is the only source of keys, on port A the file.
-effective() { /usr/sbin/sshd -T -f "$RUN/sshd/sshd_config" -C "user=$BENCH_USER,host=localhost,addr=127.0.0.1,lport=$1" | grep -i '^authorizedkeys'; }
-effective "$PORT_A" | grep -qx "authorizedkeyscommand none" || die "port A would run a key command"
-effective "$PORT_B" | grep -qx "authorizedkeysfile none" || die "port B would read an authorized_keys file"
-effective "$PORT_B" | grep -q "^authorizedkeyscommand $KEYS " || die "port B would not run gatehouse-keys"
-/usr/sbin/sshd -D -e -f "$RUN/sshd/sshd_config" -p "$PORT_A" -p "$PORT_B" 2>"$DATA/sshd.log" &
-SSHD_PID=$!
-for _ in $(seq 50); do
-    [ -z "$(ss -Hltn "sport = :$PORT_B")" ] || break
-    sleep 0.1
-done
-[ -n "$(ss -Hltn "sport = :$PORT_B")" ] || die "sshd did not start; see $DATA/sshd.log"
+sshd_effective "$PORT_A" | grep -qx "authorizedkeyscommand none" || die "port A would run a key command"
+sshd_effective "$PORT_B" | grep -qx "authorizedkeysfile none" || die "port B would read an authorized_keys file"
+sshd_effective "$PORT_B" | grep -q "^authorizedkeyscommand $KEYS " || die "port B would not run gatehouse-keys"
+sshd_start "$DATA/sshd.log" "$PORT_A" "$PORT_B"
 
-login() {
-    timeout 30 ssh -F /dev/null -o BatchMode=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null \
-        -o IdentitiesOnly=yes -o LogLevel=ERROR -o ConnectTimeout=10 -i "$CLIENT_KEY" -p "$1" "$BENCH_USER@127.0.0.1" true
-}
 # Both paths must work before they are timed; a warm-up of three logins each.
 for _ in 1 2 3; do
-    login "$PORT_A" || die "ssh login on port A failed; see $DATA/sshd.log"
-    login "$PORT_B" || die "ssh login on port B failed; see $DATA/sshd.log"
+    login "$PORT_A" "$CLIENT_KEY" || die "ssh login on port A failed; see $DATA/sshd.log"
+    login "$PORT_B" "$CLIENT_KEY" || die "ssh login on port B failed; see $DATA/sshd.log"
 done
 
 # Interleaved, and the order flipped every round (A B, B A, ...), so that drift and any
@@ -400,7 +262,7 @@ for i in $(seq "$LOGINS"); do
     for side in $order; do
         if [ "$side" = A ]; then port=$PORT_A; else port=$PORT_B; fi
         t0=$(now_us)
-        login "$port" || die "login $i on port $side failed; see $DATA/sshd.log"
+        login "$port" "$CLIENT_KEY" || die "login $i on port $side failed; see $DATA/sshd.log"
         printf '%s\t%s\t%s\n' "$i" "$side" "$(awk -v us=$(($(now_us) - t0)) 'BEGIN { printf "%.2f", us / 1000 }')" >>"$DATA/logins.tsv"
     done
 done
@@ -410,9 +272,7 @@ D=$(awk -v a="$L_A" -v b="$L_B" 'BEGIN { printf "%.1f", b - a }')
 row "ssh login, authorized_keys file (port A, median of $LOGINS)" "$(ms "$L_A")" "info" info
 row "ssh login, gatehouse-keys + gatehouse-shell, 1M store (port B, median of $LOGINS)" "$(ms "$L_B")" "info" info
 row "login B - A" "$D ms" "<= 5 ms" "$(verdict "$D" 5)"
-kill "$SSHD_PID" 2>/dev/null || true
-wait "$SSHD_PID" 2>/dev/null || true
-SSHD_PID=
+sshd_stop
 
 # ---------------------------------------------------------------- summary
 {

@@ -26,6 +26,76 @@ struct RawConfig {
     git: Option<RawGit>,
     sftp: Option<RawProgram>,
     rsync: Option<RawProgram>,
+    web: Option<RawWeb>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWeb {
+    listen: Option<Spanned<String>>,
+    secrets: Option<Spanned<String>>,
+    public_url: Option<Spanned<String>>,
+    public_keys: Option<bool>,
+    cookie_secure: Option<bool>,
+    session_idle: Option<Spanned<String>>,
+    session_max: Option<Spanned<String>>,
+    invite_lifetime: Option<Spanned<String>>,
+    max_body: Option<Spanned<i64>>,
+    signin_per_minute: Option<Spanned<i64>>,
+    changes_per_minute: Option<Spanned<i64>>,
+    proxy_user_header: Option<Spanned<String>>,
+    proxy_secret_file: Option<Spanned<String>>,
+    trusted_proxies: Option<Spanned<Vec<String>>>,
+}
+
+/// Where the web service listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Listen {
+    Tcp(std::net::SocketAddr),
+    Unix(PathBuf),
+}
+
+/// The `[web]` section: gatehoused.
+#[derive(Debug, Clone)]
+pub struct WebConfig {
+    pub listen: Listen,
+    pub secrets: PathBuf,
+    pub public_url: String,
+    pub public_keys: bool,
+    pub cookie_secure: bool,
+    pub session_idle: i64,
+    pub session_max: i64,
+    pub invite_lifetime: i64,
+    pub max_body: usize,
+    pub signin_per_minute: u32,
+    pub changes_per_minute: u32,
+    /// Trusted reverse-proxy sign-in: the header naming the user, the file holding the
+    /// shared secret the proxy sends in `X-Gatehouse-Proxy-Secret`, and the addresses it
+    /// connects from.
+    pub proxy_user_header: Option<String>,
+    pub proxy_secret_file: Option<PathBuf>,
+    pub trusted_proxies: Vec<std::net::IpAddr>,
+}
+
+impl Default for WebConfig {
+    fn default() -> WebConfig {
+        WebConfig {
+            listen: Listen::Tcp(std::net::SocketAddr::from(([127, 0, 0, 1], 8022))),
+            secrets: PathBuf::from("/var/lib/gatehouse/web.db"),
+            public_url: "http://127.0.0.1:8022".to_string(),
+            public_keys: true,
+            cookie_secure: true,
+            session_idle: 30 * 60,
+            session_max: 12 * 3600,
+            invite_lifetime: 48 * 3600,
+            max_body: 64 * 1024,
+            signin_per_minute: 10,
+            changes_per_minute: 30,
+            proxy_user_header: None,
+            proxy_secret_file: None,
+            trusted_proxies: Vec::new(),
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -152,6 +222,7 @@ pub struct Config {
     pub git_create_on_push: bool,
     pub sftp_program: PathBuf,
     pub rsync_program: PathBuf,
+    pub web: WebConfig,
 }
 
 impl Default for Config {
@@ -177,6 +248,7 @@ impl Default for Config {
             git_create_on_push: false,
             sftp_program: PathBuf::from("/usr/lib/openssh/sftp-server"),
             rsync_program: PathBuf::from("/usr/bin/rsync"),
+            web: WebConfig::default(),
         }
     }
 }
@@ -226,6 +298,104 @@ fn is_permit_open(pattern: &str) -> bool {
         && host.bytes().all(|b| b.is_ascii_alphanumeric() || b".-*[]:".contains(&b));
     let port_ok = port == "*" || port.parse::<u16>().is_ok_and(|p| p > 0);
     host_ok && port_ok
+}
+
+fn parse_web(at: &Located<'_>, raw: RawWeb, w: &mut WebConfig) -> Result<(), ConfigError> {
+    if let Some(l) = raw.listen {
+        let text = l.get_ref();
+        w.listen = if text.starts_with('/') {
+            Listen::Unix(PathBuf::from(text))
+        } else {
+            match text.parse() {
+                Ok(addr) => Listen::Tcp(addr),
+                Err(_) => return at.error(&l.span(), "web.listen", "expected ADDRESS:PORT or an absolute socket path"),
+            }
+        };
+    }
+    if let Some(p) = raw.secrets {
+        if !p.get_ref().starts_with('/') {
+            return at.error(&p.span(), "web.secrets", "must be an absolute path");
+        }
+        w.secrets = PathBuf::from(p.into_inner());
+    }
+    if let Some(u) = raw.public_url {
+        let text = u.get_ref().trim_end_matches('/');
+        let ok = (text.starts_with("https://") || text.starts_with("http://"))
+            && !text.contains(|c: char| c.is_whitespace() || c.is_control() || "\"'<>".contains(c));
+        if !ok {
+            return at.error(&u.span(), "web.public_url", "must be an http:// or https:// URL");
+        }
+        w.public_url = text.to_string();
+    }
+    if let Some(b) = raw.public_keys {
+        w.public_keys = b;
+    }
+    if let Some(b) = raw.cookie_secure {
+        w.cookie_secure = b;
+    }
+    for (value, key, slot) in [
+        (raw.session_idle, "web.session_idle", &mut w.session_idle),
+        (raw.session_max, "web.session_max", &mut w.session_max),
+        (raw.invite_lifetime, "web.invite_lifetime", &mut w.invite_lifetime),
+    ] {
+        if let Some(v) = value {
+            *slot = time::parse_duration(v.get_ref()).or_else(|e| at.error(&v.span(), key, e))?;
+        }
+    }
+    if let Some(b) = raw.max_body {
+        match usize::try_from(*b.get_ref()) {
+            Ok(n) if (1024..=1_048_576).contains(&n) => w.max_body = n,
+            _ => return at.error(&b.span(), "web.max_body", "must be between 1024 and 1048576"),
+        }
+    }
+    for (value, key, slot) in [
+        (raw.signin_per_minute, "web.signin_per_minute", &mut w.signin_per_minute),
+        (raw.changes_per_minute, "web.changes_per_minute", &mut w.changes_per_minute),
+    ] {
+        if let Some(v) = value {
+            match u32::try_from(*v.get_ref()) {
+                Ok(n) if (1..=100_000).contains(&n) => *slot = n,
+                _ => return at.error(&v.span(), key, "must be between 1 and 100000"),
+            }
+        }
+    }
+    if let Some(h) = raw.proxy_user_header {
+        let ok = !h.get_ref().is_empty() && h.get_ref().bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+        if !ok {
+            return at.error(&h.span(), "web.proxy_user_header", "must be an HTTP header name");
+        }
+        w.proxy_user_header = Some(h.into_inner());
+    }
+    if let Some(p) = raw.proxy_secret_file {
+        if !p.get_ref().starts_with('/') {
+            return at.error(&p.span(), "web.proxy_secret_file", "must be an absolute path");
+        }
+        w.proxy_secret_file = Some(PathBuf::from(p.into_inner()));
+    }
+    if let Some(list) = raw.trusted_proxies {
+        let span = list.span();
+        let mut addrs = Vec::new();
+        for a in list.into_inner() {
+            match a.parse() {
+                Ok(ip) => addrs.push(ip),
+                Err(_) => {
+                    return at.error(
+                        &span,
+                        "web.trusted_proxies",
+                        format!("`{}` is not an IP address", a.escape_debug()),
+                    )
+                }
+            }
+        }
+        w.trusted_proxies = addrs;
+    }
+    if w.proxy_user_header.is_some() && (w.proxy_secret_file.is_none() || w.trusted_proxies.is_empty()) {
+        return Err(ConfigError(format!(
+            "{}: web.proxy_user_header needs web.proxy_secret_file and web.trusted_proxies",
+            at.file
+        )));
+    }
+    Ok(())
 }
 
 impl Config {
@@ -396,6 +566,15 @@ impl Config {
         }
         if let Some(p) = raw.rsync.and_then(|s| s.program) {
             c.rsync_program = absolute(p, "rsync.program")?;
+        }
+        let mut secrets_given = false;
+        if let Some(web) = raw.web {
+            secrets_given = web.secrets.is_some();
+            parse_web(&at, web, &mut c.web)?;
+        }
+        if !secrets_given {
+            // Beside the store unless placed elsewhere.
+            c.web.secrets = c.store_path.with_file_name("web.db");
         }
         if let Some(log) = raw.log {
             if let Some(s) = log.socket {

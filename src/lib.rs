@@ -15,6 +15,7 @@ pub mod lookup;
 pub mod policy;
 pub mod repo;
 pub mod rsync;
+pub mod secrets;
 pub mod shell;
 pub mod store;
 pub mod time;

@@ -5,7 +5,7 @@ use crate::store::Grant;
 use std::fmt;
 use std::str::FromStr;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Access {
     Read,
@@ -75,24 +75,30 @@ pub fn parse_repo_path(text: &str, valid_owner: impl Fn(&str) -> bool) -> Result
         return Err(bad());
     };
     let name = if name.ends_with(".git") { name.to_string() } else { format!("{name}.git") };
-    if !valid_owner(owner) || !repo_name_ok(&name) {
+    // A custom user-name pattern might admit dots; a path component may never be one.
+    if owner == "." || owner == ".." || !valid_owner(owner) || !repo_name_ok(&name) {
         return Err(bad());
     }
     Ok(RepoPath { owner: owner.to_string(), name })
 }
 
-/// Checks a grant pattern: `OWNER/NAME.git` where either part may use `*` (any run of
-/// characters other than `/`).
-pub fn valid_pattern(pattern: &str) -> Result<(), String> {
+/// Checks a grant pattern and returns it in the form it is matched in: `OWNER/NAME.git`,
+/// where either part may use `*` (any run of characters other than `/`). A name given
+/// without `.git` gets it, as clients may omit it but repositories never do.
+pub fn valid_pattern(pattern: &str) -> Result<String, String> {
     let bad = || format!("`{}` is not a repository pattern (OWNER/NAME.git, * allowed)", pattern.escape_debug());
     let (owner, name) = pattern.split_once('/').ok_or_else(bad)?;
     let part_ok = |p: &str| {
         !p.is_empty() && p.len() <= 128 && p.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-*".contains(&b))
     };
-    if !part_ok(owner) || !part_ok(name) || name.contains('/') {
+    if !part_ok(owner) || !part_ok(name) || name.contains('/') || owner == "." || owner == ".." {
         return Err(bad());
     }
-    Ok(())
+    if name.ends_with(".git") || name.ends_with('*') {
+        Ok(pattern.to_string())
+    } else {
+        Ok(format!("{pattern}.git"))
+    }
 }
 
 /// Glob match where `*` matches any run of characters (patterns never hold `/` in a part).
@@ -171,7 +177,10 @@ mod tests {
         assert_eq!(access("bob", &repo("carol", "x.git"), &grants), None);
         assert!(pattern_matches("*/*.git", &repo("carol", "x.git")));
         assert!(!pattern_matches("a*/x.git", &repo("bob", "x.git")));
-        assert!(valid_pattern("alice/*.git").is_ok());
+        assert_eq!(valid_pattern("alice/*.git"), Ok("alice/*.git".into()));
+        assert_eq!(valid_pattern("alice/thesis"), Ok("alice/thesis.git".into()));
+        assert_eq!(valid_pattern("alice/*"), Ok("alice/*".into()));
+        assert!(valid_pattern("../x.git").is_err());
         for bad in ["alice", "alice/x/y.git", "al ice/x.git", "/x.git", "alice/", "a/b\"c"] {
             assert!(valid_pattern(bad).is_err(), "{bad}");
         }

@@ -89,7 +89,7 @@ pub struct ExecPlan {
     pub cwd: PathBuf,
     /// The child's whole environment.
     pub env: Vec<(String, String)>,
-    /// `None`: the key has shell scope and is not confined.
+    /// `None`: not confined (sftp and rsync for a shell key).
     pub confine: Option<Confinement>,
     /// Create this bare repository first (a first push into one's own root).
     pub init_bare: Option<PathBuf>,
@@ -168,18 +168,38 @@ fn greeting(session: &Session<'_>) -> Action {
     )
 }
 
-/// A folder that exists and is not a symbolic link, checked from the root down so that
-/// no component is a link either.
-fn real_dir(path: &Path) -> bool {
-    let mut current = PathBuf::new();
-    for component in path.components() {
+/// `root` joined with `below`, if that is a folder and no component of `below` is a
+/// symbolic link. Links in `root` itself are the operator's (e.g. /data -> /srv/data).
+fn real_dir_below(root: &Path, below: &[&str]) -> Option<PathBuf> {
+    let mut current = root.to_path_buf();
+    if !current.is_dir() {
+        return None;
+    }
+    for component in below {
+        if component.is_empty() || *component == "." || *component == ".." || component.contains('/') {
+            return None;
+        }
         current.push(component);
         match std::fs::symlink_metadata(&current) {
             Ok(meta) if meta.file_type().is_dir() => {}
-            _ => return false,
+            _ => return None,
         }
     }
-    true
+    Some(current)
+}
+
+/// The user's data folder, if it exists as a real folder (the part that `%u` names is
+/// checked for links; the configured prefix is the operator's).
+fn data_folder(config: &Config, user: &str) -> Option<PathBuf> {
+    let path = config.data_dir_of(user);
+    let template = Path::new(&config.data_dir);
+    // The components from the first one holding %u down are the user's to check.
+    let split = template.components().position(|c| c.as_os_str().to_string_lossy().contains("%u"))?;
+    let root: PathBuf = path.components().take(split).collect();
+    let below: Vec<String> =
+        path.components().skip(split).map(|c| c.as_os_str().to_string_lossy().into_owned()).collect();
+    let below: Vec<&str> = below.iter().map(String::as_str).collect();
+    real_dir_below(&root, &below)
 }
 
 /// Decides what the session may do, from the store alone.
@@ -213,6 +233,16 @@ pub fn decide(config: &Config, store: &dyn LoginStore, session: &Session<'_>) ->
         Err(_) if scope == Scope::Shell => Request::Other(session.command.unwrap_or_default().to_string()),
         Err(Refused(why)) => return Ok(refuse(format!("Refused: {why}."), "bad-command")),
     };
+    // A shell key asking git for a path that is not OWNER/NAME.git means a repository of
+    // its own (e.g. in its home): its shell serves that, as it would without Gatehouse.
+    let request = match request {
+        Request::Git { path, .. }
+            if scope == Scope::Shell && repo::parse_repo_path(&path, |o| config.valid_user_name(o)).is_err() =>
+        {
+            Request::Other(session.command.unwrap_or_default().to_string())
+        }
+        other => other,
+    };
     let confined = scope != Scope::Shell;
     match request {
         Request::Interactive | Request::Other(_) if scope == Scope::Shell => {
@@ -226,19 +256,19 @@ pub fn decide(config: &Config, store: &dyn LoginStore, session: &Session<'_>) ->
             if verb.writes() && !scope.includes(Scope::Git) {
                 return Ok(refuse("This key is read-only: pushing is not enabled for it.", "read-only-key"));
             }
-            git_plan(config, store, session, verb, &path, confined)
+            git_plan(config, store, session, verb, &path)
         }
         Request::Sftp | Request::Rsync { .. } => {
             if !scope.includes(Scope::Files) {
                 return Ok(refuse("File transfer is not enabled for this key.", "scope"));
             }
-            let data = config.data_dir_of(session.user);
-            if !real_dir(&data) {
+            let Some(data) = data_folder(config, session.user) else {
+                let shown = config.data_dir_of(session.user);
                 return Ok(refuse(
-                    format!("Your data folder {} does not exist yet.", data.display()),
+                    format!("Your data folder {} does not exist yet.", shown.display()),
                     "no-data-folder",
                 ));
-            }
+            };
             let (verb, program, args): (_, _, Vec<OsString>) = match request {
                 Request::Rsync { args } => {
                     ("rsync", config.rsync_program.clone(), args.into_iter().map(Into::into).collect())
@@ -277,7 +307,6 @@ fn git_plan(
     session: &Session<'_>,
     verb: GitVerb,
     path: &str,
-    confined: bool,
 ) -> Result<Action, String> {
     let repo = match repo::parse_repo_path(path, |o| config.valid_user_name(o)) {
         Ok(r) => r,
@@ -298,17 +327,29 @@ fn git_plan(
     }
     let dir = config.git_root.join(&repo.owner).join(&repo.name);
     let mut init_bare = None;
-    if !real_dir(&dir) || !dir.join("HEAD").is_file() {
+    let found = real_dir_below(&config.git_root, &[&repo.owner, &repo.name]);
+    if found.is_none() || !dir.join("HEAD").is_file() {
         let own_first_push = verb.writes() && repo.owner == session.user && config.git_create_on_push;
-        if !own_first_push || std::fs::symlink_metadata(&dir).is_ok() || !real_dir(&config.git_root.join(&repo.owner)) {
-            return Ok(not_found());
+        let parent_ok = real_dir_below(&config.git_root, &[&repo.owner]).is_some();
+        if !own_first_push || std::fs::symlink_metadata(&dir).is_ok() || !parent_ok {
+            // The same words as for a forbidden one; the log tells them apart.
+            return Ok(refuse(
+                format!("Repository {} not found, or you do not have access to it.", repo.relative()),
+                "no-such-repository",
+            ));
         }
         init_bare = Some(dir.clone());
     }
     let mut args: Vec<OsString> = vec!["-c".into(), format!("safe.directory={}", dir.display()).into()];
     if repo.owner != session.user {
-        // Hooks in someone else's repository would run as this user.
-        args.extend(["-c".into(), "core.hooksPath=/dev/null".into()]);
+        // Someone else's repository must not run programs as this user: no hooks, and no
+        // alternate-refs command (command-line settings outrank the repository's own).
+        args.extend([
+            "-c".into(),
+            "core.hooksPath=/dev/null".into(),
+            "-c".into(),
+            "core.alternateRefsCommand=true".into(),
+        ]);
     }
     args.push(verb.subcommand().into());
     if verb == GitVerb::UploadPack {
@@ -320,12 +361,12 @@ fn git_plan(
         GitVerb::ReceivePack => "git-receive-pack",
         GitVerb::UploadArchive => "git-upload-archive",
     };
-    let confine = confined.then(|| {
-        if verb.writes() {
-            Confinement { read_write: vec![dir.clone()], read_only: vec![] }
-        } else {
-            Confinement { read_write: vec![], read_only: vec![dir.clone()] }
-        }
+    // Served git is confined for every scope, shell keys too: it needs nothing but the
+    // repository, and whatever the repository's configuration starts stays inside it.
+    let confine = Some(if verb.writes() {
+        Confinement { read_write: vec![dir.clone()], read_only: vec![] }
+    } else {
+        Confinement { read_write: vec![], read_only: vec![dir.clone()] }
     });
     Ok(Action::Exec(ExecPlan {
         verb: verb_name,

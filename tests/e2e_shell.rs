@@ -369,3 +369,33 @@ fn gatehouse_shell_as_login_shell_runs_no_startup_files() {
     assert!(stderr(&out).contains("shell access is not enabled"), "{}", stderr(&out));
     assert!(!marker.exists(), "a startup file ran");
 }
+
+#[test]
+fn someone_elses_repository_runs_nothing_as_the_pusher() {
+    require_root!();
+    let w = world("alternates", "");
+    let alice = w.account("git");
+    let bob = w.account("shell");
+    let dir = w.repo(&alice, "shared.git", "f");
+    let other = w.repo(&alice, "other.git", "g");
+    // A repository whose own configuration names a command, and alternates so git uses it.
+    let marker = w.gh.data.join(&bob.user.name).join("ran-as-bob");
+    std::fs::write(dir.join("objects/info/alternates"), format!("{}/objects\n", other.display())).unwrap();
+    run(Command::new("git")
+        .args(["config", "--file"])
+        .arg(dir.join("config"))
+        .args(["core.alternateRefsCommand", &format!("touch {} #", marker.display())]));
+    run(Command::new("chmod").args(["-R", "a+rwX"]).arg(w.gh.data.join(&alice.user.name)));
+    w.gh.ok(&["grant", "add", &bob.user.name, &format!("{}/shared.git", alice.user.name), "write"]);
+
+    let url = w.url(&bob, &format!("{}/shared.git", alice.user.name));
+    let out = w.git(&bob, &w.work.path, &["clone", "--quiet", &url, "bobs"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let clone = w.work.join("bobs");
+    std::fs::write(clone.join("b"), "b").unwrap();
+    git_in(&clone, &["add", "."]);
+    git_in(&clone, &["commit", "--quiet", "-m", "b"]);
+    let out = w.git(&bob, &clone, &["push", "--quiet", "origin", "main"]);
+    assert!(out.status.success(), "a granted push failed: {}", stderr(&out));
+    assert!(!marker.exists(), "the repository's alternateRefsCommand ran as the pusher");
+}

@@ -81,6 +81,18 @@ pub fn init(
             nix::unistd::chown(&file, uid, gid).map_err(|e| refused(format!("chown {}: {e}", file.display())))?;
         }
     }
+    // The web service's secrets: readable by the owner alone.
+    let secrets = &config.web.secrets;
+    drop(crate::secrets::Secrets::open(secrets, config.busy_timeout_ms, true)?);
+    for file in store_files(secrets) {
+        if file.exists() {
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))
+                .map_err(|e| refused(format!("chmod {}: {e}", file.display())))?;
+            if uid.is_some() {
+                nix::unistd::chown(&file, uid, None).map_err(|e| refused(format!("chown {}: {e}", file.display())))?;
+            }
+        }
+    }
     let action = match before {
         0 => Some("store.init"),
         v if v < version => Some("store.upgrade"),

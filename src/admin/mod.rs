@@ -266,7 +266,18 @@ impl Admin<'_> {
     }
 
     pub fn key_add(&mut self, user: &str, text: &str, options: &KeyOptions) -> Result<String, AdminError> {
-        let new = self.new_key(text, options, "cli")?;
+        self.key_add_from(user, text, options, "cli")
+    }
+
+    /// Adds a key recorded as coming from `source` (`cli`, `web`, `api`).
+    pub fn key_add_from(
+        &mut self,
+        user: &str,
+        text: &str,
+        options: &KeyOptions,
+        source: &str,
+    ) -> Result<String, AdminError> {
+        let new = self.new_key(text, options, source)?;
         let result = self.store.add_key(&self.actor, user, &new, self.config.max_keys_per_user);
         if let Err(e) = &result {
             let reason = e.to_string();
@@ -305,6 +316,62 @@ impl Admin<'_> {
         Ok(())
     }
 
+    fn secrets(&self) -> Result<crate::secrets::Secrets, AdminError> {
+        Ok(crate::secrets::Secrets::open(&self.config.web.secrets, self.config.busy_timeout_ms, false)?)
+    }
+
+    /// A one-time sign-in link for `name`.
+    pub fn user_invite(&mut self, name: &str, expires: Option<&str>) -> Result<String, AdminError> {
+        let user = self.store.user(name)?;
+        if user.state != UserState::Enabled {
+            return Err(AdminError::Refused(format!("user {name} is disabled")));
+        }
+        let lifetime = match expires {
+            Some(text) => time::parse_duration(text).map_err(|e| AdminError::Refused(format!("--expires: {e}")))?,
+            None => self.config.web.invite_lifetime,
+        };
+        let token = self.secrets()?.create_invite(name, self.actor.now, lifetime)?;
+        self.logged("user.invite", &[("user", name), ("expires", &time::rfc3339(self.actor.now + lifetime))]);
+        Ok(format!("{}/invite/{token}", self.config.web.public_url))
+    }
+
+    pub fn token_create(&mut self, scope: &str, label: &str) -> Result<(i64, String), AdminError> {
+        let parsed = crate::secrets::TokenScope::parse(scope).map_err(AdminError::Refused)?;
+        if let crate::secrets::TokenScope::User(u) = &parsed {
+            self.store.user(u)?;
+        }
+        if label.chars().any(char::is_control) || label.len() > 200 {
+            return Err(AdminError::Refused("--label: at most 200 printable characters".into()));
+        }
+        let (id, token) = self.secrets()?.create_token(&parsed, label, self.actor.now)?;
+        self.logged("token.create", &[("token", &id.to_string()), ("scope", scope)]);
+        Ok((id, token))
+    }
+
+    pub fn token_list(&mut self, out: &mut dyn Write, json: bool) -> Result<(), AdminError> {
+        let tokens = self.secrets()?.tokens()?;
+        if json {
+            return print_json(out, &tokens);
+        }
+        for t in &tokens {
+            let state = match t.revoked {
+                Some(at) => format!("revoked {}", time::rfc3339(at)),
+                None => "live".to_string(),
+            };
+            let used = t.last_used.map(time::rfc3339).unwrap_or_else(|| "never used".to_string());
+            writeln!(out, "{}\t{}\t{}\t{}\t{}", t.id, t.scope, state, used, t.label).map_err(io)?;
+        }
+        Ok(())
+    }
+
+    pub fn token_revoke(&mut self, id: i64) -> Result<(), AdminError> {
+        if !self.secrets()?.revoke_token(id, self.actor.now)? {
+            return Err(AdminError::Refused(format!("no live token {id}")));
+        }
+        self.logged("token.revoke", &[("token", &id.to_string())]);
+        Ok(())
+    }
+
     pub fn grant_add(&mut self, subject: &str, pattern: &str, access: crate::repo::Access) -> Result<bool, AdminError> {
         let name = subject.strip_prefix('@').unwrap_or(subject);
         if !self.config.valid_user_name(name) {
@@ -313,7 +380,7 @@ impl Admin<'_> {
         if !subject.starts_with('@') {
             self.store.user(subject)?;
         }
-        crate::repo::valid_pattern(pattern).map_err(AdminError::Refused)?;
+        let pattern = &crate::repo::valid_pattern(pattern).map_err(AdminError::Refused)?;
         let grant = crate::store::Grant {
             subject: subject.to_string(),
             pattern: pattern.to_string(),

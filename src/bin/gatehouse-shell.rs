@@ -79,7 +79,12 @@ fn main() -> ExitCode {
         }
     };
     drop(store);
-    let verb = if session.command.is_some() { "command" } else { "interactive" };
+    // What was asked for, for the log: the command's first word (escaped by the logger).
+    let verb = match session.command {
+        Some(c) => c.split(' ').next().unwrap_or("").chars().take(64).collect::<String>(),
+        None => "interactive".to_string(),
+    };
+    let verb = verb.as_str();
     match action {
         Action::Exec(plan) => run(plan, &session, &mut log),
         Action::Refuse { message, reason, code } => {
@@ -97,16 +102,6 @@ fn main() -> ExitCode {
             ExitCode::from(code)
         }
         Action::Shell { command } => {
-            log.log(
-                Level::Info,
-                &[
-                    ("user", session.user),
-                    ("fingerprint", session.fingerprint),
-                    ("verb", verb),
-                    ("verdict", "accept"),
-                    ("command", command.as_deref().unwrap_or("-")),
-                ],
-            );
             let shell = account.shell;
             if shell.file_name().is_some_and(|n| n == "gatehouse-shell") {
                 // Set as the login shell to keep shells away from keys without shell scope;
@@ -117,12 +112,23 @@ fn main() -> ExitCode {
                     &[
                         ("user", session.user),
                         ("fingerprint", session.fingerprint),
+                        ("verb", verb),
                         ("verdict", "refuse"),
                         ("reason", "login-shell-is-gatehouse-shell"),
                     ],
                 );
                 return ExitCode::from(exit::REFUSED);
             }
+            log.log(
+                Level::Info,
+                &[
+                    ("user", session.user),
+                    ("fingerprint", session.fingerprint),
+                    ("verb", verb),
+                    ("verdict", "accept"),
+                    ("command", command.as_deref().unwrap_or("-")),
+                ],
+            );
             let mut cmd = Command::new(&shell);
             cmd.env_remove("SSH_ORIGINAL_COMMAND");
             match &command {
@@ -179,27 +185,28 @@ fn run(plan: ExecPlan, session: &Session<'_>, log: &mut Logger) -> ExitCode {
         }
         pairs.push(("created", "yes".to_string()));
     }
+    let mut level = Level::Info;
     if let Some(confinement) = &plan.confine {
         match confine::apply(confinement) {
             Ok(enforced) => {
                 if enforced != confine::Enforced::Fully {
                     // The kernel lacks (part of) Landlock: the allow-lists remain the wall.
-                    emit(
-                        log,
-                        Level::Warning,
-                        &[base("accept"), vec![("landlock", enforced.as_str().to_string())]].concat(),
-                    );
+                    level = Level::Warning;
                 }
                 pairs.push(("landlock", enforced.as_str().to_string()));
             }
             Err(e) => {
                 eprintln!("gatehouse-shell: cannot confine the session, refusing it");
-                emit(log, Level::Error, &[base("refuse"), vec![("error", e)]].concat());
+                emit(
+                    log,
+                    Level::Error,
+                    &[base("refuse"), vec![("reason", "confinement-failed".to_string()), ("error", e)]].concat(),
+                );
                 return ExitCode::from(exit::EXEC);
             }
         }
     }
-    emit(log, Level::Info, &pairs);
+    emit(log, level, &pairs);
     let err = Command::new(&plan.program)
         .args(&plan.args)
         .env_clear()

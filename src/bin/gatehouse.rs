@@ -43,6 +43,9 @@ enum Command {
     /// Manage repository grants
     #[command(subcommand)]
     Grant(GrantCommand),
+    /// Manage API tokens for the web service
+    #[command(subcommand)]
+    Token(TokenCommand),
     /// Show the audit trail
     Audit {
         /// Only events about this user
@@ -112,6 +115,33 @@ enum UserCommand {
     },
     /// Remove a user and all their keys
     Remove { name: String },
+    /// Print a one-time link with which the user sets a web password and adds a key
+    Invite {
+        name: String,
+        /// How long the link works [default: web.invite_lifetime]
+        #[arg(long, value_name = "DURATION")]
+        expires: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Create an API token; it is printed once
+    Create {
+        /// admin, or user:NAME for one user's keys
+        #[arg(long, value_name = "SCOPE")]
+        scope: String,
+        /// What the token is for
+        #[arg(long, value_name = "TEXT", default_value = "")]
+        label: String,
+    },
+    /// List tokens (never the tokens themselves)
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a token
+    Revoke { id: i64 },
 }
 
 #[derive(Args, Clone)]
@@ -293,6 +323,10 @@ fn run(cli: Cli, config: &Config, log: &mut Logger) -> Result<u8, AdminError> {
                 let keys = admin.user_remove(&name)?;
                 say(&mut out, format!("removed user {name} and {keys} key(s)"))?;
             }
+            UserCommand::Invite { name, expires } => {
+                let link = admin.user_invite(&name, expires.as_deref())?;
+                say(&mut out, link)?;
+            }
         },
         Command::Key(cmd) => match cmd {
             KeyCommand::Add { user, stdin, file, key, comment } => {
@@ -334,6 +368,18 @@ fn run(cli: Cli, config: &Config, log: &mut Logger) -> Result<u8, AdminError> {
                     admin.import_tsv(&mut out, &mut errors, &shown, &mut input, create_users, &key.options(None))?
                 };
                 return Ok(if summary.skipped == 0 { exit::OK } else { exit::REFUSED });
+            }
+        },
+        Command::Token(cmd) => match cmd {
+            TokenCommand::Create { scope, label } => {
+                let (id, token) = admin.token_create(&scope, &label)?;
+                say(&mut out, token)?;
+                eprintln!("token {id} created; it is not shown again");
+            }
+            TokenCommand::List { json } => admin.token_list(&mut out, json)?,
+            TokenCommand::Revoke { id } => {
+                admin.token_revoke(id)?;
+                say(&mut out, format!("revoked token {id}"))?;
             }
         },
         Command::Grant(cmd) => match cmd {

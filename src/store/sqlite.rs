@@ -39,6 +39,61 @@ fn is_busy(e: &rusqlite::Error) -> bool {
     matches!(e.sqlite_error_code(), Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked))
 }
 
+/// A read-write connection as every writer of ours opens it: WAL kept on close (see the
+/// module notes), `synchronous=FULL`, foreign keys on, a busy timeout.
+pub(crate) fn writer_connection(path: &Path, busy_timeout_ms: u32, create: bool) -> Result<Connection, StoreError> {
+    let shown = path.display().to_string();
+    if !create && !path.exists() {
+        return Err(unavailable(&shown, "does not exist (run `gatehouse init`)"));
+    }
+    let mut flags =
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_NOFOLLOW;
+    if create {
+        flags |= OpenFlags::SQLITE_OPEN_CREATE;
+    }
+    let fail = |e: rusqlite::Error| {
+        if is_busy(&e) {
+            StoreError::Busy { path: shown.clone() }
+        } else {
+            unavailable(&shown, e)
+        }
+    };
+    let conn = Connection::open_with_flags(path, flags).map_err(fail)?;
+    conn.busy_timeout(Duration::from_millis(u64::from(busy_timeout_ms))).map_err(fail)?;
+    conn.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true).map_err(fail)?;
+    let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0)).map_err(fail)?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(unavailable(&shown, format!("cannot switch to WAL mode (still {mode})")));
+    }
+    conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;").map_err(fail)?;
+    Ok(conn)
+}
+
+/// Brings `conn` up to `migrations.len()`, one transaction per step.
+pub(crate) fn migrate_connection(conn: &mut Connection, path: &str, migrations: &[&str]) -> Result<i64, StoreError> {
+    let expected = migrations.len() as i64;
+    loop {
+        let fail = |e: rusqlite::Error| {
+            if is_busy(&e) {
+                StoreError::Busy { path: path.to_string() }
+            } else {
+                unavailable(path, e)
+            }
+        };
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(fail)?;
+        let found: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(fail)?;
+        if found > expected {
+            return Err(StoreError::Version { path: path.to_string(), found, expected });
+        }
+        let Some(sql) = usize::try_from(found).ok().and_then(|i| migrations.get(i)) else {
+            return Ok(found);
+        };
+        tx.execute_batch(sql).map_err(fail)?;
+        tx.pragma_update(None, "user_version", found + 1).map_err(fail)?;
+        tx.commit().map_err(fail)?;
+    }
+}
+
 /// A UNIQUE violation: the only constraint a valid insert can hit is the fingerprint's.
 fn is_duplicate(e: &rusqlite::Error) -> bool {
     matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE)
@@ -127,25 +182,8 @@ impl SqliteStore {
     }
 
     fn open_writable(path: &Path, busy_timeout_ms: u32, create: bool) -> Result<SqliteStore, StoreError> {
-        let shown = path.display().to_string();
-        if !create && !path.exists() {
-            return Err(unavailable(&shown, "does not exist (run `gatehouse init`)"));
-        }
-        let mut flags =
-            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_NOFOLLOW;
-        if create {
-            flags |= OpenFlags::SQLITE_OPEN_CREATE;
-        }
-        let conn = Connection::open_with_flags(path, flags).map_err(|e| unavailable(&shown, e))?;
-        let store = SqliteStore { conn, path: shown, writable: true };
-        store.prepare_connection(busy_timeout_ms)?;
-        store.conn.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true).map_err(|e| store.error(e))?;
-        let mode: String =
-            store.conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0)).map_err(|e| store.error(e))?;
-        if !mode.eq_ignore_ascii_case("wal") {
-            return Err(unavailable(&store.path, format!("cannot switch to WAL mode (still {mode})")));
-        }
-        store.conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;").map_err(|e| store.error(e))?;
+        let conn = writer_connection(path, busy_timeout_ms, create)?;
+        let store = SqliteStore { conn, path: path.display().to_string(), writable: true };
         if !create {
             store.check_version()?;
         }
@@ -181,21 +219,8 @@ impl SqliteStore {
 
     /// Applies the migrations this store lacks, each in its own transaction.
     pub fn migrate(&mut self) -> Result<i64, StoreError> {
-        loop {
-            let tx = self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate);
-            let tx = tx.map_err(|e| unavailable(&self.path, e))?;
-            let found: i64 =
-                tx.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(|e| unavailable(&self.path, e))?;
-            if found > current_version() {
-                return Err(StoreError::Version { path: self.path.clone(), found, expected: current_version() });
-            }
-            let Some(sql) = usize::try_from(found).ok().and_then(|i| schema::MIGRATIONS.get(i)) else {
-                return Ok(found);
-            };
-            tx.execute_batch(sql).map_err(|e| unavailable(&self.path, e))?;
-            tx.pragma_update(None, "user_version", found + 1).map_err(|e| unavailable(&self.path, e))?;
-            tx.commit().map_err(|e| unavailable(&self.path, e))?;
-        }
+        let path = self.path.clone();
+        migrate_connection(&mut self.conn, &path, schema::MIGRATIONS)
     }
 
     /// Records an event that is not a change to users or keys (init, upgrade).
@@ -594,6 +619,8 @@ impl AdminStore for SqliteStore {
             if tx.execute("DELETE FROM users WHERE name = ?1", [name]).map_err(db)? == 0 {
                 return Err(StoreError::NoSuchUser(name.to_string()));
             }
+            // A user added later under the same name must not inherit these.
+            tx.execute("DELETE FROM grants WHERE subject = ?1", [name]).map_err(db)?;
             audit(tx, actor, "user.remove", name, &format!("keys={keys}")).map_err(db)?;
             Ok(keys.max(0) as u64)
         })

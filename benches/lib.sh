@@ -1,0 +1,251 @@
+# shellcheck shell=bash disable=SC2034 # variables set here are used by the scripts that source this file
+# Shared by the benchmark scripts (benches/run.sh, benches/git.sh); sourced, never run.
+#
+# The sourcing script sets, before `source`:
+#   SCRIPT  its name, for messages
+#   ROOT    the repository
+#   DATA    results and generated data (root-owned path)
+#   RUN     binaries, client keys and the private sshd (root-owned path)
+# and then calls bench_prepare, which takes the lock, checks the paths and installs the
+# EXIT trap (bench_cleanup). Scripts add their generated data to CLEANUP_DATA (removed
+# unless BENCH_KEEP=1) and their scratch folders to CLEANUP_ALWAYS.
+
+# One test user for every login path, on purpose: sshd pads every publickey query to
+# 5 ms + a per-user delay of 0-4.3 ms (a hash of the user name and a secret derived from
+# the host key and sshd_config; auth2.c user_specific_delay), so two users would differ by
+# up to 4.3 ms before gatehouse does anything. One user, one sshd, several ports instead.
+BENCH_USER=ghbench
+MARK=gatehouse-bench # GECOS of the test user: cleanup removes only an account that carries it
+
+log() { printf '\n== %s\n' "$*" >&2; }
+die() {
+    printf '%s: %s\n' "$SCRIPT" "$*" >&2
+    exit 2
+}
+
+# ---------------------------------------------------------------- results
+# One row per figure: name | value | target | PASS/FAIL/info. NOTES collect anomalies.
+ROWS=()
+NOTES=()
+FAILS=0
+row() {
+    ROWS+=("| $1 | $2 | $3 | $4 |")
+    [ "$4" != FAIL ] || FAILS=$((FAILS + 1))
+}
+# PASS when value <= target (verdict) or value >= target (verdict_ge).
+verdict() { if awk -v v="$1" -v t="$2" 'BEGIN { exit !(v <= t) }'; then echo PASS; else echo FAIL; fi; }
+verdict_ge() { if awk -v v="$1" -v t="$2" 'BEGIN { exit !(v >= t) }'; then echo PASS; else echo FAIL; fi; }
+now_us() { echo "${EPOCHREALTIME/./}"; }
+# 1234567 -> 1,234,567 (printf's ' flag depends on the locale).
+commas() { sed ':a;s/\B[0-9]\{3\}\>/,&/;ta' <<<"$1"; }
+# Prints the median of the numbers on stdin.
+median() { sort -g | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+ms() { awk -v v="$1" 'BEGIN { printf "%.2f ms", v }'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
+
+# sshd runs the key command as AuthorizedKeysCommandUser (nobody here), and a reader that
+# cannot write the -shm file takes a different path inside SQLite than root would: time it
+# as nobody, the way logins run it.
+as_nobody() { setpriv --reuid=nobody --regid=nogroup --clear-groups "$@"; }
+# The forced command runs as the logged-in user.
+as_bench() { setpriv --reuid="$BENCH_USER" --regid="$BENCH_USER" --init-groups "$@"; }
+
+# ---------------------------------------------------------------- prerequisites
+# bench_need PACKAGE:COMMAND ...: installs the packages whose command is missing.
+bench_need() {
+    local pair need=()
+    for pair in "$@"; do
+        command -v "${pair#*:}" >/dev/null || need+=("${pair%%:*}")
+    done
+    if [ "${#need[@]}" -gt 0 ]; then
+        log "installing ${need[*]}"
+        DEBIAN_FRONTEND=noninteractive apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}"
+    fi
+}
+
+# gatehouse refuses a config file (and sshd a key command) if any directory above it is
+# writable by someone other than root; say so up front rather than failing half-way.
+check_trusted() {
+    local p=$1 uid mode
+    while :; do
+        read -r uid mode < <(stat -c '%u %a' "$p")
+        if [ "$uid" -ne 0 ] || [ $((8#$mode & 8#022)) -ne 0 ]; then
+            die "$p must be root-owned and not group/world-writable (set BENCH_DATA / BENCH_RUN elsewhere)"
+        fi
+        [ "$p" != / ] || break
+        p=$(dirname "$p")
+    done
+}
+
+# ---------------------------------------------------------------- setup and cleanup
+SSHD_PID=
+CLEANUP_DATA=()   # generated data: removed unless BENCH_KEEP=1
+CLEANUP_ALWAYS=() # scratch folders: always removed
+CLEANUP_PIDS=()   # helper processes started by the script
+
+bench_cleanup() {
+    set +e
+    local p
+    for p in "${CLEANUP_PIDS[@]}"; do
+        kill "$p" 2>/dev/null
+        wait "$p" 2>/dev/null
+    done
+    sshd_stop
+    for p in "${CLEANUP_ALWAYS[@]}"; do
+        case $p in /?*) rm -rf -- "$p" ;; esac
+    done
+    if [ "$(getent passwd "$BENCH_USER" | cut -d: -f5)" = "$MARK" ]; then
+        userdel "$BENCH_USER" 2>/dev/null
+    fi
+    rm -rf "${RUN:?}/sshd" "${RUN:?}/client" "${RUN:?}/bin"
+    rmdir "$RUN" 2>/dev/null
+    if [ "${BENCH_KEEP:-0}" != 1 ]; then
+        for p in "${CLEANUP_DATA[@]}"; do
+            case $p in "$DATA"/?*) rm -rf -- "$p" ;; esac
+        done
+    fi
+}
+
+# Root, absolute root-owned paths, one benchmark at a time (they share the user, RUN and
+# the sshd), the EXIT trap, and no leftovers of a run that was killed with SIGKILL.
+bench_prepare() {
+    [ "$(id -u)" -eq 0 ] || die "run as root (starts sshd on 127.0.0.1, adds user $BENCH_USER)"
+    # Both directories get files removed on exit: absolute paths of their own, never /.
+    local d
+    for d in "$DATA" "$RUN"; do
+        case $d in /?*) ;; *) die "BENCH_DATA and BENCH_RUN must be absolute paths other than / (got '$d')" ;; esac
+    done
+    umask 022
+    mkdir -p "$DATA" "$RUN"
+    chmod 0755 "$DATA" "$RUN"
+    check_trusted "$DATA"
+    check_trusted "$RUN"
+    exec 9>"$RUN.lock"
+    flock -n 9 || die "another benchmark holds $RUN.lock"
+    trap bench_cleanup EXIT
+    trap 'exit 130' INT TERM # make Ctrl-C go through the EXIT trap too
+    # Leftovers of a run that was killed with SIGKILL: remove our own account, refuse others.
+    if getent passwd "$BENCH_USER" >/dev/null; then
+        [ "$(getent passwd "$BENCH_USER" | cut -d: -f5)" = "$MARK" ] || die "user $BENCH_USER exists and is not a benchmark account"
+        userdel "$BENCH_USER"
+    fi
+    rm -rf "${RUN:?}/sshd" "${RUN:?}/client" "${RUN:?}/bin"
+}
+
+# sshd runs the key command only from a root-owned path nobody else can write, so the
+# binaries are copied out of the build tree (target/dist, scripts/build-release) into
+# $RUN/bin (0755, root).
+bench_install_binaries() {
+    local b
+    install -d -m 0755 "$RUN/bin"
+    for b in gatehouse gatehouse-keys gatehouse-shell; do
+        install -m 0755 "$ROOT/target/dist/$b" "$RUN/bin/$b"
+    done
+    GH=$RUN/bin/gatehouse
+    KEYS=$RUN/bin/gatehouse-keys
+    SHELL_BIN=$RUN/bin/gatehouse-shell
+}
+
+# A throw-away account: '*' (not '!') as the password, because with UsePAM no sshd treats
+# '!' as locked and refuses even a valid key. Home '/' avoids a chdir warning.
+bench_add_user() { useradd -M -d / -p '*' -s /bin/sh -c "$MARK" "$BENCH_USER"; }
+
+# ---------------------------------------------------------------- the private sshd
+# Free ports above the usual ones: free_port FROM.
+free_port() {
+    local p=$1
+    while [ -n "$(ss -Hltn "sport = :$p")" ]; do p=$((p + 1)); done
+    echo "$p"
+}
+
+# $RUN/sshd: the config, a host key, and authorized_keys files (root-owned, outside any
+# home) in $RUN/sshd/authorized.
+sshd_prepare() {
+    install -d -m 0755 "$RUN/sshd" "$RUN/sshd/authorized"
+    ssh-keygen -q -t ed25519 -N '' -C "$MARK-host" -f "$RUN/sshd/host_ed25519"
+}
+
+# The part of sshd_config every benchmark shares: loopback, the host key, the test user
+# only, its authorized_keys file $RUN/sshd/authorized/USER.keys. Same KEX on every port
+# (curve25519; the post-quantum default costs ~100 ms more per login). Scripts append
+# their own lines and Match LocalPort blocks.
+sshd_config_base() {
+    cat <<EOF
+ListenAddress 127.0.0.1
+HostKey $RUN/sshd/host_ed25519
+PidFile none
+UsePAM no
+KexAlgorithms curve25519-sha256
+PubkeyAuthentication yes
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+AllowUsers $BENCH_USER
+AuthorizedKeysFile $RUN/sshd/authorized/%u.keys
+ExposeAuthInfo yes
+EOF
+}
+
+# The authorized_keys settings sshd would apply on a port, for checks.
+sshd_effective() {
+    /usr/sbin/sshd -T -f "$RUN/sshd/sshd_config" -C "user=$BENCH_USER,host=localhost,addr=127.0.0.1,lport=$1" | grep -i '^authorizedkeys'
+}
+
+# sshd_start LOGFILE PORT...: starts sshd with $RUN/sshd/sshd_config on the ports, waits
+# until all listen.
+sshd_start() {
+    local logfile=$1 p args=()
+    shift
+    for p in "$@"; do args+=(-p "$p"); done
+    mkdir -p /run/sshd # privilege-separation directory sshd insists on
+    /usr/sbin/sshd -t -f "$RUN/sshd/sshd_config" "${args[@]}"
+    /usr/sbin/sshd -D -e -f "$RUN/sshd/sshd_config" "${args[@]}" 2>"$logfile" &
+    SSHD_PID=$!
+    for p in "$@"; do
+        for _ in $(seq 50); do
+            [ -z "$(ss -Hltn "sport = :$p")" ] || break
+            sleep 0.1
+        done
+        [ -n "$(ss -Hltn "sport = :$p")" ] || die "sshd did not start on port $p; see $logfile"
+    done
+}
+
+sshd_stop() {
+    if [ -n "$SSHD_PID" ]; then
+        kill "$SSHD_PID" 2>/dev/null || true
+        wait "$SSHD_PID" 2>/dev/null || true
+        SSHD_PID=
+    fi
+}
+
+# Client options: no user config, no known_hosts, only the key given with -i.
+SSH_OPTS=(-F /dev/null -o BatchMode=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null
+    -o IdentitiesOnly=yes -o LogLevel=ERROR -o ConnectTimeout=10)
+
+# login PORT KEY: one `ssh … true` session.
+login() {
+    timeout 30 ssh "${SSH_OPTS[@]}" -i "$2" -p "$1" "$BENCH_USER@127.0.0.1" true
+}
+
+# ---------------------------------------------------------------- hyperfine
+# hf_pool OUT.json IN.json...: one result per command over several hyperfine exports,
+# every run time pooled, with median/mean/min/max over all of them.
+hf_pool() {
+    local out=$1
+    shift
+    jq -s '{results: ([.[].results[]] | group_by(.command) | map({command: .[0].command, times: (map(.times) | add)})
+            | map(.times |= sort | . + {runs: (.times | length), min: .times[0], max: .times[-1],
+                  mean: ((.times | add) / (.times | length)),
+                  median: (.times | if length % 2 == 1 then .[(length - 1) / 2] else (.[length / 2 - 1] + .[length / 2]) / 2 end)}))}' \
+        "$@" >"$out"
+}
+
+# hf_table POOLED.json: the pooled results as a markdown table (times in ms).
+hf_table() {
+    echo "| command | runs | median ms | mean ms | min ms | max ms |"
+    echo "| --- | --- | --- | --- | --- | --- |"
+    jq -r '.results[] | "| \(.command) | \(.runs) | \(.median * 1000 * 1000 | round / 1000) | \(.mean * 1000 * 1000 | round / 1000) | \(.min * 1000 * 1000 | round / 1000) | \(.max * 1000 * 1000 | round / 1000) |"' "$1"
+}
+
+# hf_median POOLED.json NAME: the median of one command, in ms.
+hf_median() { jq -r --arg n "$2" '.results[] | select(.command == $n) | .median * 1000' "$1"; }

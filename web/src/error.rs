@@ -1,0 +1,90 @@
+//! Errors as responses: JSON for the API, a page for the browser. Nothing reveals paths,
+//! SQL or whether a foreign object exists.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use gatehouse::admin::AdminError;
+use gatehouse::store::StoreError;
+
+#[derive(Debug)]
+pub enum WebError {
+    BadRequest(String),
+    Unauthorized,
+    Forbidden(String),
+    NotFound,
+    Conflict(String),
+    TooMany,
+    /// The store stayed locked past its busy timeout, or could not be read.
+    Unavailable,
+}
+
+impl WebError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            WebError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            WebError::Unauthorized => StatusCode::UNAUTHORIZED,
+            WebError::Forbidden(_) => StatusCode::FORBIDDEN,
+            WebError::NotFound => StatusCode::NOT_FOUND,
+            WebError::Conflict(_) => StatusCode::CONFLICT,
+            WebError::TooMany => StatusCode::TOO_MANY_REQUESTS,
+            WebError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    pub fn message(&self) -> String {
+        match self {
+            WebError::BadRequest(m) | WebError::Forbidden(m) | WebError::Conflict(m) => m.clone(),
+            WebError::Unauthorized => "sign-in required".to_string(),
+            WebError::NotFound => "not found".to_string(),
+            WebError::TooMany => "too many requests; try again in a minute".to_string(),
+            WebError::Unavailable => "the key store is busy; try again shortly".to_string(),
+        }
+    }
+}
+
+impl From<StoreError> for WebError {
+    fn from(e: StoreError) -> WebError {
+        match e {
+            StoreError::NoSuchUser(_) | StoreError::NoSuchKey { .. } | StoreError::NoSuchGrant { .. } => {
+                WebError::NotFound
+            }
+            // Whose key it is stays private: the owner's name is not repeated.
+            StoreError::KeyTaken { .. } => WebError::Conflict("this key is already registered".to_string()),
+            StoreError::UserExists(u) => WebError::Conflict(format!("user {u} already exists")),
+            StoreError::TooManyKeys { max, .. } => WebError::Conflict(format!("at most {max} keys per user")),
+            StoreError::ScopeOutsidePolicy { scope, policy } => {
+                WebError::BadRequest(format!("scope {scope} is wider than the account allows ({policy})"))
+            }
+            StoreError::Busy { .. }
+            | StoreError::Unavailable { .. }
+            | StoreError::IndexRace { .. }
+            | StoreError::Version { .. } => WebError::Unavailable,
+        }
+    }
+}
+
+impl From<AdminError> for WebError {
+    fn from(e: AdminError) -> WebError {
+        match e {
+            AdminError::Store(s) => s.into(),
+            AdminError::Refused(m) => WebError::BadRequest(m),
+            AdminError::Io(_) => WebError::Unavailable,
+        }
+    }
+}
+
+/// An API error: `{"error": "…"}`.
+pub struct ApiError(pub WebError);
+
+impl<E: Into<WebError>> From<E> for ApiError {
+    fn from(e: E) -> ApiError {
+        ApiError(e.into())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({ "error": self.0.message() });
+        (self.0.status(), axum::Json(body)).into_response()
+    }
+}
