@@ -132,6 +132,7 @@ struct RawKeys {
     allowed_types: Option<Spanned<Vec<String>>>,
     max_per_user: Option<Spanned<i64>>,
     max_lifetime: Option<Spanned<String>>,
+    banned: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -209,6 +210,8 @@ pub struct Config {
     pub allowed_types: Vec<KeyFamily>,
     pub max_keys_per_user: u32,
     pub max_key_lifetime: Option<i64>,
+    /// A file of banned keys (fingerprints or key lines), checked when a key is added.
+    pub banned_keys: Option<PathBuf>,
     pub name_pattern: NamePattern,
     pub name_pattern_text: String,
     pub default_policy: Scope,
@@ -236,6 +239,7 @@ impl Default for Config {
             allowed_types: KeyFamily::ALL.to_vec(),
             max_keys_per_user: 100,
             max_key_lifetime: None,
+            banned_keys: None,
             name_pattern: NamePattern::Default,
             name_pattern_text: DEFAULT_NAME_PATTERN.to_string(),
             default_policy: Scope::Shell,
@@ -488,6 +492,12 @@ impl Config {
                     Ok(m) if (1..=10_000).contains(&m) => c.max_keys_per_user = m,
                     _ => return at.error(&max.span(), "keys.max_per_user", "must be between 1 and 10000"),
                 }
+            }
+            if let Some(p) = keys.banned {
+                if !p.get_ref().starts_with('/') {
+                    return at.error(&p.span(), "keys.banned", "must be an absolute path");
+                }
+                c.banned_keys = Some(PathBuf::from(p.into_inner()));
             }
             if let Some(life) = keys.max_lifetime {
                 match time::parse_duration(life.get_ref()) {

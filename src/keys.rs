@@ -233,6 +233,20 @@ pub fn parse_public_key(text: &str, config: &Config) -> Result<ValidKey, KeyErro
     })
 }
 
+/// Whether `fingerprint` is listed in a banned-keys file: one SHA256 fingerprint or one
+/// public key line per line, `#` starting a comment. Lines that are neither are ignored.
+pub fn is_banned(list: &str, fingerprint: &str) -> bool {
+    list.lines().map(|l| l.split('#').next().unwrap_or("").trim()).filter(|l| !l.is_empty()).any(|entry| {
+        if is_fingerprint(entry) {
+            entry == fingerprint
+        } else {
+            PublicKey::from_openssh(entry)
+                .map(|k| k.key_data().fingerprint(HashAlg::Sha256).to_string() == fingerprint)
+                .unwrap_or(false)
+        }
+    })
+}
+
 /// Checks that `text` looks like a SHA256 fingerprint as ssh-keygen prints it, so it can be
 /// used in a forced command and a query without further quoting.
 pub fn is_fingerprint(text: &str) -> bool {
@@ -332,6 +346,15 @@ mod tests {
         let mut c = cfg();
         c.allowed_types = vec![KeyFamily::Rsa];
         assert_eq!(parse_public_key(ED25519, &c), Err(KeyError::TypeNotAllowed("ssh-ed25519".into())));
+    }
+
+    #[test]
+    fn banned_list() {
+        let key = parse_public_key(ED25519, &cfg()).unwrap();
+        let list = format!("# weak keys\n{}\n\nnot a key\n", key.fingerprint);
+        assert!(is_banned(&list, &key.fingerprint));
+        assert!(is_banned(&format!("{ED25519}  # by line"), &key.fingerprint));
+        assert!(!is_banned("SHA256:uNiVztksCsDhcc0u9e8BujQXVUpKZIDTMczCvj3tD2s\n", &key.fingerprint));
     }
 
     #[test]

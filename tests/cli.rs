@@ -730,3 +730,23 @@ fn every_change_is_logged_to_syslog() {
     let want = format!("actor=cli:root action=key.add user=carol fingerprint={} source=import", other.fingerprint);
     assert!(lines.contains(&want), "want {want} in {lines}");
 }
+
+#[test]
+fn banned_keys_are_refused_by_fingerprint_or_by_line() {
+    let dir = TestDir::new("bannedlist");
+    let list = dir.join("banned");
+    let gh = setup("banned", &format!("\n[keys]\nbanned = \"{}\"\n", list.display()));
+    gh.ok(&["user", "add", "alice"]);
+    let by_fp = keygen(&gh.dir.path, "ed25519");
+    let by_line = keygen(&gh.dir.path, "ed25519");
+    let fine = keygen(&gh.dir.path, "ed25519");
+    std::fs::write(&list, format!("# compromised\n{}\n{}\n", by_fp.fingerprint, by_line.public)).unwrap();
+    for banned in [&by_fp, &by_line] {
+        let out = gh.cli_stdin(&["key", "add", "alice", "-"], banned.public.as_bytes());
+        assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+        assert!(stderr(&out).contains("banned"), "{}", stderr(&out));
+    }
+    let out = gh.cli_stdin(&["key", "add", "alice", "-"], fine.public.as_bytes());
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(gh.ok(&["key", "list", "alice"]).lines().count(), 1);
+}

@@ -232,6 +232,16 @@ impl Admin<'_> {
     /// patterns, comment.
     pub fn new_key(&self, text: &str, options: &KeyOptions, source: &str) -> Result<NewKey, AdminError> {
         let mut key = parse_public_key(text, self.config).map_err(|e| AdminError::Refused(e.to_string()))?;
+        if let Some(path) = &self.config.banned_keys {
+            let list =
+                banned_list(path).map_err(|e| AdminError::Refused(format!("keys.banned {}: {e}", path.display())))?;
+            if crate::keys::is_banned(&list, &key.fingerprint) {
+                return Err(AdminError::Refused(format!(
+                    "key {} is on this server's list of banned keys",
+                    key.fingerprint
+                )));
+            }
+        }
         if let Some(comment) = &options.comment {
             if comment.chars().any(char::is_control) {
                 return Err(AdminError::Refused("--comment: control characters are not allowed".into()));
@@ -430,6 +440,22 @@ impl Admin<'_> {
         }
         Ok(())
     }
+}
+
+/// The banned-keys file, read again only when it changes (a bulk import checks every key).
+fn banned_list(path: &std::path::Path) -> std::io::Result<std::sync::Arc<String>> {
+    type Cached = Option<(std::path::PathBuf, std::time::SystemTime, std::sync::Arc<String>)>;
+    static CACHE: std::sync::Mutex<Cached> = std::sync::Mutex::new(None);
+    let modified = std::fs::metadata(path)?.modified()?;
+    let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((p, m, text)) = cache.as_ref() {
+        if p == path && *m == modified {
+            return Ok(text.clone());
+        }
+    }
+    let text = std::sync::Arc::new(std::fs::read_to_string(path)?);
+    *cache = Some((path.to_path_buf(), modified, text.clone()));
+    Ok(text)
 }
 
 /// One key per line: fingerprint, type and size, scope, expiry, comment.
