@@ -27,6 +27,9 @@ struct RawConfig {
     sftp: Option<RawProgram>,
     rsync: Option<RawProgram>,
     web: Option<RawWeb>,
+    state: Option<RawState>,
+    lockout: Option<RawLockout>,
+    jail: Option<RawJail>,
 }
 
 #[derive(Deserialize)]
@@ -141,6 +144,36 @@ struct RawUsers {
     name_pattern: Option<Spanned<String>>,
     default_policy: Option<Spanned<String>>,
     data_dir: Option<Spanned<String>>,
+    data_mode: Option<Spanned<String>>,
+    skeleton: Option<Spanned<String>>,
+    quota: Option<Spanned<String>>,
+    uid_min: Option<Spanned<i64>>,
+    uid_max: Option<Spanned<i64>>,
+    shell: Option<Spanned<String>>,
+    group: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawState {
+    path: Option<Spanned<String>>,
+    group: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLockout {
+    threshold: Option<Spanned<i64>>,
+    window: Option<Spanned<String>>,
+    duration: Option<Spanned<String>>,
+    sessions_per_minute: Option<Spanned<i64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawJail {
+    group: Option<Spanned<String>>,
+    root: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -226,6 +259,29 @@ pub struct Config {
     pub sftp_program: PathBuf,
     pub rsync_program: PathBuf,
     pub web: WebConfig,
+    /// The root side's state file (logins, failures, lockouts, last use of keys).
+    pub state_path: PathBuf,
+    /// A group that may read the state file (0640); none: root alone (0600).
+    pub state_group: Option<String>,
+    /// Mode of a newly created data folder.
+    pub data_mode: u32,
+    /// Files copied into a newly created data folder.
+    pub skeleton: Option<PathBuf>,
+    /// Block quota for a new data folder, as `setquota` takes it (e.g. `50G`).
+    pub quota: Option<String>,
+    /// UIDs `gatehouse provision` may create and change.
+    pub uid_range: (u32, u32),
+    /// Login shell of provisioned accounts without shell policy.
+    pub provision_shell: PathBuf,
+    /// The group of managed users: sshd's drop-in matches it, and it may read the store.
+    pub managed_group: String,
+    pub lockout_threshold: u32,
+    pub lockout_window: i64,
+    pub lockout_duration: i64,
+    pub sessions_per_minute: u32,
+    /// Members of this system group are jailed: sftp and rsync in a chroot.
+    pub jail_group: Option<String>,
+    pub jail_root: PathBuf,
 }
 
 impl Default for Config {
@@ -253,6 +309,20 @@ impl Default for Config {
             sftp_program: PathBuf::from("/usr/lib/openssh/sftp-server"),
             rsync_program: PathBuf::from("/usr/bin/rsync"),
             web: WebConfig::default(),
+            state_path: PathBuf::from("/var/lib/gatehouse/state.db"),
+            state_group: None,
+            data_mode: 0o750,
+            skeleton: None,
+            quota: None,
+            uid_range: (20_000, 29_999),
+            provision_shell: PathBuf::from(DEFAULT_SHELL),
+            managed_group: "gatehouse-users".to_string(),
+            lockout_threshold: 10,
+            lockout_window: 600,
+            lockout_duration: 900,
+            sessions_per_minute: 600,
+            jail_group: None,
+            jail_root: PathBuf::from("/jail"),
         }
     }
 }
@@ -429,6 +499,13 @@ impl Config {
             ConfigError(format!("{file}:{line}: {message}"))
         })?;
         let mut c = Config::default();
+        let absolute = |p: Spanned<String>, key: &str| -> Result<PathBuf, ConfigError> {
+            if !p.get_ref().starts_with('/') || p.get_ref().contains('\0') || p.get_ref().split('/').any(|c| c == "..")
+            {
+                return at.error(&p.span(), key, "must be an absolute path without ..");
+            }
+            Ok(PathBuf::from(p.into_inner()))
+        };
 
         if let Some(store) = raw.store {
             if let Some(p) = store.path {
@@ -532,6 +609,53 @@ impl Config {
                 }
                 c.data_dir = p.into_inner();
             }
+            if let Some(m) = users.data_mode {
+                match u32::from_str_radix(m.get_ref(), 8) {
+                    Ok(mode) if mode <= 0o777 && mode & 0o700 == 0o700 && mode & 0o002 == 0 => c.data_mode = mode,
+                    _ => {
+                        return at.error(
+                            &m.span(),
+                            "users.data_mode",
+                            "must be octal like \"0750\", owner rwx, not world-writable",
+                        )
+                    }
+                }
+            }
+            if let Some(p) = users.skeleton {
+                c.skeleton = Some(absolute(p, "users.skeleton")?);
+            }
+            if let Some(q) = users.quota {
+                let ok = !q.get_ref().is_empty()
+                    && q.get_ref().len() <= 16
+                    && q.get_ref().bytes().all(|b| b.is_ascii_digit() || b"KMGT".contains(&b));
+                if !ok {
+                    return at.error(&q.span(), "users.quota", "expected a size like 50G");
+                }
+                c.quota = Some(q.into_inner());
+            }
+            let min = users.uid_min.map(|v| (u32::try_from(*v.get_ref()), v.span()));
+            let max = users.uid_max.map(|v| (u32::try_from(*v.get_ref()), v.span()));
+            if let Some((v, span)) = min {
+                match v {
+                    Ok(n) if n >= 1000 => c.uid_range.0 = n,
+                    _ => return at.error(&span, "users.uid_min", "must be at least 1000"),
+                }
+            }
+            if let Some((v, span)) = max {
+                match v {
+                    Ok(n) if n > c.uid_range.0 && n < 60_000 => c.uid_range.1 = n,
+                    _ => return at.error(&span, "users.uid_max", "must be above users.uid_min and below 60000"),
+                }
+            }
+            if let Some(p) = users.shell {
+                c.provision_shell = absolute(p, "users.shell")?;
+            }
+            if let Some(g) = users.group {
+                if !is_default_name(g.get_ref()) {
+                    return at.error(&g.span(), "users.group", "must be a group name");
+                }
+                c.managed_group = g.into_inner();
+            }
             if let Some(p) = users.default_policy {
                 match p.get_ref().parse::<Scope>() {
                     Ok(scope) => c.default_policy = scope,
@@ -553,13 +677,6 @@ impl Config {
                 c.permit_open = list;
             }
         }
-        let absolute = |p: Spanned<String>, key: &str| -> Result<PathBuf, ConfigError> {
-            if !p.get_ref().starts_with('/') || p.get_ref().contains('\0') || p.get_ref().split('/').any(|c| c == "..")
-            {
-                return at.error(&p.span(), key, "must be an absolute path without ..");
-            }
-            Ok(PathBuf::from(p.into_inner()))
-        };
         if let Some(git) = raw.git {
             if let Some(p) = git.root {
                 c.git_root = absolute(p, "git.root")?;
@@ -577,6 +694,50 @@ impl Config {
         if let Some(p) = raw.rsync.and_then(|s| s.program) {
             c.rsync_program = absolute(p, "rsync.program")?;
         }
+        if let Some(state) = raw.state {
+            if let Some(p) = state.path {
+                c.state_path = absolute(p, "state.path")?;
+            }
+            if let Some(g) = state.group {
+                if !is_default_name(g.get_ref()) {
+                    return at.error(&g.span(), "state.group", "must be a group name");
+                }
+                c.state_group = Some(g.into_inner());
+            }
+        }
+        if let Some(l) = raw.lockout {
+            if let Some(t) = l.threshold {
+                match u32::try_from(*t.get_ref()) {
+                    Ok(n) if (1..=10_000).contains(&n) => c.lockout_threshold = n,
+                    _ => return at.error(&t.span(), "lockout.threshold", "must be between 1 and 10000"),
+                }
+            }
+            for (value, key, slot) in [
+                (l.window, "lockout.window", &mut c.lockout_window),
+                (l.duration, "lockout.duration", &mut c.lockout_duration),
+            ] {
+                if let Some(v) = value {
+                    *slot = time::parse_duration(v.get_ref()).or_else(|e| at.error(&v.span(), key, e))?;
+                }
+            }
+            if let Some(t) = l.sessions_per_minute {
+                match u32::try_from(*t.get_ref()) {
+                    Ok(n) if (1..=1_000_000).contains(&n) => c.sessions_per_minute = n,
+                    _ => return at.error(&t.span(), "lockout.sessions_per_minute", "must be between 1 and 1000000"),
+                }
+            }
+        }
+        if let Some(j) = raw.jail {
+            if let Some(g) = j.group {
+                if !is_default_name(g.get_ref()) {
+                    return at.error(&g.span(), "jail.group", "must be a group name");
+                }
+                c.jail_group = Some(g.into_inner());
+            }
+            if let Some(p) = j.root {
+                c.jail_root = absolute(p, "jail.root")?;
+            }
+        }
         let mut secrets_given = false;
         if let Some(web) = raw.web {
             secrets_given = web.secrets.is_some();
@@ -585,6 +746,10 @@ impl Config {
         if !secrets_given {
             // Beside the store unless placed elsewhere.
             c.web.secrets = c.store_path.with_file_name("web.db");
+        }
+        if c.state_path == Path::new("/var/lib/gatehouse/state.db") && c.store_path != Path::new(DEFAULT_STORE) {
+            // A store placed elsewhere takes its state file along.
+            c.state_path = c.store_path.with_file_name("state.db");
         }
         if let Some(log) = raw.log {
             if let Some(s) = log.socket {
@@ -603,6 +768,12 @@ impl Config {
     /// The data folder of `user` (a name already checked by [`Config::valid_user_name`]).
     pub fn data_dir_of(&self, user: &str) -> PathBuf {
         PathBuf::from(self.data_dir.replace("%u", user))
+    }
+
+    /// The gid of `state.group`, if set and known.
+    pub fn state_gid(&self) -> Option<u32> {
+        let name = self.state_group.as_deref()?;
+        nix::unistd::Group::from_name(name).ok().flatten().map(|g| g.gid.as_raw())
     }
 
     /// Whether `name` is acceptable as a user name.

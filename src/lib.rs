@@ -4,19 +4,23 @@
 //! call in here and map errors to exit codes.
 #![forbid(unsafe_code)]
 
+pub mod account;
 pub mod admin;
 pub mod authorized;
 pub mod command;
 pub mod config;
 pub mod confine;
+pub mod datadir;
 pub mod keys;
 pub mod log;
 pub mod lookup;
 pub mod policy;
+pub mod provision;
 pub mod repo;
 pub mod rsync;
 pub mod secrets;
 pub mod shell;
+pub mod state;
 pub mod store;
 pub mod time;
 pub mod trust;

@@ -107,10 +107,27 @@ struct KeyJson<'a> {
     key: &'a Key,
     expires_at: Option<String>,
     created_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last_used_at: Option<String>,
 }
 
 fn key_json(key: &Key) -> KeyJson<'_> {
-    KeyJson { key, expires_at: key.expires.map(time::rfc3339), created_at: time::rfc3339(key.created) }
+    KeyJson {
+        key,
+        expires_at: key.expires.map(time::rfc3339),
+        created_at: time::rfc3339(key.created),
+        last_used_at: None,
+    }
+}
+
+/// When each of `user`'s keys last logged in, from the state file; `None` when we may not
+/// read it (it is root's unless `state.group` is set). No state file yet: nobody logged in.
+pub fn key_use(config: &Config, user: &str) -> Option<std::collections::HashMap<String, crate::state::KeyUse>> {
+    match crate::state::StateStore::open_reader(&config.state_path, config.busy_timeout_ms) {
+        Ok(Some(s)) => s.key_use(user).ok(),
+        Ok(None) => Some(Default::default()),
+        Err(_) => None,
+    }
 }
 
 impl Admin<'_> {
@@ -177,7 +194,15 @@ impl Admin<'_> {
                 created_at: String,
                 keys: Vec<KeyJson<'a>>,
             }
-            let keys = keys.iter().map(key_json).collect();
+            let used = key_use(self.config, name).unwrap_or_default();
+            let keys = keys
+                .iter()
+                .map(|k| {
+                    let mut j = key_json(k);
+                    j.last_used_at = used.get(&k.fingerprint).map(|u| time::rfc3339(u.last_used));
+                    j
+                })
+                .collect();
             return print_json(out, &Show { user: &user, created_at: time::rfc3339(user.created), keys });
         }
         writeln!(out, "name: {}", user.name).map_err(io)?;
@@ -186,8 +211,13 @@ impl Admin<'_> {
         writeln!(out, "port forwarding: {}", if user.port_forwarding { "yes" } else { "no" }).map_err(io)?;
         writeln!(out, "created: {} ({})", time::rfc3339(user.created), user.source).map_err(io)?;
         writeln!(out, "keys: {}", keys.len()).map_err(io)?;
+        let used = key_use(self.config, name).unwrap_or_default();
         for k in &keys {
             write_key(out, k, self.actor.now)?;
+            if let Some(u) = used.get(&k.fingerprint) {
+                let from = u.rhost.as_deref().unwrap_or("-");
+                writeln!(out, "  last used {} from {from}", time::rfc3339(u.last_used)).map_err(io)?;
+            }
         }
         Ok(())
     }
@@ -324,6 +354,66 @@ impl Admin<'_> {
         self.store.remove_key(&self.actor, user, fingerprint)?;
         self.logged("key.remove", &[("user", user), ("fingerprint", fingerprint)]);
         Ok(())
+    }
+
+    fn state(&self) -> Result<crate::state::StateStore, AdminError> {
+        Ok(crate::state::StateStore::open_writer(
+            &self.config.state_path,
+            self.config.busy_timeout_ms,
+            self.config.state_gid(),
+        )?)
+    }
+
+    pub fn user_lock(&mut self, name: &str, duration: Option<&str>) -> Result<i64, AdminError> {
+        self.store.user(name)?;
+        let secs = match duration {
+            Some(d) => time::parse_duration(d).map_err(|e| AdminError::Refused(format!("--for: {e}")))?,
+            None => self.config.lockout_duration,
+        };
+        let until = self.actor.now + secs;
+        self.state()?.lock(name, until, &format!("locked by {}", self.actor.name))?;
+        self.store.record_event(&self.actor, "user.lock", name, &format!("until={}", time::rfc3339(until)))?;
+        self.logged("user.lock", &[("user", name), ("until", &time::rfc3339(until))]);
+        Ok(until)
+    }
+
+    pub fn user_unlock(&mut self, name: &str) -> Result<bool, AdminError> {
+        self.store.user(name)?;
+        let was = self.state()?.unlock(name)?;
+        self.store.record_event(&self.actor, "user.unlock", name, "")?;
+        self.logged("user.unlock", &[("user", name)]);
+        Ok(was)
+    }
+
+    /// Brings system accounts in line with the store; returns how many steps failed.
+    pub fn provision(&mut self, out: &mut dyn Write, dry_run: bool) -> Result<u32, AdminError> {
+        let users = self.store.users()?;
+        let mut failed = 0;
+        for step in crate::provision::plan(self.config, &users) {
+            use crate::provision::Step;
+            let (what, user) = match &step {
+                Step::Create { user, shell } => (format!("create (shell {shell})"), user.clone()),
+                Step::Lock(u) => ("lock".to_string(), u.clone()),
+                Step::Unlock(u) => ("unlock".to_string(), u.clone()),
+                Step::Skip { user, reason } => (format!("skip: {reason}"), user.clone()),
+            };
+            if dry_run || matches!(step, Step::Skip { .. }) {
+                writeln!(out, "{user}: {what}{}", if dry_run { " (dry run)" } else { "" }).map_err(io)?;
+                continue;
+            }
+            match crate::provision::apply(self.config, &step) {
+                Ok(()) => {
+                    writeln!(out, "{user}: {what}").map_err(io)?;
+                    self.logged("provision", &[("user", &user), ("step", &what)]);
+                }
+                Err(e) => {
+                    failed += 1;
+                    writeln!(out, "{user}: {what} FAILED: {e}").map_err(io)?;
+                    self.log.log(Level::Error, &[("action", "provision"), ("user", &user), ("error", &e)]);
+                }
+            }
+        }
+        Ok(failed)
     }
 
     fn secrets(&self) -> Result<crate::secrets::Secrets, AdminError> {

@@ -46,6 +46,12 @@ enum Command {
     /// Manage API tokens for the web service
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Create, lock and unlock system accounts to match the store (root)
+    Provision {
+        /// Print what would change, change nothing
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Show the audit trail
     Audit {
         /// Only events about this user
@@ -115,6 +121,15 @@ enum UserCommand {
     },
     /// Remove a user and all their keys
     Remove { name: String },
+    /// Lock a user out of logins for a while (see also `unlock`)
+    Lock {
+        name: String,
+        /// How long [default: lockout.duration]
+        #[arg(long = "for", value_name = "DURATION")]
+        duration: Option<String>,
+    },
+    /// Lift a lockout and forget the failed attempts behind it
+    Unlock { name: String },
     /// Print a one-time link with which the user sets a web password and adds a key
     Invite {
         name: String,
@@ -323,6 +338,14 @@ fn run(cli: Cli, config: &Config, log: &mut Logger) -> Result<u8, AdminError> {
                 let keys = admin.user_remove(&name)?;
                 say(&mut out, format!("removed user {name} and {keys} key(s)"))?;
             }
+            UserCommand::Lock { name, duration } => {
+                let until = admin.user_lock(&name, duration.as_deref())?;
+                say(&mut out, format!("user {name} locked until {}", gatehouse::time::rfc3339(until)))?;
+            }
+            UserCommand::Unlock { name } => {
+                let was = admin.user_unlock(&name)?;
+                say(&mut out, format!("user {name} {}", if was { "unlocked" } else { "was not locked" }))?;
+            }
             UserCommand::Invite { name, expires } => {
                 let link = admin.user_invite(&name, expires.as_deref())?;
                 say(&mut out, link)?;
@@ -370,6 +393,10 @@ fn run(cli: Cli, config: &Config, log: &mut Logger) -> Result<u8, AdminError> {
                 return Ok(if summary.skipped == 0 { exit::OK } else { exit::REFUSED });
             }
         },
+        Command::Provision { dry_run } => {
+            let failed = admin.provision(&mut out, dry_run)?;
+            return Ok(if failed == 0 { exit::OK } else { exit::REFUSED });
+        }
         Command::Token(cmd) => match cmd {
             TokenCommand::Create { scope, label } => {
                 let (id, token) = admin.token_create(&scope, &label)?;

@@ -211,6 +211,8 @@ pub trait AdminStore: LoginStore {
     fn keys(&self, user: &str) -> Result<Vec<Key>, StoreError>;
     fn remove_key(&mut self, actor: &Actor, user: &str, fingerprint: &str) -> Result<(), StoreError>;
     fn audit(&self, query: &AuditQuery) -> Result<Vec<AuditEvent>, StoreError>;
+    /// Records an event about `subject` that changed something outside the store.
+    fn record_event(&mut self, actor: &Actor, action: &str, subject: &str, detail: &str) -> Result<(), StoreError>;
     /// Adds or changes a grant; returns false when it existed with the same access.
     fn add_grant(&mut self, actor: &Actor, grant: &Grant) -> Result<bool, StoreError>;
     fn grants(&self) -> Result<Vec<Grant>, StoreError>;

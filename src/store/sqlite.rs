@@ -379,6 +379,11 @@ fn grant_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Grant> {
 }
 
 impl AdminStore for SqliteStore {
+    fn record_event(&mut self, actor: &Actor, action: &str, subject: &str, detail: &str) -> Result<(), StoreError> {
+        let path = self.path.clone();
+        self.write(|tx| audit(tx, actor, action, subject, detail).map_err(|e| unavailable(&path, e)))
+    }
+
     fn add_grant(&mut self, actor: &Actor, grant: &Grant) -> Result<bool, StoreError> {
         let path = self.path.clone();
         self.write(|tx| {

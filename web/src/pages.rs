@@ -285,6 +285,7 @@ fn keys_page(app: &App, signed_in: &SignedIn, notice: Option<&str>, error: Optio
     drop(store);
     let now = gatehouse::time::now();
     let scopes: Vec<Scope> = Scope::ALL.into_iter().filter(|s| user.policy.includes(*s)).collect();
+    let used = gatehouse::admin::key_use(&app.config, &signed_in.user);
     Ok(layout(
         "Your keys",
         Some(signed_in),
@@ -296,7 +297,7 @@ fn keys_page(app: &App, signed_in: &SignedIn, notice: Option<&str>, error: Optio
                 table {
                     thead { tr { th { "Type" } th { "Fingerprint" } th { "Comment" } th { "Scope" } th { "Added" } th { "Expires" } th { "Last used" } th {} } }
                     tbody {
-                        @for k in &keys { (key_row(k, now)) }
+                        @for k in &keys { (key_row(k, now, used.as_ref().map(|u| u.get(&k.fingerprint)))) }
                     }
                 }
             }
@@ -326,7 +327,13 @@ fn scope_label(s: Scope) -> &'static str {
     }
 }
 
-fn key_row(k: &Key, now: i64) -> Markup {
+/// `used`: `None` when the service may not read the login state.
+fn key_row(k: &Key, now: i64, used: Option<Option<&gatehouse::state::KeyUse>>) -> Markup {
+    let last_used = match used {
+        Some(Some(u)) => gatehouse::time::rfc3339(u.last_used),
+        Some(None) => "never".to_string(),
+        None => "unknown".to_string(),
+    };
     let expires = match k.expires {
         Some(t) if t <= now => format!("expired {}", gatehouse::time::rfc3339(t)),
         Some(t) => gatehouse::time::rfc3339(t),
@@ -340,7 +347,7 @@ fn key_row(k: &Key, now: i64) -> Markup {
             td { (k.scope.as_str()) }
             td { (gatehouse::time::rfc3339(k.created)) }
             td { (expires) }
-            td { "not recorded yet" }
+            td { (last_used) }
             td { a href={ "/keys/remove?fp=" (urlencode(&k.fingerprint)) } { "Remove" } }
         }
     }

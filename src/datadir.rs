@@ -1,0 +1,154 @@
+//! The user's data folder, made at first login by the root side: race-free (relative to
+//! an open folder, never following a link, skeleton files only into a folder we just made),
+//! modes set explicitly instead of trusting the umask, quota where configured.
+
+use crate::config::Config;
+use nix::errno::Errno;
+use nix::fcntl::{openat, OFlag};
+use nix::sys::stat::{fchmod, fstat, mkdirat, Mode};
+use nix::unistd::{fchown, Gid, Uid};
+use std::io::Write;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+/// What session setup did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Created(PathBuf),
+    Existed(PathBuf),
+}
+
+fn open_dir(dirfd: impl AsFd, name: &Path) -> Result<OwnedFd, Errno> {
+    openat(dirfd, name, OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC, Mode::empty())
+}
+
+/// Opens `path` from `/` down, refusing a link anywhere in it.
+fn open_dir_path(path: &Path) -> Result<OwnedFd, String> {
+    let mut fd = open_dir(nix::fcntl::AT_FDCWD, Path::new("/")).map_err(|e| format!("/: {e}"))?;
+    for component in path.components().skip(1) {
+        let name = Path::new(component.as_os_str());
+        fd = open_dir(&fd, name).map_err(|e| match e {
+            Errno::ELOOP | Errno::ENOTDIR => format!("{}: a symbolic link or not a folder", path.display()),
+            e => format!("{}: {e}", path.display()),
+        })?;
+    }
+    Ok(fd)
+}
+
+/// Makes `<data_dir>` for `user` (uid, gid) unless it exists. The folder above it must be
+/// root's and not writable by others, or a user could swap what we are about to create.
+pub fn ensure(config: &Config, user: &str, uid: u32, gid: u32) -> Result<Outcome, String> {
+    if !config.valid_user_name(user) || user == "." || user == ".." {
+        return Err(format!("`{}` is not a valid user name", user.escape_debug()));
+    }
+    let path = config.data_dir_of(user);
+    let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+        return Err(format!("{}: not a folder path", path.display()));
+    };
+    let parent_fd = open_dir_path(parent)?;
+    let parent_stat = fstat(&parent_fd).map_err(|e| format!("{}: {e}", parent.display()))?;
+    if parent_stat.st_uid != 0 || parent_stat.st_mode & 0o022 != 0 {
+        return Err(format!("{}: must be root's and not writable by group or others", parent.display()));
+    }
+    let name = Path::new(name);
+    match mkdirat(&parent_fd, name, Mode::from_bits_truncate(0o700)) {
+        Ok(()) => {}
+        Err(Errno::EEXIST) => {
+            // Someone's folder is there already: it must be a real folder of this user's.
+            let fd = open_dir(&parent_fd, name).map_err(|e| match e {
+                Errno::ELOOP | Errno::ENOTDIR => {
+                    format!("{}: a symbolic link or not a folder; refusing it", path.display())
+                }
+                e => format!("{}: {e}", path.display()),
+            })?;
+            let st = fstat(&fd).map_err(|e| format!("{}: {e}", path.display()))?;
+            if st.st_uid != uid {
+                return Err(format!("{}: belongs to uid {}, not to {user} (uid {uid})", path.display(), st.st_uid));
+            }
+            return Ok(Outcome::Existed(path));
+        }
+        Err(e) => return Err(format!("{}: {e}", path.display())),
+    }
+    // Ours alone until the end: fill it, then hand it over.
+    let fd = open_dir(&parent_fd, name).map_err(|e| format!("{}: {e}", path.display()))?;
+    if let Some(skeleton) = &config.skeleton {
+        copy_skeleton(skeleton, &fd, uid, gid).map_err(|e| format!("skeleton {}: {e}", skeleton.display()))?;
+    }
+    fchown(&fd, Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid))).map_err(|e| format!("{}: {e}", path.display()))?;
+    fchmod(&fd, Mode::from_bits_truncate(config.data_mode)).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(Outcome::Created(path))
+}
+
+/// Copies the skeleton's regular files (top level) into the new folder.
+fn copy_skeleton(skeleton: &Path, into: &OwnedFd, uid: u32, gid: u32) -> Result<(), String> {
+    let entries = std::fs::read_dir(skeleton).map_err(|e| e.to_string())?;
+    for entry in entries {
+        let entry = entry.map_err(|e| e.to_string())?;
+        let meta = std::fs::symlink_metadata(entry.path()).map_err(|e| e.to_string())?;
+        if !meta.file_type().is_file() {
+            continue;
+        }
+        let content = std::fs::read(entry.path()).map_err(|e| e.to_string())?;
+        let name = entry.file_name();
+        let fd = openat(
+            into,
+            Path::new(&name),
+            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::from_bits_truncate(0o600),
+        )
+        .map_err(|e| format!("{}: {e}", name.to_string_lossy()))?;
+        let mut file = std::fs::File::from(fd);
+        file.write_all(&content).map_err(|e| e.to_string())?;
+        use std::os::unix::fs::PermissionsExt;
+        let mode = meta.permissions().mode() & 0o755;
+        fchmod(&file, Mode::from_bits_truncate(mode)).map_err(|e| e.to_string())?;
+        fchown(&file, Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid))).map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+/// Applies `users.quota` with setquota(8) on the filesystem holding `path`. An error says
+/// plainly why (no quota tools, quotas off on that filesystem).
+pub fn apply_quota(quota: &str, user: &str, path: &Path) -> Result<(), String> {
+    let output = std::process::Command::new("setquota")
+        .args(["-u", user, "0", quota, "0", "0"])
+        .arg(path)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| format!("setquota: {e} (install the quota package, or unset users.quota)"))?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        let err = String::from_utf8_lossy(&output.stderr);
+        Err(format!("setquota: {}", err.lines().next().unwrap_or("failed").trim()))
+    }
+}
+
+/// A jailed user's chroot: `<jail.root>/<user>` root's and not writable by others (sshd's
+/// rule for ChrootDirectory), with the user's writable `data` folder inside.
+pub fn ensure_jail(config: &Config, user: &str, uid: u32, gid: u32) -> Result<PathBuf, String> {
+    let root_fd = open_dir_path(&config.jail_root)?;
+    let name = Path::new(user);
+    match mkdirat(&root_fd, name, Mode::from_bits_truncate(0o755)) {
+        Ok(()) | Err(Errno::EEXIST) => {}
+        Err(e) => return Err(format!("{}: {e}", config.jail_root.join(user).display())),
+    }
+    let jail = open_dir(&root_fd, name).map_err(|e| format!("{}: {e}", config.jail_root.join(user).display()))?;
+    fchown(&jail, Some(Uid::from_raw(0)), Some(Gid::from_raw(0))).map_err(|e| e.to_string())?;
+    fchmod(&jail, Mode::from_bits_truncate(0o755)).map_err(|e| e.to_string())?;
+    match mkdirat(&jail, Path::new("data"), Mode::from_bits_truncate(0o700)) {
+        Ok(()) => {
+            let data = open_dir(&jail, Path::new("data")).map_err(|e| e.to_string())?;
+            fchown(&data, Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid))).map_err(|e| e.to_string())?;
+            fchmod(&data, Mode::from_bits_truncate(config.data_mode)).map_err(|e| e.to_string())?;
+        }
+        Err(Errno::EEXIST) => {
+            let data = open_dir(&jail, Path::new("data")).map_err(|e| format!("jail data folder: {e}"))?;
+            if fstat(&data).map_err(|e| e.to_string())?.st_uid != uid {
+                return Err(format!("{}/data does not belong to {user}", config.jail_root.join(user).display()));
+            }
+        }
+        Err(e) => return Err(e.to_string()),
+    }
+    Ok(config.jail_root.join(user))
+}

@@ -1,0 +1,295 @@
+//! The root side's state: logins, failed attempts, lockouts and the last use of each key.
+//!
+//! Written by the PAM module and gatehouse-session (as root, inside sshd), never by the key
+//! store's writers, so a login never waits on a key change. Readers (the CLI, the web
+//! service) open it read-only. Durability is `synchronous=NORMAL`: a power cut may lose the
+//! last moments of login history, never consistency; logins must not wait on fsync.
+
+use crate::store::sqlite::{migrate_connection, writer_connection};
+use crate::store::StoreError;
+use crate::time::Timestamp;
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Duration;
+
+const MIGRATIONS: &[&str] = &["
+    CREATE TABLE logins (
+        id          INTEGER PRIMARY KEY,
+        user        TEXT NOT NULL,
+        fingerprint TEXT,
+        rhost       TEXT,
+        service     TEXT,
+        opened      INTEGER NOT NULL,
+        closed      INTEGER
+    ) STRICT;
+    CREATE INDEX logins_by_user ON logins (user, opened);
+    CREATE TABLE key_use (
+        fingerprint TEXT PRIMARY KEY,
+        user        TEXT NOT NULL,
+        last_used   INTEGER NOT NULL,
+        rhost       TEXT
+    ) STRICT;
+    CREATE INDEX key_use_by_user ON key_use (user);
+    CREATE TABLE failures (
+        id    INTEGER PRIMARY KEY,
+        user  TEXT NOT NULL,
+        rhost TEXT,
+        time  INTEGER NOT NULL
+    ) STRICT;
+    CREATE INDEX failures_by_user ON failures (user, time);
+    CREATE TABLE lockouts (
+        user   TEXT PRIMARY KEY,
+        until  INTEGER NOT NULL,
+        reason TEXT NOT NULL
+    ) STRICT;
+    "];
+
+/// When and from where a key last logged in.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct KeyUse {
+    pub last_used: Timestamp,
+    pub rhost: Option<String>,
+}
+
+pub struct StateStore {
+    conn: Connection,
+    path: String,
+}
+
+impl StateStore {
+    /// Opens for writing (creating it when missing), as the root side does. The files are
+    /// kept 0600, or 0640 with `group` (e.g. the web service's, to show last use of keys):
+    /// they hold where everyone logged in from.
+    pub fn open_writer(path: &Path, busy_timeout_ms: u32, group: Option<u32>) -> Result<StateStore, StoreError> {
+        let mut conn = writer_connection(path, busy_timeout_ms, true)?;
+        let shown = path.display().to_string();
+        restrict_files(path, group).map_err(|e| StoreError::Unavailable { path: shown.clone(), reason: e })?;
+        conn.execute_batch("PRAGMA synchronous = NORMAL;").map_err(|e| fail(&shown, e))?;
+        migrate_connection(&mut conn, &shown, MIGRATIONS)?;
+        Ok(StateStore { conn, path: shown })
+    }
+
+    /// Opens read-only; `None` when there is no state file yet (nobody has logged in).
+    pub fn open_reader(path: &Path, busy_timeout_ms: u32) -> Result<Option<StateStore>, StoreError> {
+        if !path.exists() {
+            return Ok(None);
+        }
+        let shown = path.display().to_string();
+        let flags =
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_NOFOLLOW;
+        let conn = Connection::open_with_flags(path, flags).map_err(|e| fail(&shown, e))?;
+        conn.busy_timeout(Duration::from_millis(u64::from(busy_timeout_ms))).map_err(|e| fail(&shown, e))?;
+        Ok(Some(StateStore { conn, path: shown }))
+    }
+
+    fn fail(&self, e: rusqlite::Error) -> StoreError {
+        fail(&self.path, e)
+    }
+
+    /// Records a session opening; returns its id.
+    pub fn record_login(
+        &self,
+        user: &str,
+        fingerprint: Option<&str>,
+        rhost: Option<&str>,
+        service: Option<&str>,
+        now: Timestamp,
+    ) -> Result<i64, StoreError> {
+        let tx = self.conn.unchecked_transaction().map_err(|e| self.fail(e))?;
+        tx.execute(
+            "INSERT INTO logins (user, fingerprint, rhost, service, opened) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![user, fingerprint, rhost, service, now],
+        )
+        .map_err(|e| self.fail(e))?;
+        let id = tx.last_insert_rowid();
+        if let Some(fp) = fingerprint {
+            tx.execute(
+                "INSERT INTO key_use (fingerprint, user, last_used, rhost) VALUES (?1, ?2, ?3, ?4) \
+                 ON CONFLICT (fingerprint) DO UPDATE SET user = excluded.user, last_used = excluded.last_used, \
+                 rhost = excluded.rhost",
+                params![fp, user, now, rhost],
+            )
+            .map_err(|e| self.fail(e))?;
+        }
+        // Keep the history bounded: a year of logins, a day of failures.
+        tx.execute("DELETE FROM logins WHERE opened < ?1", [now - 366 * 86_400]).map_err(|e| self.fail(e))?;
+        tx.execute("DELETE FROM failures WHERE time < ?1", [now - 86_400]).map_err(|e| self.fail(e))?;
+        tx.commit().map_err(|e| self.fail(e))?;
+        Ok(id)
+    }
+
+    /// Marks the user's latest open session from `rhost` as closed.
+    pub fn record_logout(&self, user: &str, rhost: Option<&str>, now: Timestamp) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                "UPDATE logins SET closed = ?3 WHERE id = (SELECT id FROM logins WHERE user = ?1 \
+                 AND closed IS NULL AND rhost IS ?2 ORDER BY id DESC LIMIT 1)",
+                params![user, rhost, now],
+            )
+            .map_err(|e| self.fail(e))?;
+        Ok(())
+    }
+
+    /// Sessions the user opened in the minute before `now`.
+    pub fn sessions_last_minute(&self, user: &str, now: Timestamp) -> Result<u32, StoreError> {
+        self.conn
+            .query_row("SELECT count(*) FROM logins WHERE user = ?1 AND opened > ?2", params![user, now - 60], |r| {
+                r.get(0)
+            })
+            .map_err(|e| self.fail(e))
+    }
+
+    /// Records a failed attempt; locks the user out when the window holds `threshold` of
+    /// them. Returns the lockout's end when this failure caused one.
+    pub fn record_failure(
+        &self,
+        user: &str,
+        rhost: Option<&str>,
+        now: Timestamp,
+        threshold: u32,
+        window: i64,
+        duration: i64,
+    ) -> Result<Option<Timestamp>, StoreError> {
+        let tx = self.conn.unchecked_transaction().map_err(|e| self.fail(e))?;
+        tx.execute("INSERT INTO failures (user, rhost, time) VALUES (?1, ?2, ?3)", params![user, rhost, now])
+            .map_err(|e| self.fail(e))?;
+        let recent: u32 = tx
+            .query_row(
+                "SELECT count(*) FROM failures WHERE user = ?1 AND time > ?2",
+                params![user, now - window],
+                |r| r.get(0),
+            )
+            .map_err(|e| self.fail(e))?;
+        let mut locked = None;
+        if recent >= threshold {
+            let until = now + duration;
+            tx.execute(
+                "INSERT INTO lockouts (user, until, reason) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT (user) DO UPDATE SET until = max(until, excluded.until), reason = excluded.reason",
+                params![user, until, format!("{recent} failures in {window} s")],
+            )
+            .map_err(|e| self.fail(e))?;
+            locked = Some(until);
+        }
+        tx.commit().map_err(|e| self.fail(e))?;
+        Ok(locked)
+    }
+
+    /// The end of the user's lockout, if one is in force.
+    pub fn locked_until(&self, user: &str, now: Timestamp) -> Result<Option<Timestamp>, StoreError> {
+        self.conn
+            .query_row("SELECT until FROM lockouts WHERE user = ?1 AND until > ?2", params![user, now], |r| r.get(0))
+            .optional()
+            .map_err(|e| self.fail(e))
+    }
+
+    /// Locks a user out by hand.
+    pub fn lock(&self, user: &str, until: Timestamp, reason: &str) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                "INSERT INTO lockouts (user, until, reason) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT (user) DO UPDATE SET until = excluded.until, reason = excluded.reason",
+                params![user, until, reason],
+            )
+            .map_err(|e| self.fail(e))?;
+        Ok(())
+    }
+
+    /// Lifts a lockout and forgets the failures behind it; true when one was in force.
+    pub fn unlock(&self, user: &str) -> Result<bool, StoreError> {
+        let removed = self.conn.execute("DELETE FROM lockouts WHERE user = ?1", [user]).map_err(|e| self.fail(e))?;
+        self.conn.execute("DELETE FROM failures WHERE user = ?1", [user]).map_err(|e| self.fail(e))?;
+        Ok(removed > 0)
+    }
+
+    /// When each of the user's keys last logged in.
+    pub fn key_use(&self, user: &str) -> Result<HashMap<String, KeyUse>, StoreError> {
+        self.conn
+            .prepare("SELECT fingerprint, last_used, rhost FROM key_use WHERE user = ?1")
+            .and_then(|mut s| {
+                s.query_map([user], |r| Ok((r.get(0)?, KeyUse { last_used: r.get(1)?, rhost: r.get(2)? })))?.collect()
+            })
+            .map_err(|e| self.fail(e))
+    }
+}
+
+fn restrict_files(path: &Path, group: Option<u32>) -> Result<(), String> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let mode = if group.is_some() { 0o640 } else { 0o600 };
+    for suffix in ["", "-wal", "-shm"] {
+        let file = std::path::PathBuf::from(format!("{}{suffix}", path.display()));
+        let Ok(meta) = std::fs::symlink_metadata(&file) else { continue };
+        if meta.mode() & 0o777 != mode {
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode)).map_err(|e| e.to_string())?;
+        }
+        if let Some(gid) = group {
+            if meta.gid() != gid && nix::unistd::geteuid().is_root() {
+                nix::unistd::chown(&file, None, Some(nix::unistd::Gid::from_raw(gid))).map_err(|e| e.to_string())?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn fail(path: &str, e: rusqlite::Error) -> StoreError {
+    match e.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) => {
+            StoreError::Busy { path: path.to_string() }
+        }
+        _ => StoreError::Unavailable { path: path.to_string(), reason: e.to_string() },
+    }
+}
+
+/// The fingerprint of the key that authenticated, from sshd's `SSH_AUTH_INFO_0`
+/// (`ExposeAuthInfo yes`): one line per method that succeeded, `publickey TYPE BLOB`.
+pub fn accepted_key(auth_info: &str) -> Option<String> {
+    auth_info.lines().filter_map(|line| line.strip_prefix("publickey ")).find_map(|key| {
+        ssh_key::PublicKey::from_openssh(key.trim())
+            .ok()
+            .map(|k| k.key_data().fingerprint(ssh_key::HashAlg::Sha256).to_string())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lockout_after_threshold_and_unlock() {
+        let dir = std::env::temp_dir().join(format!("gh-state-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let s = StateStore::open_writer(&dir.join("state.db"), 1000, None).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(dir.join("state.db")).unwrap().permissions().mode() & 0o777, 0o600);
+        for i in 0..2 {
+            assert_eq!(s.record_failure("alice", Some("192.0.2.1"), 100 + i, 3, 60, 600).unwrap(), None);
+        }
+        assert_eq!(s.record_failure("alice", None, 102, 3, 60, 600).unwrap(), Some(702));
+        assert_eq!(s.locked_until("alice", 103).unwrap(), Some(702));
+        assert_eq!(s.locked_until("alice", 702).unwrap(), None, "over");
+        assert_eq!(s.locked_until("bob", 103).unwrap(), None);
+        assert!(s.unlock("alice").unwrap());
+        assert_eq!(s.locked_until("alice", 103).unwrap(), None);
+        // Old failures fall out of the window.
+        assert_eq!(s.record_failure("carol", None, 0, 2, 60, 600).unwrap(), None);
+        assert_eq!(s.record_failure("carol", None, 100, 2, 60, 600).unwrap(), None);
+
+        let id = s.record_login("alice", Some("SHA256:x"), Some("192.0.2.1"), Some("sshd"), 1000).unwrap();
+        assert!(id > 0);
+        assert_eq!(s.sessions_last_minute("alice", 1030).unwrap(), 1);
+        assert_eq!(s.sessions_last_minute("alice", 1061).unwrap(), 0);
+        assert_eq!(s.key_use("alice").unwrap()["SHA256:x"].last_used, 1000);
+        s.record_logout("alice", Some("192.0.2.1"), 1100).unwrap();
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn accepted_key_from_auth_info() {
+        let info = "publickey ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAILM+rvN+ot98qgEN796jTiQfZfG1KaT0PtFDJ/XFSqti\n";
+        assert_eq!(accepted_key(info).as_deref(), Some("SHA256:UCUiLr7Pjs9wFFJMDByLgc3NrtdU344OgUM45wZPcIQ"));
+        assert_eq!(accepted_key("password\n"), None);
+        assert_eq!(accepted_key("publickey ssh-ed25519 garbage"), None);
+        assert_eq!(accepted_key(""), None);
+    }
+}
