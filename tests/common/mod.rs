@@ -327,7 +327,7 @@ pub fn keygen(dir: &Path, kind: &str) -> KeyPair {
     KeyPair { private, public, fingerprint }
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
@@ -344,6 +344,12 @@ pub struct Sshd {
 
 impl Sshd {
     pub fn start(gh: &Gatehouse, extra: &str) -> Sshd {
+        Sshd::start_as(gh, extra, Path::new("/usr/sbin/sshd"), false)
+    }
+
+    /// Starts sshd from `program` (a link named like a private PAM service: sshd takes its
+    /// PAM service name from its program name), with PAM on or off.
+    pub fn start_as(gh: &Gatehouse, extra: &str, program: &Path, use_pam: bool) -> Sshd {
         std::fs::create_dir_all("/run/sshd").unwrap();
         let managed = SystemGroup::new("ghm");
         // The key command's user, like every managed user, reads the store only through
@@ -374,14 +380,15 @@ impl Sshd {
         for _ in 0..5 {
             let port = free_port();
             let text = format!(
-                "Port {port}\nListenAddress 127.0.0.1\nHostKey {}\nPidFile none\nUsePAM no\n\
+                "Port {port}\nListenAddress 127.0.0.1\nHostKey {}\nPidFile none\nUsePAM {}\n\
                  KexAlgorithms curve25519-sha256\nLogLevel VERBOSE\nMaxStartups 300\nMaxSessions 50\n\
                  PasswordAuthentication no\nKbdInteractiveAuthentication no\nStrictModes no\n\
                  AuthenticationMethods publickey\nSubsystem sftp /usr/lib/openssh/sftp-server\n{extra}\n{dropin}",
-                host_key.display()
+                host_key.display(),
+                if use_pam { "yes" } else { "no" }
             );
             std::fs::write(&config, text).unwrap();
-            let mut child = Command::new("/usr/sbin/sshd")
+            let mut child = Command::new(program)
                 .args(["-D", "-e", "-f", config.to_str().unwrap()])
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
@@ -451,6 +458,89 @@ impl Sshd {
 }
 
 impl Drop for Sshd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The `[web]` section for a gatehoused on 127.0.0.1:`port` over plain http (so cookies
+/// without `Secure`), to pass as `Gatehouse::new`'s `extra_config`.
+pub fn web_config(port: u16) -> String {
+    format!("\n[web]\nlisten = \"127.0.0.1:{port}\"\npublic_url = \"http://127.0.0.1:{port}\"\ncookie_secure = false\n")
+}
+
+/// The real web service, `gatehoused`, serving a `Gatehouse`'s config on loopback; killed
+/// on drop. Its binary lives in the workspace's other package, so `cargo test` does not
+/// build it: `cargo build --workspace --bins` (scripts/test) does.
+pub struct Gatehoused {
+    child: Child,
+    pub port: u16,
+    /// `http://127.0.0.1:PORT`, the config's `web.public_url`.
+    pub url: String,
+    /// Its standard error.
+    pub log: PathBuf,
+}
+
+impl Gatehoused {
+    pub fn binary() -> PathBuf {
+        Path::new(env!("CARGO_BIN_EXE_gatehouse")).with_file_name("gatehoused")
+    }
+
+    /// Starts it with `gh`'s config, made with `web_config(port)`. Should another process
+    /// take that port first, moves to a free one and rewrites the config's `[web]` lines.
+    pub fn start(gh: &Gatehouse, port: u16) -> Gatehoused {
+        let bin = Gatehoused::binary();
+        assert!(
+            bin.is_file(),
+            "{} is missing: run cargo build --workspace --bins first (scripts/test does)",
+            bin.display()
+        );
+        let log = gh.dir.join("gatehoused.log");
+        let mut port = port;
+        for _ in 0..5 {
+            let mut child = Command::new(&bin)
+                .arg("--config")
+                .arg(&gh.config)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(&log).unwrap())
+                .spawn()
+                .unwrap();
+            // It says so on standard error once the socket is bound.
+            let listening = format!("listening on http://127.0.0.1:{port}");
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let exited = loop {
+                if let Some(status) = child.try_wait().unwrap() {
+                    break status;
+                }
+                if std::fs::read_to_string(&log).unwrap_or_default().contains(&listening) {
+                    return Gatehoused { child, port, url: format!("http://127.0.0.1:{port}"), log };
+                }
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!(
+                        "gatehoused did not listen within 10s: {}",
+                        std::fs::read_to_string(&log).unwrap_or_default()
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            };
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            // Exit code 5 with "cannot listen": the port was taken; anything else is a bug.
+            assert!(exited.code() == Some(5) && text.contains("cannot listen"), "gatehoused exited ({exited}): {text}");
+            let moved = free_port();
+            let config = std::fs::read_to_string(&gh.config).unwrap();
+            std::fs::write(&gh.config, config.replace(&format!("127.0.0.1:{port}\""), &format!("127.0.0.1:{moved}\"")))
+                .unwrap();
+            port = moved;
+        }
+        panic!("gatehoused found no free port: {}", std::fs::read_to_string(&log).unwrap_or_default());
+    }
+}
+
+impl Drop for Gatehoused {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();

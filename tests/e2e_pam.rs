@@ -1,0 +1,240 @@
+//! pam_gatehouse.so under real Linux-PAM: pamtester against a private service file, and a
+//! real sshd with `UsePAM yes`. Needs root (writes /etc/pam.d/<private service>, creates
+//! users, starts sshd).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+use common::*;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn module() -> PathBuf {
+    let so = Path::new(env!("CARGO_BIN_EXE_gatehouse")).with_file_name("libpam_gatehouse.so");
+    assert!(so.exists(), "{} is missing: run `cargo build --workspace` first (scripts/test does)", so.display());
+    so
+}
+
+/// A PAM service file under /etc/pam.d, removed on drop.
+struct PamService {
+    name: String,
+    path: PathBuf,
+}
+
+impl PamService {
+    fn new(lines: &str) -> PamService {
+        let name = unique("gh-pam-");
+        let path = Path::new("/etc/pam.d").join(&name);
+        std::fs::write(&path, lines).unwrap();
+        PamService { name, path }
+    }
+
+    fn rewrite(&self, lines: &str) {
+        std::fs::write(&self.path, lines).unwrap();
+    }
+}
+
+impl Drop for PamService {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+fn pamtester(service: &PamService, user: &str, ops: &[&str]) -> Output {
+    Command::new("pamtester").arg("-v").arg(&service.name).arg(user).args(ops).output().unwrap()
+}
+
+fn stack(gh: &Gatehouse, account_args: &str) -> String {
+    let so = module().display().to_string();
+    let cfg = gh.config.display();
+    format!(
+        "auth required {so} config={cfg} authfail\n\
+         account required {so} config={cfg} {account_args}\n\
+         account required pam_permit.so\n\
+         session required {so} config={cfg}\n"
+    )
+}
+
+fn setup(name: &str, extra: &str) -> (Gatehouse, SystemGroup) {
+    let gh = Gatehouse::new(name, extra);
+    gh.init(None);
+    let group = SystemGroup::new("ghp");
+    (gh, group)
+}
+
+#[test]
+fn account_stage_follows_the_store_and_lockouts() {
+    require_root!();
+    let (gh, group) = setup("pamacct", "\n[lockout]\nthreshold = 3\nwindow = \"10m\"\nduration = \"1h\"\n");
+    let user = SystemUser::new("ghu", &gh.dir.path, &[&group.name]);
+    let stranger = SystemUser::new("ghs", &gh.dir.path, &[]);
+    gh.ok(&["user", "add", &user.name]);
+    let svc = PamService::new(&stack(&gh, ""));
+
+    assert!(pamtester(&svc, &user.name, &["acct_mgmt"]).status.success());
+    // Not in the store: unknown=ignore leaves it to the rest of the stack (pam_permit here).
+    assert!(pamtester(&svc, &stranger.name, &["acct_mgmt"]).status.success());
+    svc.rewrite(&stack(&gh, "unknown=deny"));
+    let out = pamtester(&svc, &stranger.name, &["acct_mgmt"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("User not known"), "{}", stderr(&out));
+    svc.rewrite(&stack(&gh, ""));
+
+    gh.ok(&["user", "disable", &user.name]);
+    let out = pamtester(&svc, &user.name, &["acct_mgmt"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("expired"), "{}", stderr(&out));
+    gh.ok(&["user", "enable", &user.name]);
+
+    // Three failures within the window lock the account; unlock lifts it.
+    for _ in 0..3 {
+        assert!(!pamtester(&svc, &user.name, &["authenticate"]).status.success());
+    }
+    let out = pamtester(&svc, &user.name, &["acct_mgmt"]);
+    assert!(!out.status.success(), "a locked-out user passed the account stage");
+    assert!(stderr(&out).contains("locked until"), "{}", stderr(&out));
+    let logged = gh.log.drain().join("\n");
+    assert!(logged.contains("stage=account") && logged.contains("reason=locked-out"), "{logged}");
+    assert!(gh.ok(&["user", "unlock", &user.name]).contains("unlocked"));
+    assert!(pamtester(&svc, &user.name, &["acct_mgmt"]).status.success());
+}
+
+#[test]
+fn session_makes_the_data_folder_safely() {
+    require_root!();
+    let skel = TestDir::new("skel");
+    std::fs::write(skel.join("README.txt"), "welcome\n").unwrap();
+    let (gh, group) = setup("pamsess", "");
+    // users.data_dir is set by the harness; add the skeleton and mode here.
+    let cfg = std::fs::read_to_string(&gh.config)
+        .unwrap()
+        .replace("[users]\n", &format!("[users]\nskeleton = \"{}\"\ndata_mode = \"0750\"\n", skel.path.display()));
+    std::fs::write(&gh.config, format!("{cfg}\n[lockout]\nsessions_per_minute = 3\n")).unwrap();
+    let svc = PamService::new(&stack(&gh, ""));
+
+    let alice = SystemUser::new("gha", &gh.dir.path, &[&group.name]);
+    gh.ok(&["user", "add", &alice.name]);
+    let out = pamtester(&svc, &alice.name, &["open_session", "close_session"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let folder = gh.data.join(&alice.name);
+    let meta = std::fs::symlink_metadata(&folder).unwrap();
+    assert!(meta.is_dir());
+    assert_eq!(meta.uid(), alice.uid);
+    assert_eq!(meta.mode() & 0o7777, 0o750);
+    let readme = std::fs::symlink_metadata(folder.join("README.txt")).unwrap();
+    assert_eq!(readme.uid(), alice.uid);
+    assert_eq!(std::fs::read_to_string(folder.join("README.txt")).unwrap(), "welcome\n");
+
+    // A folder planted beforehand as a link to somewhere else is refused, not followed.
+    let bob = SystemUser::new("ghb", &gh.dir.path, &[&group.name]);
+    gh.ok(&["user", "add", &bob.name]);
+    let elsewhere = TestDir::new("elsewhere");
+    std::os::unix::fs::symlink(&elsewhere.path, gh.data.join(&bob.name)).unwrap();
+    let out = pamtester(&svc, &bob.name, &["open_session"]);
+    assert!(!out.status.success(), "a planted link was accepted as a data folder");
+    assert_eq!(std::fs::metadata(&elsewhere.path).unwrap().uid(), 0, "the link's target changed owner");
+    assert_eq!(std::fs::read_dir(&elsewhere.path).unwrap().count(), 0, "something was written through the link");
+
+    // Hostile names never reach the filesystem.
+    for hostile in ["../etc", "a/b", &"x".repeat(40)] {
+        pamtester(&svc, hostile, &["open_session"]);
+        assert!(!gh.dir.path.join("etc").exists());
+        assert!(!gh.data.join("a").exists());
+    }
+
+    // The session rate limit.
+    let carol = SystemUser::new("ghc", &gh.dir.path, &[&group.name]);
+    gh.ok(&["user", "add", &carol.name]);
+    for _ in 0..3 {
+        assert!(pamtester(&svc, &carol.name, &["open_session"]).status.success());
+    }
+    let out = pamtester(&svc, &carol.name, &["open_session"]);
+    assert!(!out.status.success(), "the fourth session within a minute was allowed");
+    assert!(
+        stdout(&out).contains("Too many sessions") || stderr(&out).contains("Too many sessions"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn a_panic_in_the_module_is_an_error_code_not_a_crash() {
+    require_root!();
+    let (gh, group) = setup("pampanic", "");
+    let user = SystemUser::new("ghu", &gh.dir.path, &[&group.name]);
+    gh.ok(&["user", "add", &user.name]);
+    let svc = PamService::new(&stack(&gh, "test_panic"));
+    let out = pamtester(&svc, &user.name, &["acct_mgmt"]);
+    // pamtester ends normally (no signal) and reports PAM_ABORT.
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("Critical error"), "{}", stderr(&out));
+}
+
+/// sshd, run through a link whose name is a private PAM service.
+fn pam_sshd(gh: &Gatehouse, svc: &PamService) -> Sshd {
+    let link = gh.dir.join(&svc.name);
+    std::os::unix::fs::symlink("/usr/sbin/sshd", &link).unwrap();
+    Sshd::start_as(gh, "", &link, true)
+}
+
+fn sshd_stack(gh: &Gatehouse, session_args: &str) -> String {
+    let so = module().display().to_string();
+    let cfg = gh.config.display();
+    format!(
+        "auth required pam_permit.so\n\
+         account required {so} config={cfg} unknown=deny\n\
+         session required {so} config={cfg} {session_args}\n"
+    )
+}
+
+#[test]
+fn sshd_with_use_pam_records_the_key_that_logged_in() {
+    require_root!();
+    let gh = Gatehouse::new("pamsshd", "");
+    gh.init(None);
+    let svc = PamService::new(&sshd_stack(&gh, ""));
+    let sshd = pam_sshd(&gh, &svc);
+    let alice = sshd.user(&gh, &[]);
+    let bob = sshd.user(&gh, &[]);
+    let alices = keygen(&gh.dir.path, "ed25519");
+    let bobs = keygen(&gh.dir.path, "ed25519");
+    gh.cli_stdin(&["key", "add", &alice.name, "-"], alices.public.as_bytes());
+    gh.cli_stdin(&["key", "add", &bob.name, "-"], bobs.public.as_bytes());
+
+    // Alice offers bob's key first (refused for her), then her own.
+    let out = Command::new("ssh")
+        .args(sshd.ssh_line(&bobs.private).split(' ').skip(1))
+        .arg("-i")
+        .arg(&alices.private)
+        .arg(format!("{}@127.0.0.1", alice.name))
+        .arg("echo in")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}\n{}", stderr(&out), sshd.log_text());
+    // The data folder was made at the first login.
+    let folder = gh.data.join(&alice.name);
+    assert_eq!(std::fs::metadata(&folder).unwrap().uid(), alice.uid);
+    let shown = gh.ok(&["user", "show", &alice.name]);
+    assert!(shown.contains("last used"), "{shown}");
+    let json: serde_json::Value = serde_json::from_str(&gh.ok(&["user", "show", &bob.name, "--json"])).unwrap();
+    assert!(json["keys"][0].get("last_used_at").is_none(), "bob's key was only offered, never used: {json}");
+    let json: serde_json::Value = serde_json::from_str(&gh.ok(&["user", "show", &alice.name, "--json"])).unwrap();
+    assert!(json["keys"][0]["last_used_at"].is_string(), "{json}");
+
+    // Locked out with a valid key: refused at the account stage.
+    gh.ok(&["user", "lock", &alice.name, "--for", "1h"]);
+    let out = sshd.ssh(&alice.name, &alices.private, &["true"]);
+    assert_ne!(out.status.code(), Some(0), "a locked-out user logged in");
+    let logged = gh.log.drain().join("\n");
+    assert!(logged.contains("stage=account") && logged.contains("reason=locked-out"), "{logged}");
+    gh.ok(&["user", "unlock", &alice.name]);
+
+    // A panic in the session stage fails that login; sshd keeps serving the next one.
+    svc.rewrite(&sshd_stack(&gh, "test_panic"));
+    let out = sshd.ssh(&alice.name, &alices.private, &["true"]);
+    assert_ne!(out.status.code(), Some(0), "a panicking session stage let the login through");
+    svc.rewrite(&sshd_stack(&gh, ""));
+    let out = sshd.ssh(&alice.name, &alices.private, &["echo", "still", "here"]);
+    assert!(out.status.success(), "sshd stopped serving after the panic: {}", stderr(&out));
+    assert_eq!(stdout(&out).trim(), "still here");
+}
