@@ -48,12 +48,13 @@ pub enum Step {
     Skip { user: String, reason: String },
 }
 
+/// Whether `usermod -L` locked the account: its password field starts with `!` (a bare
+/// `*`, as accounts for key-only logins have, is not a lock).
 fn locked(user: &str) -> bool {
-    // `passwd -S` prints "NAME L|P|NP …"; L is locked.
-    Command::new("passwd")
-        .args(["-S", user])
+    Command::new("getent")
+        .args(["shadow", user])
         .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).split_whitespace().nth(1) == Some("L"))
+        .map(|o| String::from_utf8_lossy(&o.stdout).split(':').nth(1).is_some_and(|p| p.starts_with('!')))
         .unwrap_or(false)
 }
 

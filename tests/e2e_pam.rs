@@ -238,3 +238,73 @@ fn sshd_with_use_pam_records_the_key_that_logged_in() {
     assert!(out.status.success(), "sshd stopped serving after the panic: {}", stderr(&out));
     assert_eq!(stdout(&out).trim(), "still here");
 }
+
+/// Deletes accounts `gatehouse provision` made.
+struct Provisioned(Vec<String>);
+
+impl Drop for Provisioned {
+    fn drop(&mut self) {
+        for name in &self.0 {
+            let _ = Command::new("userdel").arg(name).output();
+            let _ = Command::new("groupdel").arg(name).output();
+        }
+    }
+}
+
+#[test]
+fn provision_follows_the_store_within_its_uid_range_only() {
+    require_root!();
+    let group = SystemGroup::new("ghpg");
+    let gh = Gatehouse::new("prov", "");
+    let cfg = std::fs::read_to_string(&gh.config)
+        .unwrap()
+        .replace("[users]\n", &format!("[users]\nuid_min = 41000\nuid_max = 41999\ngroup = \"{}\"\n", group.name));
+    std::fs::write(&gh.config, cfg).unwrap();
+    gh.init(None);
+    let fresh = unique("ghpn");
+    let disabled = unique("ghpd");
+    let files_only = unique("ghpf");
+    let outside = SystemUser::new("ghpo", &gh.dir.path, &[]);
+    let _cleanup = Provisioned(vec![fresh.clone(), disabled.clone(), files_only.clone()]);
+    gh.ok(&["user", "add", &fresh]);
+    gh.ok(&["user", "add", &disabled, "--disabled"]);
+    gh.ok(&["user", "add", &files_only, "--policy", "files"]);
+    gh.ok(&["user", "add", "root"]);
+    gh.ok(&["user", "add", &outside.name, "--disabled"]);
+
+    let outside_before = stdout(&Command::new("getent").args(["shadow", &outside.name]).output().unwrap());
+    let plan = gh.ok(&["provision", "--dry-run"]);
+    assert!(plan.contains(&format!("{fresh}: create (shell /bin/bash) (dry run)")), "{plan}");
+    assert!(nix::unistd::User::from_name(&fresh).unwrap().is_none(), "a dry run created an account");
+
+    let report = gh.ok(&["provision"]);
+    assert!(report.contains("root: skip: reserved name"), "{report}");
+    assert!(report.contains(&format!("{}: skip: uid", outside.name)), "{report}");
+    let account = nix::unistd::User::from_name(&fresh).unwrap().expect("account created");
+    assert!((41000..=41999).contains(&account.uid.as_raw()), "uid {} outside the range", account.uid);
+    assert_eq!(account.shell, PathBuf::from("/bin/bash"));
+    assert_eq!(account.dir, gh.data.join(&fresh));
+    let members = nix::unistd::Group::from_name(&group.name).unwrap().unwrap().mem;
+    assert!(members.contains(&fresh), "{members:?}");
+    let files = nix::unistd::User::from_name(&files_only).unwrap().unwrap();
+    assert!(files.shell.ends_with("gatehouse-shell"), "{}", files.shell.display());
+    assert!(nix::unistd::User::from_name(&disabled).unwrap().is_none(), "a disabled user got an account");
+    // The account outside the range stays as it was.
+    let locked = |name: &str| {
+        let out = Command::new("getent").args(["shadow", name]).output().unwrap();
+        stdout(&out).split(':').nth(1).unwrap().starts_with('!')
+    };
+    let shadow = |name: &str| stdout(&Command::new("getent").args(["shadow", name]).output().unwrap());
+    assert_eq!(shadow(&outside.name), outside_before, "an account outside the range was changed");
+
+    // Idempotent.
+    let again = gh.ok(&["provision"]);
+    assert!(!again.contains("create") && !again.contains("lock"), "{again}");
+
+    gh.ok(&["user", "disable", &fresh]);
+    assert!(gh.ok(&["provision"]).contains(&format!("{fresh}: lock")));
+    assert!(locked(&fresh));
+    gh.ok(&["user", "enable", &fresh]);
+    assert!(gh.ok(&["provision"]).contains(&format!("{fresh}: unlock")));
+    assert!(!locked(&fresh));
+}
