@@ -144,6 +144,10 @@ impl Stage {
             Verdict::ServiceError
         })?;
         match view {
+            Some(v) if !v.fresh(self.config.ldap.as_ref().map(|l| l.staleness_max), crate::time::now()) => {
+                self.say(Level::Warning, stage, "refuse", "directory-stale");
+                Err(Verdict::PermissionDenied)
+            }
             Some(v) => Ok(Some(v.user)),
             None => self.unknown(opts, stage, "unknown-user").map(|_| None),
         }

@@ -117,6 +117,11 @@ pub fn answer(
         record(log, Level::Notice, "refuse", "unknown-user");
         return Ok(refuse("unknown-user"));
     };
+    if !view.fresh(config.ldap.as_ref().map(|l| l.staleness_max), now) {
+        // Synced from a directory that has been out of reach for longer than we trust it.
+        record(log, Level::Warning, "refuse", "directory-stale");
+        return Ok(refuse("directory-stale"));
+    }
     if request.fingerprint.is_some() && view.keys.is_empty() {
         record(log, Level::Notice, "refuse", "no-such-key");
         return Ok(refuse("no-such-key"));

@@ -215,6 +215,12 @@ pub fn decide(config: &Config, store: &dyn LoginStore, session: &Session<'_>) ->
     let Some(key) = view.keys.first() else {
         return Ok(revoked());
     };
+    if !view.fresh(config.ldap.as_ref().map(|l| l.staleness_max), session.now) {
+        return Ok(refuse(
+            "Your account comes from the directory, which has been out of reach too long; try again later.",
+            "directory-stale",
+        ));
+    }
     let scope = match usable_scope(&view.user, key, session.now) {
         Ok(scope) => scope,
         Err(refusal) => {
@@ -316,6 +322,8 @@ fn git_plan(
         || refuse(format!("Repository {} not found, or you do not have access to it.", repo.relative()), "no-access");
     let mut subjects = vec![session.user.to_string()];
     subjects.extend(session.groups.iter().map(|g| format!("@{g}")));
+    // Groups known from the directory, for sites without NSS for it.
+    subjects.extend(store.groups_of(session.user).map_err(|e| e.to_string())?.into_iter().map(|g| format!("@{g}")));
     let grants =
         if repo.owner == session.user { Vec::new() } else { store.grants_for(&subjects).map_err(|e| e.to_string())? };
     let need = if verb.writes() { Access::Write } else { Access::Read };

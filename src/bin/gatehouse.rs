@@ -46,6 +46,12 @@ enum Command {
     /// Manage API tokens for the web service
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Directory sync and status (runs gatehouse-ldap, installed beside gatehouse)
+    Ldap {
+        /// sync [--full] | status [--json] | check-password USER
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "ARGS")]
+        args: Vec<std::ffi::OsString>,
+    },
     /// Create, lock and unlock system accounts to match the store (root)
     Provision {
         /// Print what would change, change nothing
@@ -314,7 +320,7 @@ fn run(cli: Cli, config: &Config, log: &mut Logger) -> Result<u8, AdminError> {
     let mut admin = Admin { config, store: &mut store, actor, log };
     let say = |out: &mut dyn Write, text: String| writeln!(out, "{text}").map_err(|e| AdminError::Io(e.to_string()));
     match cli.command {
-        Command::Init { .. } | Command::Doctor { .. } => {}
+        Command::Init { .. } | Command::Doctor { .. } | Command::Ldap { .. } => {}
         Command::User(cmd) => match cmd {
             UserCommand::Add { name, policy, port_forwarding, disabled } => {
                 admin.user_add(&name, policy, port_forwarding, disabled)?;
@@ -435,6 +441,24 @@ fn run(cli: Cli, config: &Config, log: &mut Logger) -> Result<u8, AdminError> {
     Ok(exit::OK)
 }
 
+/// `gatehouse ldap …` is `gatehouse-ldap …`: the LDAP client lives in its own program so
+/// that nothing on the login path links it.
+fn run_ldap(config: Option<&std::path::Path>, args: &[std::ffi::OsString]) -> ExitCode {
+    use std::os::unix::process::CommandExt;
+    let program = std::env::current_exe()
+        .ok()
+        .map(|p| p.with_file_name("gatehouse-ldap"))
+        .filter(|p| p.exists())
+        .unwrap_or_else(|| PathBuf::from("gatehouse-ldap"));
+    let mut cmd = std::process::Command::new(&program);
+    if let Some(c) = config {
+        cmd.arg("--config").arg(c);
+    }
+    let err = cmd.args(args).exec();
+    eprintln!("gatehouse: cannot run {}: {err}", program.display());
+    ExitCode::from(exit::CONFIG)
+}
+
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -443,6 +467,9 @@ fn main() -> ExitCode {
             return ExitCode::from(if e.use_stderr() { exit::USAGE } else { exit::OK });
         }
     };
+    if let Command::Ldap { args } = &cli.command {
+        return run_ldap(cli.config.as_deref(), args);
+    }
     let config = match Config::load(cli.config.as_deref()) {
         Ok(c) => c,
         Err(e) => {

@@ -56,6 +56,23 @@ pub struct Grant {
 pub struct LoginView {
     pub user: User,
     pub keys: Vec<Key>,
+    /// For a user synced from a directory: when that sync last succeeded.
+    pub synced: Option<Timestamp>,
+}
+
+impl LoginView {
+    /// Whether the user's data may still be trusted: always for local users; for directory
+    /// users only while the last successful sync is younger than `staleness_max`.
+    pub fn fresh(&self, staleness_max: Option<i64>, now: Timestamp) -> bool {
+        if self.user.source != "ldap" {
+            return true;
+        }
+        match (staleness_max, self.synced) {
+            (Some(max), Some(at)) => now - at <= max,
+            // No [ldap] section any more, or never synced: fail closed.
+            _ => false,
+        }
+    }
 }
 
 /// A key to add, already validated.
@@ -173,6 +190,8 @@ pub trait LoginStore {
     fn login_view(&self, user: &str, fingerprint: Option<&str>) -> Result<Option<LoginView>, StoreError>;
     /// Grants whose subject is one of `subjects` (a user name, `@group` names).
     fn grants_for(&self, subjects: &[String]) -> Result<Vec<Grant>, StoreError>;
+    /// Groups the store knows the user to be in (from a directory).
+    fn groups_of(&self, user: &str) -> Result<Vec<String>, StoreError>;
 }
 
 /// Filters for the audit trail.
@@ -181,6 +200,47 @@ pub struct AuditQuery {
     pub subject: Option<String>,
     pub since: Option<Timestamp>,
     pub limit: Option<u32>,
+}
+
+/// One user as the directory describes them.
+#[derive(Debug, Clone)]
+pub struct DirectoryUser {
+    pub name: String,
+    pub uid_number: Option<i64>,
+    pub enabled: bool,
+    pub keys: Vec<crate::keys::ValidKey>,
+}
+
+/// What one sync read from the directory.
+#[derive(Debug, Clone, Default)]
+pub struct DirectorySnapshot {
+    pub users: Vec<DirectoryUser>,
+    /// Group name and member user names.
+    pub groups: Vec<(String, Vec<String>)>,
+    /// The newest modification time seen, for the next incremental sync.
+    pub high_water: Option<String>,
+}
+
+/// What a sync changed, and what it refused.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct SyncReport {
+    pub users_added: u32,
+    pub users_disabled: u32,
+    pub users_enabled: u32,
+    pub keys_added: u32,
+    pub keys_removed: u32,
+    pub conflicts: Vec<String>,
+}
+
+/// The last sync of a source, for status and for the login path's staleness check.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct SyncState {
+    pub last_success: Option<Timestamp>,
+    pub last_attempt: Timestamp,
+    pub last_error: Option<String>,
+    pub high_water: Option<String>,
+    pub users: i64,
+    pub keys: i64,
 }
 
 /// What a bulk import remembers about a user between batches.
@@ -211,6 +271,25 @@ pub trait AdminStore: LoginStore {
     fn keys(&self, user: &str) -> Result<Vec<Key>, StoreError>;
     fn remove_key(&mut self, actor: &Actor, user: &str, fingerprint: &str) -> Result<(), StoreError>;
     fn audit(&self, query: &AuditQuery) -> Result<Vec<AuditEvent>, StoreError>;
+    /// Makes the directory's users, keys and groups the store's. `full`: users the
+    /// snapshot lacks were removed from the directory (an incremental snapshot holds only
+    /// what changed). Directory data never overrides local users of the same name.
+    fn apply_directory(
+        &mut self,
+        actor: &Actor,
+        snapshot: &DirectorySnapshot,
+        full: bool,
+        default_policy: Scope,
+    ) -> Result<SyncReport, StoreError>;
+    /// Records a sync attempt of `source`.
+    fn record_sync(
+        &mut self,
+        source: &str,
+        now: Timestamp,
+        error: Option<&str>,
+        high_water: Option<&str>,
+    ) -> Result<(), StoreError>;
+    fn sync_state(&self, source: &str) -> Result<Option<SyncState>, StoreError>;
     /// Records an event about `subject` that changed something outside the store.
     fn record_event(&mut self, actor: &Actor, action: &str, subject: &str, detail: &str) -> Result<(), StoreError>;
     /// Adds or changes a grant; returns false when it existed with the same access.

@@ -52,6 +52,26 @@ pub const MIGRATIONS: &[&str] = &[
         UNIQUE (subject, pattern)
     ) STRICT;
     ",
+    // 3: directory sync: who came from where, group memberships, the last sync.
+    "
+    ALTER TABLE users ADD COLUMN uid_number INTEGER;
+    CREATE TABLE group_members (
+        grp    TEXT NOT NULL,
+        user   TEXT NOT NULL,
+        source TEXT NOT NULL,
+        PRIMARY KEY (grp, user)
+    ) STRICT;
+    CREATE INDEX group_members_by_user ON group_members (user);
+    CREATE TABLE sync_state (
+        source        TEXT PRIMARY KEY,
+        last_success  INTEGER,
+        last_attempt  INTEGER NOT NULL,
+        last_error    TEXT,
+        high_water    TEXT,
+        users         INTEGER NOT NULL DEFAULT 0,
+        keys          INTEGER NOT NULL DEFAULT 0
+    ) STRICT;
+    ",
 ];
 
 /// The schema version this build reads and writes.

@@ -306,6 +306,105 @@ impl LoginStore for SqliteStore {
     fn grants_for(&self, subjects: &[String]) -> Result<Vec<Grant>, StoreError> {
         self.read_retrying(|| self.grants_for_once(subjects))
     }
+
+    fn groups_of(&self, user: &str) -> Result<Vec<String>, StoreError> {
+        self.read_retrying(|| {
+            self.conn
+                .prepare("SELECT grp FROM group_members WHERE user = ?1 ORDER BY grp")
+                .and_then(|mut s| s.query_map([user], |r| r.get(0))?.collect())
+                .map_err(|e| self.error(e))
+        })
+    }
+}
+
+/// Users per transaction in a directory sync: other writers wait at most one batch.
+const SYNC_BATCH: usize = 2000;
+
+fn sync_user(
+    tx: &Transaction<'_>,
+    actor: &Actor,
+    u: &DirectoryUser,
+    default_policy: Scope,
+    report: &mut SyncReport,
+) -> rusqlite::Result<()> {
+    let found: Option<(i64, String, String, Option<i64>)> = tx
+        .prepare_cached("SELECT id, source, state, uid_number FROM users WHERE name = ?1")?
+        .query_row([&u.name], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+        .optional()?;
+    let state = if u.enabled { "enabled" } else { "disabled" };
+    let id = match found {
+        None => {
+            tx.prepare_cached(
+                "INSERT INTO users (name, state, policy, port_forwarding, created, source, uid_number) \
+                 VALUES (?1, ?2, ?3, 0, ?4, 'ldap', ?5)",
+            )?
+            .execute(params![u.name, state, default_policy.as_str(), actor.now, u.uid_number])?;
+            let id = tx.last_insert_rowid();
+            audit(tx, actor, "user.add", &u.name, "source=ldap")?;
+            report.users_added += 1;
+            id
+        }
+        Some((_, source, _, _)) if source != "ldap" => {
+            report
+                .conflicts
+                .push(format!("{}: a local user of that name exists; the directory entry is ignored", u.name));
+            return Ok(());
+        }
+        Some((_, _, _, Some(old))) if u.uid_number.is_some_and(|new| new != old) => {
+            report.conflicts.push(format!(
+                "{}: uidNumber changed from {old} to {}: another person under an old name; resolve by hand",
+                u.name,
+                u.uid_number.unwrap_or_default()
+            ));
+            return Ok(());
+        }
+        Some((id, _, old_state, _)) => {
+            if old_state != state {
+                tx.prepare_cached("UPDATE users SET state = ?2 WHERE id = ?1")?.execute(params![id, state])?;
+                let action = if u.enabled { "user.enable" } else { "user.disable" };
+                audit(tx, actor, action, &u.name, "source=ldap")?;
+                if u.enabled {
+                    report.users_enabled += 1;
+                } else {
+                    report.users_disabled += 1;
+                }
+            }
+            id
+        }
+    };
+    let existing: Vec<String> = tx
+        .prepare_cached("SELECT fingerprint FROM keys WHERE user_id = ?1 AND source = 'ldap'")?
+        .query_map([id], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    for key in &u.keys {
+        if existing.contains(&key.fingerprint) {
+            continue;
+        }
+        let new = NewKey { key: key.clone(), scope: None, from: None, expires: None, source: "ldap".to_string() };
+        let policy: String =
+            tx.prepare_cached("SELECT policy FROM users WHERE id = ?1")?.query_row([id], |r| r.get(0))?;
+        let scope = parse_scope(policy)?;
+        let mut statement = tx.prepare_cached(INSERT_KEY)?;
+        match insert_key(&mut statement, id, &new, scope, actor.now) {
+            Ok(_) => {
+                audit(tx, actor, "key.add", &u.name, &key_detail(&new, scope))?;
+                report.keys_added += 1;
+            }
+            Err(e) if is_duplicate(&e) => {
+                report.conflicts.push(format!("{}: key {} is registered to another user", u.name, key.fingerprint))
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    for fp in existing.iter().filter(|fp| !u.keys.iter().any(|k| &&k.fingerprint == fp)) {
+        tx.prepare_cached("DELETE FROM keys WHERE fingerprint = ?1")?.execute([fp])?;
+        let mut detail = String::new();
+        crate::log::push_pair(&mut detail, "fingerprint", fp);
+        crate::log::push_pair(&mut detail, "source", "ldap");
+        audit(tx, actor, "key.remove", &u.name, &detail)?;
+        report.keys_removed += 1;
+    }
+    Ok(())
 }
 
 impl SqliteStore {
@@ -332,7 +431,8 @@ impl SqliteStore {
     fn login_view_once(&self, user: &str, fingerprint: Option<&str>) -> Result<Option<LoginView>, StoreError> {
         // One statement: on the login path, parsing SQL costs more than running it.
         let sql = format!(
-            "SELECT {USER_COLUMNS}, {KEY_COLUMNS} FROM users u \
+            "SELECT {USER_COLUMNS}, {KEY_COLUMNS}, \
+             (SELECT last_success FROM sync_state WHERE source = u.source) FROM users u \
              LEFT JOIN keys k ON k.user_id = u.id AND (?2 IS NULL OR k.fingerprint = ?2) \
              WHERE u.name = ?1 ORDER BY k.id"
         );
@@ -342,9 +442,11 @@ impl SqliteStore {
         while let Some(row) = rows.next().map_err(|e| self.error(e))? {
             let v = match &mut view {
                 Some(v) => v,
-                None => {
-                    view.insert(LoginView { user: user_from_row(row).map_err(|e| self.error(e))?, keys: Vec::new() })
-                }
+                None => view.insert(LoginView {
+                    user: user_from_row(row).map_err(|e| self.error(e))?,
+                    keys: Vec::new(),
+                    synced: row.get(16).map_err(|e| self.error(e))?,
+                }),
             };
             let has_key: Option<String> = row.get(6).map_err(|e| self.error(e))?;
             if has_key.is_some() {
@@ -379,6 +481,106 @@ fn grant_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Grant> {
 }
 
 impl AdminStore for SqliteStore {
+    fn apply_directory(
+        &mut self,
+        actor: &Actor,
+        snapshot: &DirectorySnapshot,
+        full: bool,
+        default_policy: Scope,
+    ) -> Result<SyncReport, StoreError> {
+        let mut report = SyncReport::default();
+        for batch in snapshot.users.chunks(SYNC_BATCH) {
+            let path = self.path.clone();
+            self.write(|tx| {
+                for u in batch {
+                    sync_user(tx, actor, u, default_policy, &mut report).map_err(|e| unavailable(&path, e))?;
+                }
+                Ok(())
+            })?;
+        }
+        let path = self.path.clone();
+        self.write(|tx| {
+            let db = |e| unavailable(&path, e);
+            if full {
+                // Gone from the directory: disabled, and its keys removed.
+                let listed: std::collections::HashSet<&str> = snapshot.users.iter().map(|u| u.name.as_str()).collect();
+                let ours: Vec<(i64, String, String)> = tx
+                    .prepare("SELECT id, name, state FROM users WHERE source = 'ldap'")
+                    .and_then(|mut s| s.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?.collect())
+                    .map_err(db)?;
+                for (id, name, state) in ours.iter().filter(|(_, n, _)| !listed.contains(n.as_str())) {
+                    if state != "disabled" {
+                        tx.execute("UPDATE users SET state = 'disabled' WHERE id = ?1", [id]).map_err(db)?;
+                        audit(tx, actor, "user.disable", name, "source=ldap reason=gone-from-directory").map_err(db)?;
+                        report.users_disabled += 1;
+                    }
+                    let removed =
+                        tx.execute("DELETE FROM keys WHERE user_id = ?1 AND source = 'ldap'", [id]).map_err(db)?;
+                    report.keys_removed += removed as u32;
+                }
+            }
+            tx.execute("DELETE FROM group_members WHERE source = 'ldap'", []).map_err(db)?;
+            let mut insert = tx
+                .prepare("INSERT OR IGNORE INTO group_members (grp, user, source) VALUES (?1, ?2, 'ldap')")
+                .map_err(db)?;
+            for (group, members) in &snapshot.groups {
+                for m in members {
+                    insert.execute(params![group, m]).map_err(db)?;
+                }
+            }
+            Ok(())
+        })?;
+        Ok(report)
+    }
+
+    fn record_sync(
+        &mut self,
+        source: &str,
+        now: Timestamp,
+        error: Option<&str>,
+        high_water: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let path = self.path.clone();
+        self.write(|tx| {
+            let db = |e| unavailable(&path, e);
+            let users: i64 =
+                tx.query_row("SELECT count(*) FROM users WHERE source = ?1", [source], |r| r.get(0)).map_err(db)?;
+            let keys: i64 =
+                tx.query_row("SELECT count(*) FROM keys WHERE source = ?1", [source], |r| r.get(0)).map_err(db)?;
+            tx.execute(
+                "INSERT INTO sync_state (source, last_success, last_attempt, last_error, high_water, users, keys) \
+                 VALUES (?1, CASE WHEN ?3 IS NULL THEN ?2 END, ?2, ?3, ?4, ?5, ?6) \
+                 ON CONFLICT (source) DO UPDATE SET \
+                   last_success = CASE WHEN ?3 IS NULL THEN ?2 ELSE last_success END, \
+                   last_attempt = ?2, last_error = ?3, \
+                   high_water = coalesce(?4, high_water), users = ?5, keys = ?6",
+                params![source, now, error, high_water, users, keys],
+            )
+            .map_err(db)?;
+            Ok(())
+        })
+    }
+
+    fn sync_state(&self, source: &str) -> Result<Option<SyncState>, StoreError> {
+        self.conn
+            .query_row(
+                "SELECT last_success, last_attempt, last_error, high_water, users, keys FROM sync_state WHERE source = ?1",
+                [source],
+                |r| {
+                    Ok(SyncState {
+                        last_success: r.get(0)?,
+                        last_attempt: r.get(1)?,
+                        last_error: r.get(2)?,
+                        high_water: r.get(3)?,
+                        users: r.get(4)?,
+                        keys: r.get(5)?,
+                    })
+                },
+            )
+            .optional()
+            .map_err(|e| self.error(e))
+    }
+
     fn record_event(&mut self, actor: &Actor, action: &str, subject: &str, detail: &str) -> Result<(), StoreError> {
         let path = self.path.clone();
         self.write(|tx| audit(tx, actor, action, subject, detail).map_err(|e| unavailable(&path, e)))

@@ -1,0 +1,143 @@
+//! `gatehouse-ldap` (also run as `gatehouse ldap …`); see gatehouse(8).
+use gatehouse::config::Config;
+use gatehouse::log::{Level, Logger};
+use gatehouse::store::sqlite::SqliteStore;
+use gatehouse::store::AdminStore;
+use std::io::Read;
+use std::process::ExitCode;
+
+const USAGE: &str = "usage: gatehouse-ldap [--config FILE] sync [--full] | status [--json] | check-password USER";
+
+fn main() -> ExitCode {
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let mut config_path = None;
+    if args.first().map(String::as_str) == Some("--config") && args.len() >= 2 {
+        config_path = Some(std::path::PathBuf::from(args[1].clone()));
+        args.drain(..2);
+    }
+    let config = match Config::load(config_path.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("gatehouse-ldap: {e}");
+            return ExitCode::from(3);
+        }
+    };
+    let Some(ldap) = config.ldap.clone() else {
+        eprintln!("gatehouse-ldap: no [ldap] section in the configuration");
+        return ExitCode::from(3);
+    };
+    let mut log = Logger::open("gatehouse-ldap", &config);
+    let now = gatehouse::time::now();
+    match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+        ["sync", rest @ ..] if rest.iter().all(|a| *a == "--full") => {
+            let mut store = match SqliteStore::open_writer(&config.store_path, config.busy_timeout_ms) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("gatehouse-ldap: {e}");
+                    return ExitCode::from(4);
+                }
+            };
+            match gatehouse_ldap::sync::sync(&config, &mut store, !rest.is_empty(), now) {
+                Ok(o) => {
+                    let r = &o.report;
+                    println!(
+                        "{} sync: {} entries; users added {}, disabled {}, enabled {}; keys added {}, removed {}; {} skipped",
+                        if o.full { "full" } else { "incremental" },
+                        o.entries,
+                        r.users_added,
+                        r.users_disabled,
+                        r.users_enabled,
+                        r.keys_added,
+                        r.keys_removed,
+                        r.conflicts.len()
+                    );
+                    for c in &r.conflicts {
+                        println!("skipped: {c}");
+                        log.log(Level::Warning, &[("action", "ldap.sync"), ("skipped", c)]);
+                    }
+                    log.log(
+                        Level::Info,
+                        &[("action", "ldap.sync"), ("entries", &o.entries.to_string()), ("verdict", "ok")],
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("gatehouse-ldap: sync failed: {e}");
+                    log.log(Level::Error, &[("action", "ldap.sync"), ("verdict", "failed"), ("error", &e)]);
+                    ExitCode::from(1)
+                }
+            }
+        }
+        ["status", rest @ ..] if rest.iter().all(|a| *a == "--json") => {
+            let store = match SqliteStore::open_reader(&config.store_path, config.busy_timeout_ms) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("gatehouse-ldap: {e}");
+                    return ExitCode::from(4);
+                }
+            };
+            let state = match store.sync_state("ldap") {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("gatehouse-ldap: {e}");
+                    return ExitCode::from(4);
+                }
+            };
+            let lag = state.as_ref().and_then(|s| s.last_success).map(|t| now - t);
+            let stale = lag.is_none_or(|l| l > ldap.staleness_max);
+            if !rest.is_empty() {
+                let json = serde_json::json!({ "state": state, "lag_seconds": lag, "stale": stale, "staleness_max": ldap.staleness_max });
+                println!("{json}");
+            } else {
+                match &state {
+                    None => println!("never synced"),
+                    Some(s) => {
+                        let last = s.last_success.map(gatehouse::time::rfc3339).unwrap_or_else(|| "never".into());
+                        println!("last successful sync: {last} (lag {} s)", lag.map_or("-".into(), |l| l.to_string()));
+                        println!("last attempt: {}", gatehouse::time::rfc3339(s.last_attempt));
+                        if let Some(e) = &s.last_error {
+                            println!("last error: {e}");
+                        }
+                        println!("directory users: {}, keys: {}", s.users, s.keys);
+                    }
+                }
+                if stale {
+                    println!(
+                        "STALE: directory users are refused until a sync succeeds (ldap.staleness_max {} s)",
+                        ldap.staleness_max
+                    );
+                }
+            }
+            if stale {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+        ["check-password", user] => {
+            let mut password = String::new();
+            if std::io::stdin().take(4096).read_to_string(&mut password).is_err() {
+                return ExitCode::from(2);
+            }
+            let password = password.strip_suffix('\n').unwrap_or(&password);
+            match gatehouse_ldap::password::check(&ldap, user, password) {
+                Ok(Ok(())) => {
+                    println!("password accepted");
+                    ExitCode::SUCCESS
+                }
+                Ok(Err(why)) => {
+                    println!("password refused: {why:?}");
+                    ExitCode::from(1)
+                }
+                Err(e) => {
+                    eprintln!("gatehouse-ldap: {e}");
+                    ExitCode::from(4)
+                }
+            }
+        }
+        _ => {
+            eprintln!("{USAGE}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,206 @@
+//! `gatehouse-ldap sync`: the directory's users, keys and groups into the store. Every key
+//! goes through the same validation as an upload; a bad value is reported and skipped, the
+//! user's other keys kept.
+
+use crate::client::{Directory, DirectoryError};
+use gatehouse::config::{Config, LdapConfig};
+use gatehouse::keys::parse_public_key;
+use gatehouse::store::{Actor, AdminStore, DirectorySnapshot, DirectoryUser, SyncReport};
+use ldap3::SearchEntry;
+use std::collections::HashMap;
+
+/// Names and UIDs a directory may never give a managed account.
+const RESERVED_NAMES: &[&str] = &["root", "daemon", "bin", "sys", "sshd", "nobody", "gatehouse", "gatehouse-keys"];
+const FIRST_USER_UID: i64 = 1000;
+
+fn first<'a>(entry: &'a SearchEntry, attr: &str) -> Option<&'a str> {
+    // Attribute names are case-insensitive in LDAP.
+    entry.attrs.iter().find(|(k, _)| k.eq_ignore_ascii_case(attr)).and_then(|(_, v)| v.first()).map(String::as_str)
+}
+
+fn all<'a>(entry: &'a SearchEntry, attr: &str) -> &'a [String] {
+    entry.attrs.iter().find(|(k, _)| k.eq_ignore_ascii_case(attr)).map(|(_, v)| v.as_slice()).unwrap_or(&[])
+}
+
+/// Whether the entry's account is usable, by the attributes OpenLDAP, 389/FreeIPA, the
+/// shadow schema and Active Directory use to lock or expire one.
+pub fn entry_enabled(entry: &SearchEntry, today_days: i64) -> bool {
+    let locked = first(entry, "nsAccountLock").is_some_and(|v| v.eq_ignore_ascii_case("true"));
+    let pwd_locked = first(entry, "pwdAccountLockedTime").is_some();
+    let expired =
+        first(entry, "shadowExpire").and_then(|v| v.parse::<i64>().ok()).is_some_and(|d| d >= 0 && d <= today_days);
+    let ad_disabled =
+        first(entry, "userAccountControl").and_then(|v| v.parse::<i64>().ok()).is_some_and(|f| f & 2 != 0);
+    !(locked || pwd_locked || expired || ad_disabled)
+}
+
+/// The attributes a sync asks for.
+pub fn user_attributes(cfg: &LdapConfig) -> Vec<String> {
+    let mut attrs: Vec<String> =
+        ["uidNumber", "nsAccountLock", "pwdAccountLockedTime", "shadowExpire", "userAccountControl", "modifyTimestamp"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+    attrs.push(cfg.user_attribute.clone());
+    attrs.push(cfg.key_attribute.clone());
+    attrs
+}
+
+/// Turns directory entries into store users; what cannot be used goes into `report`.
+pub fn map_entries(
+    config: &Config,
+    cfg: &LdapConfig,
+    entries: &[SearchEntry],
+    today_days: i64,
+    report: &mut SyncReport,
+) -> (Vec<DirectoryUser>, Option<String>) {
+    let mut by_name: HashMap<String, Vec<usize>> = HashMap::new();
+    let mut high_water: Option<String> = None;
+    for (i, e) in entries.iter().enumerate() {
+        if let Some(name) = first(e, &cfg.user_attribute) {
+            by_name.entry(name.to_string()).or_default().push(i);
+        }
+        if let Some(ts) = first(e, "modifyTimestamp") {
+            // Generalized time sorts as text when both are in the same (UTC) form.
+            if high_water.as_deref().is_none_or(|hw| ts > hw) {
+                high_water = Some(ts.to_string());
+            }
+        }
+    }
+    let mut users = Vec::new();
+    for e in entries {
+        let Some(name) = first(e, &cfg.user_attribute) else {
+            report.conflicts.push(format!("{}: no {} attribute; skipped", e.dn, cfg.user_attribute));
+            continue;
+        };
+        if all(e, &cfg.user_attribute).len() > 1 {
+            report.conflicts.push(format!("{}: several {} values; skipped", e.dn, cfg.user_attribute));
+            continue;
+        }
+        if by_name.get(name).is_some_and(|v| v.len() > 1) {
+            report.conflicts.push(format!("{name}: in {} entries at once ({}); skipped", by_name[name].len(), e.dn));
+            continue;
+        }
+        if !config.valid_user_name(name) || RESERVED_NAMES.contains(&name) {
+            report.conflicts.push(format!(
+                "{}: `{}` is not a name Gatehouse may manage; skipped",
+                e.dn,
+                name.escape_debug()
+            ));
+            continue;
+        }
+        let uid_number = match first(e, "uidNumber").map(str::parse::<i64>) {
+            Some(Ok(n)) if n < FIRST_USER_UID => {
+                report.conflicts.push(format!("{name}: uidNumber {n} is a system UID; skipped"));
+                continue;
+            }
+            Some(Ok(n)) => Some(n),
+            Some(Err(_)) => {
+                report.conflicts.push(format!("{name}: uidNumber is not a number; skipped"));
+                continue;
+            }
+            None => None,
+        };
+        let mut keys = Vec::new();
+        for (n, value) in all(e, &cfg.key_attribute).iter().enumerate() {
+            // Directory values often end with a newline; nothing else is forgiven.
+            let text = value.strip_suffix('\n').unwrap_or(value);
+            match parse_public_key(text, config) {
+                Ok(k) if !keys.iter().any(|x: &gatehouse::keys::ValidKey| x.fingerprint == k.fingerprint) => {
+                    keys.push(k)
+                }
+                Ok(_) => {}
+                Err(why) => {
+                    report.conflicts.push(format!("{name}: {} value {}: {why}; skipped", cfg.key_attribute, n + 1))
+                }
+            }
+        }
+        users.push(DirectoryUser { name: name.to_string(), uid_number, enabled: entry_enabled(e, today_days), keys });
+    }
+    (users, high_water)
+}
+
+/// Group name → member user names.
+pub fn map_groups(cfg: &LdapConfig, entries: &[SearchEntry], config: &Config) -> Vec<(String, Vec<String>)> {
+    entries
+        .iter()
+        .filter_map(|e| {
+            let name = first(e, "cn")?;
+            config.valid_user_name(name).then(|| {
+                let members = all(e, &cfg.group_member_attribute)
+                    .iter()
+                    .map(|m| {
+                        // A member given as a DN (member: uid=alice,ou=…): its first RDN's value.
+                        m.split(',').next().and_then(|rdn| rdn.split_once('=')).map(|(_, v)| v).unwrap_or(m).to_string()
+                    })
+                    .filter(|m| config.valid_user_name(m))
+                    .collect();
+                (name.to_string(), members)
+            })
+        })
+        .collect()
+}
+
+/// What a sync did.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub full: bool,
+    pub entries: usize,
+    pub report: SyncReport,
+}
+
+/// Reads the directory (all of it, or what changed since the last sync) and applies it.
+/// A failure is recorded, so `status` and the login path's staleness check see it.
+pub fn sync(config: &Config, store: &mut dyn AdminStore, force_full: bool, now: i64) -> Result<Outcome, String> {
+    let Some(cfg) = &config.ldap else {
+        return Err("no [ldap] section in the configuration".to_string());
+    };
+    let previous = store.sync_state("ldap").map_err(|e| e.to_string())?;
+    let high_water = previous.as_ref().and_then(|s| s.high_water.clone());
+    // Deletions show only in a full read: every tenth run is one, and the first.
+    let full =
+        force_full || high_water.is_none() || previous.as_ref().is_some_and(|s| s.users % 10 == 0 && now % 10 == 0);
+    let result = (|| -> Result<Outcome, DirectoryError> {
+        let mut dir = Directory::connect(cfg)?;
+        let filter = match (&high_water, full) {
+            (Some(hw), false) => {
+                format!("(&{}(modifyTimestamp>={}))", cfg.user_filter, ldap3::ldap_escape(hw.as_str()))
+            }
+            _ => cfg.user_filter.clone(),
+        };
+        let attrs = user_attributes(cfg);
+        let attr_refs: Vec<&str> = attrs.iter().map(String::as_str).collect();
+        let entries = dir.search(&filter, &attr_refs)?;
+        let groups = dir.search(&cfg.group_filter, &["cn", &cfg.group_member_attribute])?;
+        dir.unbind();
+        let mut report = SyncReport::default();
+        let (users, new_high_water) = map_entries(config, cfg, &entries, now.div_euclid(86_400), &mut report);
+        let snapshot = DirectorySnapshot {
+            users,
+            groups: map_groups(cfg, &groups, config),
+            high_water: new_high_water.or(high_water.clone()),
+        };
+        let actor = Actor { name: "ldap-sync".to_string(), now };
+        let applied = store
+            .apply_directory(&actor, &snapshot, full, config.default_policy)
+            .map_err(|e| DirectoryError::Search(format!("store: {e}")))?;
+        report.users_added += applied.users_added;
+        report.users_disabled += applied.users_disabled;
+        report.users_enabled += applied.users_enabled;
+        report.keys_added += applied.keys_added;
+        report.keys_removed += applied.keys_removed;
+        report.conflicts.extend(applied.conflicts);
+        store
+            .record_sync("ldap", now, None, snapshot.high_water.as_deref())
+            .map_err(|e| DirectoryError::Search(format!("store: {e}")))?;
+        Ok(Outcome { full, entries: entries.len(), report })
+    })();
+    match result {
+        Ok(o) => Ok(o),
+        Err(e) => {
+            let text = e.to_string();
+            let _ = store.record_sync("ldap", now, Some(&text), None);
+            Err(text)
+        }
+    }
+}
