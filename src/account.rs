@@ -20,6 +20,8 @@ pub trait PamContext {
     fn env(&self, name: &str) -> Option<String>;
     /// A message for the person logging in.
     fn tell(&mut self, message: &str);
+    /// The password: one an earlier module already read (PAM_AUTHTOK), else asked for.
+    fn password(&mut self) -> Option<String>;
 }
 
 /// PAM results this module returns.
@@ -37,6 +39,8 @@ pub enum Verdict {
     SessionError,
     /// Configuration or store unreadable: fail closed.
     ServiceError,
+    /// The directory could not be asked (PAM_AUTHINFO_UNAVAIL).
+    AuthInfoUnavailable,
 }
 
 /// What to do with users the store does not know.
@@ -61,6 +65,8 @@ pub struct ModuleOptions {
 pub enum AuthMode {
     Preauth,
     Authfail,
+    /// Check the password against the directory (`[ldap]`).
+    Ldap,
 }
 
 impl ModuleOptions {
@@ -74,6 +80,7 @@ impl ModuleOptions {
                 Some(("unknown", "deny")) => o.unknown = Unknown::Deny,
                 None if arg == "preauth" => o.auth_mode = Some(AuthMode::Preauth),
                 None if arg == "authfail" => o.auth_mode = Some(AuthMode::Authfail),
+                None if arg == "ldap" => o.auth_mode = Some(AuthMode::Ldap),
                 None if arg == "test_panic" => o.test_panic = true,
                 _ => return Err(format!("unknown module argument `{}`", arg.escape_debug())),
             }
@@ -238,9 +245,27 @@ pub fn authenticate(ctx: &mut dyn PamContext, opts: &ModuleOptions, now: Timesta
             }
             Verdict::AuthError
         }
-        // The LDAP password check joins here later.
-        None => Verdict::Ignore,
+        // The directory check lives in gatehouse-ldap; pam_gatehouse calls it directly.
+        Some(AuthMode::Ldap) | None => Verdict::Ignore,
     }
+}
+
+/// Counts a failed password for `user` (with the lockout rules) and says whether it
+/// locked the account. For auth modules that check passwords themselves.
+pub fn count_failure(config: &Config, user: &str, rhost: Option<&str>, now: Timestamp) -> Result<bool, String> {
+    let state = StateStore::open_writer(&config.state_path, config.busy_timeout_ms, config.state_gid())
+        .map_err(|e| e.to_string())?;
+    state
+        .record_failure(user, rhost, now, config.lockout_threshold, config.lockout_window, config.lockout_duration)
+        .map(|l| l.is_some())
+        .map_err(|e| e.to_string())
+}
+
+/// Whether `user` is locked out now.
+pub fn locked_out(config: &Config, user: &str, now: Timestamp) -> Result<bool, String> {
+    let state = StateStore::open_writer(&config.state_path, config.busy_timeout_ms, config.state_gid())
+        .map_err(|e| e.to_string())?;
+    state.locked_until(user, now).map(|u| u.is_some()).map_err(|e| e.to_string())
 }
 
 /// Session open: the rate limit, the data folder (and jail), the login record.

@@ -4,9 +4,9 @@
 //! PAM_ABORT and never unwinds into sshd.
 
 use gatehouse::account::{self, ModuleOptions, PamContext, Verdict};
-use pam::constants::{PamFlag, PamResultCode, PAM_ERROR_MSG};
+use pam::constants::{PamFlag, PamResultCode, PAM_ERROR_MSG, PAM_PROMPT_ECHO_OFF};
 use pam::conv::Conv;
-use pam::items::{RHost, Service};
+use pam::items::{AuthTok, RHost, Service};
 use pam::module::{PamHandle, PamHooks};
 use std::ffi::{CStr, CString};
 use std::os::raw::c_char;
@@ -54,6 +54,86 @@ impl PamContext for Handle<'_> {
             let _ = conv.send(PAM_ERROR_MSG, message);
         }
     }
+
+    fn password(&mut self) -> Option<String> {
+        if let Ok(Some(token)) = self.0.get_item::<AuthTok>() {
+            return std::str::from_utf8(token.as_bytes()).ok().map(str::to_string);
+        }
+        let conv = self.0.get_item::<Conv>().ok().flatten()?;
+        let answer = conv.send(PAM_PROMPT_ECHO_OFF, "Password: ").ok().flatten()?;
+        answer.as_str().ok().map(str::to_string)
+    }
+}
+
+/// `auth … pam_gatehouse.so ldap`: the password checked by binding to the directory as
+/// the user. Failures count towards the lockout; an empty password never reaches it.
+fn ldap_authenticate(ctx: &mut dyn PamContext, opts: &ModuleOptions, now: gatehouse::time::Timestamp) -> Verdict {
+    use gatehouse::log::{Level, Logger};
+    let config = match gatehouse::config::Config::load(opts.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            Logger::stderr_only("pam_gatehouse").log(Level::Error, &[("error", &e.0)]);
+            return Verdict::ServiceError;
+        }
+    };
+    let mut log = Logger::open("pam_gatehouse", &config);
+    let Some(ldap) = config.ldap.clone() else {
+        log.log(Level::Error, &[("stage", "auth"), ("error", "module argument ldap without an [ldap] section")]);
+        return Verdict::ServiceError;
+    };
+    let Some(user) = ctx.user() else {
+        return Verdict::UserUnknown;
+    };
+    if !config.valid_user_name(&user) {
+        return Verdict::UserUnknown;
+    }
+    let rhost = ctx.rhost();
+    let shown_rhost = rhost.clone().unwrap_or_else(|| "-".into());
+    let say = |log: &mut Logger, level, verdict: &str, reason: &str| {
+        log.log(
+            level,
+            &[("stage", "auth"), ("user", &user), ("rhost", &shown_rhost), ("verdict", verdict), ("reason", reason)],
+        );
+    };
+    match account::locked_out(&config, &user, now) {
+        Ok(true) => {
+            say(&mut log, Level::Notice, "refuse", "locked-out");
+            return Verdict::PermissionDenied;
+        }
+        Ok(false) => {}
+        Err(_) => return Verdict::ServiceError,
+    }
+    let password = ctx.password().unwrap_or_default();
+    let outcome = gatehouse_ldap::password::check(&ldap, &user, &password);
+    match outcome {
+        Ok(Ok(())) => {
+            say(&mut log, Level::Info, "accept", "ldap");
+            Verdict::Success
+        }
+        Ok(Err(why)) => {
+            let reason = format!("{why:?}").to_lowercase();
+            let locked = account::count_failure(&config, &user, rhost.as_deref(), now).unwrap_or(false);
+            say(&mut log, Level::Notice, if locked { "lockout" } else { "failure" }, &reason);
+            Verdict::AuthError
+        }
+        Err(e) => {
+            log.log(
+                Level::Error,
+                &[("stage", "auth"), ("user", &user), ("verdict", "refuse"), ("error", &e.to_string())],
+            );
+            Verdict::AuthInfoUnavailable
+        }
+    }
+}
+
+fn authenticate(ctx: &mut dyn PamContext, opts: &ModuleOptions, now: gatehouse::time::Timestamp) -> Verdict {
+    if opts.test_panic {
+        panic!("test_panic: a panic on purpose");
+    }
+    match opts.auth_mode {
+        Some(account::AuthMode::Ldap) => ldap_authenticate(ctx, opts, now),
+        _ => account::authenticate(ctx, opts, now),
+    }
 }
 
 fn options(args: &[&CStr]) -> Result<ModuleOptions, String> {
@@ -72,6 +152,7 @@ pub fn code(verdict: Verdict) -> PamResultCode {
         Verdict::AuthError => PamResultCode::PAM_AUTH_ERR,
         Verdict::SessionError => PamResultCode::PAM_SESSION_ERR,
         Verdict::ServiceError => PamResultCode::PAM_SERVICE_ERR,
+        Verdict::AuthInfoUnavailable => PamResultCode::PAM_AUTHINFO_UNAVAIL,
     }
 }
 
@@ -96,7 +177,7 @@ impl PamHooks for Gatehouse {
     }
 
     fn sm_authenticate(pamh: &mut PamHandle, args: Vec<&CStr>, _flags: PamFlag) -> PamResultCode {
-        run(pamh, args, account::authenticate)
+        run(pamh, args, authenticate)
     }
 
     fn sm_open_session(pamh: &mut PamHandle, args: Vec<&CStr>, _flags: PamFlag) -> PamResultCode {

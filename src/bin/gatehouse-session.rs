@@ -25,6 +25,10 @@ impl PamContext for EnvContext {
         // pam_exec shows our stdout to the user with its `stdout` option.
         println!("{message}");
     }
+    fn password(&mut self) -> Option<String> {
+        // Session setup never needs one.
+        None
+    }
 }
 
 fn main() -> ExitCode {

@@ -219,6 +219,7 @@ async fn add_key(
     caller.may_touch(&name)?;
     rate_limited(&app, &caller)?;
     let new = body(payload)?;
+    crate::pages::directory_keys_guard(&app, &*app.stores.get(), &name)?;
     let options = KeyOptions { scope: new.scope, expires: new.expires, from: new.from, comment: new.comment };
     let fingerprint = with_admin(&app, &caller, |a| a.key_add_from(&name, &new.key, &options, "api"))?;
     Ok((StatusCode::CREATED, Json(Added { fingerprint })))

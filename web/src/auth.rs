@@ -17,6 +17,29 @@ pub trait PasswordCheck {
     fn check(&self, app: &App, user: &str, password: &str) -> Result<bool, WebError>;
 }
 
+/// Directory users bind to the directory; everyone else has a local password.
+pub struct SignInCheck;
+
+impl PasswordCheck for SignInCheck {
+    fn check(&self, app: &App, user: &str, password: &str) -> Result<bool, WebError> {
+        let from_directory =
+            gatehouse::store::AdminStore::user(&*app.stores.get(), user).map(|u| u.source == "ldap").unwrap_or(false);
+        match (&app.config.ldap, from_directory) {
+            (Some(ldap), true) => match gatehouse_ldap::password::check(ldap, user, password) {
+                Ok(result) => Ok(result.is_ok()),
+                Err(e) => {
+                    app.log(
+                        gatehouse::log::Level::Error,
+                        &[("action", "signin"), ("user", user), ("error", &e.to_string())],
+                    );
+                    Err(WebError::Unavailable)
+                }
+            },
+            _ => LocalPasswords.check(app, user, password),
+        }
+    }
+}
+
 /// Passwords set through an invitation, argon2id hashes in the secrets file.
 pub struct LocalPasswords;
 

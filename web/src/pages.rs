@@ -2,7 +2,7 @@
 //! every value interpolated into them.
 
 use crate::app::{App, Peer};
-use crate::auth::{check_csrf, same_origin, session_cookie, LocalPasswords, PasswordCheck, SignedIn, SESSION_COOKIE};
+use crate::auth::{check_csrf, same_origin, session_cookie, PasswordCheck, SignInCheck, SignedIn, SESSION_COOKIE};
 use crate::error::WebError;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -120,11 +120,10 @@ pub async fn signin(
     let user_ok = app.config.valid_user_name(&form.user) && form.password.len() <= 1024;
     let checking = app.clone();
     let (user, password) = (form.user.clone(), form.password);
-    let matched = tokio::task::spawn_blocking(move || {
-        user_ok && LocalPasswords.check(&checking, &user, &password).unwrap_or(false)
-    })
-    .await
-    .unwrap_or(false);
+    let matched =
+        tokio::task::spawn_blocking(move || user_ok && SignInCheck.check(&checking, &user, &password).unwrap_or(false))
+            .await
+            .unwrap_or(false);
     let enabled = matched && matches!(app.stores.get().user(&form.user), Ok(u) if u.state == UserState::Enabled);
     if !enabled {
         app.log(
@@ -388,11 +387,21 @@ fn add_key(
 ) -> Result<String, WebError> {
     let text = text.trim_end_matches(['\n', '\r']).trim();
     let mut store = app.stores.get();
+    directory_keys_guard(app, &*store, &signed_in.user)?;
     let mut log = app.log.lock().unwrap_or_else(|e| e.into_inner());
     let actor = Actor { name: signed_in.actor(peer), now: gatehouse::time::now() };
     let mut admin = Admin { config: &app.config, store: &mut *store, actor, log: &mut log };
     let options = KeyOptions { scope, expires, from: None, comment: None };
     Ok(admin.key_add_from(&signed_in.user, text, &options, "web")?)
+}
+
+/// Keys of directory accounts live in the directory, unless `ldap.allow_web_keys`.
+pub fn directory_keys_guard(app: &App, store: &dyn AdminStore, user: &str) -> Result<(), WebError> {
+    let allowed = app.config.ldap.as_ref().is_none_or(|l| l.allow_web_keys);
+    if !allowed && store.user(user).is_ok_and(|u| u.source == "ldap") {
+        return Err(WebError::Forbidden("this account's keys are managed in the directory".to_string()));
+    }
+    Ok(())
 }
 
 pub async fn key_add(
