@@ -107,6 +107,25 @@ pub fn diagnose(config: &Config, options: &DoctorOptions<'_>) -> Vec<Finding> {
     match crate::store::sqlite::SqliteStore::open_reader(&config.store_path, config.busy_timeout_ms) {
         Ok(store) => {
             r.ok(format!("store opens read-only, schema version {}", crate::store::current_version()));
+            if let Some(ldap) = &config.ldap {
+                use crate::store::AdminStore;
+                let now = crate::time::now();
+                match store.sync_state("ldap") {
+                    Ok(Some(s)) => match s.last_success {
+                        Some(t) if now - t <= ldap.staleness_max => {
+                            r.ok(format!("last directory sync {} ({} s ago)", crate::time::rfc3339(t), now - t))
+                        }
+                        last => r.fail(format!(
+                            "directory data is stale (last success {}, ldap.staleness_max {} s): directory users are refused{}",
+                            last.map(crate::time::rfc3339).unwrap_or_else(|| "never".into()),
+                            ldap.staleness_max,
+                            s.last_error.map(|e| format!("; last error: {e}")).unwrap_or_default()
+                        )),
+                    },
+                    Ok(None) => r.fail("[ldap] is configured but no sync has run: run `gatehouse ldap sync`"),
+                    Err(e) => r.fail(e.to_string()),
+                }
+            }
             if sample_user.is_none() {
                 use crate::store::AdminStore;
                 sample_user = store
