@@ -308,3 +308,59 @@ fn provision_follows_the_store_within_its_uid_range_only() {
     assert!(gh.ok(&["provision"]).contains(&format!("{fresh}: unlock")));
     assert!(!locked(&fresh));
 }
+
+#[test]
+fn jailed_users_get_sftp_inside_their_chroot_only() {
+    require_root!();
+    let jail_group = SystemGroup::new("ghj");
+    let jail_root = TestDir::new("jail");
+    let gh = Gatehouse::new(
+        "pamjail",
+        &format!("\n[jail]\ngroup = \"{}\"\nroot = \"{}\"\n", jail_group.name, jail_root.path.display()),
+    );
+    gh.init(None);
+    let svc = PamService::new(&sshd_stack(&gh, ""));
+    let link = gh.dir.join(&svc.name);
+    std::os::unix::fs::symlink("/usr/sbin/sshd", &link).unwrap();
+    let matches = format!(
+        "Match Group {}\n    ChrootDirectory {}/%u\n    ForceCommand internal-sftp -d /data\n",
+        jail_group.name,
+        jail_root.path.display()
+    );
+    let sshd = Sshd::start_as(&gh, &matches, &link, true);
+    let user = SystemUser::new("ghj", &gh.dir.path, &[&sshd.managed.name, &jail_group.name]);
+    gh.ok(&["user", "add", &user.name]);
+    let key = keygen(&gh.dir.path, "ed25519");
+    gh.cli_stdin(&["key", "add", &user.name, "-"], key.public.as_bytes());
+    let secret = gh.dir.join("outside.txt");
+    std::fs::write(&secret, "outside\n").unwrap();
+
+    let work = TestDir::new("jailw");
+    let up = work.join("up.txt");
+    std::fs::write(&up, "in the jail\n").unwrap();
+    let batch = work.join("batch");
+    std::fs::write(
+        &batch,
+        format!("put {}\nls\nget {} {}\n", up.display(), secret.display(), work.join("stolen").display()),
+    )
+    .unwrap();
+    let mut cmd = Command::new("sftp");
+    for opt in sshd.ssh_line(&key.private).split(' ').skip(1).filter(|o| *o != "-p" && o.parse::<u16>().is_err()) {
+        cmd.arg(opt);
+    }
+    // `-b` stops at the first failing command, so the read outside comes last.
+    let out = cmd
+        .args(["-P", &sshd.port.to_string(), "-b"])
+        .arg(&batch)
+        .arg(format!("{}@127.0.0.1", user.name))
+        .output()
+        .unwrap();
+    let jail = jail_root.path.join(&user.name);
+    let meta = std::fs::metadata(&jail).unwrap();
+    assert_eq!((meta.uid(), meta.mode() & 0o022), (0, 0), "sshd's chroot rule: root's, not writable by others");
+    assert_eq!(std::fs::read_to_string(jail.join("data/up.txt")).unwrap(), "in the jail\n", "{}", stderr(&out));
+    assert!(!work.join("stolen").exists(), "a file outside the jail was read");
+    // A shell is not on offer in the jail.
+    let out = sshd.ssh(&user.name, &key.private, &["cat", secret.to_str().unwrap()]);
+    assert!(!stdout(&out).contains("outside"));
+}

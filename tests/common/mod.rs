@@ -375,6 +375,11 @@ impl Sshd {
         assert!(dropin.contains(&keys_command) && dropin.contains(&managed.name), "shipped drop-in changed shape");
         let log = gh.dir.join("sshd.log");
         let config = gh.dir.join("sshd_config");
+        // `Match` blocks in `extra` go last: everything after a Match belongs to it.
+        let (global, matches) = match extra.find("Match ") {
+            Some(i) => extra.split_at(i),
+            None => (extra, ""),
+        };
         gh.share_store_with(&managed.name);
         // A port picked free may be taken before sshd binds it; try a few.
         for _ in 0..5 {
@@ -383,7 +388,7 @@ impl Sshd {
                 "Port {port}\nListenAddress 127.0.0.1\nHostKey {}\nPidFile none\nUsePAM {}\n\
                  KexAlgorithms curve25519-sha256\nLogLevel VERBOSE\nMaxStartups 300\nMaxSessions 50\n\
                  PasswordAuthentication no\nKbdInteractiveAuthentication no\nStrictModes no\n\
-                 AuthenticationMethods publickey\nSubsystem sftp /usr/lib/openssh/sftp-server\n{extra}\n{dropin}",
+                 AuthenticationMethods publickey\nSubsystem sftp /usr/lib/openssh/sftp-server\n{global}\n{dropin}\n{matches}",
                 host_key.display(),
                 if use_pam { "yes" } else { "no" }
             );
