@@ -257,6 +257,21 @@ impl Secrets {
         Ok(())
     }
 
+    /// Everything that would let a later user of the same name in: password, invitations,
+    /// sessions, and tokens limited to this user (revoked).
+    pub fn forget_user(&self, user: &str, now: Timestamp) -> Result<(), StoreError> {
+        let tx = self.conn.unchecked_transaction().map_err(|e| self.fail(e))?;
+        tx.execute("DELETE FROM passwords WHERE user = ?1", [user]).map_err(|e| self.fail(e))?;
+        tx.execute("DELETE FROM invites WHERE user = ?1", [user]).map_err(|e| self.fail(e))?;
+        tx.execute("DELETE FROM sessions WHERE user = ?1", [user]).map_err(|e| self.fail(e))?;
+        tx.execute(
+            "UPDATE tokens SET revoked = ?2 WHERE scope = ?1 AND revoked IS NULL",
+            params![format!("user:{user}"), now],
+        )
+        .map_err(|e| self.fail(e))?;
+        tx.commit().map_err(|e| self.fail(e))
+    }
+
     /// Creates an API token; returns its id and the token, shown once.
     pub fn create_token(&self, scope: &TokenScope, label: &str, now: Timestamp) -> Result<(i64, String), StoreError> {
         let secret = random_secret().map_err(|e| StoreError::Unavailable { path: self.path.clone(), reason: e })?;

@@ -224,6 +224,12 @@ impl Admin<'_> {
 
     pub fn user_set_state(&mut self, name: &str, state: UserState) -> Result<bool, AdminError> {
         let changed = self.store.set_user_state(&self.actor, name, state)?;
+        if state == UserState::Disabled {
+            // Signed-in browsers of a disabled user are signed out.
+            if let Some(secrets) = self.existing_secrets()? {
+                secrets.end_sessions_of(name)?;
+            }
+        }
         if changed {
             let action = if state == UserState::Enabled { "user.enable" } else { "user.disable" };
             self.logged(action, &[("user", name)]);
@@ -254,6 +260,10 @@ impl Admin<'_> {
 
     pub fn user_remove(&mut self, name: &str) -> Result<u64, AdminError> {
         let keys = self.store.remove_user(&self.actor, name)?;
+        // Nothing of theirs may carry over to a later user of the same name.
+        if let Some(secrets) = self.existing_secrets()? {
+            secrets.forget_user(name, self.actor.now)?;
+        }
         self.logged("user.remove", &[("user", name), ("keys", &keys.to_string())]);
         Ok(keys)
     }
@@ -414,6 +424,14 @@ impl Admin<'_> {
             }
         }
         Ok(failed)
+    }
+
+    /// The secrets file, when the web service's side has been set up.
+    fn existing_secrets(&self) -> Result<Option<crate::secrets::Secrets>, AdminError> {
+        if !self.config.web.secrets.exists() {
+            return Ok(None);
+        }
+        self.secrets().map(Some)
     }
 
     fn secrets(&self) -> Result<crate::secrets::Secrets, AdminError> {

@@ -4,7 +4,7 @@
 use crate::app::App;
 use crate::auth::ApiCaller;
 use crate::error::{ApiError, WebError};
-use axum::extract::rejection::JsonRejection;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -41,8 +41,14 @@ fn body<T>(payload: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
         JsonRejection::MissingJsonContentType(_) => {
             ApiError(WebError::BadRequest("the body must be application/json".to_string()))
         }
+        other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => ApiError(WebError::TooLarge),
         other => ApiError(WebError::BadRequest(format!("bad JSON body: {}", other.body_text()))),
     })
+}
+
+/// Query parameters, with a rejection in our error shape.
+fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
+    q.map(|Query(t)| t).map_err(|e| ApiError(WebError::BadRequest(format!("bad query: {}", e.body_text()))))
 }
 
 fn with_admin<T>(
@@ -271,9 +277,10 @@ struct GrantRef {
 async fn remove_grant(
     State(app): State<Arc<App>>,
     caller: ApiCaller,
-    Query(g): Query<GrantRef>,
+    g: Result<Query<GrantRef>, QueryRejection>,
 ) -> Result<StatusCode, ApiError> {
     caller.require_admin()?;
+    let g = query(g)?;
     with_admin(&app, &caller, |a| a.grant_remove(&g.subject, &g.pattern))?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -289,9 +296,10 @@ struct AuditParams {
 async fn audit(
     State(app): State<Arc<App>>,
     caller: ApiCaller,
-    Query(p): Query<AuditParams>,
+    p: Result<Query<AuditParams>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     caller.require_admin()?;
+    let p = query(p)?;
     let now = gatehouse::time::now();
     let since = match p.since {
         Some(s) => Some(gatehouse::time::parse_since(&s, now).map_err(|e| ApiError(WebError::BadRequest(e)))?),

@@ -98,8 +98,12 @@ impl FromRequestParts<Arc<App>> for SignedIn {
         let peer = Peer::from_request_parts(parts, app).await.unwrap_or(Peer(None));
         let now = gatehouse::time::now();
         if let Some(user) = proxy_user(app, parts, peer) {
-            // The proxy authenticated the person; the CSRF token is bound to the user and
-            // the proxy secret, so a cross-site form cannot forge it.
+            // The proxy authenticated the person, not their account's state here.
+            if !user_enabled(app, &user) {
+                return Err(PageRejection::Error(WebError::Forbidden("this account is disabled".to_string())));
+            }
+            // The CSRF token is bound to the user and the proxy secret, so a cross-site
+            // form cannot forge it.
             let csrf = proxy_csrf(app, &user);
             return Ok(SignedIn { user, csrf, via: "proxy" });
         }
@@ -114,15 +118,17 @@ impl FromRequestParts<Arc<App>> for SignedIn {
             return Err(PageRejection::SignIn);
         };
         // A disabled or removed user's session ends here.
-        match gatehouse::store::AdminStore::user(&*app.stores.get(), &session.user) {
-            Ok(u) if u.state == gatehouse::policy::UserState::Enabled => {}
-            _ => {
-                let _ = app.secrets.get().end_session(&id);
-                return Err(PageRejection::SignIn);
-            }
+        if !user_enabled(app, &session.user) {
+            let _ = app.secrets.get().end_session(&id);
+            return Err(PageRejection::SignIn);
         }
         Ok(SignedIn { user: session.user, csrf: session.csrf, via: "web" })
     }
+}
+
+fn user_enabled(app: &App, user: &str) -> bool {
+    let found = gatehouse::store::AdminStore::user(&*app.stores.get(), user);
+    matches!(found, Ok(u) if u.state == gatehouse::policy::UserState::Enabled)
 }
 
 fn proxy_csrf(app: &App, user: &str) -> String {

@@ -14,6 +14,7 @@ pub enum WebError {
     NotFound,
     Conflict(String),
     TooMany,
+    TooLarge,
     /// The store stayed locked past its busy timeout, or could not be read.
     Unavailable,
 }
@@ -27,6 +28,7 @@ impl WebError {
             WebError::NotFound => StatusCode::NOT_FOUND,
             WebError::Conflict(_) => StatusCode::CONFLICT,
             WebError::TooMany => StatusCode::TOO_MANY_REQUESTS,
+            WebError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             WebError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -37,6 +39,7 @@ impl WebError {
             WebError::Unauthorized => "sign-in required".to_string(),
             WebError::NotFound => "not found".to_string(),
             WebError::TooMany => "too many requests; try again in a minute".to_string(),
+            WebError::TooLarge => "the request body is too large".to_string(),
             WebError::Unavailable => "the key store is busy; try again shortly".to_string(),
         }
     }

@@ -144,6 +144,8 @@ pub async fn signin(
 
 #[derive(Deserialize)]
 pub struct CsrfForm {
+    // Missing reads as empty, so it fails the CSRF check (403) rather than the form parser.
+    #[serde(default)]
     csrf: String,
 }
 
@@ -371,6 +373,7 @@ pub async fn keys(State(app): State<Arc<App>>, signed_in: SignedIn, Query(q): Qu
 
 #[derive(Deserialize)]
 pub struct AddKeyForm {
+    #[serde(default)]
     csrf: String,
     key: String,
     scope: Option<String>,
@@ -474,7 +477,9 @@ pub async fn key_remove_confirm(
 
 #[derive(Deserialize)]
 pub struct RemoveForm {
+    #[serde(default)]
     csrf: String,
+    #[serde(default)]
     fp: String,
 }
 
