@@ -91,6 +91,7 @@ impl ModuleOptions {
 
 /// Everything a stage needs, loaded once.
 struct Stage {
+    now: Timestamp,
     config: Config,
     log: Logger,
     user: String,
@@ -114,7 +115,13 @@ impl Stage {
         let Some(user) = ctx.user() else {
             return Err(Verdict::UserUnknown);
         };
-        Ok(Stage { config, log, user, rhost: ctx.rhost(), service: ctx.service() })
+        Ok(Stage { now: crate::time::now(), config, log, user, rhost: ctx.rhost(), service: ctx.service() })
+    }
+
+    /// Logs a state-file failure; the stage fails closed.
+    fn failed(&mut self, stage: &str, error: &str) -> Verdict {
+        self.log.log(Level::Error, &[("stage", stage), ("user", &self.user), ("verdict", "refuse"), ("error", error)]);
+        Verdict::ServiceError
     }
 
     fn say(&mut self, level: Level, stage: &str, verdict: &str, reason: &str) {
@@ -151,7 +158,7 @@ impl Stage {
             Verdict::ServiceError
         })?;
         match view {
-            Some(v) if !v.fresh(self.config.ldap.as_ref().map(|l| l.staleness_max), crate::time::now()) => {
+            Some(v) if !v.fresh(self.config.ldap.as_ref().map(|l| l.staleness_max), self.now) => {
                 self.say(Level::Warning, stage, "refuse", "directory-stale");
                 Err(Verdict::PermissionDenied)
             }
@@ -219,8 +226,15 @@ pub fn authenticate(ctx: &mut dyn PamContext, opts: &ModuleOptions, now: Timesta
         Ok(s) => s,
         Err(v) => return v,
     };
-    if !stage.config.valid_user_name(&stage.user) {
+    // Only store users are counted: root and other local accounts keep their own rules
+    // (and could not be unlocked through the store).
+    if stage.user == "root" {
         return Verdict::Ignore;
+    }
+    match stage.store_user(&ModuleOptions { unknown: Unknown::Ignore, ..opts.clone() }, "auth") {
+        Ok(Some(_)) => {}
+        Ok(None) => return Verdict::Ignore,
+        Err(v) => return v,
     }
     let state = match stage.state() {
         Ok(s) => s,
@@ -233,7 +247,7 @@ pub fn authenticate(ctx: &mut dyn PamContext, opts: &ModuleOptions, now: Timesta
                 Verdict::PermissionDenied
             }
             Ok(None) => Verdict::Success,
-            Err(_) => Verdict::ServiceError,
+            Err(e) => stage.failed("auth", &e.to_string()),
         },
         Some(AuthMode::Authfail) => {
             let c = &stage.config;
@@ -241,7 +255,7 @@ pub fn authenticate(ctx: &mut dyn PamContext, opts: &ModuleOptions, now: Timesta
             match state.record_failure(&stage.user, stage.rhost.as_deref(), now, threshold, window, duration) {
                 Ok(Some(_)) => stage.say(Level::Warning, "auth", "lockout", "too-many-failures"),
                 Ok(None) => stage.say(Level::Notice, "auth", "failure", "counted"),
-                Err(_) => return Verdict::ServiceError,
+                Err(e) => return stage.failed("auth", &e.to_string()),
             }
             Verdict::AuthError
         }
@@ -293,7 +307,7 @@ pub fn open_session(ctx: &mut dyn PamContext, opts: &ModuleOptions, now: Timesta
             return Verdict::SessionError;
         }
         Ok(_) => {}
-        Err(_) => return Verdict::ServiceError,
+        Err(e) => return stage.failed("session", &e.to_string()),
     }
     let account = match nix::unistd::User::from_name(&stage.user) {
         Ok(Some(a)) => a,
@@ -304,9 +318,12 @@ pub fn open_session(ctx: &mut dyn PamContext, opts: &ModuleOptions, now: Timesta
     };
     let (uid, gid) = (account.uid.as_raw(), account.gid.as_raw());
     match crate::datadir::ensure(&stage.config, &stage.user, uid, gid) {
-        Ok(crate::datadir::Outcome::Created(path)) => {
+        Ok(crate::datadir::Outcome::Created(path, skeleton_error)) => {
             let shown = path.display().to_string();
             stage.log.log(Level::Info, &[("stage", "session"), ("user", &stage.user), ("created", &shown)]);
+            if let Some(e) = skeleton_error {
+                stage.log.log(Level::Warning, &[("stage", "session"), ("user", &stage.user), ("error", &e)]);
+            }
             if let Some(quota) = stage.config.quota.clone() {
                 if let Err(e) = crate::datadir::apply_quota(&quota, &stage.user, &path) {
                     stage.log.log(
@@ -359,7 +376,7 @@ pub fn open_session(ctx: &mut dyn PamContext, opts: &ModuleOptions, now: Timesta
             );
             Verdict::Success
         }
-        Err(_) => Verdict::ServiceError,
+        Err(e) => stage.failed("session", &e.to_string()),
     }
 }
 
@@ -379,7 +396,7 @@ pub fn close_session(ctx: &mut dyn PamContext, opts: &ModuleOptions, now: Timest
     let rhost = stage.rhost.clone();
     match state.record_logout(&stage.user, rhost.as_deref(), now) {
         Ok(()) => Verdict::Success,
-        Err(_) => Verdict::ServiceError,
+        Err(e) => stage.failed("session", &e.to_string()),
     }
 }
 

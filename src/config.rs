@@ -759,9 +759,13 @@ impl Config {
                 c.skeleton = Some(absolute(p, "users.skeleton")?);
             }
             if let Some(q) = users.quota {
-                let ok = !q.get_ref().is_empty()
-                    && q.get_ref().len() <= 16
-                    && q.get_ref().bytes().all(|b| b.is_ascii_digit() || b"KMGT".contains(&b));
+                // Digits, then at most one unit letter: 500000, 50G, 2T.
+                let text = q.get_ref();
+                let digits = text.trim_end_matches(['K', 'M', 'G', 'T']);
+                let ok = !digits.is_empty()
+                    && text.len() <= 16
+                    && text.len() - digits.len() <= 1
+                    && digits.bytes().all(|b| b.is_ascii_digit());
                 if !ok {
                     return at.error(&q.span(), "users.quota", "expected a size like 50G");
                 }
@@ -780,6 +784,12 @@ impl Config {
                     Ok(n) if n > c.uid_range.0 && n < 60_000 => c.uid_range.1 = n,
                     _ => return at.error(&span, "users.uid_max", "must be above users.uid_min and below 60000"),
                 }
+            }
+            if c.uid_range.1 <= c.uid_range.0 {
+                return Err(ConfigError(format!(
+                    "{}: users.uid_min {} is not below users.uid_max {}",
+                    at.file, c.uid_range.0, c.uid_range.1
+                )));
             }
             if let Some(p) = users.shell {
                 c.provision_shell = absolute(p, "users.shell")?;
@@ -828,6 +838,7 @@ impl Config {
         if let Some(p) = raw.rsync.and_then(|s| s.program) {
             c.rsync_program = absolute(p, "rsync.program")?;
         }
+        let state_given = raw.state.as_ref().is_some_and(|s| s.path.is_some());
         if let Some(state) = raw.state {
             if let Some(p) = state.path {
                 c.state_path = absolute(p, "state.path")?;
@@ -884,7 +895,7 @@ impl Config {
             // Beside the store unless placed elsewhere.
             c.web.secrets = c.store_path.with_file_name("web.db");
         }
-        if c.state_path == Path::new("/var/lib/gatehouse/state.db") && c.store_path != Path::new(DEFAULT_STORE) {
+        if !state_given && c.store_path != Path::new(DEFAULT_STORE) {
             // A store placed elsewhere takes its state file along.
             c.state_path = c.store_path.with_file_name("state.db");
         }

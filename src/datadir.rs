@@ -14,7 +14,8 @@ use std::path::{Path, PathBuf};
 /// What session setup did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
-    Created(PathBuf),
+    /// Made now; the text says what of the skeleton could not be copied, if anything.
+    Created(PathBuf, Option<String>),
     Existed(PathBuf),
 }
 
@@ -71,12 +72,14 @@ pub fn ensure(config: &Config, user: &str, uid: u32, gid: u32) -> Result<Outcome
     }
     // Ours alone until the end: fill it, then hand it over.
     let fd = open_dir(&parent_fd, name).map_err(|e| format!("{}: {e}", path.display()))?;
-    if let Some(skeleton) = &config.skeleton {
-        copy_skeleton(skeleton, &fd, uid, gid).map_err(|e| format!("skeleton {}: {e}", skeleton.display()))?;
-    }
+    // A broken skeleton must not leave a root-owned folder that refuses every later login:
+    // the folder is handed over whatever the copy did, and the failure reported.
+    let skeleton_error = config.skeleton.as_ref().and_then(|skeleton| {
+        copy_skeleton(skeleton, &fd, uid, gid).err().map(|e| format!("skeleton {}: {e}", skeleton.display()))
+    });
     fchown(&fd, Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid))).map_err(|e| format!("{}: {e}", path.display()))?;
     fchmod(&fd, Mode::from_bits_truncate(config.data_mode)).map_err(|e| format!("{}: {e}", path.display()))?;
-    Ok(Outcome::Created(path))
+    Ok(Outcome::Created(path, skeleton_error))
 }
 
 /// Copies the skeleton's regular files (top level) into the new folder.
@@ -110,7 +113,7 @@ fn copy_skeleton(skeleton: &Path, into: &OwnedFd, uid: u32, gid: u32) -> Result<
 /// Applies `users.quota` with setquota(8) on the filesystem holding `path`. An error says
 /// plainly why (no quota tools, quotas off on that filesystem).
 pub fn apply_quota(quota: &str, user: &str, path: &Path) -> Result<(), String> {
-    let output = std::process::Command::new("setquota")
+    let output = std::process::Command::new("/usr/sbin/setquota")
         .args(["-u", user, "0", quota, "0", "0"])
         .arg(path)
         .stdin(std::process::Stdio::null())

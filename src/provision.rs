@@ -51,7 +51,7 @@ pub enum Step {
 /// Whether `usermod -L` locked the account: its password field starts with `!` (a bare
 /// `*`, as accounts for key-only logins have, is not a lock).
 fn locked(user: &str) -> bool {
-    Command::new("getent")
+    Command::new("/usr/bin/getent")
         .args(["shadow", user])
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).split(':').nth(1).is_some_and(|p| p.starts_with('!')))
@@ -118,7 +118,7 @@ pub fn apply(config: &Config, step: &Step) -> Result<(), String> {
     match step {
         Step::Create { user, shell } => {
             let home = config.data_dir_of(user);
-            let mut cmd = Command::new("useradd");
+            let mut cmd = Command::new("/usr/sbin/useradd");
             cmd.args(["-K", &format!("UID_MIN={min}"), "-K", &format!("UID_MAX={max}"), "-M", "-U", "-p", "*"])
                 .arg("-d")
                 .arg(&home)
@@ -130,8 +130,8 @@ pub fn apply(config: &Config, step: &Step) -> Result<(), String> {
             }
             run(cmd.arg(user))
         }
-        Step::Lock(user) => run(Command::new("usermod").args(["-L", "-e", "1", user])),
-        Step::Unlock(user) => run(Command::new("usermod").args(["-U", "-e", "", user])),
+        Step::Lock(user) => run(Command::new("/usr/sbin/usermod").args(["-L", "-e", "1", user])),
+        Step::Unlock(user) => run(Command::new("/usr/sbin/usermod").args(["-U", "-e", "", user])),
         Step::Skip { .. } => Ok(()),
     }
 }

@@ -316,7 +316,22 @@ fn run(cli: Cli, config: &Config, log: &mut Logger) -> Result<u8, AdminError> {
         }
         _ => {}
     }
-    let mut store = SqliteStore::open_writer(store_path, config.busy_timeout_ms)?;
+    // Commands that change nothing in the store open it read-only: a writer touches the
+    // WAL on close, which is what the provisioning path unit watches.
+    let reads_only = matches!(
+        &cli.command,
+        Command::User(UserCommand::List { .. } | UserCommand::Show { .. } | UserCommand::Invite { .. })
+            | Command::Key(KeyCommand::List { .. })
+            | Command::Grant(GrantCommand::List { .. })
+            | Command::Token(_)
+            | Command::Audit { .. }
+            | Command::Provision { .. }
+    );
+    let mut store = if reads_only {
+        SqliteStore::open_reader(store_path, config.busy_timeout_ms)?
+    } else {
+        SqliteStore::open_writer(store_path, config.busy_timeout_ms)?
+    };
     let mut admin = Admin { config, store: &mut store, actor, log };
     let say = |out: &mut dyn Write, text: String| writeln!(out, "{text}").map_err(|e| AdminError::Io(e.to_string()));
     match cli.command {

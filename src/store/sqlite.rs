@@ -147,7 +147,12 @@ impl SqliteStore {
         let shown = path.display().to_string();
         let flags =
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_NOFOLLOW;
-        let conn = Connection::open_with_flags(path, flags).map_err(|e| unavailable(&shown, e))?;
+        let conn = Connection::open_with_flags(path, flags).map_err(|e| match std::fs::symlink_metadata(path) {
+            Err(n) if n.kind() == std::io::ErrorKind::NotFound => {
+                unavailable(&shown, "does not exist (run `gatehouse init`)")
+            }
+            _ => unavailable(&shown, e),
+        })?;
         let store = SqliteStore { conn, path: shown, writable: false };
         store.prepare_connection(busy_timeout_ms)?;
         store.check_version().map_err(|e| store.explain_missing_wal(e))?;
