@@ -87,8 +87,16 @@ fn parse_ldap(at: &Located<'_>, raw: RawLdap) -> Result<LdapConfig, ConfigError>
     }
     let insecure = raw.insecure.unwrap_or(false);
     let starttls = raw.starttls.unwrap_or(true);
-    let host = url.split("://").nth(1).unwrap_or("").split(['/', ':']).next().unwrap_or("");
-    let loopback = host == "localhost" || host.starts_with("127.") || host == "[::1]";
+    // host[:port] after the scheme; no user part is allowed (it would hide the real host).
+    let authority = url.split("://").nth(1).unwrap_or("").split('/').next().unwrap_or("");
+    if authority.contains('@') {
+        return at.error(&raw.url.span(), "ldap.url", "must not hold a user name; use ldap.bind_dn");
+    }
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => authority.split(':').next().unwrap_or(""),
+    };
+    let loopback = host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
     if url.starts_with("ldap://") && !starttls && !insecure && !loopback {
         return at.error(
             &raw.url.span(),

@@ -22,6 +22,25 @@ fn all<'a>(entry: &'a SearchEntry, attr: &str) -> &'a [String] {
     entry.attrs.iter().find(|(k, _)| k.eq_ignore_ascii_case(attr)).map(|(_, v)| v.as_slice()).unwrap_or(&[])
 }
 
+/// Every value of `attr` as text or as the reason it is not usable. The LDAP library moves
+/// an attribute with any non-UTF-8 value to the binary map, all values together.
+fn all_values(entry: &SearchEntry, attr: &str) -> Vec<Result<String, String>> {
+    let text = all(entry, attr).iter().map(|v| Ok(v.clone()));
+    let binary = entry
+        .bin_attrs
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(attr))
+        .map(|(_, v)| v.as_slice())
+        .unwrap_or(&[])
+        .iter()
+        .map(|v| String::from_utf8(v.clone()).map_err(|_| "not UTF-8 text".to_string()));
+    text.chain(binary).collect()
+}
+
+/// How long incremental syncs may go on before a full one: deletions in the directory
+/// show only in a full read.
+pub const FULL_SYNC_EVERY: i64 = 3600;
+
 /// Whether the entry's account is usable, by the attributes OpenLDAP, 389/FreeIPA, the
 /// shadow schema and Active Directory use to lock or expire one.
 pub fn entry_enabled(entry: &SearchEntry, today_days: i64) -> bool {
@@ -67,6 +86,7 @@ pub fn map_entries(
             }
         }
     }
+    let banned = config.banned_keys.as_ref().and_then(|p| std::fs::read_to_string(p).ok());
     let mut users = Vec::new();
     for e in entries {
         let Some(name) = first(e, &cfg.user_attribute) else {
@@ -102,20 +122,38 @@ pub fn map_entries(
             None => None,
         };
         let mut keys = Vec::new();
-        for (n, value) in all(e, &cfg.key_attribute).iter().enumerate() {
-            // Directory values often end with a newline; nothing else is forgiven.
-            let text = value.strip_suffix('\n').unwrap_or(value);
-            match parse_public_key(text, config) {
-                Ok(k) if !keys.iter().any(|x: &gatehouse::keys::ValidKey| x.fingerprint == k.fingerprint) => {
-                    keys.push(k)
+        for (n, value) in all_values(e, &cfg.key_attribute).into_iter().enumerate() {
+            let value = match value {
+                Ok(v) => v,
+                Err(why) => {
+                    report.conflicts.push(format!("{name}: {} value {}: {why}; skipped", cfg.key_attribute, n + 1));
+                    continue;
                 }
-                Ok(_) => {}
+            };
+            // Directory values often end with a newline; nothing else is forgiven.
+            let text = value.strip_suffix('\n').unwrap_or(&value);
+            match parse_public_key(text, config) {
+                Ok(k) if banned.as_deref().is_some_and(|list| gatehouse::keys::is_banned(list, &k.fingerprint)) => {
+                    report.conflicts.push(format!("{name}: key {} is on the banned list; skipped", k.fingerprint))
+                }
+                Ok(k) if keys.iter().any(|x: &gatehouse::keys::ValidKey| x.fingerprint == k.fingerprint) => {}
+                Ok(k) if keys.len() >= config.max_keys_per_user as usize => report.conflicts.push(format!(
+                    "{name}: key {} is over keys.max_per_user ({}); skipped",
+                    k.fingerprint, config.max_keys_per_user
+                )),
+                Ok(k) => keys.push(k),
                 Err(why) => {
                     report.conflicts.push(format!("{name}: {} value {}: {why}; skipped", cfg.key_attribute, n + 1))
                 }
             }
         }
-        users.push(DirectoryUser { name: name.to_string(), uid_number, enabled: entry_enabled(e, today_days), keys });
+        users.push(DirectoryUser {
+            name: name.to_string(),
+            dn: e.dn.clone(),
+            uid_number,
+            enabled: entry_enabled(e, today_days),
+            keys,
+        });
     }
     (users, high_water)
 }
@@ -157,9 +195,10 @@ pub fn sync(config: &Config, store: &mut dyn AdminStore, force_full: bool, now: 
     };
     let previous = store.sync_state("ldap").map_err(|e| e.to_string())?;
     let high_water = previous.as_ref().and_then(|s| s.high_water.clone());
-    // Deletions show only in a full read: every tenth run is one, and the first.
-    let full =
-        force_full || high_water.is_none() || previous.as_ref().is_some_and(|s| s.users % 10 == 0 && now % 10 == 0);
+    // Deletions show only in a full read: the first run, and then at least hourly.
+    let full = force_full
+        || high_water.is_none()
+        || previous.as_ref().is_none_or(|s| s.last_full.is_none_or(|t| now - t >= FULL_SYNC_EVERY));
     let result = (|| -> Result<Outcome, DirectoryError> {
         let mut dir = Directory::connect(cfg)?;
         let filter = match (&high_water, full) {
@@ -175,11 +214,17 @@ pub fn sync(config: &Config, store: &mut dyn AdminStore, force_full: bool, now: 
         dir.unbind();
         let mut report = SyncReport::default();
         let (users, new_high_water) = map_entries(config, cfg, &entries, now.div_euclid(86_400), &mut report);
-        let snapshot = DirectorySnapshot {
-            users,
-            groups: map_groups(cfg, &groups, config),
-            high_water: new_high_water.or(high_water.clone()),
-        };
+        // Names skipped above (duplicates, reserved, local) get no directory groups either.
+        let skipped: std::collections::HashSet<&str> = entries
+            .iter()
+            .filter_map(|e| first(e, &cfg.user_attribute))
+            .filter(|n| !users.iter().any(|u| u.name == *n))
+            .collect();
+        let mut groups = map_groups(cfg, &groups, config);
+        for (_, members) in &mut groups {
+            members.retain(|m| !skipped.contains(m.as_str()));
+        }
+        let snapshot = DirectorySnapshot { users, groups, high_water: new_high_water.or(high_water.clone()) };
         let actor = Actor { name: "ldap-sync".to_string(), now };
         let applied = store
             .apply_directory(&actor, &snapshot, full, config.default_policy)
@@ -191,7 +236,7 @@ pub fn sync(config: &Config, store: &mut dyn AdminStore, force_full: bool, now: 
         report.keys_removed += applied.keys_removed;
         report.conflicts.extend(applied.conflicts);
         store
-            .record_sync("ldap", now, None, snapshot.high_water.as_deref())
+            .record_sync("ldap", now, None, snapshot.high_water.as_deref(), full)
             .map_err(|e| DirectoryError::Search(format!("store: {e}")))?;
         Ok(Outcome { full, entries: entries.len(), report })
     })();
@@ -199,7 +244,7 @@ pub fn sync(config: &Config, store: &mut dyn AdminStore, force_full: bool, now: 
         Ok(o) => Ok(o),
         Err(e) => {
             let text = e.to_string();
-            let _ = store.record_sync("ldap", now, Some(&text), None);
+            let _ = store.record_sync("ldap", now, Some(&text), None, full);
             Err(text)
         }
     }

@@ -206,6 +206,8 @@ pub struct AuditQuery {
 #[derive(Debug, Clone)]
 pub struct DirectoryUser {
     pub name: String,
+    /// The entry's DN: a second entry for the same name is refused, not merged.
+    pub dn: String,
     pub uid_number: Option<i64>,
     pub enabled: bool,
     pub keys: Vec<crate::keys::ValidKey>,
@@ -241,6 +243,7 @@ pub struct SyncState {
     pub high_water: Option<String>,
     pub users: i64,
     pub keys: i64,
+    pub last_full: Option<Timestamp>,
 }
 
 /// What a bulk import remembers about a user between batches.
@@ -288,6 +291,7 @@ pub trait AdminStore: LoginStore {
         now: Timestamp,
         error: Option<&str>,
         high_water: Option<&str>,
+        full: bool,
     ) -> Result<(), StoreError>;
     fn sync_state(&self, source: &str) -> Result<Option<SyncState>, StoreError>;
     /// Records an event about `subject` that changed something outside the store.

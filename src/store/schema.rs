@@ -72,6 +72,11 @@ pub const MIGRATIONS: &[&str] = &[
         keys          INTEGER NOT NULL DEFAULT 0
     ) STRICT;
     ",
+    // 4: where in the directory each user lives; when the last full sync ran.
+    "
+    ALTER TABLE users ADD COLUMN directory_dn TEXT;
+    ALTER TABLE sync_state ADD COLUMN last_full INTEGER;
+    ",
 ];
 
 /// The schema version this build reads and writes.

@@ -330,32 +330,33 @@ fn sync_user(
     actor: &Actor,
     u: &DirectoryUser,
     default_policy: Scope,
+    full: bool,
     report: &mut SyncReport,
 ) -> rusqlite::Result<()> {
-    let found: Option<(i64, String, String, Option<i64>)> = tx
-        .prepare_cached("SELECT id, source, state, uid_number FROM users WHERE name = ?1")?
-        .query_row([&u.name], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+    let found: Option<(i64, String, String, Option<i64>, Option<String>)> = tx
+        .prepare_cached("SELECT id, source, state, uid_number, directory_dn FROM users WHERE name = ?1")?
+        .query_row([&u.name], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))
         .optional()?;
     let state = if u.enabled { "enabled" } else { "disabled" };
     let id = match found {
         None => {
             tx.prepare_cached(
-                "INSERT INTO users (name, state, policy, port_forwarding, created, source, uid_number) \
-                 VALUES (?1, ?2, ?3, 0, ?4, 'ldap', ?5)",
+                "INSERT INTO users (name, state, policy, port_forwarding, created, source, uid_number, directory_dn) \
+                 VALUES (?1, ?2, ?3, 0, ?4, 'ldap', ?5, ?6)",
             )?
-            .execute(params![u.name, state, default_policy.as_str(), actor.now, u.uid_number])?;
+            .execute(params![u.name, state, default_policy.as_str(), actor.now, u.uid_number, u.dn])?;
             let id = tx.last_insert_rowid();
             audit(tx, actor, "user.add", &u.name, "source=ldap")?;
             report.users_added += 1;
             id
         }
-        Some((_, source, _, _)) if source != "ldap" => {
+        Some((_, source, _, _, _)) if source != "ldap" => {
             report
                 .conflicts
                 .push(format!("{}: a local user of that name exists; the directory entry is ignored", u.name));
             return Ok(());
         }
-        Some((_, _, _, Some(old))) if u.uid_number.is_some_and(|new| new != old) => {
+        Some((_, _, _, Some(old), _)) if u.uid_number.is_some_and(|new| new != old) => {
             report.conflicts.push(format!(
                 "{}: uidNumber changed from {old} to {}: another person under an old name; resolve by hand",
                 u.name,
@@ -363,7 +364,19 @@ fn sync_user(
             ));
             return Ok(());
         }
-        Some((id, _, old_state, _)) => {
+        // Another entry for a name we know from elsewhere in the directory: only a full
+        // read can tell a move from a second person, so an incremental sync refuses it.
+        Some((_, _, _, _, Some(old_dn))) if !full && !old_dn.eq_ignore_ascii_case(&u.dn) => {
+            report.conflicts.push(format!(
+                "{}: a second directory entry ({}) for the user known as {old_dn}; skipped (a full sync settles moves)",
+                u.name, u.dn
+            ));
+            return Ok(());
+        }
+        Some((id, _, old_state, _, old_dn)) => {
+            if old_dn.as_deref() != Some(u.dn.as_str()) {
+                tx.prepare_cached("UPDATE users SET directory_dn = ?2 WHERE id = ?1")?.execute(params![id, u.dn])?;
+            }
             if old_state != state {
                 tx.prepare_cached("UPDATE users SET state = ?2 WHERE id = ?1")?.execute(params![id, state])?;
                 let action = if u.enabled { "user.enable" } else { "user.disable" };
@@ -498,7 +511,7 @@ impl AdminStore for SqliteStore {
             let path = self.path.clone();
             self.write(|tx| {
                 for u in batch {
-                    sync_user(tx, actor, u, default_policy, &mut report).map_err(|e| unavailable(&path, e))?;
+                    sync_user(tx, actor, u, default_policy, full, &mut report).map_err(|e| unavailable(&path, e))?;
                 }
                 Ok(())
             })?;
@@ -544,6 +557,7 @@ impl AdminStore for SqliteStore {
         now: Timestamp,
         error: Option<&str>,
         high_water: Option<&str>,
+        full: bool,
     ) -> Result<(), StoreError> {
         let path = self.path.clone();
         self.write(|tx| {
@@ -553,13 +567,14 @@ impl AdminStore for SqliteStore {
             let keys: i64 =
                 tx.query_row("SELECT count(*) FROM keys WHERE source = ?1", [source], |r| r.get(0)).map_err(db)?;
             tx.execute(
-                "INSERT INTO sync_state (source, last_success, last_attempt, last_error, high_water, users, keys) \
-                 VALUES (?1, CASE WHEN ?3 IS NULL THEN ?2 END, ?2, ?3, ?4, ?5, ?6) \
+                "INSERT INTO sync_state (source, last_success, last_attempt, last_error, high_water, users, keys, last_full) \
+                 VALUES (?1, CASE WHEN ?3 IS NULL THEN ?2 END, ?2, ?3, ?4, ?5, ?6, CASE WHEN ?3 IS NULL AND ?7 THEN ?2 END) \
                  ON CONFLICT (source) DO UPDATE SET \
                    last_success = CASE WHEN ?3 IS NULL THEN ?2 ELSE last_success END, \
                    last_attempt = ?2, last_error = ?3, \
-                   high_water = coalesce(?4, high_water), users = ?5, keys = ?6",
-                params![source, now, error, high_water, users, keys],
+                   high_water = coalesce(?4, high_water), users = ?5, keys = ?6, \
+                   last_full = CASE WHEN ?3 IS NULL AND ?7 THEN ?2 ELSE last_full END",
+                params![source, now, error, high_water, users, keys, full],
             )
             .map_err(db)?;
             Ok(())
@@ -569,7 +584,8 @@ impl AdminStore for SqliteStore {
     fn sync_state(&self, source: &str) -> Result<Option<SyncState>, StoreError> {
         self.conn
             .query_row(
-                "SELECT last_success, last_attempt, last_error, high_water, users, keys FROM sync_state WHERE source = ?1",
+                "SELECT last_success, last_attempt, last_error, high_water, users, keys, last_full \
+                 FROM sync_state WHERE source = ?1",
                 [source],
                 |r| {
                     Ok(SyncState {
@@ -579,6 +595,7 @@ impl AdminStore for SqliteStore {
                         high_water: r.get(3)?,
                         users: r.get(4)?,
                         keys: r.get(5)?,
+                        last_full: r.get(6)?,
                     })
                 },
             )
