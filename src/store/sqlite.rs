@@ -322,6 +322,9 @@ impl LoginStore for SqliteStore {
     }
 }
 
+/// id, source, state, uid_number, directory_dn of a user a sync meets again.
+type KnownUser = (i64, String, String, Option<i64>, Option<String>);
+
 /// Users per transaction in a directory sync: other writers wait at most one batch.
 const SYNC_BATCH: usize = 2000;
 
@@ -333,7 +336,7 @@ fn sync_user(
     full: bool,
     report: &mut SyncReport,
 ) -> rusqlite::Result<()> {
-    let found: Option<(i64, String, String, Option<i64>, Option<String>)> = tx
+    let found: Option<KnownUser> = tx
         .prepare_cached("SELECT id, source, state, uid_number, directory_dn FROM users WHERE name = ?1")?
         .query_row([&u.name], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))
         .optional()?;
