@@ -8,7 +8,8 @@
 #   RUN     binaries, client keys and the private sshd (root-owned path)
 # and then calls bench_prepare, which takes the lock, checks the paths and installs the
 # EXIT trap (bench_cleanup). Scripts add their generated data to CLEANUP_DATA (removed
-# unless BENCH_KEEP=1) and their scratch folders to CLEANUP_ALWAYS.
+# unless BENCH_KEEP=1), their scratch folders to CLEANUP_ALWAYS, helper processes to
+# CLEANUP_PIDS and functions to run last to CLEANUP_HOOKS.
 
 # One test user for every login path, on purpose: sshd pads every publickey query to
 # 5 ms + a per-user delay of 0-4.3 ms (a hash of the user name and a secret derived from
@@ -83,6 +84,7 @@ SSHD_PID=
 CLEANUP_DATA=()   # generated data: removed unless BENCH_KEEP=1
 CLEANUP_ALWAYS=() # scratch folders: always removed
 CLEANUP_PIDS=()   # helper processes started by the script
+CLEANUP_HOOKS=()  # functions run last, once the processes are stopped
 
 bench_cleanup() {
     set +e
@@ -105,6 +107,9 @@ bench_cleanup() {
             case $p in "$DATA"/?*) rm -rf -- "$p" ;; esac
         done
     fi
+    for p in "${CLEANUP_HOOKS[@]}"; do
+        "$p"
+    done
 }
 
 # Root, absolute root-owned paths, one benchmark at a time (they share the user, RUN and
@@ -122,7 +127,12 @@ bench_prepare() {
     check_trusted "$DATA"
     check_trusted "$RUN"
     exec 9>"$RUN.lock"
-    flock -n 9 || die "another benchmark holds $RUN.lock"
+    if ! flock -n 9; then
+        # BENCH_LOCK_WAIT: seconds to wait for the other benchmark (default 0: give up).
+        [ "${BENCH_LOCK_WAIT:-0}" -gt 0 ] || die "another benchmark holds $RUN.lock"
+        log "waiting up to ${BENCH_LOCK_WAIT} s for another benchmark (it holds $RUN.lock)"
+        flock -w "$BENCH_LOCK_WAIT" 9 || die "another benchmark still holds $RUN.lock after ${BENCH_LOCK_WAIT} s"
+    fi
     trap bench_cleanup EXIT
     trap 'exit 130' INT TERM # make Ctrl-C go through the EXIT trap too
     # Leftovers of a run that was killed with SIGKILL: remove our own account, refuse others.

@@ -275,7 +275,8 @@ impl Secrets {
     /// Creates an API token; returns its id and the token, shown once.
     pub fn create_token(&self, scope: &TokenScope, label: &str, now: Timestamp) -> Result<(i64, String), StoreError> {
         let secret = random_secret().map_err(|e| StoreError::Unavailable { path: self.path.clone(), reason: e })?;
-        let token = format!("ghp_{secret}");
+        // A prefix of our own, so secret scanners can tell these from other services' tokens.
+        let token = format!("gatehouse_{secret}");
         self.conn
             .execute(
                 "INSERT INTO tokens (token_hash, scope, label, created) VALUES (?1, ?2, ?3, ?4)",
@@ -372,7 +373,7 @@ mod tests {
 
         let (tid, token) = s.create_token(&TokenScope::User("alice".into()), "ci", 0).unwrap();
         assert_eq!(s.use_token(&token, 5).unwrap(), Some((tid, TokenScope::User("alice".into()))));
-        assert_eq!(s.use_token("ghp_nope", 5).unwrap(), None);
+        assert_eq!(s.use_token("gatehouse_nope", 5).unwrap(), None);
         assert!(s.revoke_token(tid, 6).unwrap());
         assert_eq!(s.use_token(&token, 7).unwrap(), None);
         assert_eq!(s.tokens().unwrap()[0].revoked, Some(6));

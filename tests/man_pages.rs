@@ -6,7 +6,15 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
-const PAGES: [&str; 4] = ["man/gatehouse.8", "man/gatehouse-keys.8", "man/gatehouse-shell.8", "man/gatehouse.toml.5"];
+const PAGES: [&str; 7] = [
+    "man/gatehouse.8",
+    "man/gatehouse-keys.8",
+    "man/gatehouse-shell.8",
+    "man/gatehoused.8",
+    "man/gatehouse-session.8",
+    "man/pam_gatehouse.8",
+    "man/gatehouse.toml.5",
+];
 
 fn path(relative: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(relative)
@@ -106,10 +114,14 @@ fn config_keys() -> Vec<String> {
             inside = true;
         } else if line == "}" {
             inside = false;
-        } else if let (true, Some((field, ty))) = (inside, line.split_once(": Option<")) {
-            let ty: String = ty.chars().take_while(|c| c.is_alphanumeric()).collect();
+        } else if let (true, Some((field, ty))) = (inside, line.split_once(": ")) {
+            // `name: Option<Type>,` or a required `name: Spanned<String>,`; not comments.
             let field = field.trim_start_matches("pub ").to_string();
-            structs.last_mut().unwrap().1.push((field, ty));
+            if line.ends_with(',') && !field.is_empty() && field.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            {
+                let ty: String = ty.trim_start_matches("Option<").chars().take_while(|c| c.is_alphanumeric()).collect();
+                structs.last_mut().unwrap().1.push((field, ty));
+            }
         }
     }
     let fields = |name: &str| structs.iter().find(|(n, _)| n == name).map(|(_, f)| f.clone());
@@ -167,12 +179,119 @@ fn keys_and_shell_pages_document_their_arguments() {
     }
 }
 
+/// The text of section `name` of an mdoc page, up to the next `.Sh`.
+fn section<'a>(page: &'a str, name: &str) -> &'a str {
+    let heading = format!(".Sh {name}\n");
+    let start = page.find(&heading).map(|at| at + heading.len()).unwrap_or(page.len());
+    let rest = &page[start..];
+    &rest[..rest.find(".Sh ").unwrap_or(rest.len())]
+}
+
+/// gatehoused is another package, so its binary is not at hand here: its flags and exit
+/// codes are read from its source, web/src/lib.rs, where it parses its arguments by hand.
+#[test]
+fn gatehoused_8_documents_flags_and_exit_codes() {
+    let page = read("man/gatehoused.8");
+    let source = read("web/src/lib.rs");
+    let flags: BTreeSet<String> = source
+        .match_indices("\"--")
+        .map(|(at, _)| source[at + 3..].chars().take_while(|&c| is_word(c)).collect::<String>())
+        .filter(|name| !name.is_empty())
+        .collect();
+    for expected in ["config", "help", "version"] {
+        assert!(flags.contains(expected), "web/src/lib.rs no longer parses --{expected}: {flags:?}");
+    }
+    // Its own options are in SYNOPSIS and DESCRIPTION; later sections quote gatehouse(8)'s.
+    let own = format!("{}{}", section(&page, "SYNOPSIS"), section(&page, "DESCRIPTION"));
+    let missing: Vec<_> = flags.iter().filter(|f| !mentions(&own, &format!("Fl -{f}"))).collect();
+    assert!(missing.is_empty(), "flags missing from man/gatehoused.8: {missing:?}");
+    let stale: Vec<_> = documented_flags(&own).into_iter().filter(|f| !flags.contains(f)).collect();
+    assert!(stale.is_empty(), "man/gatehoused.8 documents flags gatehoused lacks: {stale:?}");
+
+    // `pub const NAME: u8 = N;` inside `pub mod exit`: each N has its `.It N` in EXIT STATUS.
+    let exit_mod = &source[source.find("pub mod exit").expect("pub mod exit in web/src/lib.rs")..];
+    let exit_mod = &exit_mod[..exit_mod.find('}').unwrap()];
+    let codes: Vec<&str> = exit_mod
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("pub const "))
+        .filter_map(|l| l.split('=').nth(1))
+        .map(|n| n.trim().trim_end_matches(';'))
+        .collect();
+    assert!(codes.len() >= 4, "{codes:?}");
+    let status = section(&page, "EXIT STATUS");
+    let documented: BTreeSet<&str> = status.lines().filter_map(|l| l.strip_prefix(".It ")).collect();
+    let missing: Vec<_> = codes.iter().filter(|c| !documented.contains(*c)).collect();
+    assert!(missing.is_empty(), "exit codes missing from man/gatehoused.8: {missing:?}");
+    let stale: Vec<_> = documented.iter().filter(|c| !codes.contains(c)).collect();
+    assert!(stale.is_empty(), "man/gatehoused.8 documents exit codes gatehoused lacks: {stale:?}");
+}
+
+/// The string literals on the lines of `text` that start with one of `starts`.
+fn literals(text: &str, starts: &[&str]) -> BTreeSet<String> {
+    let lines = text.lines().map(str::trim).filter(|l| starts.iter().any(|s| l.starts_with(s)));
+    lines.flat_map(|l| l.split('"').skip(1).step_by(2).map(str::to_string).collect::<Vec<_>>()).collect()
+}
+
+#[test]
+fn pam_module_and_session_pages_document_their_arguments() {
+    // pam_gatehouse.so: each argument (and value) ModuleOptions::parse accepts, and each code
+    // the shim returns; a panic is PAM_ABORT (pam-bindings' guard).
+    let page = read("man/pam_gatehouse.8");
+    let account = read("src/account.rs");
+    let parse = &account[account.find("pub fn parse").expect("ModuleOptions::parse in src/account.rs")..];
+    let words = literals(&parse[..parse.find("\n    }\n").unwrap()], &["Some((", "None if"]);
+    assert!(words.contains("config") && words.contains("deny") && words.contains("authfail"), "{words:?}");
+    let missing: Vec<_> = words.iter().filter(|w| !mentions(&page, &format!("Cm {w}"))).collect();
+    assert!(missing.is_empty(), "module arguments missing from man/pam_gatehouse.8: {missing:?}");
+    let shim = read("pam/src/lib.rs");
+    let mut codes: BTreeSet<&str> = shim
+        .lines()
+        .filter_map(|l| l.split_once("=> PamResultCode::").map(|(_, code)| code.trim_end_matches(',')))
+        .collect();
+    codes.insert("PAM_ABORT");
+    assert!(codes.len() >= 8, "{codes:?}");
+    let missing: Vec<_> = codes.iter().filter(|c| !page.contains(&format!(".It Dv {c}\n"))).collect();
+    assert!(missing.is_empty(), "return codes missing from man/pam_gatehouse.8: {missing:?}");
+
+    // gatehouse-session: its options, the stages it takes from PAM_TYPE, the variables it
+    // reads (its own and the module logic's) and its exit codes.
+    let page = read("man/gatehouse-session.8");
+    let source = read("src/bin/gatehouse-session.rs");
+    let flags: BTreeSet<String> =
+        literals(&source, &["\"--"]).into_iter().filter_map(|f| f.strip_prefix("--").map(str::to_string)).collect();
+    assert!(flags.contains("config") && flags.contains("help"), "{flags:?}");
+    let missing: Vec<_> = flags.iter().filter(|f| !mentions(&page, &format!("Fl -{f}"))).collect();
+    assert!(missing.is_empty(), "flags missing from man/gatehouse-session.8: {missing:?}");
+    let stale: Vec<_> = documented_flags(&page).into_iter().filter(|f| !flags.contains(f)).collect();
+    assert!(stale.is_empty(), "man/gatehouse-session.8 documents flags it lacks: {stale:?}");
+    for stage in literals(&source, &["Ok(\""]) {
+        assert!(mentions(&page, &format!("Cm {stage}")), "gatehouse-session.8 lacks PAM_TYPE {stage}");
+    }
+    let mut vars = literals(&source, &["std::env::var("]);
+    vars.extend(literals(&account, &["let fingerprint = ctx.env("]));
+    assert!(vars.contains("PAM_USER") && vars.contains("SSH_AUTH_INFO_0"), "{vars:?}");
+    for var in vars {
+        assert!(page.contains(&format!(".It Ev {var}\n")), "gatehouse-session.8 lacks {var} in ENVIRONMENT");
+    }
+    let mut statuses: BTreeSet<String> = source
+        .match_indices("ExitCode::from(")
+        .map(|(at, m)| source[at + m.len()..].chars().take_while(char::is_ascii_digit).collect())
+        .collect();
+    statuses.insert("0".to_string());
+    for status in statuses {
+        assert!(page.contains(&format!(".It {status}\n")), "gatehouse-session.8 lacks exit status {status}");
+    }
+}
+
 #[test]
 fn pages_have_their_sections_and_pass_lint() {
     for page in PAGES {
         let text = read(page);
         let mut sections = vec!["NAME", "DESCRIPTION", "FILES", "SEE ALSO"];
-        if page.ends_with(".8") {
+        if page.starts_with("man/pam_") {
+            // A PAM module has no exit status; its return codes take that place.
+            sections.extend(["SYNOPSIS", "RETURN CODES"]);
+        } else if page.ends_with(".8") {
             sections.extend(["SYNOPSIS", "EXIT STATUS"]);
         }
         for section in sections {

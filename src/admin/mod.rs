@@ -453,6 +453,8 @@ impl Admin<'_> {
             None => self.config.web.invite_lifetime,
         };
         let token = self.secrets()?.create_invite(name, self.actor.now, lifetime)?;
+        let expires = format!("expires={}", time::rfc3339(self.actor.now + lifetime));
+        self.store.record_event(&self.actor, "user.invite", name, &expires)?;
         self.logged("user.invite", &[("user", name), ("expires", &time::rfc3339(self.actor.now + lifetime))]);
         Ok(format!("{}/invite/{token}", self.config.web.public_url))
     }
@@ -466,6 +468,7 @@ impl Admin<'_> {
             return Err(AdminError::Refused("--label: at most 200 printable characters".into()));
         }
         let (id, token) = self.secrets()?.create_token(&parsed, label, self.actor.now)?;
+        self.store.record_event(&self.actor, "token.create", &format!("token{id}"), &format!("scope={scope}"))?;
         self.logged("token.create", &[("token", &id.to_string()), ("scope", scope)]);
         Ok((id, token))
     }
@@ -490,6 +493,7 @@ impl Admin<'_> {
         if !self.secrets()?.revoke_token(id, self.actor.now)? {
             return Err(AdminError::Refused(format!("no live token {id}")));
         }
+        self.store.record_event(&self.actor, "token.revoke", &format!("token{id}"), "")?;
         self.logged("token.revoke", &[("token", &id.to_string())]);
         Ok(())
     }

@@ -320,10 +320,10 @@ fn run(cli: Cli, config: &Config, log: &mut Logger) -> Result<u8, AdminError> {
     // WAL on close, which is what the provisioning path unit watches.
     let reads_only = matches!(
         &cli.command,
-        Command::User(UserCommand::List { .. } | UserCommand::Show { .. } | UserCommand::Invite { .. })
+        Command::User(UserCommand::List { .. } | UserCommand::Show { .. })
             | Command::Key(KeyCommand::List { .. })
             | Command::Grant(GrantCommand::List { .. })
-            | Command::Token(_)
+            | Command::Token(TokenCommand::List { .. })
             | Command::Audit { .. }
             | Command::Provision { .. }
     );

@@ -64,6 +64,14 @@ impl App {
             Some(path) => {
                 gatehouse::trust::check_owned_path(path, &[nix_euid()])
                     .map_err(|e| format!("web.proxy_secret_file: {e}"))?;
+                use std::os::unix::fs::MetadataExt;
+                let mode = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?.mode();
+                if mode & 0o077 != 0 {
+                    return Err(format!(
+                        "{}: the proxy secret must be readable by its owner alone (mode 0600)",
+                        path.display()
+                    ));
+                }
                 let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
                 let secret = text.trim().to_string();
                 if secret.len() < 16 {
@@ -108,7 +116,8 @@ pub struct Peer(pub Option<IpAddr>);
 impl<S: Send + Sync> FromRequestParts<S> for Peer {
     type Rejection = std::convert::Infallible;
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Peer, Self::Rejection> {
-        Ok(Peer(parts.extensions.get::<axum::extract::ConnectInfo<SocketAddr>>().map(|c| c.0.ip())))
+        // IPv4 clients of a dual-stack listener arrive as ::ffff:a.b.c.d; compare as IPv4.
+        Ok(Peer(parts.extensions.get::<axum::extract::ConnectInfo<SocketAddr>>().map(|c| c.0.ip().to_canonical())))
     }
 }
 

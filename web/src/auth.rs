@@ -159,7 +159,7 @@ pub fn same_origin(app: &App, headers: &HeaderMap) -> Result<(), WebError> {
     let ours = app.config.web.public_url.as_str();
     if let Some(origin) = headers.get(header::ORIGIN) {
         let origin = origin.to_str().unwrap_or("");
-        if origin != ours && !origin_matches_host(origin, headers) {
+        if origin != ours && !origin_matches_host(app, origin, headers) {
             return Err(WebError::Forbidden("cross-site request refused".to_string()));
         }
     }
@@ -172,9 +172,14 @@ pub fn same_origin(app: &App, headers: &HeaderMap) -> Result<(), WebError> {
 }
 
 /// Direct access on the listening address (no proxy): `Origin` equals `http://` + `Host`.
-fn origin_matches_host(origin: &str, headers: &HeaderMap) -> bool {
+fn origin_matches_host(app: &App, origin: &str, headers: &HeaderMap) -> bool {
     let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("");
-    !host.is_empty() && origin.strip_prefix("http://") == Some(host)
+    // Only our own listening address counts, not whatever Host a request names.
+    let ours = match &app.config.web.listen {
+        gatehouse::config::Listen::Tcp(addr) => addr.to_string(),
+        gatehouse::config::Listen::Unix(_) => return false,
+    };
+    host == ours && origin.strip_prefix("http://") == Some(host)
 }
 
 /// Checks a form's CSRF token against the session's.
@@ -229,6 +234,12 @@ impl FromRequestParts<Arc<App>> for ApiCaller {
             .ok_or(crate::error::ApiError(WebError::Unauthorized))?;
         let found = app.secrets.get().use_token(token.trim(), gatehouse::time::now()).map_err(|e| app.store_err(e))?;
         let (token_id, scope) = found.ok_or(crate::error::ApiError(WebError::Unauthorized))?;
+        // A user's own token stops working with their account.
+        if let TokenScope::User(u) = &scope {
+            if !user_enabled(app, u) {
+                return Err(crate::error::ApiError(WebError::Unauthorized));
+            }
+        }
         Ok(ApiCaller { token_id, scope, peer })
     }
 }

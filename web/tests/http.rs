@@ -335,7 +335,7 @@ fn api_refuses_missing_wrong_and_revoked_tokens() {
         let url = format!("/api/v1{path}");
         for req in [
             Req::new("GET", &url),
-            Req::new("GET", &url).bearer("ghp_not-a-token"),
+            Req::new("GET", &url).bearer("gatehouse_not-a-token"),
             Req::new("GET", &url).bearer(""),
             Req::new("GET", &url).header("Authorization", &t),
             Req::new("GET", &url).header("Authorization", &format!("Basic {t}")),
