@@ -399,3 +399,35 @@ fn someone_elses_repository_runs_nothing_as_the_pusher() {
     assert!(out.status.success(), "a granted push failed: {}", stderr(&out));
     assert!(!marker.exists(), "the repository's alternateRefsCommand ran as the pusher");
 }
+
+#[test]
+fn first_push_creates_a_repository_only_where_allowed() {
+    require_root!();
+    let gh = Gatehouse::new("createpush", "");
+    let cfg = std::fs::read_to_string(&gh.config).unwrap().replace("[git]\n", "[git]\ncreate_on_push = true\n");
+    std::fs::write(&gh.config, cfg).unwrap();
+    gh.init(None);
+    let sshd = Sshd::start(&gh, "");
+    let w = World { gh, sshd, work: TestDir::new("createpushw") };
+    let alice = w.account("git");
+    let bob = w.account("git");
+    let local = w.work.join("new");
+    run(Command::new("git").args(["init", "--quiet", "-b", "main"]).arg(&local));
+    std::fs::write(local.join("f"), "x").unwrap();
+    git_in(&local, &["add", "."]);
+    git_in(&local, &["commit", "--quiet", "-m", "first"]);
+
+    // Into her own root: created, owned by her, and pushed.
+    let own = w.url(&alice, &format!("{}/fresh.git", alice.user.name));
+    let out = w.git(&alice, &local, &["push", "--quiet", &own, "main"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let repo = w.gh.data.join(&alice.user.name).join("fresh.git");
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(std::fs::metadata(&repo).unwrap().uid(), alice.user.uid);
+    assert!(w.git(&alice, &w.work.path, &["ls-remote", &own]).status.success());
+    // Not into someone else's.
+    let theirs = w.url(&alice, &format!("{}/planted.git", bob.user.name));
+    let out = w.git(&alice, &local, &["push", "--quiet", &theirs, "main"]);
+    assert!(!out.status.success());
+    assert!(!w.gh.data.join(&bob.user.name).join("planted.git").exists());
+}
