@@ -153,6 +153,12 @@ fn parse_ldap(at: &Located<'_>, raw: RawLdap) -> Result<LdapConfig, ConfigError>
         }
         None => 2000,
     };
+    if raw.bind_dn.is_some() != raw.bind_password_file.is_some() {
+        return Err(ConfigError(format!(
+            "{}: ldap.bind_dn and ldap.bind_password_file go together (neither: anonymous searches)",
+            at.file
+        )));
+    }
     Ok(LdapConfig {
         url,
         starttls,

@@ -236,6 +236,10 @@ pub fn parse_public_key(text: &str, config: &Config) -> Result<ValidKey, KeyErro
 /// Whether `fingerprint` is listed in a banned-keys file: one SHA256 fingerprint or one
 /// public key line per line, `#` starting a comment. Lines that are neither are ignored.
 pub fn is_banned(list: &str, fingerprint: &str) -> bool {
+    // `*` alone bans every key (what an unreadable list means).
+    if list.trim() == "*" {
+        return true;
+    }
     list.lines().map(|l| l.split('#').next().unwrap_or("").trim()).filter(|l| !l.is_empty()).any(|entry| {
         if is_fingerprint(entry) {
             entry == fingerprint

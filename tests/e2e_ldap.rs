@@ -1073,7 +1073,7 @@ fn the_service_password_file_must_be_roots_alone() {
         nix::unistd::chown(file, Some(owner), None).unwrap();
         let err = failed_sync(&gh);
         assert!(
-            err.contains("directory credentials:") && err.contains("must be root's and readable by root alone"),
+            err.contains("directory credentials:") && err.contains("readable by its owner alone"),
             "mode {mode:o} owner {owner}: {err}"
         );
         let out = ldap(&gh, &["status"]);

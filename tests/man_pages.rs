@@ -6,9 +6,10 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
-const PAGES: [&str; 7] = [
+const PAGES: [&str; 8] = [
     "man/gatehouse.8",
     "man/gatehouse-keys.8",
+    "man/gatehouse-ldap.8",
     "man/gatehouse-shell.8",
     "man/gatehoused.8",
     "man/gatehouse-session.8",
@@ -224,6 +225,51 @@ fn gatehoused_8_documents_flags_and_exit_codes() {
     assert!(missing.is_empty(), "exit codes missing from man/gatehoused.8: {missing:?}");
     let stale: Vec<_> = documented.iter().filter(|c| !codes.contains(c)).collect();
     assert!(stale.is_empty(), "man/gatehoused.8 documents exit codes gatehoused lacks: {stale:?}");
+}
+
+/// gatehouse-ldap is another package too: its commands and flags are read from the usage
+/// line in ldap/src/main.rs, and its exit codes from the same file.
+#[test]
+fn gatehouse_ldap_8_documents_commands_flags_and_exit_codes() {
+    let page = read("man/gatehouse-ldap.8");
+    let source = read("ldap/src/main.rs");
+    let usage =
+        source.lines().find_map(|l| l.strip_prefix("const USAGE: &str = \"")).expect("USAGE in ldap/src/main.rs");
+    let usage = &usage[..usage.find('"').unwrap()];
+    let flags = long_flags(usage);
+    assert!(flags.contains("config") && flags.contains("full") && flags.contains("json"), "{flags:?}");
+    let missing: Vec<_> = flags.iter().filter(|f| !mentions(&page, &format!("Fl -{f}"))).collect();
+    assert!(missing.is_empty(), "flags missing from man/gatehouse-ldap.8: {missing:?}");
+    let stale: Vec<_> = documented_flags(&page).into_iter().filter(|f| !flags.contains(f)).collect();
+    assert!(stale.is_empty(), "man/gatehouse-ldap.8 documents flags gatehouse-ldap lacks: {stale:?}");
+
+    // The commands: the first word of each `|` alternative once the `[...]` parts are dropped.
+    let mut depth = 0i32;
+    let bare: String = usage
+        .chars()
+        .filter(|&c| {
+            depth += i32::from(c == '[') - i32::from(c == ']');
+            depth == 0 && c != ']'
+        })
+        .collect();
+    let commands: Vec<&str> = bare
+        .trim_start_matches("usage: gatehouse-ldap")
+        .split('|')
+        .filter_map(|alternative| alternative.split_whitespace().next())
+        .collect();
+    assert!(commands.contains(&"sync") && commands.contains(&"check-password"), "{commands:?} from {usage}");
+    let missing: Vec<_> = commands.iter().filter(|c| !mentions(&page, &format!("Cm {c}"))).collect();
+    assert!(missing.is_empty(), "commands missing from man/gatehouse-ldap.8: {missing:?}");
+
+    let mut codes: BTreeSet<String> = source
+        .match_indices("ExitCode::from(")
+        .map(|(at, m)| source[at + m.len()..].chars().take_while(char::is_ascii_digit).collect())
+        .collect();
+    codes.insert("0".to_string());
+    let status = section(&page, "EXIT STATUS");
+    let documented: BTreeSet<String> =
+        status.lines().filter_map(|l| l.strip_prefix(".It ")).map(str::to_string).collect();
+    assert_eq!(documented, codes, "exit codes of man/gatehouse-ldap.8 and ldap/src/main.rs differ");
 }
 
 /// The string literals on the lines of `text` that start with one of `starts`.

@@ -35,17 +35,23 @@ impl std::error::Error for DirectoryError {}
 pub fn service_password(path: &std::path::Path) -> Result<String, DirectoryError> {
     use std::os::unix::fs::MetadataExt;
     let meta = std::fs::metadata(path).map_err(|e| DirectoryError::Credentials(format!("{}: {e}", path.display())))?;
-    if meta.uid() != 0 || meta.mode() & 0o077 != 0 {
+    // Root's, or the service's own (gatehoused runs as its own user), readable by it alone.
+    let euid = nix_euid();
+    if (meta.uid() != 0 && meta.uid() != euid) || meta.mode() & 0o077 != 0 {
         return Err(DirectoryError::Credentials(format!(
-            "{}: must be root's and readable by root alone (mode 0600 or 0400)",
+            "{}: must be root's (or this service's) and readable by its owner alone (mode 0600 or 0400)",
             path.display()
         )));
     }
-    gatehouse::trust::check_owned_path(path, &[])
+    gatehouse::trust::check_owned_path(path, &[euid])
         .map_err(|e| DirectoryError::Credentials(format!("{}: {e}", path.display())))?;
     let text =
         std::fs::read_to_string(path).map_err(|e| DirectoryError::Credentials(format!("{}: {e}", path.display())))?;
     Ok(text.trim_end_matches(['\n', '\r']).to_string())
+}
+
+fn nix_euid() -> u32 {
+    nix::unistd::geteuid().as_raw()
 }
 
 fn tls_config(cfg: &LdapConfig) -> Result<Option<Arc<rustls::ClientConfig>>, DirectoryError> {

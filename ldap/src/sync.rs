@@ -86,7 +86,8 @@ pub fn map_entries(
             }
         }
     }
-    let banned = config.banned_keys.as_ref().and_then(|p| std::fs::read_to_string(p).ok());
+    // An unreadable list refuses every key, as it does for uploads.
+    let banned = config.banned_keys.as_ref().map(|p| std::fs::read_to_string(p).unwrap_or_else(|_| String::from("*")));
     let mut users = Vec::new();
     for e in entries {
         let Some(name) = first(e, &cfg.user_attribute) else {

@@ -87,6 +87,23 @@ fn ldap_authenticate(ctx: &mut dyn PamContext, opts: &ModuleOptions, now: gateho
     if !config.valid_user_name(&user) {
         return Verdict::UserUnknown;
     }
+    // Only directory users of the store: a local user's or root's password is not the
+    // directory's to accept.
+    if user == "root" {
+        return Verdict::Ignore;
+    }
+    use gatehouse::store::LoginStore;
+    let from_directory = gatehouse::store::sqlite::SqliteStore::open_reader(&config.store_path, config.busy_timeout_ms)
+        .and_then(|s| s.login_view(&user, None))
+        .map(|v| v.is_some_and(|v| v.user.source == "ldap"));
+    match from_directory {
+        Ok(true) => {}
+        Ok(false) => return Verdict::Ignore,
+        Err(e) => {
+            log.log(Level::Error, &[("stage", "auth"), ("user", &user), ("error", &e.to_string())]);
+            return Verdict::ServiceError;
+        }
+    }
     let rhost = ctx.rhost();
     let shown_rhost = rhost.clone().unwrap_or_else(|| "-".into());
     let say = |log: &mut Logger, level, verdict: &str, reason: &str| {

@@ -359,12 +359,22 @@ fn sync_user(
                 .push(format!("{}: a local user of that name exists; the directory entry is ignored", u.name));
             return Ok(());
         }
-        Some((_, _, _, Some(old), _)) if u.uid_number.is_some_and(|new| new != old) => {
+        Some((id, _, state, Some(old), _)) if u.uid_number.is_some_and(|new| new != old) => {
+            // Another person under an old name: nothing of the old one's may serve them,
+            // and nothing stays usable until someone looks.
             report.conflicts.push(format!(
-                "{}: uidNumber changed from {old} to {}: another person under an old name; resolve by hand",
+                "{}: uidNumber changed from {old} to {}: another person under an old name; disabled, resolve by hand",
                 u.name,
                 u.uid_number.unwrap_or_default()
             ));
+            if state != "disabled" {
+                tx.prepare_cached("UPDATE users SET state = 'disabled' WHERE id = ?1")?.execute([id])?;
+                audit(tx, actor, "user.disable", &u.name, "source=ldap reason=uid-number-changed")?;
+                report.users_disabled += 1;
+            }
+            let removed =
+                tx.prepare_cached("DELETE FROM keys WHERE user_id = ?1 AND source = 'ldap'")?.execute([id])?;
+            report.keys_removed += removed as u32;
             return Ok(());
         }
         // Another entry for a name we know from elsewhere in the directory: only a full
