@@ -12,18 +12,9 @@ use ssh_key::PublicKey;
 use std::io::{BufWriter, Write};
 use std::process::ExitCode;
 
-/// splitmix64: tiny, fast, and good enough to give distinct keys.
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-}
+#[path = "common/prng.rs"]
+mod prng;
+use prng::SplitMix64;
 
 fn run(users: u64, per_user: u64, output: &str) -> Result<(), String> {
     let file = std::fs::File::create(output).map_err(|e| format!("{output}: {e}"))?;

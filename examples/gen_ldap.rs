@@ -16,18 +16,15 @@ use ssh_key::PublicKey;
 use std::io::{BufWriter, Write};
 use std::process::ExitCode;
 
-/// splitmix64: tiny, fast, and good enough to give distinct keys.
-struct SplitMix64(u64);
+#[path = "common/prng.rs"]
+mod prng;
+use prng::SplitMix64;
 
-impl SplitMix64 {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
+trait Keys {
+    fn key(&mut self, comment: String) -> Result<String, String>;
+}
 
+impl Keys for SplitMix64 {
     fn key(&mut self, comment: String) -> Result<String, String> {
         let mut bytes = [0u8; 32];
         for chunk in bytes.chunks_exact_mut(8) {

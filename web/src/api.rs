@@ -13,7 +13,7 @@ use axum::{Json, Router};
 use gatehouse::admin::{Admin, KeyOptions};
 use gatehouse::policy::{Scope, UserState};
 use gatehouse::repo::Access;
-use gatehouse::store::{Actor, AdminStore, AuditQuery, Key, User};
+use gatehouse::store::{AdminStore, AuditQuery, Key, User};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
@@ -56,11 +56,7 @@ fn with_admin<T>(
     caller: &ApiCaller,
     f: impl FnOnce(&mut Admin<'_>) -> Result<T, gatehouse::admin::AdminError>,
 ) -> Result<T, ApiError> {
-    let mut store = app.stores.get();
-    let mut log = app.log.lock().unwrap_or_else(|e| e.into_inner());
-    let actor = Actor { name: caller.actor(), now: gatehouse::time::now() };
-    let mut admin = Admin { config: &app.config, store: &mut *store, actor, log: &mut log };
-    f(&mut admin).map_err(|e| ApiError(e.into()))
+    app.with_admin(caller.actor(), f).map_err(ApiError)
 }
 
 fn rate_limited(app: &App, caller: &ApiCaller) -> Result<(), ApiError> {

@@ -97,6 +97,19 @@ impl App {
         self.log.lock().unwrap_or_else(|e| e.into_inner()).log(level, pairs);
     }
 
+    /// Runs a store change as `actor` (recorded in the audit trail with the change).
+    pub fn with_admin<T>(
+        &self,
+        actor: String,
+        f: impl FnOnce(&mut gatehouse::admin::Admin<'_>) -> Result<T, gatehouse::admin::AdminError>,
+    ) -> Result<T, crate::error::WebError> {
+        let mut store = self.stores.get();
+        let mut log = self.log.lock().unwrap_or_else(|e| e.into_inner());
+        let actor = gatehouse::store::Actor { name: actor, now: gatehouse::time::now() };
+        let mut admin = gatehouse::admin::Admin { config: &self.config, store: &mut *store, actor, log: &mut log };
+        f(&mut admin).map_err(Into::into)
+    }
+
     pub fn store_err(&self, e: StoreError) -> crate::error::WebError {
         if matches!(e, StoreError::Busy { .. } | StoreError::Unavailable { .. } | StoreError::IndexRace { .. }) {
             self.log(Level::Error, &[("error", &e.to_string())]);

@@ -9,10 +9,10 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::Form;
 use axum_extra::extract::cookie::{Cookie, CookieJar};
-use gatehouse::admin::{Admin, KeyOptions};
+use gatehouse::admin::KeyOptions;
 use gatehouse::log::Level;
 use gatehouse::policy::{Scope, UserState};
-use gatehouse::store::{Actor, AdminStore, Key};
+use gatehouse::store::{AdminStore, Key};
 use maud::{html, Markup, DOCTYPE};
 use serde::Deserialize;
 use std::sync::Arc;
@@ -389,13 +389,9 @@ fn add_key(
     expires: Option<String>,
 ) -> Result<String, WebError> {
     let text = text.trim_end_matches(['\n', '\r']).trim();
-    let mut store = app.stores.get();
-    directory_keys_guard(app, &*store, &signed_in.user)?;
-    let mut log = app.log.lock().unwrap_or_else(|e| e.into_inner());
-    let actor = Actor { name: signed_in.actor(peer), now: gatehouse::time::now() };
-    let mut admin = Admin { config: &app.config, store: &mut *store, actor, log: &mut log };
+    directory_keys_guard(app, &*app.stores.get(), &signed_in.user)?;
     let options = KeyOptions { scope, expires, from: None, comment: None };
-    Ok(admin.key_add_from(&signed_in.user, text, &options, "web")?)
+    app.with_admin(signed_in.actor(peer), |admin| admin.key_add_from(&signed_in.user, text, &options, "web"))
 }
 
 /// Keys of directory accounts live in the directory, unless `ldap.allow_web_keys`.
@@ -496,11 +492,7 @@ pub async fn key_remove(
         if !app.change_limit.allow(&format!("change:{}", signed_in.user), gatehouse::time::now()) {
             return Err(WebError::TooMany);
         }
-        let mut store = app.stores.get();
-        let mut log = app.log.lock().unwrap_or_else(|e| e.into_inner());
-        let actor = Actor { name: signed_in.actor(&peer), now: gatehouse::time::now() };
-        let mut admin = Admin { config: &app.config, store: &mut *store, actor, log: &mut log };
-        admin.key_remove(&signed_in.user, &form.fp)?;
+        app.with_admin(signed_in.actor(&peer), |admin| admin.key_remove(&signed_in.user, &form.fp))?;
         Ok(Redirect::to("/keys?notice=removed").into_response())
     })())
 }
