@@ -55,6 +55,18 @@ pub struct KeyUse {
 pub struct StateStore {
     conn: Connection,
     path: String,
+    writable: bool,
+}
+
+impl Drop for StateStore {
+    /// Every login writes a little; connections are short-lived and SQLite's automatic
+    /// checkpoint did not keep up (the WAL grew without bound and each login got slower),
+    /// so each writer folds the WAL back in and empties it as it goes.
+    fn drop(&mut self) {
+        if self.writable {
+            let _ = self.conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+        }
+    }
 }
 
 impl StateStore {
@@ -67,7 +79,7 @@ impl StateStore {
         restrict_files(path, group).map_err(|e| StoreError::Unavailable { path: shown.clone(), reason: e })?;
         conn.execute_batch("PRAGMA synchronous = NORMAL;").map_err(|e| fail(&shown, e))?;
         migrate_connection(&mut conn, &shown, MIGRATIONS)?;
-        Ok(StateStore { conn, path: shown })
+        Ok(StateStore { conn, path: shown, writable: true })
     }
 
     /// Opens read-only; `None` when there is no state file yet (nobody has logged in).
@@ -80,7 +92,7 @@ impl StateStore {
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_NOFOLLOW;
         let conn = Connection::open_with_flags(path, flags).map_err(|e| fail(&shown, e))?;
         conn.busy_timeout(Duration::from_millis(u64::from(busy_timeout_ms))).map_err(|e| fail(&shown, e))?;
-        Ok(Some(StateStore { conn, path: shown }))
+        Ok(Some(StateStore { conn, path: shown, writable: false }))
     }
 
     fn fail(&self, e: rusqlite::Error) -> StoreError {
@@ -281,6 +293,20 @@ mod tests {
         assert_eq!(s.sessions_last_minute("alice", 1061).unwrap(), 0);
         assert_eq!(s.key_use("alice").unwrap()["SHA256:x"].last_used, 1000);
         s.record_logout("alice", Some("192.0.2.1"), 1100).unwrap();
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn the_wal_does_not_grow_with_short_lived_writers() {
+        let dir = std::env::temp_dir().join(format!("gh-state-wal-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("state.db");
+        for i in 0..300 {
+            let s = StateStore::open_writer(&path, 1000, None).unwrap();
+            s.record_login("alice", Some("SHA256:x"), None, None, 1000 + i).unwrap();
+        }
+        let wal = std::fs::metadata(dir.join("state.db-wal")).unwrap().len();
+        assert!(wal < 64 * 1024, "the WAL grew to {wal} bytes");
         std::fs::remove_dir_all(dir).unwrap();
     }
 
