@@ -143,6 +143,12 @@ bench_prepare() {
     rm -rf "${RUN:?}/sshd" "${RUN:?}/client" "${RUN:?}/bin"
 }
 
+# BUILD_ID: the commit being built, " (+ local changes)" if the tree differs from it. Taken
+# at build time: others may commit while a benchmark runs.
+bench_build_id() {
+    BUILD_ID="$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$ROOT" diff --quiet HEAD 2>/dev/null || echo ' (+ local changes)')"
+}
+
 # sshd runs the key command only from a root-owned path nobody else can write, so the
 # binaries are copied out of the build tree (target/dist, scripts/build-release) into
 # $RUN/bin (0755, root).

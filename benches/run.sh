@@ -48,6 +48,7 @@ rm -rf "${DATA:?}/store-1k" "${DATA:?}/store-1k-as-imported" "${DATA:?}/store-1m
 
 # ---------------------------------------------------------------- build
 log "building release binaries (scripts/build-release: gatehouse-keys static)"
+bench_build_id # the commit built, for the summary
 (cd "$ROOT" && scripts/build-release && cargo build --release --locked --example gen_keys)
 bench_install_binaries # $RUN/bin: GH, KEYS, SHELL_BIN
 
@@ -278,7 +279,7 @@ sshd_stop
 {
     echo "# Gatehouse benchmark"
     echo
-    echo "$(date -u '+%Y-%m-%d %H:%M UTC'), $(uname -sr), $(nproc) CPUs, commit $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$ROOT" diff --quiet HEAD 2>/dev/null || echo ' (+ local changes)'), $(/usr/sbin/sshd -V 2>&1 | head -1 | cut -d, -f1), hyperfine $RUNS runs/command"
+    echo "$(date -u '+%Y-%m-%d %H:%M UTC'), $(uname -sr), $(nproc) CPUs, commit $BUILD_ID, $(/usr/sbin/sshd -V 2>&1 | head -1 | cut -d, -f1), hyperfine $RUNS runs/command"
     echo
     echo "Lookups are timed as nobody (the AuthorizedKeysCommandUser), $RUNS runs per command in $ROUNDS interleaved rounds; ratios are of medians."
     echo "Both stores were checkpointed before the 1k/1M comparison (see the as-imported row for the WAL's cost)."
