@@ -112,8 +112,9 @@ pub struct Session<'a> {
     pub fingerprint: &'a str,
     /// `SSH_ORIGINAL_COMMAND`, when the client asked for a command.
     pub command: Option<&'a str>,
-    /// The user's system groups, for `@group` grants.
-    pub groups: &'a [String],
+    /// The user's system groups, for `@group` grants; asked only when a grant could
+    /// matter (someone else's repository), since each name is a lookup through NSS.
+    pub groups: &'a dyn Fn() -> Vec<String>,
     /// The environment sshd gave the session.
     pub env: &'a [(String, String)],
     pub now: Timestamp,
@@ -320,12 +321,15 @@ fn git_plan(
     };
     let not_found =
         || refuse(format!("Repository {} not found, or you do not have access to it.", repo.relative()), "no-access");
-    let mut subjects = vec![session.user.to_string()];
-    subjects.extend(session.groups.iter().map(|g| format!("@{g}")));
-    // Groups known from the directory, for sites without NSS for it.
-    subjects.extend(store.groups_of(session.user).map_err(|e| e.to_string())?.into_iter().map(|g| format!("@{g}")));
-    let grants =
-        if repo.owner == session.user { Vec::new() } else { store.grants_for(&subjects).map_err(|e| e.to_string())? };
+    let grants = if repo.owner == session.user {
+        Vec::new()
+    } else {
+        let mut subjects = vec![session.user.to_string()];
+        subjects.extend((session.groups)().into_iter().map(|g| format!("@{g}")));
+        // Groups known from the directory, for sites without NSS for it.
+        subjects.extend(store.groups_of(session.user).map_err(|e| e.to_string())?.into_iter().map(|g| format!("@{g}")));
+        store.grants_for(&subjects).map_err(|e| e.to_string())?
+    };
     let need = if verb.writes() { Access::Write } else { Access::Read };
     let Some(granted) = repo::access(session.user, &repo, &grants) else {
         return Ok(not_found());

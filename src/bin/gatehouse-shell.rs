@@ -43,12 +43,14 @@ fn main() -> ExitCode {
             return ExitCode::from(exit::REFUSED);
         }
     };
-    let groups: Vec<String> = nix::unistd::getgroups()
-        .unwrap_or_default()
-        .into_iter()
-        .filter_map(|gid| nix::unistd::Group::from_gid(gid).ok().flatten())
-        .map(|g| g.name)
-        .collect();
+    let groups = || -> Vec<String> {
+        nix::unistd::getgroups()
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|gid| nix::unistd::Group::from_gid(gid).ok().flatten())
+            .map(|g| g.name)
+            .collect()
+    };
     let env: Vec<(String, String)> =
         std::env::vars_os().filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?))).collect();
     let session = Session {
