@@ -236,27 +236,7 @@ chmod 0644 "$RUN/sshd/authorized/"*
 # decision (and its Landlock status) is on record, and each B session is proved to have
 # gone through it.
 GH_LOG=$DATA/git-gatehouse.log
-: >"$GH_LOG"
-python3 -c '
-import os, socket, sys
-s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-s.bind(sys.argv[1])
-os.chmod(sys.argv[1], 0o666)
-with open(sys.argv[2], "ab", buffering=0) as f:
-    while True:
-        f.write(s.recv(65536).rstrip(b"\n") + b"\n")
-' "$LOG_SOCKET" "$GH_LOG" &
-CLEANUP_PIDS+=($!)
-for _ in $(seq 50); do
-    [ ! -S "$LOG_SOCKET" ] || break
-    sleep 0.1
-done
-[ -S "$LOG_SOCKET" ] || die "the log listener did not start"
-# log_count WORD...: lines of the log holding every word.
-log_count() {
-    sleep 0.2 # the listener writes asynchronously
-    awk -v pats="$*" 'BEGIN { n = split(pats, p, " ") } { for (i = 1; i <= n; i++) if (index($0, p[i]) == 0) next; c++ } END { print c + 0 }' "$GH_LOG"
-}
+start_log_listener
 
 # boot_ci TSV COLUMN X Y diff|pdiff|ratio: a 95% bootstrap interval (rounds resampled,
 # fixed seed) for median(Y) - median(X), the median of the per-round Y - X, or

@@ -265,3 +265,30 @@ hf_table() {
 
 # hf_median POOLED.json NAME: the median of one command, in ms.
 hf_median() { jq -r --arg n "$2" '.results[] | select(.command == $n) | .median * 1000' "$1"; }
+
+# start_log_listener: a small listener on $LOG_SOCKET stands in for syslog (this machine
+# may have no /dev/log), so gatehouse's decisions land in $GH_LOG; stopped by the cleanup.
+start_log_listener() {
+    : >"$GH_LOG"
+    python3 -c '
+import os, socket, sys
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+s.bind(sys.argv[1])
+os.chmod(sys.argv[1], 0o666)
+with open(sys.argv[2], "ab", buffering=0) as f:
+    while True:
+        f.write(s.recv(65536).rstrip(b"\n") + b"\n")
+' "$LOG_SOCKET" "$GH_LOG" &
+    CLEANUP_PIDS+=($!)
+    for _ in $(seq 50); do
+        [ ! -S "$LOG_SOCKET" ] || break
+        sleep 0.1
+    done
+    [ -S "$LOG_SOCKET" ] || die "the log listener did not start"
+}
+
+# log_count WORD...: lines of the log holding every word.
+log_count() {
+    sleep 0.2 # the listener writes asynchronously
+    awk -v pats="$*" 'BEGIN { n = split(pats, p, " ") } { for (i = 1; i <= n; i++) if (index($0, p[i]) == 0) next; c++ } END { print c + 0 }' "$GH_LOG"
+}

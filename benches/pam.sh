@@ -237,26 +237,7 @@ pam_write "$SVC_MODULE" "$SO config=$CFG unknown=deny" "$SO config=$CFG"
 # The log socket: a small listener stands in for syslog (this machine may have no
 # /dev/log), so the module's decisions and errors are on record.
 GH_LOG=$DATA/pam-gatehouse.log
-: >"$GH_LOG"
-python3 -c '
-import os, socket, sys
-s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-s.bind(sys.argv[1])
-os.chmod(sys.argv[1], 0o666)
-with open(sys.argv[2], "ab", buffering=0) as f:
-    while True:
-        f.write(s.recv(65536).rstrip(b"\n") + b"\n")
-' "$LOG_SOCKET" "$GH_LOG" &
-CLEANUP_PIDS+=($!)
-for _ in $(seq 50); do
-    [ ! -S "$LOG_SOCKET" ] || break
-    sleep 0.1
-done
-[ -S "$LOG_SOCKET" ] || die "the log listener did not start"
-log_count() {
-    sleep 0.2 # the listener writes asynchronously
-    awk -v pats="$*" 'BEGIN { n = split(pats, p, " ") } { for (i = 1; i <= n; i++) if (index($0, p[i]) == 0) next; c++ } END { print c + 0 }' "$GH_LOG"
-}
+start_log_listener
 # state_sql QUERY: read-only, so no checkpoint and no change to the module's files.
 state_sql() { sqlite3 -readonly "$STATE" "$1"; }
 
