@@ -87,39 +87,32 @@ fn main() -> ExitCode {
         None => "interactive".to_string(),
     };
     let verb = verb.as_str();
+    // One line to the client, one to the log, one exit code: every refusal.
+    let refuse = |log: &mut Logger, message: &str, reason: &str, code: u8| {
+        eprintln!("{message}");
+        log.log(
+            Level::Notice,
+            &[
+                ("user", session.user),
+                ("fingerprint", session.fingerprint),
+                ("verb", verb),
+                ("verdict", "refuse"),
+                ("reason", reason),
+            ],
+        );
+        ExitCode::from(code)
+    };
     match action {
         Action::Exec(plan) => run(plan, &session, &mut log),
-        Action::Refuse { message, reason, code } => {
-            eprintln!("{message}");
-            log.log(
-                Level::Notice,
-                &[
-                    ("user", session.user),
-                    ("fingerprint", session.fingerprint),
-                    ("verb", verb),
-                    ("verdict", "refuse"),
-                    ("reason", reason),
-                ],
-            );
-            ExitCode::from(code)
-        }
+        Action::Refuse { message, reason, code } => refuse(&mut log, &message, reason, code),
         Action::Shell { command } => {
             let shell = account.shell;
             if shell.file_name().is_some_and(|n| n == "gatehouse-shell") {
                 // Set as the login shell to keep shells away from keys without shell scope;
                 // a shell key needs a real one.
-                eprintln!("Shell access needs a real login shell for {}; ask an administrator.", session.user);
-                log.log(
-                    Level::Notice,
-                    &[
-                        ("user", session.user),
-                        ("fingerprint", session.fingerprint),
-                        ("verb", verb),
-                        ("verdict", "refuse"),
-                        ("reason", "login-shell-is-gatehouse-shell"),
-                    ],
-                );
-                return ExitCode::from(exit::REFUSED);
+                let message =
+                    format!("Shell access needs a real login shell for {}; ask an administrator.", session.user);
+                return refuse(&mut log, &message, "login-shell-is-gatehouse-shell", exit::REFUSED);
             }
             log.log(
                 Level::Info,
