@@ -16,7 +16,7 @@ case ${fp#SHA256:} in '' | *[!A-Za-z0-9+/=]*) exit 0 ;; esac
 
 # -readonly: never checkpoint or remove the -wal/-shm files the other readers rely on.
 exec sqlite3 -readonly -batch -noheader -separator ' ' "$db" \
-    "SELECT 'restrict,command=\"/usr/bin/gatehouse-shell --key ' || k.fingerprint || '\"', k.algorithm, k.blob, k.comment
+    "SELECT 'restrict,command=\"exec /usr/bin/gatehouse-shell --key ' || k.fingerprint || '\"', k.algorithm, k.blob, k.comment
        FROM keys k JOIN users u ON u.id = k.user_id
       WHERE u.name = '$user' AND k.fingerprint = '$fp' AND u.state = 'enabled'
         AND (k.expires IS NULL OR k.expires > CAST(strftime('%s', 'now') AS INTEGER));"

@@ -110,7 +110,9 @@ pub fn authorized_line(
     }
 
     let mut line = String::with_capacity(256 + key.blob.len());
-    line.push_str("restrict,command=\"");
+    // `exec`: sshd hands the command to the user's shell as `-c`, and dash (Debian's
+    // /bin/sh) would otherwise fork once more and wait for it.
+    line.push_str("restrict,command=\"exec ");
     line.push_str(ctx.shell_path);
     if let Some(cfg) = ctx.config_path {
         line.push_str(" --config ");
@@ -188,7 +190,7 @@ mod tests {
         assert_eq!(scope, Scope::Shell);
         assert_eq!(
             line,
-            "restrict,command=\"/usr/bin/gatehouse-shell --key SHA256:uNiVztksCsDhcc0u9e8BujQXVUpKZIDTMczCvj3tD2s\",pty \
+            "restrict,command=\"exec /usr/bin/gatehouse-shell --key SHA256:uNiVztksCsDhcc0u9e8BujQXVUpKZIDTMczCvj3tD2s\",pty \
              ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAILM+rvN+ot98qgEN796jTiQfZfG1KaT0PtFDJ/XFSqti laptop"
         );
     }
@@ -202,7 +204,7 @@ mod tests {
         k.expires = Some(1_700_000_000);
         let (_, line) = authorized_line(&c, &user(Scope::Shell, true), &k, 0).unwrap();
         assert!(line.starts_with(
-            "restrict,command=\"/s --config /etc/g.toml --key SHA256:uNiVztksCsDhcc0u9e8BujQXVUpKZIDTMczCvj3tD2s\",pty,\
+            "restrict,command=\"exec /s --config /etc/g.toml --key SHA256:uNiVztksCsDhcc0u9e8BujQXVUpKZIDTMczCvj3tD2s\",pty,\
              port-forwarding,permitopen=\"localhost:*\",from=\"10.0.0.0/8,!10.1.2.3,*.example.org\",\
              expiry-time=\"20231114221320Z\" ssh-ed25519 "
         ), "{line}");

@@ -11,6 +11,8 @@ use toml::Spanned;
 pub const DEFAULT_PATH: &str = "/etc/gatehouse/gatehouse.toml";
 pub const DEFAULT_STORE: &str = "/var/lib/gatehouse/store.db";
 pub const DEFAULT_SHELL: &str = "/usr/bin/gatehouse-shell";
+/// What gatehouse-shell, as the login shell, starts for shell-policy sessions.
+pub const DEFAULT_LOGIN_SHELL: &str = "/bin/bash";
 pub const DEFAULT_NAME_PATTERN: &str = "^[a-z_][a-z0-9_-]{0,31}$";
 pub const DEFAULT_LOG_SOCKET: &str = "/dev/log";
 
@@ -272,6 +274,7 @@ struct RawStore {
 #[serde(deny_unknown_fields)]
 struct RawShell {
     path: Option<Spanned<String>>,
+    login_shell: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -385,6 +388,9 @@ pub struct Config {
     pub store_path: PathBuf,
     pub busy_timeout_ms: u32,
     pub shell_path: String,
+    /// The shell a shell-policy session gets when gatehouse-shell is the account's login
+    /// shell; `None` (set to "") refuses such sessions.
+    pub login_shell: Option<PathBuf>,
     pub min_rsa_bits: u32,
     pub allowed_types: Vec<KeyFamily>,
     pub max_keys_per_user: u32,
@@ -438,6 +444,7 @@ impl Default for Config {
             store_path: PathBuf::from(DEFAULT_STORE),
             busy_timeout_ms: 5000,
             shell_path: DEFAULT_SHELL.to_string(),
+            login_shell: Some(PathBuf::from(DEFAULT_LOGIN_SHELL)),
             min_rsa_bits: 3072,
             allowed_types: KeyFamily::ALL.to_vec(),
             max_keys_per_user: 100,
@@ -679,6 +686,15 @@ impl Config {
                     );
                 }
                 c.shell_path = p.into_inner();
+            }
+            match shell.login_shell {
+                // "": no shell for sessions that reach gatehouse-shell as the login shell.
+                Some(p) if p.get_ref().is_empty() => c.login_shell = None,
+                Some(p) if p.get_ref().rsplit('/').next() == Some("gatehouse-shell") => {
+                    return at.error(&p.span(), "shell.login_shell", "must be a real shell, not gatehouse-shell");
+                }
+                Some(p) => c.login_shell = Some(absolute(p, "shell.login_shell")?),
+                None => {}
             }
         }
         if let Some(keys) = raw.keys {
@@ -1010,6 +1026,13 @@ mod tests {
         assert!(err("[shell]\npath = \"gatehouse-shell\"\n").starts_with("g.toml:2: shell.path:"));
         assert!(err("[shell]\npath = \"/usr/bin/x; rm -rf /\"\n").starts_with("g.toml:2: shell.path:"));
         assert!(err("[shell]\npath = \"/usr/bin/a\\\"b\"\n").starts_with("g.toml:2: shell.path:"));
+        assert!(err("[shell]\nlogin_shell = \"bash\"\n").starts_with("g.toml:2: shell.login_shell:"));
+        assert!(err("[shell]\nlogin_shell = \"/usr/bin/gatehouse-shell\"\n").contains("not gatehouse-shell"));
+        let c = Config::parse("g.toml", "[shell]\nlogin_shell = \"/bin/zsh\"\n").unwrap();
+        assert_eq!(c.login_shell.as_deref(), Some(Path::new("/bin/zsh")));
+        let c = Config::parse("g.toml", "[shell]\nlogin_shell = \"\"\n").unwrap();
+        assert_eq!(c.login_shell, None);
+        assert_eq!(Config::parse("g.toml", "").unwrap().login_shell.as_deref(), Some(Path::new("/bin/bash")));
         assert!(err("[keys]\nallowed_types = [\"dsa\"]\n").starts_with("g.toml:2: keys.allowed_types: `dsa`"));
         assert!(err("[keys]\nallowed_types = []\n").contains("at least one"));
         assert!(err("[keys]\nmax_lifetime = \"1y\"\n").starts_with("g.toml:2: keys.max_lifetime"));

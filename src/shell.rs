@@ -9,7 +9,7 @@ use crate::command::{self, GitVerb, Refused, Request, MAX_COMMAND};
 use crate::config::Config;
 use crate::confine::Confinement;
 use crate::keys::is_fingerprint;
-use crate::policy::Scope;
+use crate::policy::{Scope, UserState};
 use crate::repo::{self, Access};
 use crate::store::LoginStore;
 use crate::time::Timestamp;
@@ -38,25 +38,64 @@ pub struct ShellArgs {
     pub fingerprint: String,
 }
 
-pub fn parse_args(args: &[OsString]) -> Result<ShellArgs, String> {
+/// How gatehouse-shell was started.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Invocation {
+    /// As the forced command of a key line: directly, or through `-c` as the login shell.
+    Forced(ShellArgs),
+    /// As the account's login shell for anything but a key line (a password login, `su`,
+    /// cron): `command` is the `-c` argument, `None` for an interactive login.
+    LoginShell { config: Option<PathBuf>, command: Option<String> },
+}
+
+pub fn parse_args(args: &[OsString]) -> Result<Invocation, String> {
     // As a login shell, sshd runs us as `gatehouse-shell -c "<the forced command>"`: no
     // other shell, and so no startup file, ever runs for the account. The forced command is
-    // one we wrote (plain words), naming this program.
-    if let [flag, command] = args {
-        if flag == "-c" {
+    // one we wrote (plain words), naming this program; any other command, or none, is a
+    // login that did not come through a key line.
+    let (config, rest) = match args {
+        [flag, file, rest @ ..] if flag == "--config" && is_login(rest) => (Some(PathBuf::from(file)), rest),
+        _ => (None, args),
+    };
+    match rest {
+        [] => return Ok(Invocation::LoginShell { config, command: None }),
+        [flag, command] if flag == "-c" => {
             let command = command.to_str().ok_or("-c: not UTF-8")?;
-            let mut words = command.split(' ').filter(|w| !w.is_empty());
-            match words.next() {
-                Some(program) if program.rsplit('/').next() == Some("gatehouse-shell") => {}
-                _ => return Err("-c: only the forced command written by gatehouse-keys is accepted".to_string()),
+            let mut words = command.split(' ').filter(|w| !w.is_empty()).peekable();
+            // Key lines say `exec PROGRAM …` for the shells that would fork otherwise.
+            words.next_if_eq(&"exec");
+            let program = words.next();
+            let named_so = program.is_some_and(|p| p.rsplit('/').next() == Some("gatehouse-shell"));
+            // shell.path may name the program otherwise; its `--key FINGERPRINT` still tells.
+            let all: Vec<&str> = command.split(' ').collect();
+            let has_key = all.windows(2).any(|w| w[0] == "--key" && is_fingerprint(w[1]));
+            if !named_so && !has_key {
+                return Ok(Invocation::LoginShell { config, command: Some(command.to_string()) });
+            }
+            if config.is_some() {
+                return Err("--config: the forced command names its own".to_string());
             }
             let inner: Vec<OsString> = words.map(OsString::from).collect();
-            if inner.first().is_some_and(|w| w == "-c") {
-                return Err("-c: nested -c".to_string());
-            }
-            return parse_args(&inner);
+            return match parse_options(&inner)? {
+                Some(forced) => Ok(Invocation::Forced(forced)),
+                None => Err("-c: the forced command has no --key".to_string()),
+            };
         }
+        _ => {}
     }
+    match parse_options(args)? {
+        Some(forced) => Ok(Invocation::Forced(forced)),
+        None => Err("--key is required".to_string()),
+    }
+}
+
+/// Whether `rest` is what follows a login shell's options: nothing, or `-c COMMAND`.
+fn is_login(rest: &[OsString]) -> bool {
+    rest.is_empty() || (rest.len() == 2 && rest[0] == "-c")
+}
+
+/// `[--config FILE] --key FINGERPRINT`; `None` without `--key`.
+fn parse_options(args: &[OsString]) -> Result<Option<ShellArgs>, String> {
     let mut config = None;
     let mut fingerprint = None;
     let mut it = args.iter();
@@ -74,7 +113,7 @@ pub fn parse_args(args: &[OsString]) -> Result<ShellArgs, String> {
             _ => return Err(format!("unexpected argument `{}`", arg.to_string_lossy().escape_debug())),
         }
     }
-    Ok(ShellArgs { config, fingerprint: fingerprint.ok_or("--key is required")? })
+    Ok(fingerprint.map(|fingerprint| ShellArgs { config, fingerprint }))
 }
 
 /// A program to run in place of gatehouse-shell, fully decided.
@@ -308,6 +347,44 @@ pub fn decide(config: &Config, store: &dyn LoginStore, session: &Session<'_>) ->
     }
 }
 
+/// Decides a session that did not come through a key line, with gatehouse-shell as the
+/// account's login shell (a password login, `su`, cron): the account's own policy alone
+/// says whether it gets `shell.login_shell`.
+pub fn decide_login_shell(
+    config: &Config,
+    store: &dyn LoginStore,
+    user: &str,
+    command: Option<&str>,
+    now: Timestamp,
+) -> Result<Action, String> {
+    let keys_only = || refuse("This account is served through its SSH keys only.", "no-shell-policy");
+    if !config.valid_user_name(user) {
+        return Ok(refuse("Your account name is not one Gatehouse serves.", "bad-user-name"));
+    }
+    let Some(view) = store.login_view(user, None).map_err(|e| e.to_string())? else {
+        return Ok(keys_only());
+    };
+    if !view.fresh(config.ldap.as_ref().map(|l| l.staleness_max), now) {
+        return Ok(refuse(
+            "Your account comes from the directory, which has been out of reach too long; try again later.",
+            "directory-stale",
+        ));
+    }
+    if view.user.state != UserState::Enabled {
+        return Ok(refuse(format!("Account {user} is disabled."), "user-disabled"));
+    }
+    if view.user.policy != Scope::Shell {
+        return Ok(keys_only());
+    }
+    if config.login_shell.is_none() {
+        return Ok(refuse(
+            format!("Shell access needs a real login shell for {user}; ask an administrator."),
+            "login-shell-is-gatehouse-shell",
+        ));
+    }
+    Ok(Action::Shell { command: command.map(str::to_string) })
+}
+
 fn git_plan(
     config: &Config,
     store: &dyn LoginStore,
@@ -404,23 +481,100 @@ mod tests {
 
     #[test]
     fn arguments() {
-        assert_eq!(parse_args(&os(&["--key", FP])), Ok(ShellArgs { config: None, fingerprint: FP.into() }));
-        assert_eq!(
-            parse_args(&os(&["--config", "/c", "--key", FP])),
-            Ok(ShellArgs { config: Some("/c".into()), fingerprint: FP.into() })
-        );
-        assert!(parse_args(&os(&[])).is_err());
+        let forced = |config: Option<&str>| {
+            Ok(Invocation::Forced(ShellArgs { config: config.map(PathBuf::from), fingerprint: FP.into() }))
+        };
+        let login = |config: Option<&str>, command: Option<&str>| {
+            Ok(Invocation::LoginShell { config: config.map(PathBuf::from), command: command.map(String::from) })
+        };
+        assert_eq!(parse_args(&os(&["--key", FP])), forced(None));
+        assert_eq!(parse_args(&os(&["--config", "/c", "--key", FP])), forced(Some("/c")));
         assert!(parse_args(&os(&["--key", "SHA256:short"])).is_err());
         assert!(parse_args(&os(&["--key", FP, "-c", "sh"])).is_err());
         assert!(parse_args(&os(&["--key"])).is_err());
-        // As a login shell.
-        let forced = format!("/usr/bin/gatehouse-shell --config /c --key {FP}");
-        assert_eq!(
-            parse_args(&os(&["-c", &forced])),
-            Ok(ShellArgs { config: Some("/c".into()), fingerprint: FP.into() })
-        );
-        assert!(parse_args(&os(&["-c", "id"])).is_err());
-        assert!(parse_args(&os(&["-c", &format!("/bin/sh --key {FP}")])).is_err());
+        assert!(parse_args(&os(&["--config", "/c"])).is_ok());
+        assert!(parse_args(&os(&["-l"])).is_err());
+        assert!(parse_args(&os(&["--config", "/c", "-x"])).is_err());
+        // As a login shell, for a key line.
+        let line = format!("/usr/bin/gatehouse-shell --config /c --key {FP}");
+        assert_eq!(parse_args(&os(&["-c", &line])), forced(Some("/c")));
+        assert_eq!(parse_args(&os(&["-c", &format!("exec {line}")])), forced(Some("/c")));
+        // shell.path named otherwise: the fingerprint tells.
+        assert_eq!(parse_args(&os(&["-c", &format!("exec /usr/libexec/gh --key {FP}")])), forced(None));
         assert!(parse_args(&os(&["-c", "/usr/bin/gatehouse-shell -c x"])).is_err());
+        assert!(parse_args(&os(&["-c", "exec /usr/bin/gatehouse-shell"])).is_err());
+        assert!(parse_args(&os(&["--config", "/d", "-c", &line])).is_err());
+        // As a login shell for anything else.
+        assert_eq!(parse_args(&os(&[])), login(None, None));
+        assert_eq!(parse_args(&os(&["--config", "/c"])), login(Some("/c"), None));
+        assert_eq!(parse_args(&os(&["-c", "id"])), login(None, Some("id")));
+        assert_eq!(parse_args(&os(&["--config", "/c", "-c", "ls -l"])), login(Some("/c"), Some("ls -l")));
+        assert_eq!(parse_args(&os(&["-c", "exec"])), login(None, Some("exec")));
+        assert!(parse_args(&[OsString::from("-c"), std::os::unix::ffi::OsStringExt::from_vec(vec![0xff])]).is_err());
+    }
+
+    /// One user, no keys, no grants.
+    struct OneUser(Option<crate::store::User>);
+
+    impl LoginStore for OneUser {
+        fn login_view(
+            &self,
+            user: &str,
+            _: Option<&str>,
+        ) -> Result<Option<crate::store::LoginView>, crate::store::StoreError> {
+            Ok(self.0.clone().filter(|u| u.name == user).map(|user| crate::store::LoginView {
+                user,
+                keys: vec![],
+                synced: None,
+            }))
+        }
+        fn grants_for(&self, _: &[String]) -> Result<Vec<crate::store::Grant>, crate::store::StoreError> {
+            Ok(vec![])
+        }
+        fn groups_of(&self, _: &str) -> Result<Vec<String>, crate::store::StoreError> {
+            Ok(vec![])
+        }
+    }
+
+    fn user(policy: Scope, state: UserState, source: &str) -> OneUser {
+        OneUser(Some(crate::store::User {
+            name: "erin".into(),
+            state,
+            policy,
+            port_forwarding: false,
+            created: 0,
+            source: source.into(),
+        }))
+    }
+
+    #[test]
+    fn login_shell_sessions_follow_the_account_policy() {
+        let with = Config::parse("g.toml", "[shell]\nlogin_shell = \"/bin/bash\"\n").unwrap();
+        let without = Config::parse("g.toml", "[shell]\nlogin_shell = \"\"\n").unwrap();
+        let reason =
+            |config: &Config, store: &OneUser, name: &str| match decide_login_shell(config, store, name, None, 100)
+                .unwrap()
+            {
+                Action::Refuse { reason, code, .. } => {
+                    assert_eq!(code, exit::REFUSED);
+                    reason
+                }
+                Action::Shell { .. } => "shell",
+                Action::Exec(_) => "exec",
+            };
+        let shell = user(Scope::Shell, UserState::Enabled, "local");
+        assert_eq!(
+            decide_login_shell(&with, &shell, "erin", Some("ls -l"), 100),
+            Ok(Action::Shell { command: Some("ls -l".into()) })
+        );
+        assert_eq!(reason(&with, &shell, "erin"), "shell");
+        assert_eq!(reason(&without, &shell, "erin"), "login-shell-is-gatehouse-shell");
+        assert_eq!(reason(&with, &shell, "dave"), "no-shell-policy");
+        assert_eq!(reason(&with, &shell, "Erin"), "bad-user-name");
+        assert_eq!(reason(&with, &user(Scope::Files, UserState::Enabled, "local"), "erin"), "no-shell-policy");
+        assert_eq!(reason(&with, &user(Scope::Shell, UserState::Disabled, "local"), "erin"), "user-disabled");
+        // A directory user without a recent sync: refused, as for key logins.
+        assert_eq!(reason(&with, &user(Scope::Shell, UserState::Enabled, "ldap"), "erin"), "directory-stale");
+        assert_eq!(reason(&with, &OneUser(None), "erin"), "no-shell-policy");
     }
 }

@@ -264,8 +264,9 @@ fn provision_follows_the_store_within_its_uid_range_only() {
     let fresh = unique("ghpn");
     let disabled = unique("ghpd");
     let files_only = unique("ghpf");
+    let later = unique("ghpl");
     let outside = SystemUser::new("ghpo", &gh.dir.path, &[]);
-    let _cleanup = Provisioned(vec![fresh.clone(), disabled.clone(), files_only.clone()]);
+    let _cleanup = Provisioned(vec![fresh.clone(), disabled.clone(), files_only.clone(), later.clone()]);
     gh.ok(&["user", "add", &fresh]);
     gh.ok(&["user", "add", &disabled, "--disabled"]);
     gh.ok(&["user", "add", &files_only, "--policy", "files"]);
@@ -274,7 +275,9 @@ fn provision_follows_the_store_within_its_uid_range_only() {
 
     let outside_before = stdout(&Command::new("getent").args(["shadow", &outside.name]).output().unwrap());
     let plan = gh.ok(&["provision", "--dry-run"]);
-    assert!(plan.contains(&format!("{fresh}: create (shell /bin/bash) (dry run)")), "{plan}");
+    // Everyone gets gatehouse-shell, which starts shell.login_shell (bash) for shell users.
+    let ours = gh.shell_bin.display();
+    assert!(plan.contains(&format!("{fresh}: create (shell {ours}) (dry run)")), "{plan}");
     assert!(nix::unistd::User::from_name(&fresh).unwrap().is_none(), "a dry run created an account");
 
     let report = gh.ok(&["provision"]);
@@ -282,7 +285,7 @@ fn provision_follows_the_store_within_its_uid_range_only() {
     assert!(report.contains(&format!("{}: skip: uid", outside.name)), "{report}");
     let account = nix::unistd::User::from_name(&fresh).unwrap().expect("account created");
     assert!((41000..=41999).contains(&account.uid.as_raw()), "uid {} outside the range", account.uid);
-    assert_eq!(account.shell, PathBuf::from("/bin/bash"));
+    assert_eq!(account.shell, gh.shell_bin);
     assert_eq!(account.dir, gh.data.join(&fresh));
     let members = nix::unistd::Group::from_name(&group.name).unwrap().unwrap().mem;
     assert!(members.contains(&fresh), "{members:?}");
@@ -307,6 +310,15 @@ fn provision_follows_the_store_within_its_uid_range_only() {
     gh.ok(&["user", "enable", &fresh]);
     assert!(gh.ok(&["provision"]).contains(&format!("{fresh}: unlock")));
     assert!(!locked(&fresh));
+
+    // With shell.login_shell = "", shell users get bash itself, as their login shell.
+    let cfg = std::fs::read_to_string(&gh.config).unwrap().replace("[shell]\n", "[shell]\nlogin_shell = \"\"\n");
+    std::fs::write(&gh.config, cfg).unwrap();
+    gh.ok(&["user", "add", &later]);
+    gh.ok(&["provision"]);
+    let account = nix::unistd::User::from_name(&later).unwrap().expect("account created");
+    assert_eq!(account.shell, PathBuf::from("/bin/bash"));
+    assert_eq!(nix::unistd::User::from_name(&fresh).unwrap().unwrap().shell, gh.shell_bin, "changed");
 }
 
 #[test]

@@ -73,6 +73,17 @@ impl World {
     }
 }
 
+/// Sets `shell.login_shell` in the instance's config; `None`: back to the default.
+fn set_login_shell(gh: &Gatehouse, value: Option<&str>) {
+    let cfg = std::fs::read_to_string(&gh.config).unwrap();
+    let mut lines: Vec<String> = cfg.lines().filter(|l| !l.starts_with("login_shell = ")).map(String::from).collect();
+    if let Some(value) = value {
+        let at = lines.iter().position(|l| l == "[shell]").unwrap();
+        lines.insert(at + 1, format!("login_shell = \"{value}\""));
+    }
+    std::fs::write(&gh.config, lines.join("\n") + "\n").unwrap();
+}
+
 fn run(cmd: &mut Command) {
     let out = cmd.output().unwrap();
     assert!(out.status.success(), "{cmd:?}: {}", stderr(&out));
@@ -368,6 +379,103 @@ fn gatehouse_shell_as_login_shell_runs_no_startup_files() {
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("shell access is not enabled"), "{}", stderr(&out));
     assert!(!marker.exists(), "a startup file ran");
+}
+
+#[test]
+fn shell_keys_of_gatehouse_shell_accounts_get_shell_login_shell() {
+    require_root!();
+    let w = world("loginshellkey", "");
+    let erin = w.account("shell");
+    run(Command::new("usermod").arg("-s").arg(&w.gh.shell_bin).arg(&erin.user.name));
+    set_login_shell(&w.gh, Some(""));
+    let out = w.ssh(&erin, "echo $0");
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    assert!(stderr(&out).contains("needs a real login shell"), "{}", stderr(&out));
+
+    // The default: bash.
+    set_login_shell(&w.gh, None);
+    let out = w.ssh(&erin, "echo \"$0 $SHELL ${BASH_VERSION:+bash}\"; ps -o comm= -p $PPID");
+    assert!(out.status.success(), "{}", stderr(&out));
+    // bash, told so in SHELL, started by sshd's session process with no shell before it:
+    // sshd ran gatehouse-shell itself, which became bash.
+    assert_eq!(stdout(&out), "/bin/bash /bin/bash bash\nsshd\n");
+    let out = w.ssh(&erin, "exit 7");
+    assert_eq!(out.status.code(), Some(7));
+}
+
+#[test]
+fn logins_without_a_key_line_get_the_accounts_policy() {
+    require_root!();
+    let w = world("loginnokey", "");
+    let erin = w.account("shell");
+    let dave = w.account("files");
+    w.gh.ok(&["user", "set", &dave.user.name, "--policy", "files"]);
+    // The login shell, with the test's configuration (bash for `exec -a`: su's leading dash
+    // reaches gatehouse-shell).
+    let login = w.gh.dir.join("login-shell");
+    std::fs::write(
+        &login,
+        format!("#!/bin/bash\nexec -a \"$0\" {} --config {} \"$@\"\n", w.gh.shell_bin.display(), w.gh.config.display()),
+    )
+    .unwrap();
+    std::fs::set_permissions(&login, std::fs::Permissions::from_mode(0o755)).unwrap();
+    for who in [&erin, &dave] {
+        run(Command::new("usermod").arg("-s").arg(&login).arg(&who.user.name));
+    }
+    // runuser USER -c CMD runs USER's login shell as `-c CMD`, as su and cron do.
+    let as_user = |who: &Account, args: &[&str], input: &str| {
+        output_with_input(Command::new("runuser").args(args).arg(&who.user.name).current_dir("/"), input.as_bytes())
+    };
+    set_login_shell(&w.gh, Some(""));
+    let out = as_user(&erin, &["-c", "echo ran"], "");
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    assert!(stderr(&out).contains("needs a real login shell"), "{}", stderr(&out));
+
+    set_login_shell(&w.gh, None);
+    let out = as_user(&erin, &["-c", "echo \"$SHELL\"; exit 3"], "");
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "/bin/bash\n");
+    // Started as a login shell (a leading dash in argv[0], as su - and sshd do; a script
+    // cannot pass that on), gatehouse-shell starts bash as one.
+    let login_start = |who: &Account| {
+        output_with_input(
+            Command::new("setpriv")
+                .args(["--reuid", &who.user.name, "--regid", &who.user.name, "--init-groups", "bash", "-c"])
+                .arg("exec -a -gatehouse-shell \"$0\" --config \"$1\"")
+                .arg(&w.gh.shell_bin)
+                .arg(&w.gh.config)
+                .current_dir("/"),
+            b"echo \"$0\"\n",
+        )
+    };
+    let out = login_start(&erin);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out).lines().last(), Some("-bash"), "{}", stdout(&out));
+    let out = as_user(&erin, &["-"], "echo \"$0\"\n");
+    assert_eq!(stdout(&out).lines().last(), Some("/bin/bash"), "{}", stderr(&out));
+    // Without shell policy: nothing.
+    let out = as_user(&dave, &["-c", "echo ran"], "");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stdout(&out).is_empty());
+    assert!(stderr(&out).contains("through its SSH keys only"), "{}", stderr(&out));
+    let out = login_start(&dave);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stdout(&out).is_empty());
+    // Disabled: nothing either.
+    w.gh.ok(&["user", "disable", &erin.user.name]);
+    let out = as_user(&erin, &["-c", "echo ran"], "");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stdout(&out).is_empty());
+    let logged = w.gh.log.drain().join("\n");
+    assert!(logged.contains("reason=user-disabled") && logged.contains("fingerprint=-"), "{logged}");
+
+    // A shell.login_shell that leads back to gatehouse-shell ends, not loops.
+    w.gh.ok(&["user", "enable", &erin.user.name]);
+    set_login_shell(&w.gh, Some(login.to_str().unwrap()));
+    let out = Command::new("timeout").args(["20", "runuser", &erin.user.name, "-c", "echo ran"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(stdout(&out).is_empty());
+    assert!(w.gh.log.drain().join("\n").contains("starts gatehouse-shell again"));
 }
 
 #[test]

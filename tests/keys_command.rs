@@ -569,7 +569,8 @@ fn stored_text_never_reaches_the_options() {
     let out = gh.cli_stdin(&["key", "add", "alice", "-"], format!("{kind} {blob} {evil}").as_bytes());
     assert!(out.status.success(), "{}", stderr(&out));
 
-    let ours = |fp: &str| format!("command=\"{} --config {} --key {fp}\"", gh.shell_bin.display(), gh.config.display());
+    let ours =
+        |fp: &str| format!("command=\"exec {} --config {} --key {fp}\"", gh.shell_bin.display(), gh.config.display());
     for key in [&by_option, &in_text] {
         let (kind, blob) = parts(key);
         let printed = lines(&lookup(&gh, &["alice", &key.fingerprint, kind, blob]));

@@ -171,8 +171,8 @@ fn keys_and_shell_pages_document_their_arguments() {
     }
 
     let shell_page = read("man/gatehouse-shell.8");
-    // Without arguments gatehouse-shell prints its usage line.
-    let usage = run(env!("CARGO_BIN_EXE_gatehouse-shell"), &[]);
+    // On a usage error gatehouse-shell prints its usage line.
+    let usage = run(env!("CARGO_BIN_EXE_gatehouse-shell"), &["--key"]);
     let flags = long_flags(&String::from_utf8_lossy(&usage.stderr));
     assert!(flags.contains("config") && flags.contains("key"), "{flags:?}");
     for flag in &flags {

@@ -2,21 +2,32 @@
 use gatehouse::config::Config;
 use gatehouse::confine;
 use gatehouse::log::{Level, Logger};
-use gatehouse::shell::{self, exit, Action, ExecPlan, Session};
+use gatehouse::shell::{self, exit, Action, ExecPlan, Invocation, Session};
 use gatehouse::store::sqlite::SqliteStore;
 use std::os::unix::process::CommandExt;
 use std::process::{Command, ExitCode};
 
+/// Set for the shell started in login-shell mode; see there.
+const LOOP_MARK: &str = "GATEHOUSE_SHELL_PID";
+
 fn main() -> ExitCode {
-    let args: Vec<_> = std::env::args_os().skip(1).collect();
-    let parsed = match shell::parse_args(&args) {
+    let mut argv = std::env::args_os();
+    // A leading dash in argv[0]: started as a login shell (su -, a password login).
+    let as_login = argv.next().is_some_and(|a| a.as_encoded_bytes().starts_with(b"-"));
+    let args: Vec<_> = argv.collect();
+    let invocation = match shell::parse_args(&args) {
         Ok(a) => a,
         Err(e) => {
             Logger::stderr_only("gatehouse-shell").log(Level::Error, &[("error", &e), ("usage", shell::USAGE)]);
             return ExitCode::from(exit::USAGE);
         }
     };
-    let config = match Config::load(parsed.config.as_deref()) {
+    let (config_path, fingerprint) = match &invocation {
+        Invocation::Forced(a) => (a.config.as_deref(), a.fingerprint.as_str()),
+        // Not a key line: no key to name.
+        Invocation::LoginShell { config, .. } => (config.as_deref(), "-"),
+    };
+    let config = match Config::load(config_path) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("gatehouse-shell: service misconfigured, please tell the administrators");
@@ -25,6 +36,13 @@ fn main() -> ExitCode {
         }
     };
     let mut log = Logger::open("gatehouse-shell", &config);
+    if matches!(invocation, Invocation::LoginShell { .. })
+        && std::env::var(LOOP_MARK).is_ok_and(|pid| pid == std::process::id().to_string())
+    {
+        eprintln!("gatehouse-shell: service misconfigured, please tell the administrators");
+        log.log(Level::Error, &[("error", "shell.login_shell starts gatehouse-shell again; it must be a real shell")]);
+        return ExitCode::from(exit::CONFIG);
+    }
     let account = match nix::unistd::User::from_uid(nix::unistd::getuid()) {
         Ok(Some(account)) => account,
         _ => {
@@ -34,7 +52,11 @@ fn main() -> ExitCode {
         }
     };
     // A command that is not UTF-8 is refused rather than altered: what is checked is what runs.
-    let command = match std::env::var_os("SSH_ORIGINAL_COMMAND").map(|c| c.into_string()) {
+    let original = match &invocation {
+        Invocation::Forced(_) => std::env::var_os("SSH_ORIGINAL_COMMAND").map(|c| c.into_string()),
+        Invocation::LoginShell { command, .. } => command.clone().map(Ok),
+    };
+    let command = match original {
         None => None,
         Some(Ok(c)) => Some(c),
         Some(Err(_)) => {
@@ -55,7 +77,7 @@ fn main() -> ExitCode {
         std::env::vars_os().filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?))).collect();
     let session = Session {
         user: &account.name,
-        fingerprint: &parsed.fingerprint,
+        fingerprint,
         command: command.as_deref(),
         groups: &groups,
         env: &env,
@@ -72,7 +94,13 @@ fn main() -> ExitCode {
             return ExitCode::from(exit::STORE);
         }
     };
-    let action = match shell::decide(&config, &store, &session) {
+    let decided = match &invocation {
+        Invocation::Forced(_) => shell::decide(&config, &store, &session),
+        Invocation::LoginShell { .. } => {
+            shell::decide_login_shell(&config, &store, session.user, session.command, session.now)
+        }
+    };
+    let action = match decided {
         Ok(a) => a,
         Err(e) => {
             eprintln!("gatehouse-shell: service unavailable, please try again later");
@@ -80,7 +108,10 @@ fn main() -> ExitCode {
             return ExitCode::from(exit::STORE);
         }
     };
-    drop(store);
+    // Not closed: what follows is an exec or an exit, which closes the store's files (all
+    // opened close-on-exec) and so drops its read lock; SQLite's close would free its
+    // schema and cache for nobody, a twentieth of this program's work.
+    std::mem::forget(store);
     // What was asked for, for the log: the command's first word (escaped by the logger).
     let verb = match session.command {
         Some(c) => c.split(' ').next().unwrap_or("").chars().take(64).collect::<String>(),
@@ -106,14 +137,21 @@ fn main() -> ExitCode {
         Action::Exec(plan) => run(plan, &session, &mut log),
         Action::Refuse { message, reason, code } => refuse(&mut log, &message, reason, code),
         Action::Shell { command } => {
-            let shell = account.shell;
-            if shell.file_name().is_some_and(|n| n == "gatehouse-shell") {
-                // Set as the login shell to keep shells away from keys without shell scope;
-                // a shell key needs a real one.
-                let message =
-                    format!("Shell access needs a real login shell for {}; ask an administrator.", session.user);
-                return refuse(&mut log, &message, "login-shell-is-gatehouse-shell", exit::REFUSED);
-            }
+            // As the login shell, gatehouse-shell keeps other shells (and their startup
+            // files) away from keys without shell scope; a shell key gets shell.login_shell.
+            // Started as the login shell for something else than a key line, the account's
+            // shell is (a way to) this program: only shell.login_shell can follow.
+            let ours = matches!(invocation, Invocation::LoginShell { .. })
+                || account.shell.file_name().is_some_and(|n| n == "gatehouse-shell");
+            let shell = match (ours, &config.login_shell) {
+                (false, _) => account.shell,
+                (true, Some(login_shell)) => login_shell.clone(),
+                (true, None) => {
+                    let message =
+                        format!("Shell access needs a real login shell for {}; ask an administrator.", session.user);
+                    return refuse(&mut log, &message, "login-shell-is-gatehouse-shell", exit::REFUSED);
+                }
+            };
             log.log(
                 Level::Info,
                 &[
@@ -125,11 +163,18 @@ fn main() -> ExitCode {
                 ],
             );
             let mut cmd = Command::new(&shell);
-            cmd.env_remove("SSH_ORIGINAL_COMMAND");
+            if matches!(invocation, Invocation::LoginShell { .. }) {
+                // exec keeps the process ID: seeing it again means the shell led back here.
+                cmd.env(LOOP_MARK, std::process::id().to_string());
+            }
+            // SHELL is the one the session runs (sshd set the account's), for the programs
+            // that start a shell of their own.
+            cmd.env_remove("SSH_ORIGINAL_COMMAND").env("SHELL", &shell);
             match &command {
                 Some(c) => {
                     cmd.arg("-c").arg(c);
                 }
+                None if matches!(invocation, Invocation::LoginShell { .. }) && !as_login => {}
                 None => {
                     // A leading dash in argv[0] makes it a login shell, as sshd would start it.
                     let name = shell.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();

@@ -138,6 +138,14 @@ impl LogSink {
     }
 }
 
+/// Runs `cmd` with `input` on its standard input, and collects its output.
+pub fn output_with_input(cmd: &mut Command, input: &[u8]) -> Output {
+    use std::io::Write;
+    let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    child.wait_with_output().unwrap()
+}
+
 /// The project's binaries, copied into a root-owned folder (sshd checks the key command's
 /// path), a config pointing at a private store, and the CLI to manage it.
 pub struct Gatehouse {
@@ -223,18 +231,7 @@ impl Gatehouse {
 
     /// Runs the CLI with `input` on standard input.
     pub fn cli_stdin(&self, args: &[&str], input: &[u8]) -> Output {
-        let mut child = Command::new(&self.cli_bin)
-            .arg("--config")
-            .arg(&self.config)
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        use std::io::Write;
-        child.stdin.take().unwrap().write_all(input).unwrap();
-        child.wait_with_output().unwrap()
+        output_with_input(Command::new(&self.cli_bin).arg("--config").arg(&self.config).args(args), input)
     }
 
     /// Runs gatehouse-keys with this instance's config.

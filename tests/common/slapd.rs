@@ -11,7 +11,6 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use crate::common::{free_port, TestDir};
-use std::io::Write;
 use std::net::TcpStream;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -58,15 +57,9 @@ pub struct Slapd {
     conf: PathBuf,
 }
 
-fn run(cmd: &mut Command, input: &[u8]) -> Output {
-    let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-    child.stdin.take().unwrap().write_all(input).unwrap();
-    child.wait_with_output().unwrap()
-}
-
 fn ok(cmd: &mut Command, input: &[u8]) -> Output {
     let what = format!("{cmd:?}");
-    let out = run(cmd, input);
+    let out = super::output_with_input(cmd, input);
     assert!(
         out.status.success(),
         "{what}: {}{}",
