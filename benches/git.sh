@@ -12,9 +12,16 @@
 #      and the server side's CPU time:
 #        port A  authorized_keys file: sshd runs `sh -c true`
 #        port B  gatehouse-keys + gatehouse-shell -> `sh -c true`
-#                target: median of the per-round B - A <= 2 ms
+#                (info: the whole login, authentication and key command included)
 #        port C  (info) authorized_keys file holding the very line gatehouse-keys prints:
 #                the forced gatehouse-shell without the key command, to split B - A
+#      then the same sessions as channels of one connection per port (ssh -S: no key
+#      exchange, no authentication, so no key command either), which isolates what
+#      starting a session costs, and a connection D to port B opened while the account's
+#      login shell is gatehouse-shell (as `gatehouse provision` makes accounts): sshd
+#      starts gatehouse-shell itself, which starts shell.login_shell (sh)
+#                target: median of the per-round D - A <= 2 ms
+#                (info: B - A, through the account's own sh first)
 #      and the forced command alone, as a process (hyperfine -N, as the test user):
 #        gatehouse-shell with SSH_ORIGINAL_COMMAND=true vs `/bin/sh -c true`, and
 #        gatehouse-shell with `git-upload-pack 'ghbench/big.git'` vs `git-upload-pack DIR`
@@ -37,6 +44,8 @@
 #   BENCH_GIT_ROUNDS  clone rounds (one clone per path each) that count (default 9, at least 3)
 #   BENCH_SESSIONS    session rounds (one `ssh … true` per port each) that count (default 150,
 #                     at least 50)
+#   BENCH_CHANNELS    rounds of sessions on one connection per port that count (default
+#                     600, at least 100)
 #   BENCH_HOSTKEYS    sshd starts (each with a new host key) the session rounds are spread
 #                     over (default 5; see "2. sessions")
 #   BENCH_RUNS        hyperfine runs per command (default 500)
@@ -57,18 +66,20 @@ GIT_MIB=${BENCH_GIT_MIB:-210}
 FILES_PER_COMMIT=10
 ROUNDS=${BENCH_GIT_ROUNDS:-9}
 SESSIONS=${BENCH_SESSIONS:-150}
+CHANNELS=${BENCH_CHANNELS:-600}
 RUNS=${BENCH_RUNS:-500}
 HOSTKEYS=${BENCH_HOSTKEYS:-5}
 HF_ROUNDS=5 # hyperfine runs in rounds, commands interleaved (see run.sh)
 QUIET_WAIT=${BENCH_QUIET_WAIT:-30}
 CLONE_DISTURBED=0.5    # CPU-seconds of other work during one clone (~2-3 s) that disturb its round
 SESSION_DISTURBED=0.05 # the same for one round of three sessions (~0.4 s)
+CHANNEL_DISTURBED=0.01 # the same for three sessions on open connections (~30 ms)
 TAB=$'\t'
 SCRIPT=git.sh
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 . "$ROOT/benches/lib.sh" # BENCH_USER (one user for every path: see there), helpers, cleanup
 
-for pair in BENCH_GIT_MIB:"$GIT_MIB" BENCH_GIT_ROUNDS:"$ROUNDS" BENCH_SESSIONS:"$SESSIONS" BENCH_RUNS:"$RUNS" \
+for pair in BENCH_GIT_MIB:"$GIT_MIB" BENCH_GIT_ROUNDS:"$ROUNDS" BENCH_SESSIONS:"$SESSIONS" BENCH_CHANNELS:"$CHANNELS" BENCH_RUNS:"$RUNS" \
     BENCH_QUIET_WAIT:"$QUIET_WAIT" BENCH_HOSTKEYS:"$HOSTKEYS"; do
     [[ ${pair#*:} =~ ^[0-9]+$ ]] || die "${pair%%:*} must be a whole number (got '${pair#*:}')"
 done
@@ -76,6 +87,7 @@ done
 [ "$RUNS" -ge "$HF_ROUNDS" ] || die "BENCH_RUNS must be at least $HF_ROUNDS"
 [ "$ROUNDS" -ge 3 ] || die "BENCH_GIT_ROUNDS must be at least 3"
 [ "$SESSIONS" -ge 50 ] || die "BENCH_SESSIONS must be at least 50"
+[ "$CHANNELS" -ge 100 ] || die "BENCH_CHANNELS must be at least 100"
 if [ "$HOSTKEYS" -lt 1 ] || [ "$HOSTKEYS" -gt "$SESSIONS" ]; then die "BENCH_HOSTKEYS must be between 1 and BENCH_SESSIONS"; fi
 
 # ---------------------------------------------------------------- setup, cleanup on any exit
@@ -200,6 +212,8 @@ path = "$STORE/store.db"
 
 [shell]
 path = "$SHELL_BIN"
+# for connection D below, whose login shell is gatehouse-shell
+login_shell = "/bin/sh"
 
 [users]
 data_dir = "$DATA/git-users/%u"
@@ -227,7 +241,7 @@ for fp in "$FP_GIT" "$FP_SHELL"; do
     [ "$lines" -eq 1 ] || die "gatehouse-keys as nobody printed $lines lines for $BENCH_USER $fp (expected 1)"
 done
 [ "$(wc -l <"$RUN/sshd/authorized/$BENCH_USER.gatehouse")" -eq 2 ] || die "gatehouse-keys did not print the user's two keys"
-grep -q "command=\"$SHELL_BIN " "$RUN/sshd/authorized/$BENCH_USER.gatehouse" || die "the key lines do not force $SHELL_BIN"
+grep -q "command=\"exec $SHELL_BIN " "$RUN/sshd/authorized/$BENCH_USER.gatehouse" || die "the key lines do not force $SHELL_BIN"
 # Port A: the plain keys, nothing forced.
 cat "$GIT_KEY.pub" "$SHELL_KEY.pub" >"$RUN/sshd/authorized/$BENCH_USER.keys"
 chmod 0644 "$RUN/sshd/authorized/"*
@@ -509,29 +523,15 @@ for hk in $(seq "$HOSTKEYS"); do
             lines+=("$tried$TAB$side$TAB$hk$TAB$(awk -v us="$us" -v s=$((srv1 - srv0)) -v a=$((all1 - all0)) \
                 'BEGIN { printf "%.2f\t%.2f\t%.2f", us / 1000, s / 1e6, (a - s) / 1e6 }')")
         done
-        other=$(other_since)
-        all_other=$(awk -v a="$all_other" -v o="$other" 'BEGIN { print a + o }')
-        if awk -v o="$other" -v t="$SESSION_DISTURBED" 'BEGIN { exit !(o <= t) }'; then
-            kept=$((kept + 1)) hk_kept=$((hk_kept + 1)) counted=yes
-        else
-            counted=no
-        fi
-        printf "%s\t$other\t$counted\n" "${lines[@]}" >>"$SESSIONS_TSV"
+        if end_round "$(other_since)" "$SESSION_DISTURBED" "$SESSIONS_TSV"; then hk_kept=$((hk_kept + 1)); fi
     done
 done
 sshd_stop
 cat "$RUN/sshd/block.log" >>"$SSHD_LOG"
 SESSIONS_WALL=$(awk -v us=$(($(now_us) - phase_t0)) 'BEGIN { printf "%.0f", us / 1e6 }')
 SESSIONS_OTHER=$(awk -v a="$all_other" 'BEGIN { printf "%.1f", a }')
-SESSION_ROUNDS=$kept
-if [ "$kept" -lt 50 ]; then
-    # Too busy a machine for even 50 quiet rounds: every round counts, and the note says so.
-    sed -i '2,$s/\tno$/\tyes/' "$SESSIONS_TSV"
-    SESSION_ROUNDS=$tried
-    NOTES+=("**sessions disturbed**: only $kept of $tried rounds ran with at most $SESSION_DISTURBED CPU-s of other work on the machine; the session figures use all $tried rounds")
-elif [ "$tried" -gt "$kept" ]; then
-    NOTES+=("sessions: $((tried - kept)) of $tried rounds left out because other work on the machine took more than $SESSION_DISTURBED CPU-s during the round (all rounds in git-sessions.tsv)")
-fi
+settle_rounds "$SESSIONS_TSV" 50 "$SESSION_DISTURBED" sessions
+SESSION_ROUNDS=$ROUNDS_USED
 ran=$(($(log_count gatehouse-shell verdict=accept command=true) - before))
 # B and C run gatehouse-shell (rounds and warm-ups); A must not.
 [ "$ran" -eq $((2 * (tried + 2 * HOSTKEYS))) ] || die "gatehouse-shell logged $ran accepted sessions, expected $((2 * (tried + 2 * HOSTKEYS)))"
@@ -555,9 +555,9 @@ PER_HK=$(awk -F '\t' 'NR > 1 && $8 == "yes" { print $3, $2, $4 }' "$SESSIONS_TSV
 row "ssh … true, authorized_keys file, sshd runs sh -c true (port A, median of $SESSION_ROUNDS)" "$(ms "$S_A")" "info" info
 row "ssh … true, gatehouse-keys + gatehouse-shell -> sh -c true (port B, median of $SESSION_ROUNDS)" "$(ms "$S_B")" "info" info
 row "ssh … true, file with gatehouse's key line: forced gatehouse-shell only (port C, median of $SESSION_ROUNDS)" "$(ms "$S_C")" "info" info
-row "session start-up B - A: median of the per-round differences (95% interval $(boot_ci "$SESSIONS_TSV" ms A B pdiff) ms)" "$P_BA ms" "<= 2 ms" "$(verdict "$P_BA" 2)"
-row "session start-up B - A: difference of the medians" "$D_BA ms" "info" info
-row "session start-up B - A per host key (difference of the medians, $HOSTKEYS sshd starts)" "$PER_HK ms" "info" info
+row "whole login B - A: median of the per-round differences (95% interval $(boot_ci "$SESSIONS_TSV" ms A B pdiff) ms)" "$P_BA ms" "info" info
+row "whole login B - A: difference of the medians" "$D_BA ms" "info" info
+row "whole login B - A per host key (difference of the medians, $HOSTKEYS sshd starts)" "$PER_HK ms" "info" info
 row "of which the forced gatehouse-shell, C - A (per-round; 95% interval $(boot_ci "$SESSIONS_TSV" ms A C pdiff) ms)" "$P_CA ms" "info" info
 # Wall time does not add up here: sshd pads every publickey request, and the key command
 # runs inside that padding. The server-side CPU time below is the split to go by.
@@ -568,6 +568,90 @@ if [ -n "$CG" ]; then
     row "client-side CPU per session: ssh (median A / B / C)" "$CC_A / $CC_B / $CC_C ms" "info" info
 fi
 row "CPU used outside the benchmark during the sessions" "$SESSIONS_OTHER CPU-s in $SESSIONS_WALL s" "info (0 = quiet machine)" info
+
+# ---------------------------------------------------------------- 2b. sessions on one connection
+log "ssh … true as channels of one connection per port, $CHANNELS rounds"
+# A login's wall time carries the key exchange, sshd's padding and the authentication:
+# tens of milliseconds that vary by more than the few that gatehouse-shell takes. On a
+# connection that is already open (ssh -S), a session is only: sshd forks, the login shell
+# runs the forced command (B, C) or `true` (A), exit. The key lines' options hold for every
+# session of their connection, so B and C run gatehouse-shell each time; the key command
+# ran once, at the login.
+new_sshd
+ctl_of() { echo "$RUN/ctl-$1"; }
+# D: port B again, opened while the account's login shell is gatehouse-shell, which sshd
+# keeps for the connection: sshd runs gatehouse-shell itself, no sh before it, and
+# gatehouse-shell starts shell.login_shell (/bin/sh) for the shell key.
+port_of() { case $1 in A) echo "$PORT_A" ;; B | D) echo "$PORT_B" ;; C) echo "$PORT_C" ;; esac }
+open_channel() {
+    timeout 30 ssh "${SSH_OPTS[@]}" -i "$SHELL_KEY" -p "$(port_of "$1")" -o ControlMaster=yes \
+        -o ControlPath="$(ctl_of "$1")" -N -f "$BENCH_USER@127.0.0.1" ||
+        die "could not open the connection for $1; see $RUN/sshd/block.log"
+}
+for side in A B C; do open_channel $side; done
+usermod -s "$SHELL_BIN" "$BENCH_USER"
+open_channel D
+usermod -s /bin/sh "$BENCH_USER"
+close_channels() {
+    local side
+    for side in A B C D; do
+        [ ! -S "$(ctl_of $side)" ] || ssh -F /dev/null -o ControlPath="$(ctl_of $side)" -O exit x 2>/dev/null || true
+    done
+}
+CLEANUP_HOOKS+=(close_channels)
+# channel SIDE: one session on SIDE's open connection. ControlMaster=no with BatchMode and
+# no key: if the connection were gone, the login would fail instead of opening a new one.
+channel() {
+    timeout 30 ssh -F /dev/null -o BatchMode=yes -o ControlMaster=no -o ControlPath="$(ctl_of "$1")" \
+        -o IdentityFile=none -o IdentitiesOnly=yes -o PasswordAuthentication=no \
+        -p "$(port_of "$1")" "$BENCH_USER@127.0.0.1" true
+}
+for side in A B C D; do
+    ssh -F /dev/null -o ControlPath="$(ctl_of $side)" -O check x 2>/dev/null || die "connection $side not open"
+    for _ in 1 2 3; do channel $side || die "session on the open connection of port $side failed"; done
+done
+before=$(log_count gatehouse-shell verdict=accept command=true)
+wait_quiet "sessions on open connections"
+CHANNELS_TSV=$DATA/git-channels.tsv
+channel_orders=("A B C D" "B C D A" "C D A B" "D A B C")
+printf 'round\tside\tms\tother_cpu_s\tcounted\n' >"$CHANNELS_TSV"
+phase_t0=$(now_us) kept=0 tried=0 all_other=0
+while [ "$kept" -lt "$CHANNELS" ] && [ "$tried" -lt $((CHANNELS * 2)) ]; do
+    tried=$((tried + 1))
+    lines=()
+    other_mark
+    for side in ${channel_orders[tried % 4]}; do
+        t0=$(now_us)
+        channel "$side" || die "session $tried on the open connection of port $side failed"
+        lines+=("$tried$TAB$side$TAB$(awk -v us=$(($(now_us) - t0)) 'BEGIN { printf "%.3f", us / 1000 }')")
+    done
+    end_round "$(other_since)" "$CHANNEL_DISTURBED" "$CHANNELS_TSV" || true
+done
+CHANNELS_WALL=$(awk -v us=$(($(now_us) - phase_t0)) 'BEGIN { printf "%.0f", us / 1e6 }')
+CHANNELS_OTHER=$(awk -v a="$all_other" 'BEGIN { printf "%.1f", a }')
+settle_rounds "$CHANNELS_TSV" 100 "$CHANNEL_DISTURBED" "sessions on open connections"
+CHANNEL_ROUNDS=$ROUNDS_USED
+ran=$(($(log_count gatehouse-shell verdict=accept command=true) - before))
+[ "$ran" -eq $((3 * tried)) ] || die "gatehouse-shell logged $ran accepted sessions on open connections, expected $((3 * tried))"
+close_channels
+sshd_stop
+cat "$RUN/sshd/block.log" >>"$SSHD_LOG"
+ccol() { awk -v s="$1" -F '\t' 'NR > 1 && $2 == s && $5 == "yes" { print $3 }' "$CHANNELS_TSV"; }
+CH_A=$(ccol A | median) CH_B=$(ccol B | median) CH_C=$(ccol C | median) CH_D=$(ccol D | median)
+# cpaired X Y: the median over the counted rounds of Y's session minus X's, in ms.
+cpaired() {
+    awk -F '\t' -v x="$1" -v y="$2" 'NR > 1 && $5 == "yes" { t[$1, $2] = $3; r[$1] = 1 } END { for (i in r) print t[i, y] - t[i, x] }' "$CHANNELS_TSV" |
+        median | awk '{ printf "%.2f", $1 }'
+}
+CP_BA=$(cpaired A B) CP_CA=$(cpaired A C) CP_DA=$(cpaired A D)
+row "session on an open connection, sshd runs sh -c true (port A, median of $CHANNEL_ROUNDS)" "$(ms "$CH_A")" "info" info
+row "session on an open connection, forced gatehouse-shell -> sh -c true (port B, median of $CHANNEL_ROUNDS)" "$(ms "$CH_B")" "info" info
+row "session on an open connection, the same key line read from a file (port C, median of $CHANNEL_ROUNDS)" "$(ms "$CH_C")" "info" info
+row "session start-up B - A on open connections, the account's login shell (sh) first: median of the per-round differences (95% interval $(boot_ci "$CHANNELS_TSV" ms A B pdiff) ms)" "$CP_BA ms" "info" info
+row "the same, port C (the key line from a file) - A (95% interval $(boot_ci "$CHANNELS_TSV" ms A C pdiff) ms)" "$CP_CA ms" "info" info
+row "session on an open connection, gatehouse-shell as the login shell -> shell.login_shell -c true (D, median of $CHANNEL_ROUNDS)" "$(ms "$CH_D")" "info" info
+row "session start-up D - A on open connections, gatehouse-shell as the login shell, as provisioned: median of the per-round differences (95% interval $(boot_ci "$CHANNELS_TSV" ms A D pdiff) ms)" "$CP_DA ms" "<= 2 ms" "$(verdict "$CP_DA" 2)"
+row "CPU used outside the benchmark during the sessions on open connections" "$CHANNELS_OTHER CPU-s in $CHANNELS_WALL s" "info (0 = quiet machine)" info
 
 # ---------------------------------------------------------------- the forced command alone
 log "hyperfine: gatehouse-shell vs what it runs, as $BENCH_USER"
@@ -594,8 +678,8 @@ as_session "git-upload-pack '$BENCH_USER/big.git'" version=2 "$SHELL_BIN" --conf
 # everything up to its decision (config, account, groups, store; an unknown key, status
 # 1). These end with those statuses, hence hyperfine -i for them alone.
 rc=0
-as_session true "" "$SHELL_BIN" --config "$CFG" 2>/dev/null || rc=$?
-[ "$rc" -eq 2 ] || die "gatehouse-shell without --key ended with $rc, expected 2 (usage)"
+as_session true "" "$SHELL_BIN" --config "$CFG" --key none 2>/dev/null || rc=$?
+[ "$rc" -eq 2 ] || die "gatehouse-shell with a malformed --key ended with $rc, expected 2 (usage)"
 rc=0
 as_session true "" "$SHELL_BIN" --config "$CFG" --key "$FP_UNKNOWN" 2>/dev/null || rc=$?
 [ "$rc" -eq 1 ] || die "gatehouse-shell with an unknown key ended with $rc, expected 1 (refused)"
@@ -621,7 +705,7 @@ while [ "$kept" -lt "$HF_ROUNDS" ] && [ "$tried" -lt $((HF_ROUNDS * 2)) ]; do
         tee -a "$DATA/git-shell.txt"
     as_session true "" hyperfine -N -i --style basic --warmup 20 --runs $((RUNS / HF_ROUNDS)) \
         --export-json "$HF_DIR/split-$tried.json" \
-        -n "gatehouse-shell: start, usage error, exit" "$SHELL_BIN --config $CFG" \
+        -n "gatehouse-shell: start, usage error, exit" "$SHELL_BIN --config $CFG --key none" \
         -n "gatehouse-shell: start, config, account, store, refusal" "$SHELL_BIN --config $CFG --key $FP_UNKNOWN" 2>&1 |
         tee -a "$DATA/git-shell.txt"
     other=$(other_since)
@@ -670,8 +754,8 @@ row "CPU used outside the benchmark during hyperfine" "$HF_OTHER CPU-s in $HF_WA
     echo "One sshd on 127.0.0.1, one user ($BENCH_USER), three ports: A authorized_keys file; B \`gatehouse-keys\` + forced \`gatehouse-shell\`; C a file holding the line gatehouse-keys prints (forced \`gatehouse-shell\`, no key command)."
     echo "Clones: \`git clone\` (protocol v2, checkout included) of $REPO, read from disk (page cache warm), written to $(df --output=fstype "$CLONES" | tail -1) at $(dirname "$CLONES"), deleted after each; one untimed clone per path first, then $ROUNDS rounds (A B, B A, …) that count; throughput = received pack bytes / wall time."
     echo "Both clone paths read the same git configuration: /etc/gitconfig$([ -e /etc/gitconfig ] || echo ' (absent)') and the repository's; no global file (A: HOME=/ has none; B: GIT_CONFIG_GLOBAL=/dev/null). B adds \`-c safe.directory=<repo> upload-pack --strict\`. Landlock on B's clones (gatehouse-shell's log): $LANDLOCK."
-    echo "Sessions: \`ssh … true\` with a shell-scope key, $SESSIONS rounds that count, one session per port each, order rotated every round, spread over $HOSTKEYS sshd starts with a new host key each (sshd's per-user publickey padding of 5-9.3 ms is drawn anew with each host key); the forced command alone timed with hyperfine -N as $BENCH_USER, $RUNS runs per command in $HF_ROUNDS rounds."
-    echo "Other work on the machine: rounds during which processes outside the benchmark used more than $CLONE_DISTURBED CPU-s (a clone) or $SESSION_DISTURBED CPU-s (three sessions) are left out and repeated (see the notes). 1-minute load average $LOAD_CLONES before the clones, $LOAD_SESSIONS before the sessions, $LOAD_HF before hyperfine ($(nproc) CPUs)."
+    echo "Sessions: \`ssh … true\` with a shell-scope key, $SESSIONS rounds that count, one session per port each, order rotated every round, spread over $HOSTKEYS sshd starts with a new host key each (sshd's per-user publickey padding of 5-9.3 ms is drawn anew with each host key); then $CHANNELS rounds of the same sessions as channels of one open connection per port (\`ssh -S\`: no key exchange, no authentication; the key line's forced command still runs for each session), on one more sshd start, plus D: port B's path on a connection opened while the account's login shell was gatehouse-shell (\`shell.login_shell = \"/bin/sh\"\`), so no sh runs before gatehouse-shell; the forced command alone timed with hyperfine -N as $BENCH_USER, $RUNS runs per command in $HF_ROUNDS rounds."
+    echo "Other work on the machine: rounds during which processes outside the benchmark used more than $CLONE_DISTURBED CPU-s (a clone) or $SESSION_DISTURBED CPU-s (three logins) or $CHANNEL_DISTURBED CPU-s (three sessions on open connections) are left out and repeated (see the notes). 1-minute load average $LOAD_CLONES before the clones, $LOAD_SESSIONS before the sessions, $LOAD_HF before hyperfine ($(nproc) CPUs)."
     echo
     echo "| measure | value | target | result |"
     echo "| --- | --- | --- | --- |"
@@ -680,7 +764,7 @@ row "CPU used outside the benchmark during hyperfine" "$HF_OTHER CPU-s in $HF_WA
     for n in "${NOTES[@]}"; do echo "- $n"; done
     echo "Repository generated in ${GEN_S} s (fast-import of AES-CTR keystream, then repack -a -d)."
     echo
-    echo "Raw data in $DATA: git-clones.tsv and git-sessions.tsv (every round, with the CPU time of other work and whether it counted), git-shell.json/md/txt (hyperfine, pooled), git-gatehouse.log (gatehouse's log lines), git-sshd.log."
+    echo "Raw data in $DATA: git-clones.tsv, git-sessions.tsv and git-channels.tsv (every round, with the CPU time of other work and whether it counted), git-shell.json/md/txt (hyperfine, pooled), git-gatehouse.log (gatehouse's log lines), git-sshd.log."
 } | tee "$DATA/git-summary.md"
 
 [ "$FAILS" -eq 0 ] || exit 1

@@ -292,3 +292,35 @@ log_count() {
     sleep 0.2 # the listener writes asynchronously
     awk -v pats="$*" 'BEGIN { n = split(pats, p, " ") } { for (i = 1; i <= n; i++) if (index($0, p[i]) == 0) next; c++ } END { print c + 0 }' "$GH_LOG"
 }
+
+# ---------------------------------------------------------------- rounds and other work
+# end_round OTHER THRESHOLD TSV: closes a round of interleaved measurements: adds OTHER
+# (CPU-seconds of work outside the benchmark during the round) to all_other, counts the
+# round in kept when OTHER is at most THRESHOLD, and appends the round's rows (the array
+# `lines`) to TSV with OTHER and whether the round counted. Returns 1 when it did not.
+# shellcheck disable=SC2154 # lines: the caller's rows of this round
+end_round() {
+    local counted=no
+    all_other=$(awk -v a="$all_other" -v o="$1" 'BEGIN { print a + o }')
+    if awk -v o="$1" -v t="$2" 'BEGIN { exit !(o <= t) }'; then
+        kept=$((kept + 1)) counted=yes
+    fi
+    printf "%s\t$1\t$counted\n" "${lines[@]}" >>"$3"
+    [ "$counted" = yes ]
+}
+
+# settle_rounds TSV MIN THRESHOLD LABEL: after the rounds (kept of tried counted), sets
+# ROUNDS_USED to the rounds the figures use: kept, or every round, with a bold note,
+# when fewer than MIN stayed undisturbed; notes how many were left out.
+# shellcheck disable=SC2154 # tried: the caller's round count
+settle_rounds() {
+    ROUNDS_USED=$kept
+    if [ "$kept" -lt "$2" ]; then
+        # Too busy a machine for enough quiet rounds: every round counts, and the note says so.
+        sed -i '2,$s/\tno$/\tyes/' "$1"
+        ROUNDS_USED=$tried
+        NOTES+=("**$4 disturbed**: only $kept of $tried rounds ran with at most $3 CPU-s of other work on the machine; its figures use all $tried rounds")
+    elif [ "$tried" -gt "$kept" ]; then
+        NOTES+=("$4: $((tried - kept)) of $tried rounds left out because other work on the machine took more than $3 CPU-s during the round (all rounds in $(basename "$1"))")
+    fi
+}

@@ -351,24 +351,11 @@ sequential() {
             [ -z "$CG" ] || read -r srv1 <"$CG/server/cpuacct.usage"
             lines+=("$tried$TAB$side$TAB$(awk -v us="$us" -v s=$((srv1 - srv0)) 'BEGIN { printf "%.2f\t%.2f", us / 1000, s / 1e6 }')")
         done
-        other=$(other_since)
-        all_other=$(awk -v a="$all_other" -v o="$other" 'BEGIN { print a + o }')
-        if awk -v o="$other" -v t="$ROUND_DISTURBED" 'BEGIN { exit !(o <= t) }'; then
-            kept=$((kept + 1)) counted=yes
-        else
-            counted=no
-        fi
-        printf "%s\t$other\t$counted\n" "${lines[@]}" >>"$tsv"
+        end_round "$(other_since)" "$ROUND_DISTURBED" "$tsv" || true
     done
     wall=$(awk -v us=$(($(now_us) - phase_t0)) 'BEGIN { printf "%.0f", us / 1e6 }')
-    rounds=$kept
-    if [ "$kept" -lt "$want" ]; then
-        sed -i '2,$s/\tno$/\tyes/' "$tsv"
-        rounds=$tried
-        NOTES+=("**$tag disturbed**: only $kept of $tried rounds ran with at most $ROUND_DISTURBED CPU-s of other work on the machine; its figures use all $tried rounds")
-    elif [ "$tried" -gt "$kept" ]; then
-        NOTES+=("$tag: $((tried - kept)) of $tried rounds left out because other work on the machine took more than $ROUND_DISTURBED CPU-s during the round (all rounds in $(basename "$tsv"))")
-    fi
+    settle_rounds "$tsv" "$want" "$ROUND_DISTURBED" "$tag"
+    rounds=$ROUNDS_USED
     # Every B login went through the module (and so no A login did: see the split above).
     n=$(state_sql "SELECT count(*) FROM logins WHERE service = '$SVC_MODULE' AND rhost = '127.0.0.1'")
     [ "$n" -eq $((before + tried)) ] || die "$tag: state.db holds $((n - before)) new logins through the module, expected $tried"
