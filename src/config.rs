@@ -53,6 +53,7 @@ struct RawLdap {
     timeout: Option<Spanned<String>>,
     staleness_max: Option<Spanned<String>>,
     allow_web_keys: Option<bool>,
+    max_disable_percent: Option<Spanned<i64>>,
 }
 
 /// The `[ldap]` section: where users, keys and passwords come from.
@@ -75,6 +76,9 @@ pub struct LdapConfig {
     pub timeout_ms: u64,
     pub staleness_max: i64,
     pub allow_web_keys: bool,
+    /// A full sync that would disable more than this share of the enabled directory users
+    /// is refused: a directory that answers with part of itself must not lock out the rest.
+    pub max_disable_percent: u32,
 }
 
 fn ldap_attribute_ok(text: &str) -> bool {
@@ -177,6 +181,13 @@ fn parse_ldap(at: &Located<'_>, raw: RawLdap) -> Result<LdapConfig, ConfigError>
         timeout_ms,
         staleness_max: duration(raw.staleness_max, "ldap.staleness_max", 24 * 3600)?,
         allow_web_keys: raw.allow_web_keys.unwrap_or(false),
+        max_disable_percent: match raw.max_disable_percent {
+            None => 10,
+            Some(p) => match u32::try_from(*p.get_ref()) {
+                Ok(v) if v <= 100 => v,
+                _ => return at.error(&p.span(), "ldap.max_disable_percent", "must be between 0 and 100"),
+            },
+        },
     })
 }
 

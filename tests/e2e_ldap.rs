@@ -620,6 +620,46 @@ fn a_full_sync_disables_users_gone_from_the_directory() {
 }
 
 #[test]
+fn a_full_sync_that_would_disable_too_many_changes_nothing() {
+    require_root!();
+    let s = Slapd::start();
+    let names: Vec<String> = (0..30).map(|i| format!("u{i:02}")).collect();
+    let ldif: String =
+        names.iter().enumerate().map(|(i, n)| user_ldif(n, "people", 21000 + i as u32, &[], "")).collect();
+    s.add(&ldif);
+    let gh = instance("lmass", &plain_section(&s, ""));
+    assert!(summary(&sync(&gh, &[])).starts_with("full sync: 30 entries; users added 30,"));
+    // A filter gone wrong: the directory answers with 5 of its 30 users.
+    let narrow = "user_filter = \"(&(objectClass=posixAccount)(uidNumber<=21004))\"\n";
+    set_section(&gh, &plain_section(&s, narrow));
+    let out = ldap(&gh, &["sync", "--full"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    let err = stderr(&out);
+    assert!(err.contains("answered 5 user entries") && err.contains("disable 25 of the 30"), "{err}");
+    assert!(err.contains("--allow-mass-disable"), "{err}");
+    assert!(users(&gh).values().all(|(state, _)| state == "enabled"), "a refused sync disabled users");
+    let status = stdout(&ldap(&gh, &["status"]));
+    assert!(status.contains("last error: not applied:"), "{status}");
+    // Without --full the flag means nothing.
+    assert_eq!(ldap(&gh, &["sync", "--allow-mass-disable"]).status.code(), Some(2));
+    // The operator who means it.
+    let out = sync(&gh, &["--full", "--allow-mass-disable"]);
+    assert!(summary(&out).starts_with("full sync: 5 entries; users added 0, disabled 25,"), "{out}");
+    assert_eq!(state(&gh, "u29").as_deref(), Some("disabled"));
+    assert_eq!(state(&gh, "u00").as_deref(), Some("enabled"));
+    // A higher limit lets a larger share go by itself; a few gone never stop a sync.
+    set_section(&gh, &plain_section(&s, ""));
+    sync(&gh, &["--full"]);
+    set_section(&gh, &plain_section(&s, &format!("{narrow}max_disable_percent = 90\n")));
+    assert!(summary(&sync(&gh, &["--full"])).contains("disabled 25,"));
+    let few = "user_filter = \"(&(objectClass=posixAccount)(uidNumber<=21019))\"\n";
+    set_section(&gh, &plain_section(&s, ""));
+    sync(&gh, &["--full"]);
+    set_section(&gh, &plain_section(&s, few));
+    assert!(summary(&sync(&gh, &["--full"])).contains("disabled 10,"), "10 of 30 is at the floor");
+}
+
+#[test]
 fn a_user_deleted_from_the_directory_is_disabled_by_the_hourly_full_sync() {
     require_root!();
     let s = Slapd::start();

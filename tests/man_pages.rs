@@ -233,8 +233,9 @@ fn gatehoused_8_documents_flags_and_exit_codes() {
 fn gatehouse_ldap_8_documents_commands_flags_and_exit_codes() {
     let page = read("man/gatehouse-ldap.8");
     let source = read("ldap/src/main.rs");
-    let usage =
-        source.lines().find_map(|l| l.strip_prefix("const USAGE: &str = \"")).expect("USAGE in ldap/src/main.rs");
+    // The string literal after `const USAGE: &str =`, on that line or the next.
+    let after = &source[source.find("const USAGE: &str =").expect("USAGE in ldap/src/main.rs")..];
+    let usage = &after[after.find('"').unwrap() + 1..];
     let usage = &usage[..usage.find('"').unwrap()];
     let flags = long_flags(usage);
     assert!(flags.contains("config") && flags.contains("full") && flags.contains("json"), "{flags:?}");

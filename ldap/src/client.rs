@@ -17,6 +17,8 @@ pub enum DirectoryError {
     Credentials(String),
     /// A search failed.
     Search(String),
+    /// The answer was read but not applied (see `sync::too_many_gone`).
+    Refused(String),
 }
 
 impl fmt::Display for DirectoryError {
@@ -25,6 +27,7 @@ impl fmt::Display for DirectoryError {
             DirectoryError::Unreachable(m) => write!(f, "directory unreachable: {m}"),
             DirectoryError::Credentials(m) => write!(f, "directory credentials: {m}"),
             DirectoryError::Search(m) => write!(f, "directory search: {m}"),
+            DirectoryError::Refused(m) => write!(f, "not applied: {m}"),
         }
     }
 }

@@ -6,7 +6,8 @@ use gatehouse::store::AdminStore;
 use std::io::Read;
 use std::process::ExitCode;
 
-const USAGE: &str = "usage: gatehouse-ldap [--config FILE] sync [--full] | status [--json] | check-password USER";
+const USAGE: &str =
+    "usage: gatehouse-ldap [--config FILE] sync [--full [--allow-mass-disable]] | status [--json] | check-password USER";
 
 fn main() -> ExitCode {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
@@ -29,7 +30,7 @@ fn main() -> ExitCode {
     let mut log = Logger::open("gatehouse-ldap", &config);
     let now = gatehouse::time::now();
     match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
-        ["sync", rest @ ..] if rest.iter().all(|a| *a == "--full") => {
+        ["sync", rest @ ..] if rest.iter().all(|a| ["--full", "--allow-mass-disable"].contains(a)) => {
             let mut store = match SqliteStore::open_writer(&config.store_path, config.busy_timeout_ms) {
                 Ok(s) => s,
                 Err(e) => {
@@ -37,7 +38,13 @@ fn main() -> ExitCode {
                     return ExitCode::from(4);
                 }
             };
-            match gatehouse_ldap::sync::sync(&config, &mut store, !rest.is_empty(), now) {
+            let full = rest.contains(&"--full");
+            let allow_mass_disable = rest.contains(&"--allow-mass-disable");
+            if allow_mass_disable && !full {
+                eprintln!("gatehouse-ldap: --allow-mass-disable goes with --full\n{USAGE}");
+                return ExitCode::from(2);
+            }
+            match gatehouse_ldap::sync::sync(&config, &mut store, full, allow_mass_disable, now) {
                 Ok(o) => {
                     let r = &o.report;
                     println!(

@@ -5,6 +5,7 @@
 use crate::client::{Directory, DirectoryError};
 use gatehouse::config::{Config, LdapConfig};
 use gatehouse::keys::parse_public_key;
+use gatehouse::policy::UserState;
 use gatehouse::store::{Actor, AdminStore, DirectorySnapshot, DirectoryUser, SyncReport};
 use ldap3::SearchEntry;
 use std::collections::HashMap;
@@ -188,9 +189,26 @@ pub struct Outcome {
     pub report: SyncReport,
 }
 
+/// So many users gone, or fewer, never stop a full sync: small directories change by a few.
+const GONE_FLOOR: usize = 10;
+
+/// Whether a full sync that would disable `gone` of the `enabled` directory users must stop:
+/// a directory that answers with part of itself (a size limit, a base DN or filter gone
+/// wrong, an empty replica) would otherwise lock out everyone it left out.
+pub fn too_many_gone(gone: usize, enabled: usize, max_percent: u32) -> bool {
+    gone > GONE_FLOOR && gone * 100 > enabled * max_percent as usize
+}
+
 /// Reads the directory (all of it, or what changed since the last sync) and applies it.
 /// A failure is recorded, so `status` and the login path's staleness check see it.
-pub fn sync(config: &Config, store: &mut dyn AdminStore, force_full: bool, now: i64) -> Result<Outcome, String> {
+/// `allow_mass_disable` lifts `ldap.max_disable_percent` for this run.
+pub fn sync(
+    config: &Config,
+    store: &mut dyn AdminStore,
+    force_full: bool,
+    allow_mass_disable: bool,
+    now: i64,
+) -> Result<Outcome, String> {
     let Some(cfg) = &config.ldap else {
         return Err("no [ldap] section in the configuration".to_string());
     };
@@ -225,6 +243,27 @@ pub fn sync(config: &Config, store: &mut dyn AdminStore, force_full: bool, now: 
         for (_, members) in &mut groups {
             members.retain(|m| !skipped.contains(m.as_str()));
         }
+        if full && !allow_mass_disable {
+            let listed: std::collections::HashSet<&str> = users.iter().map(|u| u.name.as_str()).collect();
+            let known = store.users().map_err(|e| DirectoryError::Search(format!("store: {e}")))?;
+            let enabled: Vec<&str> = known
+                .iter()
+                .filter(|u| u.source == "ldap" && u.state == UserState::Enabled)
+                .map(|u| u.name.as_str())
+                .collect();
+            let gone = enabled.iter().filter(|n| !listed.contains(*n)).count();
+            if too_many_gone(gone, enabled.len(), cfg.max_disable_percent) {
+                return Err(DirectoryError::Refused(format!(
+                    "the directory answered {} user entries, and this full sync would disable {gone} of the {} \
+                     enabled directory users, more than ldap.max_disable_percent ({}%); nothing changed. \
+                     Check the directory (size limit, base DN, filter); if it is right, run \
+                     `gatehouse-ldap sync --full --allow-mass-disable`",
+                    entries.len(),
+                    enabled.len(),
+                    cfg.max_disable_percent
+                )));
+            }
+        }
         let snapshot = DirectorySnapshot { users, groups, high_water: new_high_water.or(high_water.clone()) };
         let actor = Actor { name: "ldap-sync".to_string(), now };
         let applied = store
@@ -248,5 +287,25 @@ pub fn sync(config: &Config, store: &mut dyn AdminStore, force_full: bool, now: 
             let _ = store.record_sync("ldap", now, Some(&text), None, full);
             Err(text)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::too_many_gone;
+
+    #[test]
+    fn a_full_sync_stops_before_disabling_too_many() {
+        // A few users gone never stop it, however small the directory.
+        assert!(!too_many_gone(10, 10, 10));
+        assert!(!too_many_gone(3, 5, 0));
+        // Past the floor, the share decides.
+        assert!(!too_many_gone(100, 1000, 10));
+        assert!(too_many_gone(101, 1000, 10));
+        assert!(too_many_gone(11, 11, 99));
+        assert!(!too_many_gone(11, 11, 100));
+        // An empty answer from a directory of any size beyond the floor.
+        assert!(too_many_gone(100_000, 100_000, 10));
+        assert!(too_many_gone(11, 1000, 0));
     }
 }
