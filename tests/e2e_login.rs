@@ -245,6 +245,14 @@ fn doctor_passes_on_the_shipped_setup_and_names_what_breaks_it() {
     );
     assert!(report.contains("AuthorizedKeysFile none"), "{report}");
     assert!(report.contains(&format!("evaluating sshd's configuration for user {}", user.name)), "{report}");
+    // The harness's accounts keep /bin/sh: a warning, not a failure.
+    assert!(
+        report.contains(&format!("warn 1 of 1 accounts checked have another login shell ({}: /bin/sh)", user.name)),
+        "{report}"
+    );
+    std::process::Command::new("usermod").arg("-s").arg(&gh.shell_bin).arg(&user.name).status().unwrap();
+    let report = stdout(&doctor());
+    assert!(report.contains("ok   all 1 accounts checked have gatehouse-shell as their login shell"), "{report}");
 
     // A key command sshd would refuse: its folder writable by others.
     use std::os::unix::fs::PermissionsExt;

@@ -47,6 +47,42 @@ impl Report {
     }
 }
 
+/// Accounts looked up for the login-shell check: each is an NSS lookup.
+const LOGIN_SHELL_SAMPLE: usize = 1000;
+
+/// Whether enabled users' accounts have gatehouse-shell as their login shell: with another
+/// shell, sshd starts that shell, and its startup files, before every session.
+fn login_shells(r: &mut Report, config: &Config, store: &crate::store::sqlite::SqliteStore) {
+    use crate::store::AdminStore;
+    let users = store.users().unwrap_or_default();
+    let mut checked = 0;
+    let mut others: Vec<String> = Vec::new();
+    for u in users.iter().filter(|u| u.state == crate::policy::UserState::Enabled).take(LOGIN_SHELL_SAMPLE) {
+        let Ok(Some(account)) = nix::unistd::User::from_name(&u.name) else { continue };
+        checked += 1;
+        let ours = account.shell == Path::new(&config.shell_path)
+            || account.shell.file_name().is_some_and(|n| n == "gatehouse-shell");
+        if !ours {
+            others.push(format!("{}: {}", u.name, account.shell.display()));
+        }
+    }
+    let of = if users.len() > LOGIN_SHELL_SAMPLE {
+        format!(" (the first {LOGIN_SHELL_SAMPLE} users)")
+    } else {
+        String::new()
+    };
+    match (checked, others.len()) {
+        (0, _) => {}
+        (n, 0) => r.ok(format!("all {n} accounts checked{of} have gatehouse-shell as their login shell")),
+        (n, k) => r.warn(format!(
+            "{k} of {n} accounts checked{of} have another login shell ({}{}): sshd starts it, and its startup files, \
+             before gatehouse-shell in every session; see \"Login shell\" in gatehouse-shell(8)",
+            others.iter().take(3).cloned().collect::<Vec<_>>().join(", "),
+            if k > 3 { ", ..." } else { "" }
+        )),
+    }
+}
+
 /// `sshd -T`: the effective server configuration, keyword → value(s).
 fn sshd_effective(options: &DoctorOptions<'_>, user: Option<&str>) -> Result<HashMap<String, Vec<String>>, String> {
     let mut cmd = Command::new(options.sshd);
@@ -126,6 +162,7 @@ pub fn diagnose(config: &Config, options: &DoctorOptions<'_>) -> Vec<Finding> {
                     Err(e) => r.fail(e.to_string()),
                 }
             }
+            login_shells(&mut r, config, &store);
             if sample_user.is_none() {
                 use crate::store::AdminStore;
                 sample_user = store
