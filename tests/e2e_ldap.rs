@@ -620,6 +620,39 @@ fn a_full_sync_disables_users_gone_from_the_directory() {
 }
 
 #[test]
+fn active_directory_account_expiry_disables() {
+    require_root!();
+    let s = Slapd::start();
+    s.add(
+        &[
+            // 1970-01-01T00:00:01Z, long past
+            user_ldif("henry", "people", 20008, &[], "accountExpires: 116444736010000000\n"),
+            user_ldif("ivan", "people", 20009, &[], "accountExpires: 0\n"),
+            user_ldif("judy", "people", 20010, &[], "accountExpires: 9223372036854775807\n"),
+            // 2100-01-01T00:00:00Z
+            user_ldif("kim", "people", 20011, &[], "accountExpires: 157469184000000000\n"),
+        ]
+        .concat(),
+    );
+    let gh = instance("lexpires", &plain_section(&s, ""));
+    sync(&gh, &[]);
+    for (name, want) in [("henry", "disabled"), ("ivan", "enabled"), ("judy", "enabled"), ("kim", "enabled")] {
+        assert_eq!(state(&gh, name).as_deref(), Some(want), "{name}");
+    }
+    // The password check reads it too.
+    assert_refused(&check_password(&gh, "henry", password_of("henry").as_bytes()), "Locked");
+    let out = check_password(&gh, "kim", password_of("kim").as_bytes());
+    assert_eq!(out.status.code(), Some(0), "{}{}", stdout(&out), stderr(&out));
+    // Expired since the last sync: the next one disables.
+    s.modify(&format!(
+        "dn: {}\nchangetype: modify\nreplace: accountExpires\naccountExpires: 116444736010000000\n\n",
+        user_dn("kim", "people")
+    ));
+    sync(&gh, &["--full"]);
+    assert_eq!(state(&gh, "kim").as_deref(), Some("disabled"));
+}
+
+#[test]
 fn a_full_sync_that_would_disable_too_many_changes_nothing() {
     require_root!();
     let s = Slapd::start();

@@ -28,16 +28,14 @@ pub fn check(cfg: &LdapConfig, user: &str, password: &str) -> Result<Result<(), 
     }
     let mut dir = Directory::connect(cfg)?;
     let filter = format!("(&{}({}={}))", cfg.user_filter, cfg.user_attribute, ldap3::ldap_escape(user));
-    let entries =
-        dir.search(&filter, &["nsAccountLock", "pwdAccountLockedTime", "shadowExpire", "userAccountControl"])?;
+    let entries = dir.search(&filter, &crate::sync::STATE_ATTRIBUTES)?;
     dir.unbind();
     let entry = match entries.as_slice() {
         [] => return Ok(Err(Refusal::NoSuchUser)),
         [one] => one,
         _ => return Ok(Err(Refusal::Ambiguous)),
     };
-    let today = gatehouse::time::now().div_euclid(86_400);
-    if !crate::sync::entry_enabled(entry, today) {
+    if !crate::sync::entry_enabled(entry, gatehouse::time::now()) {
         return Ok(Err(Refusal::Locked));
     }
     // A fresh connection, so the user's bind never rides on the service account's.

@@ -42,25 +42,39 @@ fn all_values(entry: &SearchEntry, attr: &str) -> Vec<Result<String, String>> {
 /// show only in a full read.
 pub const FULL_SYNC_EVERY: i64 = 3600;
 
-/// Whether the entry's account is usable, by the attributes OpenLDAP, 389/FreeIPA, the
-/// shadow schema and Active Directory use to lock or expire one.
-pub fn entry_enabled(entry: &SearchEntry, today_days: i64) -> bool {
+/// The attributes `entry_enabled` reads.
+pub const STATE_ATTRIBUTES: [&str; 5] =
+    ["nsAccountLock", "pwdAccountLockedTime", "shadowExpire", "userAccountControl", "accountExpires"];
+
+/// Active Directory's `accountExpires`: 100-ns intervals since 1601-01-01 UTC; 0 and the
+/// largest 64-bit value mean never. The Unix time it names, or `None` for never (or a value
+/// that is not a number).
+pub fn ad_expiry(value: &str) -> Option<i64> {
+    const FROM_1601: i64 = 11_644_473_600;
+    match value.parse::<i64>().ok()? {
+        0 | i64::MAX => None,
+        ticks => Some(ticks.div_euclid(10_000_000) - FROM_1601),
+    }
+}
+
+/// Whether the entry's account is usable at `now`, by the attributes OpenLDAP, 389/FreeIPA,
+/// the shadow schema and Active Directory use to lock or expire one.
+pub fn entry_enabled(entry: &SearchEntry, now: i64) -> bool {
+    let today_days = now.div_euclid(86_400);
     let locked = first(entry, "nsAccountLock").is_some_and(|v| v.eq_ignore_ascii_case("true"));
     let pwd_locked = first(entry, "pwdAccountLockedTime").is_some();
     let expired =
         first(entry, "shadowExpire").and_then(|v| v.parse::<i64>().ok()).is_some_and(|d| d >= 0 && d <= today_days);
     let ad_disabled =
         first(entry, "userAccountControl").and_then(|v| v.parse::<i64>().ok()).is_some_and(|f| f & 2 != 0);
-    !(locked || pwd_locked || expired || ad_disabled)
+    let ad_expired = first(entry, "accountExpires").and_then(ad_expiry).is_some_and(|t| t <= now);
+    !(locked || pwd_locked || expired || ad_disabled || ad_expired)
 }
 
 /// The attributes a sync asks for.
 pub fn user_attributes(cfg: &LdapConfig) -> Vec<String> {
     let mut attrs: Vec<String> =
-        ["uidNumber", "nsAccountLock", "pwdAccountLockedTime", "shadowExpire", "userAccountControl", "modifyTimestamp"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+        ["uidNumber", "modifyTimestamp"].into_iter().chain(STATE_ATTRIBUTES).map(str::to_string).collect();
     attrs.push(cfg.user_attribute.clone());
     attrs.push(cfg.key_attribute.clone());
     attrs
@@ -71,7 +85,7 @@ pub fn map_entries(
     config: &Config,
     cfg: &LdapConfig,
     entries: &[SearchEntry],
-    today_days: i64,
+    now: i64,
     report: &mut SyncReport,
 ) -> (Vec<DirectoryUser>, Option<String>) {
     let mut by_name: HashMap<String, Vec<usize>> = HashMap::new();
@@ -153,7 +167,7 @@ pub fn map_entries(
             name: name.to_string(),
             dn: e.dn.clone(),
             uid_number,
-            enabled: entry_enabled(e, today_days),
+            enabled: entry_enabled(e, now),
             keys,
         });
     }
@@ -232,7 +246,7 @@ pub fn sync(
         let groups = dir.search(&cfg.group_filter, &["cn", &cfg.group_member_attribute])?;
         dir.unbind();
         let mut report = SyncReport::default();
-        let (users, new_high_water) = map_entries(config, cfg, &entries, now.div_euclid(86_400), &mut report);
+        let (users, new_high_water) = map_entries(config, cfg, &entries, now, &mut report);
         // Names skipped above (duplicates, reserved, local) get no directory groups either.
         let skipped: std::collections::HashSet<&str> = entries
             .iter()
@@ -292,7 +306,18 @@ pub fn sync(
 
 #[cfg(test)]
 mod tests {
-    use super::too_many_gone;
+    use super::{ad_expiry, too_many_gone};
+
+    #[test]
+    fn active_directory_expiry() {
+        assert_eq!(ad_expiry("0"), None);
+        assert_eq!(ad_expiry("9223372036854775807"), None);
+        assert_eq!(ad_expiry("116444736000000000"), Some(0));
+        // 2100-01-01T00:00:00Z
+        assert_eq!(ad_expiry("157469184000000000"), Some(4_102_444_800));
+        assert_eq!(ad_expiry("never"), None);
+        assert_eq!(ad_expiry("-1"), Some(-11_644_473_601));
+    }
 
     #[test]
     fn a_full_sync_stops_before_disabling_too_many() {
