@@ -199,13 +199,16 @@ fn refuse(message: impl Into<String>, reason: &'static str) -> Action {
 }
 
 fn greeting(session: &Session<'_>) -> Action {
-    refuse(
-        format!(
-            "Hi {}! You've authenticated with key {}, but shell access is not enabled for this key.",
-            session.user, session.fingerprint
+    let message = match session.fingerprint {
+        NO_KEY => {
+            format!("Hi {}! You've authenticated, but shell access is not enabled for this account.", session.user)
+        }
+        fp => format!(
+            "Hi {}! You've authenticated with key {fp}, but shell access is not enabled for this key.",
+            session.user
         ),
-        "no-shell-access",
-    )
+    };
+    refuse(message, "no-shell-access")
 }
 
 /// `root` joined with `below`, if that is a folder and no component of `below` is a
@@ -270,6 +273,17 @@ pub fn decide(config: &Config, store: &dyn LoginStore, session: &Session<'_>) ->
             ))
         }
     };
+    decide_for_scope(config, store, session, scope)
+}
+
+/// What `scope` lets the session run: the key's effective scope, or, for a login that did
+/// not come through a key line, the account's policy.
+fn decide_for_scope(
+    config: &Config,
+    store: &dyn LoginStore,
+    session: &Session<'_>,
+    scope: Scope,
+) -> Result<Action, String> {
     if scope != Scope::Shell && session.command.is_some_and(|c| c.len() > MAX_COMMAND) {
         return Ok(refuse(format!("Command longer than {MAX_COMMAND} bytes refused."), "command-too-long"));
     }
@@ -347,42 +361,30 @@ pub fn decide(config: &Config, store: &dyn LoginStore, session: &Session<'_>) ->
     }
 }
 
+/// The fingerprint of a session that did not come through a key line, as logged.
+pub const NO_KEY: &str = "-";
+
 /// Decides a session that did not come through a key line, with gatehouse-shell as the
-/// account's login shell (a password login, `su`, cron): the account's own policy alone
-/// says whether it gets `shell.login_shell`.
-pub fn decide_login_shell(
-    config: &Config,
-    store: &dyn LoginStore,
-    user: &str,
-    command: Option<&str>,
-    now: Timestamp,
-) -> Result<Action, String> {
-    let keys_only = || refuse("This account is served through its SSH keys only.", "no-shell-policy");
-    if !config.valid_user_name(user) {
+/// account's login shell (a password login, `su`, cron): the account's own policy is its
+/// scope, so a `files` user gets sftp and rsync, a `git` user git, and only a `shell` user
+/// a shell (`shell.login_shell`).
+pub fn decide_login_shell(config: &Config, store: &dyn LoginStore, session: &Session<'_>) -> Result<Action, String> {
+    if !config.valid_user_name(session.user) {
         return Ok(refuse("Your account name is not one Gatehouse serves.", "bad-user-name"));
     }
-    let Some(view) = store.login_view(user, None).map_err(|e| e.to_string())? else {
-        return Ok(keys_only());
+    let Some(view) = store.login_view(session.user, None).map_err(|e| e.to_string())? else {
+        return Ok(refuse("This account is not served by Gatehouse.", "not-in-store"));
     };
-    if !view.fresh(config.ldap.as_ref().map(|l| l.staleness_max), now) {
+    if !view.fresh(config.ldap.as_ref().map(|l| l.staleness_max), session.now) {
         return Ok(refuse(
             "Your account comes from the directory, which has been out of reach too long; try again later.",
             "directory-stale",
         ));
     }
     if view.user.state != UserState::Enabled {
-        return Ok(refuse(format!("Account {user} is disabled."), "user-disabled"));
+        return Ok(refuse(format!("Account {} is disabled.", session.user), "user-disabled"));
     }
-    if view.user.policy != Scope::Shell {
-        return Ok(keys_only());
-    }
-    if config.login_shell.is_none() {
-        return Ok(refuse(
-            format!("Shell access needs a real login shell for {user}; ask an administrator."),
-            "login-shell-is-gatehouse-shell",
-        ));
-    }
-    Ok(Action::Shell { command: command.map(str::to_string) })
+    decide_for_scope(config, store, session, view.user.policy)
 }
 
 fn git_plan(
@@ -549,32 +551,35 @@ mod tests {
 
     #[test]
     fn login_shell_sessions_follow_the_account_policy() {
-        let with = Config::parse("g.toml", "[shell]\nlogin_shell = \"/bin/bash\"\n").unwrap();
-        let without = Config::parse("g.toml", "[shell]\nlogin_shell = \"\"\n").unwrap();
-        let reason =
-            |config: &Config, store: &OneUser, name: &str| match decide_login_shell(config, store, name, None, 100)
-                .unwrap()
-            {
-                Action::Refuse { reason, code, .. } => {
-                    assert_eq!(code, exit::REFUSED);
-                    reason
-                }
-                Action::Shell { .. } => "shell",
-                Action::Exec(_) => "exec",
-            };
+        let config = Config::parse("g.toml", "[users]\ndata_dir = \"/nonexistent/%u\"\n").unwrap();
+        let decide = |store: &OneUser, user: &str, command: Option<&str>| {
+            let groups = Vec::new;
+            let session = Session { user, fingerprint: NO_KEY, command, groups: &groups, env: &[], now: 100 };
+            decide_login_shell(&config, store, &session).unwrap()
+        };
+        let reason = |store: &OneUser, user: &str, command: Option<&str>| match decide(store, user, command) {
+            Action::Refuse { reason, code, message } => {
+                assert_eq!(code, exit::REFUSED);
+                assert!(!message.contains("key -"), "{message}");
+                reason
+            }
+            Action::Shell { .. } => "shell",
+            Action::Exec(plan) => plan.verb,
+        };
         let shell = user(Scope::Shell, UserState::Enabled, "local");
-        assert_eq!(
-            decide_login_shell(&with, &shell, "erin", Some("ls -l"), 100),
-            Ok(Action::Shell { command: Some("ls -l".into()) })
-        );
-        assert_eq!(reason(&with, &shell, "erin"), "shell");
-        assert_eq!(reason(&without, &shell, "erin"), "login-shell-is-gatehouse-shell");
-        assert_eq!(reason(&with, &shell, "dave"), "no-shell-policy");
-        assert_eq!(reason(&with, &shell, "Erin"), "bad-user-name");
-        assert_eq!(reason(&with, &user(Scope::Files, UserState::Enabled, "local"), "erin"), "no-shell-policy");
-        assert_eq!(reason(&with, &user(Scope::Shell, UserState::Disabled, "local"), "erin"), "user-disabled");
+        assert_eq!(decide(&shell, "erin", Some("ls -l")), Action::Shell { command: Some("ls -l".into()) });
+        assert_eq!(reason(&shell, "erin", None), "shell");
+        assert_eq!(reason(&shell, "dave", None), "not-in-store");
+        assert_eq!(reason(&shell, "Erin", None), "bad-user-name");
+        // The policy is the scope: no shell for a files user, sftp where its folder exists.
+        let files = user(Scope::Files, UserState::Enabled, "local");
+        assert_eq!(reason(&files, "erin", None), "no-shell-access");
+        assert_eq!(reason(&files, "erin", Some("id")), "no-shell-access");
+        assert_eq!(reason(&files, "erin", Some("/usr/lib/openssh/sftp-server")), "no-data-folder");
+        assert_eq!(reason(&files, "erin", Some("git-upload-pack 'erin/x.git'")), "scope");
+        assert_eq!(reason(&user(Scope::Shell, UserState::Disabled, "local"), "erin", None), "user-disabled");
         // A directory user without a recent sync: refused, as for key logins.
-        assert_eq!(reason(&with, &user(Scope::Shell, UserState::Enabled, "ldap"), "erin"), "directory-stale");
-        assert_eq!(reason(&with, &OneUser(None), "erin"), "no-shell-policy");
+        assert_eq!(reason(&user(Scope::Shell, UserState::Enabled, "ldap"), "erin", None), "directory-stale");
+        assert_eq!(reason(&OneUser(None), "erin", None), "not-in-store");
     }
 }

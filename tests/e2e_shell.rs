@@ -453,11 +453,26 @@ fn logins_without_a_key_line_get_the_accounts_policy() {
     assert_eq!(stdout(&out).lines().last(), Some("-bash"), "{}", stdout(&out));
     let out = as_user(&erin, &["-"], "echo \"$0\"\n");
     assert_eq!(stdout(&out).lines().last(), Some("/bin/bash"), "{}", stderr(&out));
-    // Without shell policy: nothing.
+    // Policy files: no shell, but sftp, as a files key would get it (a password login's
+    // sftp subsystem arrives the same way: the login shell with -c).
     let out = as_user(&dave, &["-c", "echo ran"], "");
     assert_eq!(out.status.code(), Some(1));
     assert!(stdout(&out).is_empty());
-    assert!(stderr(&out).contains("through its SSH keys only"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("shell access is not enabled for this account"), "{}", stderr(&out));
+    std::fs::write(w.gh.data.join(&dave.user.name).join("in-dave"), "x").unwrap();
+    let out = output_with_input(
+        Command::new("sftp")
+            .args(["-b", "-", "-D"])
+            .arg(format!("/usr/sbin/runuser {} -c sftp-server", dave.user.name)),
+        b"pwd\nls\n",
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let listing = stdout(&out);
+    assert!(
+        listing.contains(&format!("Remote working directory: {}", w.gh.data.join(&dave.user.name).display())),
+        "{listing}"
+    );
+    assert!(listing.contains("in-dave"), "{listing}");
     let out = login_start(&dave);
     assert_eq!(out.status.code(), Some(1));
     assert!(stdout(&out).is_empty());

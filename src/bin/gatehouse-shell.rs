@@ -25,7 +25,7 @@ fn main() -> ExitCode {
     let (config_path, fingerprint) = match &invocation {
         Invocation::Forced(a) => (a.config.as_deref(), a.fingerprint.as_str()),
         // Not a key line: no key to name.
-        Invocation::LoginShell { config, .. } => (config.as_deref(), "-"),
+        Invocation::LoginShell { config, .. } => (config.as_deref(), shell::NO_KEY),
     };
     let config = match Config::load(config_path) {
         Ok(c) => c,
@@ -96,9 +96,7 @@ fn main() -> ExitCode {
     };
     let decided = match &invocation {
         Invocation::Forced(_) => shell::decide(&config, &store, &session),
-        Invocation::LoginShell { .. } => {
-            shell::decide_login_shell(&config, &store, session.user, session.command, session.now)
-        }
+        Invocation::LoginShell { .. } => shell::decide_login_shell(&config, &store, &session),
     };
     let action = match decided {
         Ok(a) => a,
