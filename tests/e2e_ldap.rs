@@ -7,6 +7,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
+#[path = "common/pam.rs"]
+mod pam;
 #[path = "common/slapd.rs"]
 mod slapd;
 
@@ -737,6 +739,95 @@ fn assert_refused_login(sshd: &Sshd, user: &str, key: &KeyPair) {
     let out = login(sshd, user, key);
     assert_eq!(out.status.code(), Some(255), "logged in: {}", stdout(&out));
     assert!(stderr(&out).contains("Permission denied"), "{}", stderr(&out));
+}
+
+/// `ssh` with a password, answered by an askpass script; no key offered.
+fn password_ssh(sshd: &Sshd, dir: &Path, user: &str, password: &str, program: &str, args: &[&str]) -> Output {
+    let askpass = dir.join(format!("askpass-{user}"));
+    std::fs::write(&askpass, format!("#!/bin/sh\nprintf '%s\\n' '{password}'\n")).unwrap();
+    std::fs::set_permissions(&askpass, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let port = sshd.port.to_string();
+    let mut cmd = Command::new(program);
+    if program == "sftp" {
+        // Commands on standard input, not -b: sftp -b turns on BatchMode, which asks for no
+        // password at all.
+        cmd.args(["-P", &port]);
+    } else {
+        cmd.args(["-p", &port]);
+    }
+    cmd.args(["-F", "/dev/null", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null"])
+        .args(["-o", "PreferredAuthentications=password", "-o", "PubkeyAuthentication=no", "-o", "IdentityAgent=none"])
+        .args(["-o", "NumberOfPasswordPrompts=1", "-o", "ConnectTimeout=20", "-o", "LogLevel=ERROR"])
+        .arg(format!("{user}@127.0.0.1"))
+        .args(args)
+        .env("SSH_ASKPASS", &askpass)
+        .env("SSH_ASKPASS_REQUIRE", "force")
+        .env("DISPLAY", ":0");
+    output_with_input(&mut cmd, if program == "sftp" { b"pwd\n" } else { b"" })
+}
+
+#[test]
+fn ssh_password_logins_check_the_directory_and_follow_the_policy() {
+    require_root!();
+    let s = Slapd::start();
+    let gh = instance("lpamssh", &plain_section(&s, ""));
+    let so = pam::module().display().to_string();
+    let cfg = gh.config.display().to_string();
+    let svc = pam::PamService::new(&format!(
+        "auth required {so} config={cfg} ldap\n\
+         account required {so} config={cfg} unknown=deny\n\
+         session required {so} config={cfg}\n"
+    ));
+    let link = gh.dir.join(&svc.name);
+    std::os::unix::fs::symlink("/usr/sbin/sshd", &link).unwrap();
+    // Password logins for the directory's users; the shipped setup allows keys only.
+    let probe = SystemGroup::new("ghp");
+    let matches =
+        format!("Match Group {}\n    PasswordAuthentication yes\n    AuthenticationMethods password\n", probe.name);
+    let sshd = Sshd::start_as(&gh, &matches, &link, true);
+    let ann = SystemUser::new("ghl", &gh.dir.path, &[&sshd.managed.name, &probe.name]);
+    let bea = SystemUser::new("ghl", &gh.dir.path, &[&sshd.managed.name, &probe.name]);
+    s.add(&[user_ldif(&ann.name, "people", 22001, &[], ""), user_ldif(&bea.name, "people", 22002, &[], "")].concat());
+    sync(&gh, &[]);
+    gh.ok(&["user", "set", &bea.name, "--policy", "files"]);
+    // gatehouse-shell as their login shell, with this instance's configuration.
+    let login = gh.dir.join("login-shell");
+    std::fs::write(
+        &login,
+        format!("#!/bin/sh\nexec {} --config {} \"$@\"\n", gh.shell_bin.display(), gh.config.display()),
+    )
+    .unwrap();
+    std::fs::set_permissions(&login, std::fs::Permissions::from_mode(0o755)).unwrap();
+    for who in [&ann, &bea] {
+        let out = Command::new("usermod").arg("-s").arg(&login).arg(&who.name).output().unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+
+    // The directory's password: a shell, as the policy says.
+    let out = password_ssh(&sshd, &gh.dir.path, &ann.name, &password_of(&ann.name), "ssh", &["echo \"in:$SHELL\""]);
+    assert!(out.status.success(), "{}\nsshd: {}", stderr(&out), sshd.log_text());
+    assert_eq!(stdout(&out), "in:/bin/bash\n");
+    // Another password: refused by the directory, counted as a failure.
+    let out = password_ssh(&sshd, &gh.dir.path, &ann.name, "not-the-password", "ssh", &["echo in"]);
+    assert_eq!(out.status.code(), Some(255), "{}", stdout(&out));
+    let logged = gh.log.drain().join("\n");
+    assert!(
+        logged.contains(&format!("stage=auth user={} ", ann.name)) && logged.contains("verdict=accept reason=ldap"),
+        "{logged}"
+    );
+    assert!(logged.contains("verdict=failure reason=wrongpassword"), "{logged}");
+
+    // Policy files: no shell, but sftp in the data folder the session stage made.
+    let out = password_ssh(&sshd, &gh.dir.path, &bea.name, &password_of(&bea.name), "ssh", &["id"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    assert!(stderr(&out).contains("shell access is not enabled for this account"), "{}", stderr(&out));
+    let out = password_ssh(&sshd, &gh.dir.path, &bea.name, &password_of(&bea.name), "sftp", &[]);
+    assert!(out.status.success(), "{}\nsshd: {}", stderr(&out), sshd.log_text());
+    assert!(
+        stdout(&out).contains(&format!("Remote working directory: {}", gh.data.join(&bea.name).display())),
+        "{}",
+        stdout(&out)
+    );
 }
 
 #[test]

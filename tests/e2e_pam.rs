@@ -4,41 +4,13 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
+#[path = "common/pam.rs"]
+mod pam;
 use common::*;
+use pam::{module, PamService};
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output};
-
-fn module() -> PathBuf {
-    let so = Path::new(env!("CARGO_BIN_EXE_gatehouse")).with_file_name("libpam_gatehouse.so");
-    assert!(so.exists(), "{} is missing: run `cargo build --workspace` first (scripts/test does)", so.display());
-    so
-}
-
-/// A PAM service file under /etc/pam.d, removed on drop.
-struct PamService {
-    name: String,
-    path: PathBuf,
-}
-
-impl PamService {
-    fn new(lines: &str) -> PamService {
-        let name = unique("gh-pam-");
-        let path = Path::new("/etc/pam.d").join(&name);
-        std::fs::write(&path, lines).unwrap();
-        PamService { name, path }
-    }
-
-    fn rewrite(&self, lines: &str) {
-        std::fs::write(&self.path, lines).unwrap();
-    }
-}
-
-impl Drop for PamService {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
-    }
-}
 
 fn pamtester(service: &PamService, user: &str, ops: &[&str]) -> Output {
     Command::new("pamtester").arg("-v").arg(&service.name).arg(user).args(ops).output().unwrap()
