@@ -244,6 +244,7 @@ fn doctor_passes_on_the_shipped_setup_and_names_what_breaks_it() {
         "{report}"
     );
     assert!(report.contains("AuthorizedKeysFile none"), "{report}");
+    assert!(report.contains("ok   shell.login_shell /bin/bash is there"), "{report}");
     assert!(report.contains(&format!("evaluating sshd's configuration for user {}", user.name)), "{report}");
     // The harness's accounts keep /bin/sh: a warning, not a failure.
     assert!(

@@ -190,11 +190,16 @@ pub fn diagnose(config: &Config, options: &DoctorOptions<'_>) -> Vec<Finding> {
     }
 
     // What the forced command serves, and the wall around it.
-    for (key, program) in [
+    let login_shell = config.login_shell.clone().unwrap_or_default();
+    let mut programs = vec![
         ("git.program", &config.git_program),
         ("sftp.program", &config.sftp_program),
         ("rsync.program", &config.rsync_program),
-    ] {
+    ];
+    if config.login_shell.is_some() {
+        programs.push(("shell.login_shell", &login_shell));
+    }
+    for (key, program) in programs {
         match std::fs::metadata(program) {
             Ok(meta) if meta.permissions().mode() & 0o111 != 0 => r.ok(format!("{key} {} is there", program.display())),
             _ => r.warn(format!("{key} {}: not an executable file; that service will fail", program.display())),
