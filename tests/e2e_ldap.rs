@@ -453,8 +453,15 @@ fn custom_filters_and_member_dns_are_followed() {
             user_ldif("alice", "people", 20001, &[], ""),
             user_ldif("bob", "people", 20002, &[], ""),
             user_ldif("carol", "contractors", 20003, &[], ""),
+            // Named by its full name, as Active Directory names users: cn=Dana Scully.
+            user_ldif("dana", "people", 20004, &[], "cn: Dana Scully\n").replacen(
+                &user_dn("dana", "people"),
+                &format!("cn=Dana Scully,ou=people,{BASE_DN}"),
+                1,
+            ),
             format!(
-                "dn: cn=admins,ou=groups,{BASE_DN}\nobjectClass: groupOfNames\ncn: admins\nmember: {}\nmember: {}\n\n",
+                "dn: cn=admins,ou=groups,{BASE_DN}\nobjectClass: groupOfNames\ncn: admins\nmember: {}\nmember: {}\n\
+                 member: CN=Dana Scully, OU=people,{BASE_DN}\n\n",
                 user_dn("alice", "people"),
                 user_dn("carol", "contractors")
             ),
@@ -466,10 +473,19 @@ fn custom_filters_and_member_dns_are_followed() {
                  group_filter = \"(objectClass=groupOfNames)\"\ngroup_member_attribute = \"member\"\n";
     let gh = instance("lcustom", &plain_section(&s, extra));
     let out = sync(&gh, &[]);
-    assert!(summary(&out).starts_with("full sync: 2 entries; users added 2,"), "{out}");
-    assert_eq!(users(&gh).keys().collect::<Vec<_>>(), ["alice", "carol"]);
-    let members = sqlite(&gh.store, "SELECT grp || ':' || user FROM group_members ORDER BY grp, user");
-    assert_eq!(members, "admins:alice\nadmins:carol\n");
+    assert!(summary(&out).starts_with("full sync: 3 entries; users added 3,"), "{out}");
+    assert_eq!(users(&gh).keys().collect::<Vec<_>>(), ["alice", "carol", "dana"]);
+    let members = || sqlite(&gh.store, "SELECT grp || ':' || user FROM group_members ORDER BY grp, user");
+    // Dana's member DN names her entry, spelled otherwise: she is dana, not "Dana Scully".
+    assert_eq!(members(), "admins:alice\nadmins:carol\nadmins:dana\n");
+    // An incremental sync that reads no user (the mark moved past every entry) knows
+    // Dana's DN from the store.
+    sqlite(&gh.store, "UPDATE sync_state SET high_water = '29991231235959Z' WHERE source = 'ldap'");
+    s.add(&format!(
+        "dn: cn=ops,ou=groups,{BASE_DN}\nobjectClass: groupOfNames\ncn: ops\nmember: cn=dana scully,ou=people,{BASE_DN}\n\n"
+    ));
+    assert!(summary(&sync(&gh, &[])).starts_with("incremental sync: 0 entries"));
+    assert_eq!(members(), "admins:alice\nadmins:carol\nadmins:dana\nops:dana\n");
     // The filter bounds password checks too.
     assert_refused(&check_password(&gh, "bob", password_of("bob").as_bytes()), "NoSuchUser");
     let out = check_password(&gh, "carol", password_of("carol").as_bytes());

@@ -175,7 +175,26 @@ pub fn map_entries(
 }
 
 /// Group name → member user names.
-pub fn map_groups(cfg: &LdapConfig, entries: &[SearchEntry], config: &Config) -> Vec<(String, Vec<String>)> {
+/// A DN in one spelling: lower case, no blanks around `,` and `=`. Directories return a
+/// member DN as they spell the entry's own DN, up to case and such blanks.
+pub fn dn_key(dn: &str) -> String {
+    dn.split(',')
+        .map(|rdn| match rdn.split_once('=') {
+            Some((attr, value)) => format!("{}={}", attr.trim(), value.trim()),
+            None => rdn.trim().to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+        .to_lowercase()
+}
+
+/// `known`: DN (as `dn_key` spells it) → user name, of the directory's users.
+pub fn map_groups(
+    cfg: &LdapConfig,
+    entries: &[SearchEntry],
+    config: &Config,
+    known: &HashMap<String, String>,
+) -> Vec<(String, Vec<String>)> {
     entries
         .iter()
         .filter_map(|e| {
@@ -183,9 +202,19 @@ pub fn map_groups(cfg: &LdapConfig, entries: &[SearchEntry], config: &Config) ->
             config.valid_user_name(name).then(|| {
                 let members = all(e, &cfg.group_member_attribute)
                     .iter()
-                    .map(|m| {
-                        // A member given as a DN (member: uid=alice,ou=…): its first RDN's value.
-                        m.split(',').next().and_then(|rdn| rdn.split_once('=')).map(|(_, v)| v).unwrap_or(m).to_string()
+                    .map(|m| match known.get(&dn_key(m)) {
+                        // A member given as the DN of a user entry: that user, whatever the
+                        // DN's first component says (Active Directory: CN=Alice Smith,…).
+                        Some(user) if m.contains('=') => user.clone(),
+                        // Else a name, or a DN whose first component's value is the name
+                        // (uid=alice,ou=…).
+                        _ => m
+                            .split(',')
+                            .next()
+                            .and_then(|rdn| rdn.split_once('='))
+                            .map(|(_, v)| v)
+                            .unwrap_or(m)
+                            .to_string(),
                     })
                     .filter(|m| config.valid_user_name(m))
                     .collect();
@@ -253,7 +282,15 @@ pub fn sync(
             .filter_map(|e| first(e, &cfg.user_attribute))
             .filter(|n| !users.iter().any(|u| u.name == *n))
             .collect();
-        let mut groups = map_groups(cfg, &groups, config);
+        // User DNs: the store's (an incremental sync reads few users), then this read's.
+        let mut known: HashMap<String, String> = store
+            .directory_dns()
+            .map_err(|e| DirectoryError::Search(format!("store: {e}")))?
+            .into_iter()
+            .map(|(name, dn)| (dn_key(&dn), name))
+            .collect();
+        known.extend(users.iter().map(|u| (dn_key(&u.dn), u.name.clone())));
+        let mut groups = map_groups(cfg, &groups, config, &known);
         for (_, members) in &mut groups {
             members.retain(|m| !skipped.contains(m.as_str()));
         }
@@ -306,7 +343,15 @@ pub fn sync(
 
 #[cfg(test)]
 mod tests {
-    use super::{ad_expiry, too_many_gone};
+    use super::{ad_expiry, dn_key, too_many_gone};
+
+    #[test]
+    fn dns_compare_in_one_spelling() {
+        assert_eq!(dn_key("CN=Alice Smith, OU=Staff,DC=example, DC=org"), "cn=alice smith,ou=staff,dc=example,dc=org");
+        assert_eq!(dn_key("uid=alice,ou=people"), dn_key("UID = alice , OU=People"));
+        assert_ne!(dn_key("cn=Alice Smith,ou=a"), dn_key("cn=AliceSmith,ou=a"));
+        assert_eq!(dn_key("alice"), "alice");
+    }
 
     #[test]
     fn active_directory_expiry() {

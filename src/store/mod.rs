@@ -294,6 +294,8 @@ pub trait AdminStore: LoginStore {
         full: bool,
     ) -> Result<(), StoreError>;
     fn sync_state(&self, source: &str) -> Result<Option<SyncState>, StoreError>;
+    /// (name, DN) of every user synced from a directory, for group members given as DNs.
+    fn directory_dns(&self) -> Result<Vec<(String, String)>, StoreError>;
     /// Records an event about `subject` that changed something outside the store.
     fn record_event(&mut self, actor: &Actor, action: &str, subject: &str, detail: &str) -> Result<(), StoreError>;
     /// Adds or changes a grant; returns false when it existed with the same access.

@@ -595,6 +595,13 @@ impl AdminStore for SqliteStore {
         })
     }
 
+    fn directory_dns(&self) -> Result<Vec<(String, String)>, StoreError> {
+        self.conn
+            .prepare("SELECT name, directory_dn FROM users WHERE source = 'ldap' AND directory_dn IS NOT NULL")
+            .and_then(|mut s| s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect())
+            .map_err(|e| self.error(e))
+    }
+
     fn sync_state(&self, source: &str) -> Result<Option<SyncState>, StoreError> {
         self.conn
             .query_row(
