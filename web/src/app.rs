@@ -138,6 +138,26 @@ impl Peer {
     pub fn shown(&self) -> String {
         self.0.map(|ip| ip.to_string()).unwrap_or_else(|| "unix".to_string())
     }
+
+    /// The client behind a proxy of `web.trusted_proxies`: the address that proxy appended
+    /// last to `X-Forwarded-For` (the earlier ones are the client's to write). From any
+    /// other peer, or without a well-formed header, the peer itself.
+    pub fn client(&self, trusted_proxies: &[IpAddr], headers: &axum::http::HeaderMap) -> Peer {
+        if !self.0.is_some_and(|ip| trusted_proxies.contains(&ip)) {
+            return *self;
+        }
+        let forwarded = headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .next_back()
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.rsplit(',').next())
+            .and_then(|v| v.trim().parse::<IpAddr>().ok());
+        match forwarded {
+            Some(ip) => Peer(Some(ip.to_canonical())),
+            None => *self,
+        }
+    }
 }
 
 /// Headers every response carries: no framing, no inline script or style, no sniffing,

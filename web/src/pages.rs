@@ -110,14 +110,26 @@ pub async fn signin(
         return error_page(&e);
     }
     let now = gatehouse::time::now();
-    if !app.signin_limit.allow(&format!("signin:{}", peer.shown()), now) {
+    let peer = peer.client(&app.config.web.trusted_proxies, &headers);
+    let user_ok = app.config.valid_user_name(&form.user) && form.password.len() <= 1024;
+    // Per client address, and per account: guessing one account's password from many
+    // addresses is held to the same pace as guessing from one.
+    let by_address = app.signin_limit.allow(&format!("signin:{}", peer.shown()), now);
+    let by_account = !user_ok || app.signin_limit.allow(&format!("signin-user:{}", form.user), now);
+    if !by_address || !by_account {
+        let reason = if by_address { "rate-limit-account" } else { "rate-limit" };
         app.log(
             Level::Notice,
-            &[("action", "signin"), ("source", &peer.shown()), ("verdict", "refuse"), ("reason", "rate-limit")],
+            &[
+                ("action", "signin"),
+                ("user", &form.user),
+                ("source", &peer.shown()),
+                ("verdict", "refuse"),
+                ("reason", reason),
+            ],
         );
         return error_page(&WebError::TooMany);
     }
-    let user_ok = app.config.valid_user_name(&form.user) && form.password.len() <= 1024;
     let checking = app.clone();
     let (user, password) = (form.user.clone(), form.password);
     let matched =

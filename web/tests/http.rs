@@ -1216,6 +1216,41 @@ fn signin_is_rate_limited() {
 }
 
 #[test]
+fn signin_is_rate_limited_per_account_and_per_client_behind_a_trusted_proxy() {
+    let attempt = |s: &Server, user: &str, client: &str| {
+        s.send(
+            Req::new("POST", "/signin")
+                .header("X-Forwarded-For", &format!("203.0.113.99, {client}"))
+                .form(&[("user", user), ("password", "wrong password")]),
+        )
+        .status
+    };
+    let statuses = within_one_minute(|| {
+        let s = Server::start(&["alice", "bob"], &[("signin_per_minute", "3"), ("trusted_proxies", "[\"127.0.0.1\"]")]);
+        s.set_password("alice", PASSWORD);
+        // One account from four addresses: the account's allowance ends it.
+        let mut statuses: Vec<u16> = (1..=4).map(|i| attempt(&s, "alice", &format!("10.0.0.{i}"))).collect();
+        statuses.push(attempt(&s, "bob", "10.0.0.5"));
+        // One address (the proxy's last entry, not the client-written first) for four names.
+        statuses.extend(["carol", "dave", "erin", "frank"].iter().map(|u| attempt(&s, u, "10.0.1.1")));
+        statuses.push(attempt(&s, "grace", "10.0.1.2"));
+        statuses
+    });
+    assert_eq!(statuses, [401, 401, 401, 429, 401, 401, 401, 401, 429, 401]);
+
+    // Without trusted proxies the header means nothing: every attempt is 127.0.0.1's.
+    let statuses = within_one_minute(|| {
+        let s = Server::start(&["alice"], &[("signin_per_minute", "3")]);
+        ["carol", "dave", "erin", "frank"]
+            .iter()
+            .enumerate()
+            .map(|(i, u)| attempt(&s, u, &format!("10.0.2.{i}")))
+            .collect::<Vec<u16>>()
+    });
+    assert_eq!(statuses, [401, 401, 401, 429]);
+}
+
+#[test]
 fn keys_page_lists_keys_and_escapes_what_users_wrote() {
     let (s, t) = alice_and_bob(&[]);
     let cookie = s.set_password("alice", PASSWORD);
