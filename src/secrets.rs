@@ -4,7 +4,7 @@
 //! key store is group-readable by every managed user (see docs/DESIGN.md). Only hashes of
 //! invitation links, session ids and tokens are stored: a copy of the file opens nothing.
 
-use crate::store::sqlite::{migrate_connection, writer_connection};
+use crate::store::sqlite::{db_error, migrate_connection, writer_connection};
 use crate::store::StoreError;
 use crate::time::Timestamp;
 use argon2::password_hash::{phc::PasswordHash, PasswordHasher, PasswordVerifier};
@@ -127,12 +127,7 @@ impl Secrets {
     }
 
     fn fail(&self, e: rusqlite::Error) -> StoreError {
-        match e.sqlite_error_code() {
-            Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) => {
-                StoreError::Busy { path: self.path.clone() }
-            }
-            _ => StoreError::Unavailable { path: self.path.clone(), reason: e.to_string() },
-        }
+        db_error(&self.path, e)
     }
 
     pub fn set_password(&self, user: &str, password: &str, now: Timestamp) -> Result<(), StoreError> {

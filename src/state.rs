@@ -5,7 +5,7 @@
 //! service) open it read-only. Durability is `synchronous=NORMAL`: a power cut may lose the
 //! last moments of login history, never consistency; logins must not wait on fsync.
 
-use crate::store::sqlite::{migrate_connection, writer_connection};
+use crate::store::sqlite::{db_error, migrate_connection, truncate_wal, writer_connection};
 use crate::store::StoreError;
 use crate::time::Timestamp;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
@@ -59,12 +59,9 @@ pub struct StateStore {
 }
 
 impl Drop for StateStore {
-    /// Every login writes a little; connections are short-lived and SQLite's automatic
-    /// checkpoint did not keep up (the WAL grew without bound and each login got slower),
-    /// so each writer folds the WAL back in and empties it as it goes.
     fn drop(&mut self) {
         if self.writable {
-            let _ = self.conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+            truncate_wal(&self.conn);
         }
     }
 }
@@ -77,7 +74,7 @@ impl StateStore {
         let mut conn = writer_connection(path, busy_timeout_ms, true)?;
         let shown = path.display().to_string();
         restrict_files(path, group).map_err(|e| StoreError::Unavailable { path: shown.clone(), reason: e })?;
-        conn.execute_batch("PRAGMA synchronous = NORMAL;").map_err(|e| fail(&shown, e))?;
+        conn.execute_batch("PRAGMA synchronous = NORMAL;").map_err(|e| db_error(&shown, e))?;
         migrate_connection(&mut conn, &shown, MIGRATIONS)?;
         Ok(StateStore { conn, path: shown, writable: true })
     }
@@ -90,13 +87,13 @@ impl StateStore {
         let shown = path.display().to_string();
         let flags =
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_NOFOLLOW;
-        let conn = Connection::open_with_flags(path, flags).map_err(|e| fail(&shown, e))?;
-        conn.busy_timeout(Duration::from_millis(u64::from(busy_timeout_ms))).map_err(|e| fail(&shown, e))?;
+        let conn = Connection::open_with_flags(path, flags).map_err(|e| db_error(&shown, e))?;
+        conn.busy_timeout(Duration::from_millis(u64::from(busy_timeout_ms))).map_err(|e| db_error(&shown, e))?;
         Ok(Some(StateStore { conn, path: shown, writable: false }))
     }
 
     fn fail(&self, e: rusqlite::Error) -> StoreError {
-        fail(&self.path, e)
+        db_error(&self.path, e)
     }
 
     /// Records a session opening; returns its id.
@@ -242,15 +239,6 @@ fn restrict_files(path: &Path, group: Option<u32>) -> Result<(), String> {
         }
     }
     Ok(())
-}
-
-fn fail(path: &str, e: rusqlite::Error) -> StoreError {
-    match e.sqlite_error_code() {
-        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) => {
-            StoreError::Busy { path: path.to_string() }
-        }
-        _ => StoreError::Unavailable { path: path.to_string(), reason: e.to_string() },
-    }
 }
 
 /// The fingerprint of the key that authenticated, from sshd's `SSH_AUTH_INFO_0`

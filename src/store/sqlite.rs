@@ -23,13 +23,19 @@ pub struct SqliteStore {
 }
 
 impl Drop for SqliteStore {
-    /// A writer leaves the WAL empty (but in place): a reader that finds no writer attached
-    /// would otherwise rebuild its index from every frame on each lookup.
     fn drop(&mut self) {
         if self.writable {
-            let _ = self.conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+            truncate_wal(&self.conn);
         }
     }
+}
+
+/// What every writer of ours does as it closes: fold the WAL back in and empty it (but
+/// leave it in place). Readers that find no writer attached would otherwise rebuild their
+/// index from every frame on each lookup, and short-lived writers (a login, a PAM stage)
+/// never reach SQLite's automatic checkpoint, so the WAL grew without bound.
+pub(crate) fn truncate_wal(conn: &Connection) {
+    let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
 }
 
 fn unavailable(path: &str, e: impl fmt::Display) -> StoreError {
@@ -38,6 +44,16 @@ fn unavailable(path: &str, e: impl fmt::Display) -> StoreError {
 
 fn is_busy(e: &rusqlite::Error) -> bool {
     matches!(e.sqlite_error_code(), Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked))
+}
+
+/// A SQLite error on the file at `path`: busy (another writer held it past the timeout),
+/// or unavailable.
+pub(crate) fn db_error(path: &str, e: rusqlite::Error) -> StoreError {
+    if is_busy(&e) {
+        StoreError::Busy { path: path.to_string() }
+    } else {
+        unavailable(path, e)
+    }
 }
 
 /// A read-write connection as every writer of ours opens it: WAL kept on close (see the
@@ -52,13 +68,7 @@ pub(crate) fn writer_connection(path: &Path, busy_timeout_ms: u32, create: bool)
     if create {
         flags |= OpenFlags::SQLITE_OPEN_CREATE;
     }
-    let fail = |e: rusqlite::Error| {
-        if is_busy(&e) {
-            StoreError::Busy { path: shown.clone() }
-        } else {
-            unavailable(&shown, e)
-        }
-    };
+    let fail = |e| db_error(&shown, e);
     let conn = Connection::open_with_flags(path, flags).map_err(fail)?;
     conn.busy_timeout(Duration::from_millis(u64::from(busy_timeout_ms))).map_err(fail)?;
     conn.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true).map_err(fail)?;
@@ -70,17 +80,18 @@ pub(crate) fn writer_connection(path: &Path, busy_timeout_ms: u32, create: bool)
     Ok(conn)
 }
 
-/// Brings `conn` up to `migrations.len()`, one transaction per step.
+/// Brings `conn` up to `migrations.len()`, one transaction per step. A file already there
+/// is only read: the write lock, which every open would otherwise queue for behind other
+/// writers (each PAM stage opens state.db), is taken only when a step is due.
 pub(crate) fn migrate_connection(conn: &mut Connection, path: &str, migrations: &[&str]) -> Result<i64, StoreError> {
     let expected = migrations.len() as i64;
+    let fail = |e| db_error(path, e);
+    let current: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(fail)?;
+    if current == expected {
+        return Ok(current);
+    }
     loop {
-        let fail = |e: rusqlite::Error| {
-            if is_busy(&e) {
-                StoreError::Busy { path: path.to_string() }
-            } else {
-                unavailable(path, e)
-            }
-        };
+        // Read again under the lock: another program may have migrated meanwhile.
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(fail)?;
         let found: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(fail)?;
         if found > expected {
@@ -201,12 +212,10 @@ impl SqliteStore {
     }
 
     fn error(&self, e: rusqlite::Error) -> StoreError {
-        if is_busy(&e) {
-            StoreError::Busy { path: self.path.clone() }
-        } else if !self.writable && e.sqlite_error_code() == Some(ErrorCode::ReadOnly) {
+        if !self.writable && e.sqlite_error_code() == Some(ErrorCode::ReadOnly) {
             StoreError::IndexRace { path: self.path.clone(), reason: e.to_string() }
         } else {
-            unavailable(&self.path, e)
+            db_error(&self.path, e)
         }
     }
 
@@ -408,14 +417,21 @@ fn sync_user(
         .prepare_cached("SELECT fingerprint FROM keys WHERE user_id = ?1 AND source = 'ldap'")?
         .query_map([id], |r| r.get(0))?
         .collect::<rusqlite::Result<_>>()?;
+    // The user's policy is each new key's scope: read once, when the first new key needs it.
+    let mut policy_scope = None;
     for key in &u.keys {
         if existing.contains(&key.fingerprint) {
             continue;
         }
         let new = NewKey { key: key.clone(), scope: None, from: None, expires: None, source: "ldap".to_string() };
-        let policy: String =
-            tx.prepare_cached("SELECT policy FROM users WHERE id = ?1")?.query_row([id], |r| r.get(0))?;
-        let scope = parse_scope(policy)?;
+        let scope = match policy_scope {
+            Some(s) => s,
+            None => {
+                let policy: String =
+                    tx.prepare_cached("SELECT policy FROM users WHERE id = ?1")?.query_row([id], |r| r.get(0))?;
+                *policy_scope.insert(parse_scope(policy)?)
+            }
+        };
         let mut statement = tx.prepare_cached(INSERT_KEY)?;
         match insert_key(&mut statement, id, &new, scope, actor.now) {
             Ok(_) => {
