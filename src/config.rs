@@ -11,6 +11,12 @@ use toml::Spanned;
 pub const DEFAULT_PATH: &str = "/etc/gatehouse/gatehouse.toml";
 pub const DEFAULT_STORE: &str = "/var/lib/gatehouse/store.db";
 pub const DEFAULT_SHELL: &str = "/usr/bin/gatehouse-shell";
+/// Whether `path` names gatehouse-shell (in any folder): as a login shell it must not be
+/// started as the shell it starts.
+pub fn is_gatehouse_shell(path: &Path) -> bool {
+    path.file_name().is_some_and(|n| n == "gatehouse-shell")
+}
+
 /// What gatehouse-shell, as the login shell, starts for shell-policy sessions.
 pub const DEFAULT_LOGIN_SHELL: &str = "/bin/bash";
 pub const DEFAULT_NAME_PATTERN: &str = "^[a-z_][a-z0-9_-]{0,31}$";
@@ -701,7 +707,7 @@ impl Config {
             match shell.login_shell {
                 // "": no shell for sessions that reach gatehouse-shell as the login shell.
                 Some(p) if p.get_ref().is_empty() => c.login_shell = None,
-                Some(p) if p.get_ref().rsplit('/').next() == Some("gatehouse-shell") => {
+                Some(p) if is_gatehouse_shell(Path::new(p.get_ref())) => {
                     return at.error(&p.span(), "shell.login_shell", "must be a real shell, not gatehouse-shell");
                 }
                 Some(p) => c.login_shell = Some(absolute(p, "shell.login_shell")?),

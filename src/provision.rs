@@ -74,7 +74,7 @@ pub fn plan(config: &Config, users: &[User]) -> Vec<Step> {
         match nix::unistd::User::from_name(&u.name) {
             Ok(None) if u.state == UserState::Enabled => {
                 let shell = if u.policy == Scope::Shell && config.login_shell.is_none() {
-                    "/bin/bash".to_string()
+                    crate::config::DEFAULT_LOGIN_SHELL.to_string()
                 } else if u.policy == Scope::Shell {
                     // gatehouse-shell starts shell.login_shell for them: no shell, and no
                     // startup file, runs before gatehouse-shell for any of their keys.

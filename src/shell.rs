@@ -65,7 +65,7 @@ pub fn parse_args(args: &[OsString]) -> Result<Invocation, String> {
             // Key lines say `exec PROGRAM …` for the shells that would fork otherwise.
             words.next_if_eq(&"exec");
             let program = words.next();
-            let named_so = program.is_some_and(|p| p.rsplit('/').next() == Some("gatehouse-shell"));
+            let named_so = program.is_some_and(|p| crate::config::is_gatehouse_shell(Path::new(p)));
             // shell.path may name the program otherwise; its `--key FINGERPRINT` still tells.
             let all: Vec<&str> = command.split(' ').collect();
             let has_key = all.windows(2).any(|w| w[0] == "--key" && is_fingerprint(w[1]));
@@ -198,6 +198,13 @@ fn refuse(message: impl Into<String>, reason: &'static str) -> Action {
     Action::Refuse { message: message.into(), reason, code: exit::REFUSED }
 }
 
+fn stale() -> Action {
+    refuse(
+        "Your account comes from the directory, which has been out of reach too long; try again later.",
+        "directory-stale",
+    )
+}
+
 fn greeting(session: &Session<'_>) -> Action {
     let message = match session.fingerprint {
         NO_KEY => {
@@ -259,10 +266,7 @@ pub fn decide(config: &Config, store: &dyn LoginStore, session: &Session<'_>) ->
         return Ok(revoked());
     };
     if !view.fresh(config.ldap.as_ref().map(|l| l.staleness_max), session.now) {
-        return Ok(refuse(
-            "Your account comes from the directory, which has been out of reach too long; try again later.",
-            "directory-stale",
-        ));
+        return Ok(stale());
     }
     let scope = match usable_scope(&view.user, key, session.now) {
         Ok(scope) => scope,
@@ -376,10 +380,7 @@ pub fn decide_login_shell(config: &Config, store: &dyn LoginStore, session: &Ses
         return Ok(refuse("This account is not served by Gatehouse.", "not-in-store"));
     };
     if !view.fresh(config.ldap.as_ref().map(|l| l.staleness_max), session.now) {
-        return Ok(refuse(
-            "Your account comes from the directory, which has been out of reach too long; try again later.",
-            "directory-stale",
-        ));
+        return Ok(stale());
     }
     if view.user.state != UserState::Enabled {
         return Ok(refuse(format!("Account {} is disabled.", session.user), "user-disabled"));
@@ -398,8 +399,9 @@ fn git_plan(
         Ok(r) => r,
         Err(why) => return Ok(refuse(why, "bad-repository-path")),
     };
+    // The same words for a forbidden repository and a missing one; the log tells them apart.
     let not_found =
-        || refuse(format!("Repository {} not found, or you do not have access to it.", repo.relative()), "no-access");
+        |reason| refuse(format!("Repository {} not found, or you do not have access to it.", repo.relative()), reason);
     let grants = if repo.owner == session.user {
         Vec::new()
     } else {
@@ -411,10 +413,10 @@ fn git_plan(
     };
     let need = if verb.writes() { Access::Write } else { Access::Read };
     let Some(granted) = repo::access(session.user, &repo, &grants) else {
-        return Ok(not_found());
+        return Ok(not_found("no-access"));
     };
     if granted < need {
-        return Ok(not_found());
+        return Ok(not_found("no-access"));
     }
     let dir = config.git_root.join(&repo.owner).join(&repo.name);
     let mut init_bare = None;
@@ -423,11 +425,7 @@ fn git_plan(
         let own_first_push = verb.writes() && repo.owner == session.user && config.git_create_on_push;
         let parent_ok = real_dir_below(&config.git_root, &[&repo.owner]).is_some();
         if !own_first_push || std::fs::symlink_metadata(&dir).is_ok() || !parent_ok {
-            // The same words as for a forbidden one; the log tells them apart.
-            return Ok(refuse(
-                format!("Repository {} not found, or you do not have access to it.", repo.relative()),
-                "no-such-repository",
-            ));
+            return Ok(not_found("no-such-repository"));
         }
         init_bare = Some(dir.clone());
     }

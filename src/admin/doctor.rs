@@ -60,8 +60,7 @@ fn login_shells(r: &mut Report, config: &Config, store: &crate::store::sqlite::S
     for u in users.iter().filter(|u| u.state == crate::policy::UserState::Enabled).take(LOGIN_SHELL_SAMPLE) {
         let Ok(Some(account)) = nix::unistd::User::from_name(&u.name) else { continue };
         checked += 1;
-        let ours = account.shell == Path::new(&config.shell_path)
-            || account.shell.file_name().is_some_and(|n| n == "gatehouse-shell");
+        let ours = account.shell == Path::new(&config.shell_path) || crate::config::is_gatehouse_shell(&account.shell);
         if !ours {
             others.push(format!("{}: {}", u.name, account.shell.display()));
         }
@@ -190,14 +189,13 @@ pub fn diagnose(config: &Config, options: &DoctorOptions<'_>) -> Vec<Finding> {
     }
 
     // What the forced command serves, and the wall around it.
-    let login_shell = config.login_shell.clone().unwrap_or_default();
     let mut programs = vec![
         ("git.program", &config.git_program),
         ("sftp.program", &config.sftp_program),
         ("rsync.program", &config.rsync_program),
     ];
-    if config.login_shell.is_some() {
-        programs.push(("shell.login_shell", &login_shell));
+    if let Some(login_shell) = &config.login_shell {
+        programs.push(("shell.login_shell", login_shell));
     }
     for (key, program) in programs {
         match std::fs::metadata(program) {

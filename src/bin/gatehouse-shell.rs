@@ -22,6 +22,7 @@ fn main() -> ExitCode {
             return ExitCode::from(exit::USAGE);
         }
     };
+    let login_mode = matches!(invocation, Invocation::LoginShell { .. });
     let (config_path, fingerprint) = match &invocation {
         Invocation::Forced(a) => (a.config.as_deref(), a.fingerprint.as_str()),
         // Not a key line: no key to name.
@@ -36,9 +37,7 @@ fn main() -> ExitCode {
         }
     };
     let mut log = Logger::open("gatehouse-shell", &config);
-    if matches!(invocation, Invocation::LoginShell { .. })
-        && std::env::var(LOOP_MARK).is_ok_and(|pid| pid == std::process::id().to_string())
-    {
+    if login_mode && std::env::var(LOOP_MARK).is_ok_and(|pid| pid == std::process::id().to_string()) {
         eprintln!("gatehouse-shell: service misconfigured, please tell the administrators");
         log.log(Level::Error, &[("error", "shell.login_shell starts gatehouse-shell again; it must be a real shell")]);
         return ExitCode::from(exit::CONFIG);
@@ -139,8 +138,7 @@ fn main() -> ExitCode {
             // files) away from keys without shell scope; a shell key gets shell.login_shell.
             // Started as the login shell for something else than a key line, the account's
             // shell is (a way to) this program: only shell.login_shell can follow.
-            let ours = matches!(invocation, Invocation::LoginShell { .. })
-                || account.shell.file_name().is_some_and(|n| n == "gatehouse-shell");
+            let ours = login_mode || gatehouse::config::is_gatehouse_shell(&account.shell);
             let shell = match (ours, &config.login_shell) {
                 (false, _) => account.shell,
                 (true, Some(login_shell)) => login_shell.clone(),
@@ -161,7 +159,7 @@ fn main() -> ExitCode {
                 ],
             );
             let mut cmd = Command::new(&shell);
-            if matches!(invocation, Invocation::LoginShell { .. }) {
+            if login_mode {
                 // exec keeps the process ID: seeing it again means the shell led back here.
                 cmd.env(LOOP_MARK, std::process::id().to_string());
             }
@@ -172,7 +170,7 @@ fn main() -> ExitCode {
                 Some(c) => {
                     cmd.arg("-c").arg(c);
                 }
-                None if matches!(invocation, Invocation::LoginShell { .. }) && !as_login => {}
+                None if login_mode && !as_login => {}
                 None => {
                     // A leading dash in argv[0] makes it a login shell, as sshd would start it.
                     let name = shell.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
