@@ -169,9 +169,6 @@ async fn update_user(
         }
         Ok(())
     })?;
-    if change.state == Some(UserState::Disabled) {
-        let _ = app.secrets.get().end_sessions_of(&name);
-    }
     let user = app.stores.get().user(&name).map_err(|e| app.store_err(e))?;
     Ok(Json(user_json(user)))
 }
@@ -183,7 +180,6 @@ async fn remove_user(
 ) -> Result<StatusCode, ApiError> {
     caller.require_admin()?;
     with_admin(&app, &caller, |a| a.user_remove(&name))?;
-    let _ = app.secrets.get().end_sessions_of(&name);
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -139,11 +139,16 @@ impl Peer {
         self.0.map(|ip| ip.to_string()).unwrap_or_else(|| "unix".to_string())
     }
 
+    /// Whether the peer is one of `web.trusted_proxies`.
+    pub fn is_trusted(&self, trusted_proxies: &[IpAddr]) -> bool {
+        self.0.is_some_and(|ip| trusted_proxies.contains(&ip))
+    }
+
     /// The client behind a proxy of `web.trusted_proxies`: the address that proxy appended
     /// last to `X-Forwarded-For` (the earlier ones are the client's to write). From any
     /// other peer, or without a well-formed header, the peer itself.
     pub fn client(&self, trusted_proxies: &[IpAddr], headers: &axum::http::HeaderMap) -> Peer {
-        if !self.0.is_some_and(|ip| trusted_proxies.contains(&ip)) {
+        if !self.is_trusted(trusted_proxies) {
             return *self;
         }
         let forwarded = headers

@@ -83,7 +83,7 @@ fn proxy_user(app: &App, parts: &Parts, peer: Peer) -> Option<String> {
     let header_name = app.config.web.proxy_user_header.as_deref()?;
     let secret = app.proxy_secret.as_deref()?;
     // Only from the configured proxy addresses, and only with the shared secret.
-    let from_proxy = peer.0.is_some_and(|ip| app.config.web.trusted_proxies.contains(&ip));
+    let from_proxy = peer.is_trusted(&app.config.web.trusted_proxies);
     let sent = parts.headers.get("x-gatehouse-proxy-secret").and_then(|v| v.to_str().ok()).unwrap_or("");
     if !from_proxy || !same(sent, secret) {
         return None;
@@ -126,7 +126,7 @@ impl FromRequestParts<Arc<App>> for SignedIn {
     }
 }
 
-fn user_enabled(app: &App, user: &str) -> bool {
+pub(crate) fn user_enabled(app: &App, user: &str) -> bool {
     let found = gatehouse::store::AdminStore::user(&*app.stores.get(), user);
     matches!(found, Ok(u) if u.state == gatehouse::policy::UserState::Enabled)
 }

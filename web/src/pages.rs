@@ -132,11 +132,14 @@ pub async fn signin(
     }
     let checking = app.clone();
     let (user, password) = (form.user.clone(), form.password);
-    let matched =
-        tokio::task::spawn_blocking(move || user_ok && SignInCheck.check(&checking, &user, &password).unwrap_or(false))
-            .await
-            .unwrap_or(false);
-    let enabled = matched && matches!(app.stores.get().user(&form.user), Ok(u) if u.state == UserState::Enabled);
+    // The password (argon2, or a bind to the directory) and the store: off the async workers.
+    let enabled = tokio::task::spawn_blocking(move || {
+        user_ok
+            && SignInCheck.check(&checking, &user, &password).unwrap_or(false)
+            && crate::auth::user_enabled(&checking, &user)
+    })
+    .await
+    .unwrap_or(false);
     if !enabled {
         app.log(
             Level::Notice,
@@ -400,7 +403,7 @@ fn add_key(
     scope: Option<Scope>,
     expires: Option<String>,
 ) -> Result<String, WebError> {
-    let text = text.trim_end_matches(['\n', '\r']).trim();
+    let text = text.trim();
     directory_keys_guard(app, &*app.stores.get(), &signed_in.user)?;
     let options = KeyOptions { scope, expires, from: None, comment: None };
     app.with_admin(signed_in.actor(peer), |admin| admin.key_add_from(&signed_in.user, text, &options, "web"))
