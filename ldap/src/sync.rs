@@ -174,7 +174,6 @@ pub fn map_entries(
     (users, high_water)
 }
 
-/// Group name → member user names.
 /// A DN in one spelling: lower case, no blanks around `,` and `=`. Directories return a
 /// member DN as they spell the entry's own DN, up to case and such blanks.
 pub fn dn_key(dn: &str) -> String {
@@ -188,7 +187,8 @@ pub fn dn_key(dn: &str) -> String {
         .to_lowercase()
 }
 
-/// `known`: DN (as `dn_key` spells it) → user name, of the directory's users.
+/// Group name → member user names. `known`: DN (as `dn_key` spells it) → user name, of the
+/// directory's users.
 pub fn map_groups(
     cfg: &LdapConfig,
     entries: &[SearchEntry],
@@ -276,28 +276,22 @@ pub fn sync(
         dir.unbind();
         let mut report = SyncReport::default();
         let (users, new_high_water) = map_entries(config, cfg, &entries, now, &mut report);
+        let store_err = |e: gatehouse::store::StoreError| DirectoryError::Search(format!("store: {e}"));
+        let listed: std::collections::HashSet<&str> = users.iter().map(|u| u.name.as_str()).collect();
         // Names skipped above (duplicates, reserved, local) get no directory groups either.
-        let skipped: std::collections::HashSet<&str> = entries
-            .iter()
-            .filter_map(|e| first(e, &cfg.user_attribute))
-            .filter(|n| !users.iter().any(|u| u.name == *n))
-            .collect();
+        let skipped: std::collections::HashSet<&str> =
+            entries.iter().filter_map(|e| first(e, &cfg.user_attribute)).filter(|n| !listed.contains(n)).collect();
         // User DNs: the store's (an incremental sync reads few users), then this read's.
-        let mut known: HashMap<String, String> = store
-            .directory_dns()
-            .map_err(|e| DirectoryError::Search(format!("store: {e}")))?
-            .into_iter()
-            .map(|(name, dn)| (dn_key(&dn), name))
-            .collect();
+        let mut known: HashMap<String, String> =
+            store.directory_dns().map_err(store_err)?.into_iter().map(|(name, dn)| (dn_key(&dn), name)).collect();
         known.extend(users.iter().map(|u| (dn_key(&u.dn), u.name.clone())));
         let mut groups = map_groups(cfg, &groups, config, &known);
         for (_, members) in &mut groups {
             members.retain(|m| !skipped.contains(m.as_str()));
         }
         if full && !allow_mass_disable {
-            let listed: std::collections::HashSet<&str> = users.iter().map(|u| u.name.as_str()).collect();
-            let known = store.users().map_err(|e| DirectoryError::Search(format!("store: {e}")))?;
-            let enabled: Vec<&str> = known
+            let in_store = store.users().map_err(store_err)?;
+            let enabled: Vec<&str> = in_store
                 .iter()
                 .filter(|u| u.source == "ldap" && u.state == UserState::Enabled)
                 .map(|u| u.name.as_str())
@@ -317,18 +311,14 @@ pub fn sync(
         }
         let snapshot = DirectorySnapshot { users, groups, high_water: new_high_water.or(high_water.clone()) };
         let actor = Actor { name: "ldap-sync".to_string(), now };
-        let applied = store
-            .apply_directory(&actor, &snapshot, full, config.default_policy)
-            .map_err(|e| DirectoryError::Search(format!("store: {e}")))?;
+        let applied = store.apply_directory(&actor, &snapshot, full, config.default_policy).map_err(store_err)?;
         report.users_added += applied.users_added;
         report.users_disabled += applied.users_disabled;
         report.users_enabled += applied.users_enabled;
         report.keys_added += applied.keys_added;
         report.keys_removed += applied.keys_removed;
         report.conflicts.extend(applied.conflicts);
-        store
-            .record_sync("ldap", now, None, snapshot.high_water.as_deref(), full)
-            .map_err(|e| DirectoryError::Search(format!("store: {e}")))?;
+        store.record_sync("ldap", now, None, snapshot.high_water.as_deref(), full).map_err(store_err)?;
         Ok(Outcome { full, entries: entries.len(), report })
     })();
     match result {
