@@ -120,56 +120,7 @@ CLEANUP_ALWAYS+=("$CLONES")
 # figures and repeated, up to as many extra rounds as were asked for. If fewer than 3
 # clone rounds (50 session rounds) stay undisturbed, every round counts and the summary
 # says in bold that the figures are disturbed.
-CLK_TCK=$(getconf CLK_TCK)
-busy_ticks() { awk '/^cpu / { print $2 + $3 + $4 + $9 }' /proc/stat; } # user nice system steal
-CG=
-if awk '$2 == "/sys/fs/cgroup/cpuacct" && $3 == "cgroup" { f = 1 } END { exit !f }' /proc/mounts; then
-    CG=/sys/fs/cgroup/cpuacct/gatehouse-bench
-    rmdir "$CG/server" "$CG" 2>/dev/null || true # left by a run that was killed
-    if mkdir -p "$CG/server" && echo $$ >"$CG/cgroup.procs"; then
-        cg_remove() {
-            echo $$ >/sys/fs/cgroup/cpuacct/cgroup.procs
-            rmdir "$CG/server" "$CG" 2>/dev/null
-        }
-        CLEANUP_HOOKS+=(cg_remove)
-    else
-        CG=
-    fi
-fi
-[ -n "$CG" ] || NOTES+=("no cgroup v1 cpuacct hierarchy at /sys/fs/cgroup/cpuacct: other work on the machine was not measured, and every round counts")
-# cg_ticks GROUP: user + system ticks of a cgroup (0 without cgroups).
-cg_ticks() { if [ -n "$CG" ]; then awk '{ s += $2 } END { print s }' "$1/cpuacct.stat"; else echo 0; fi; }
-# other_mark, then other_since: CPU seconds used outside the benchmark in between.
-other_mark() { OTHER_B0=$(busy_ticks) OTHER_O0=$(cg_ticks "$CG"); }
-other_since() {
-    if [ -z "$CG" ]; then
-        echo 0 # nothing to tell the benchmark's own time apart with: nothing counts as other
-        return
-    fi
-    awk -v b=$(($(busy_ticks) - OTHER_B0)) -v o=$(($(cg_ticks "$CG") - OTHER_O0)) -v hz="$CLK_TCK" \
-        'BEGIN { d = (b - o) / hz; printf "%.2f", d < 0 ? 0 : d }'
-}
-# wait_quiet PHASE: waits (at most BENCH_QUIET_WAIT seconds) for a second in which the
-# machine spends less than a tenth of a CPU outside the benchmark.
-wait_quiet() {
-    local waited=0 other
-    while :; do
-        other_mark
-        sleep 1
-        other=$(other_since)
-        if awk -v o="$other" 'BEGIN { exit !(o < 0.1) }'; then
-            [ "$waited" -eq 0 ] || echo "quiet after ${waited} s" >&2
-            [ "$waited" -eq 0 ] || NOTES+=("$1: waited $waited s for other work on the machine to stop")
-            return 0
-        fi
-        waited=$((waited + 1))
-        [ "$waited" -ne 1 ] || echo "waiting up to $QUIET_WAIT s for a quiet machine before $1 (other work: $other CPU-s/s)" >&2
-        if [ "$waited" -ge "$QUIET_WAIT" ]; then
-            NOTES+=("$1: the machine was still busy after $QUIET_WAIT s ($other CPU-seconds per second used by other processes); measured anyway")
-            return 0
-        fi
-    done
-}
+bench_cgroup gatehouse-bench # CG, other_mark, other_since, wait_quiet (lib.sh)
 
 # Port A runs git as the user's login shell would: it reads /etc/gitconfig and the user's
 # global files ($HOME/.gitconfig, $HOME/.config/git/config; HOME is /). gatehouse-shell
@@ -540,7 +491,6 @@ S_A=$(scol A | median) S_B=$(scol B | median) S_C=$(scol C | median)
 D_BA=$(awk -v a="$S_A" -v b="$S_B" 'BEGIN { printf "%.2f", b - a }')
 SC_A=$(scol A 5 | median) SC_B=$(scol B 5 | median) SC_C=$(scol C 5 | median)
 CC_A=$(scol A 6 | median) CC_B=$(scol B 6 | median) CC_C=$(scol C 6 | median)
-diff_ms() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a - b }'; }
 # paired X Y: the median over the counted rounds of Y's session minus X's, in ms.
 paired() {
     awk -F '\t' -v x="$1" -v y="$2" 'NR > 1 && $8 == "yes" { t[$1, $2] = $4; r[$1] = 1 } END { for (i in r) print t[i, y] - t[i, x] }' "$SESSIONS_TSV" |

@@ -324,3 +324,68 @@ settle_rounds() {
         NOTES+=("$4: $((tried - kept)) of $tried rounds left out because other work on the machine took more than $3 CPU-s during the round (all rounds in $(basename "$1"))")
     fi
 }
+
+# ---------------------------------------------------------------- other work on the machine
+# bench_cgroup NAME: puts this script, and all it starts, into the cpuacct cgroup NAME
+# (a child group "server" takes the sshd instances: echo their PID to $CG/server/cgroup.procs),
+# removed by the cleanup, and sets CG; without cgroup v1 cpuacct CG stays empty, a note says
+# so, and every round counts. Then other_mark and other_since tell the CPU seconds the
+# machine spent outside the benchmark in between (busy time in /proc/stat minus the
+# benchmark's own), and wait_quiet waits for a quiet second.
+bench_cgroup() {
+    CLK_TCK=$(getconf CLK_TCK)
+    CG=
+    if awk '$2 == "/sys/fs/cgroup/cpuacct" && $3 == "cgroup" { f = 1 } END { exit !f }' /proc/mounts; then
+        CG=/sys/fs/cgroup/cpuacct/$1
+        rmdir "$CG/server" "$CG" 2>/dev/null || true # left by a run that was killed
+        if mkdir -p "$CG/server" && echo $$ >"$CG/cgroup.procs"; then
+            CLEANUP_HOOKS+=(cg_remove)
+        else
+            CG=
+        fi
+    fi
+    [ -n "$CG" ] || NOTES+=("no cgroup v1 cpuacct hierarchy at /sys/fs/cgroup/cpuacct: other work on the machine was not measured, and every round counts")
+}
+cg_remove() {
+    echo $$ >/sys/fs/cgroup/cpuacct/cgroup.procs
+    local _
+    for _ in 1 2 3 4 5; do # the last sessions may take a moment to go
+        rmdir "$CG/server" "$CG" 2>/dev/null && break
+        sleep 0.2
+    done
+}
+busy_ticks() { awk '/^cpu / { print $2 + $3 + $4 + $9 }' /proc/stat; } # user nice system steal
+# cg_ticks GROUP: user + system ticks of a cgroup (0 without cgroups).
+cg_ticks() { if [ -n "$CG" ]; then awk '{ s += $2 } END { print s }' "$1/cpuacct.stat"; else echo 0; fi; }
+other_mark() { OTHER_B0=$(busy_ticks) OTHER_O0=$(cg_ticks "$CG"); }
+other_since() {
+    if [ -z "$CG" ]; then
+        echo 0 # nothing to tell the benchmark's own time apart with: nothing counts as other
+        return
+    fi
+    awk -v b=$(($(busy_ticks) - OTHER_B0)) -v o=$(($(cg_ticks "$CG") - OTHER_O0)) -v hz="$CLK_TCK" \
+        'BEGIN { d = (b - o) / hz; printf "%.2f", d < 0 ? 0 : d }'
+}
+# wait_quiet PHASE: waits (at most QUIET_WAIT seconds, default 30) for a second in which
+# the machine spends less than a tenth of a CPU outside the benchmark.
+wait_quiet() {
+    local waited=0 other limit=${QUIET_WAIT:-30}
+    while :; do
+        other_mark
+        sleep 1
+        other=$(other_since)
+        if awk -v o="$other" 'BEGIN { exit !(o < 0.1) }'; then
+            [ "$waited" -eq 0 ] || echo "quiet after ${waited} s" >&2
+            [ "$waited" -eq 0 ] || NOTES+=("$1: waited $waited s for other work on the machine to stop")
+            return 0
+        fi
+        waited=$((waited + 1))
+        [ "$waited" -ne 1 ] || echo "waiting up to $limit s for a quiet machine before $1 (other work: $other CPU-s/s)" >&2
+        if [ "$waited" -ge "$limit" ]; then
+            NOTES+=("$1: the machine was still busy after $limit s ($other CPU-seconds per second used by other processes); measured anyway")
+            return 0
+        fi
+    done
+}
+# diff_ms A B: A - B, in ms with two decimals.
+diff_ms() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a - b }'; }

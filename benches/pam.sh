@@ -133,55 +133,7 @@ pam_write() {
 # holds this script and all it starts; the two sshd instances and so every session, key
 # command and PAM stage in a child group "server"). Disturbed rounds are left out and
 # repeated, up to as many extra rounds as were asked for.
-CLK_TCK=$(getconf CLK_TCK)
-busy_ticks() { awk '/^cpu / { print $2 + $3 + $4 + $9 }' /proc/stat; } # user nice system steal
-CG=
-if awk '$2 == "/sys/fs/cgroup/cpuacct" && $3 == "cgroup" { f = 1 } END { exit !f }' /proc/mounts; then
-    CG=/sys/fs/cgroup/cpuacct/gatehouse-bench-pam
-    rmdir "$CG/server" "$CG" 2>/dev/null || true # left by a run that was killed
-    if mkdir -p "$CG/server" && echo $$ >"$CG/cgroup.procs"; then
-        cg_remove() {
-            echo $$ >/sys/fs/cgroup/cpuacct/cgroup.procs
-            local _
-            for _ in 1 2 3 4 5; do # the last sessions may take a moment to go
-                rmdir "$CG/server" "$CG" 2>/dev/null && break
-                sleep 0.2
-            done
-        }
-        CLEANUP_HOOKS+=(cg_remove)
-    else
-        CG=
-    fi
-fi
-[ -n "$CG" ] || NOTES+=("no cgroup v1 cpuacct hierarchy at /sys/fs/cgroup/cpuacct: other work on the machine was not measured, and every round counts")
-cg_ticks() { if [ -n "$CG" ]; then awk '{ s += $2 } END { print s }' "$1/cpuacct.stat"; else echo 0; fi; }
-other_mark() { OTHER_B0=$(busy_ticks) OTHER_O0=$(cg_ticks "$CG"); }
-other_since() {
-    if [ -z "$CG" ]; then
-        echo 0
-        return
-    fi
-    awk -v b=$(($(busy_ticks) - OTHER_B0)) -v o=$(($(cg_ticks "$CG") - OTHER_O0)) -v hz="$CLK_TCK" \
-        'BEGIN { d = (b - o) / hz; printf "%.2f", d < 0 ? 0 : d }'
-}
-wait_quiet() {
-    local waited=0 other
-    while :; do
-        other_mark
-        sleep 1
-        other=$(other_since)
-        if awk -v o="$other" 'BEGIN { exit !(o < 0.1) }'; then
-            [ "$waited" -eq 0 ] || NOTES+=("$1: waited $waited s for other work on the machine to stop")
-            return 0
-        fi
-        waited=$((waited + 1))
-        [ "$waited" -ne 1 ] || echo "waiting up to $QUIET_WAIT s for a quiet machine before $1 (other work: $other CPU-s/s)" >&2
-        if [ "$waited" -ge "$QUIET_WAIT" ]; then
-            NOTES+=("$1: the machine was still busy after $QUIET_WAIT s ($other CPU-seconds per second used by other processes); measured anyway")
-            return 0
-        fi
-    done
-}
+bench_cgroup gatehouse-bench-pam # CG, other_mark, other_since, wait_quiet (lib.sh)
 
 # ---------------------------------------------------------------- build
 log "building release binaries (scripts/build-release: target/dist, pam_gatehouse.so included)"
@@ -329,7 +281,6 @@ n=$(state_sql "SELECT count(*) FROM logins WHERE service != '$SVC_MODULE'")
 # from the cgroup (ns): what the module adds in CPU time hardly depends on other work.
 # Adds its rows.
 q() { sort -g | awk -v q="$1" '{ v[NR] = $1 } END { i = int(q * NR + 0.999999); if (i < 1) i = 1; print v[i] }'; }
-diff_ms() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a - b }'; }
 sequential() {
     local tag=$1 want=$2 tsv=$3 kept=0 tried=0 all_other=0 srv0=0 srv1=0 t0 us side order lines other counted
     local phase_t0 wall rounds l_a l_b c_a c_b paired before n d

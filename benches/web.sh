@@ -48,6 +48,7 @@ rm -rf "${STORE_DIR:?}"
 
 # ---------------------------------------------------------------- build
 log "building release binaries (scripts/build-release, with gatehoused)"
+bench_build_id # the commit built, for the summary (others may commit meanwhile)
 (cd "$ROOT" && scripts/build-release && cargo build --release --locked --example gen_keys)
 bench_install_binaries # $RUN/bin: GH, KEYS, SHELL_BIN
 install -m 0755 "$ROOT/target/dist/gatehoused" "$RUN/bin/gatehoused"
@@ -243,7 +244,7 @@ done
 {
     echo "# gatehoused benchmark"
     echo
-    echo "$(date -u '+%Y-%m-%d %H:%M UTC'), $(uname -sr), $(nproc) CPUs, commit $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$ROOT" diff --quiet HEAD 2>/dev/null || echo ' (+ local changes)'), $(wrk -v 2>&1 | head -1 | cut -d' ' -f1-2)"
+    echo "$(date -u '+%Y-%m-%d %H:%M UTC'), $(uname -sr), $(nproc) CPUs, commit $BUILD_ID, $(wrk -v 2>&1 | head -1 | cut -d' ' -f1-2)"
     echo
     echo "Store: $(commas "$USERS") users x $KEYS_PER_USER keys; gatehoused (release build, 2 worker threads) on $URL, as root."
     echo "Load: \`wrk ${WRK_ARGS[*]}\` on the same machine, one run per target."
