@@ -186,9 +186,9 @@ added=$("$GH" --config "$CFG" key add "$BENCH_USER" --file "$SHELL_KEY.pub" --sc
 "$GH" --config "$CFG" init >/dev/null
 chmod 0644 "$STORE/store.db" "$STORE/store.db-wal" "$STORE/store.db-shm"
 # The key lines gatehouse-keys prints, as sshd would get them (and port C's file).
-as_nobody "$KEYS" --config "$CFG" -- "$BENCH_USER" >"$RUN/sshd/authorized/$BENCH_USER.gatehouse"
+as_nobody "$KEYS" --config "$CFG" -- "$BENCH_USER" "$(bench_uid)" >"$RUN/sshd/authorized/$BENCH_USER.gatehouse"
 for fp in "$FP_GIT" "$FP_SHELL"; do
-    lines=$(as_nobody "$KEYS" --config "$CFG" -- "$BENCH_USER" "$fp" | wc -l)
+    lines=$(as_nobody "$KEYS" --config "$CFG" -- "$BENCH_USER" "$(bench_uid)" "$fp" | wc -l)
     [ "$lines" -eq 1 ] || die "gatehouse-keys as nobody printed $lines lines for $BENCH_USER $fp (expected 1)"
 done
 [ "$(wc -l <"$RUN/sshd/authorized/$BENCH_USER.gatehouse")" -eq 2 ] || die "gatehouse-keys did not print the user's two keys"
@@ -283,7 +283,7 @@ PORT_C=$(free_port $((PORT_B + 1)))
 AcceptEnv GIT_PROTOCOL
 Match LocalPort $PORT_B
     AuthorizedKeysFile none
-    AuthorizedKeysCommand $KEYS --config $CFG -- %u %f %t %k
+    AuthorizedKeysCommand $KEYS --config $CFG -- %u %U %f %t %k
     AuthorizedKeysCommandUser nobody
 Match LocalPort $PORT_C
     AuthorizedKeysFile $RUN/sshd/authorized/%u.gatehouse

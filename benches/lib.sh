@@ -165,7 +165,11 @@ bench_install_binaries() {
 
 # A throw-away account: '*' (not '!') as the password, because with UsePAM no sshd treats
 # '!' as locked and refuses even a valid key. Home '/' avoids a chdir warning.
-bench_add_user() { useradd -M -d / -p '*' -s /bin/sh -c "$MARK" "$BENCH_USER"; }
+# In users.uid_min..uid_max (the default 20000..29999): Gatehouse serves no account below it.
+bench_add_user() { useradd -K UID_MIN=20000 -K UID_MAX=29999 -M -d / -p '*' -s /bin/sh -c "$MARK" "$BENCH_USER"; }
+# The bench user's uid, as sshd passes it to gatehouse-keys (%U); before the account exists,
+# any uid in the served range (the store lookups do not depend on it).
+bench_uid() { id -u "$BENCH_USER" 2>/dev/null || echo 20000; }
 
 # ---------------------------------------------------------------- the private sshd
 # Free ports above the usual ones: free_port FROM.

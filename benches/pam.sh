@@ -179,7 +179,7 @@ added=$("$GH" --config "$CFG" key add "$BENCH_USER" --file "$CLIENT_KEY.pub")
 [ "$added" = "$FP" ] || die "key add printed '$added', expected $FP"
 "$GH" --config "$CFG" init >/dev/null # keeps the -wal/-shm files, which are then opened to nobody
 chmod 0644 "$STORE/store.db" "$STORE/store.db-wal" "$STORE/store.db-shm"
-lines=$(as_nobody "$KEYS" --config "$CFG" -- "$BENCH_USER" "$FP" | wc -l)
+lines=$(as_nobody "$KEYS" --config "$CFG" -- "$BENCH_USER" "$(bench_uid)" "$FP" | wc -l)
 [ "$lines" -eq 1 ] || die "gatehouse-keys as nobody printed $lines lines for $BENCH_USER $FP (expected 1)"
 STATE=$STORE/state.db # the module's: beside a store placed elsewhere (config.rs), made at the first login
 
@@ -205,7 +205,7 @@ PORT_B=$(free_port $((PORT_A + 1)))
 MaxStartups 300
 Match all
     AuthorizedKeysFile none
-    AuthorizedKeysCommand $KEYS --config $CFG -- %u %f %t %k
+    AuthorizedKeysCommand $KEYS --config $CFG -- %u %U %f %t %k
     AuthorizedKeysCommandUser nobody
 EOF
 } >"$RUN/sshd/sshd_config"
@@ -215,7 +215,7 @@ for p in "$PORT_A" "$PORT_B"; do
     grep -qx "usepam yes" <<<"$eff" || die "sshd would not use PAM"
     grep -q "^maxstartups 300:[0-9]*:300$" <<<"$eff" || die "MaxStartups is not 300"
     grep -qx "authorizedkeysfile none" <<<"$eff" || die "sshd would read an authorized_keys file"
-    grep -qx "authorizedkeyscommand $KEYS --config $CFG -- %u %f %t %k" <<<"$eff" || die "sshd would not run gatehouse-keys"
+    grep -qx "authorizedkeyscommand $KEYS --config $CFG -- %u %U %f %t %k" <<<"$eff" || die "sshd would not run gatehouse-keys"
 done
 SSHD_PIDS=()
 # sshd_as SERVICE PORT LOG: sshd through a link named SERVICE (its PAM service), port by -p.

@@ -117,7 +117,7 @@ open_to_nobody() {
     local dir=$1 lines
     "$GH" --config "$dir/gatehouse.toml" init >/dev/null
     chmod 0644 "$dir/store.db" "$dir/store.db-wal" "$dir/store.db-shm"
-    lines=$(as_nobody "$KEYS" --config "$dir/gatehouse.toml" -- "$BENCH_USER" "$FP" | wc -l)
+    lines=$(as_nobody "$KEYS" --config "$dir/gatehouse.toml" -- "$BENCH_USER" "$(bench_uid)" "$FP" | wc -l)
     [ "$lines" -eq 1 ] || die "$dir: gatehouse-keys as nobody printed $lines lines for $BENCH_USER $FP (expected 1)"
 }
 
@@ -181,9 +181,9 @@ for r in $(seq "$ROUNDS"); do
     (cd "$HF_DIR" && as_nobody hyperfine -N --style basic --warmup 20 --runs $((RUNS / ROUNDS)) \
         --export-json "$HF_DIR/lookup-round-$r.json" --export-markdown "$HF_DIR/lookup-round-$r.md" \
         -n true "/bin/true" \
-        -n keys-1k "$KEYS --config $S1K/gatehouse.toml -- $BENCH_USER $FP" \
-        -n keys-1m "$KEYS --config $S1M/gatehouse.toml -- $BENCH_USER $FP" \
-        -n keys-1k-as-imported "$KEYS --config $S1K_RAW/gatehouse.toml -- $BENCH_USER $FP" \
+        -n keys-1k "$KEYS --config $S1K/gatehouse.toml -- $BENCH_USER $(bench_uid) $FP" \
+        -n keys-1m "$KEYS --config $S1M/gatehouse.toml -- $BENCH_USER $(bench_uid) $FP" \
+        -n keys-1k-as-imported "$KEYS --config $S1K_RAW/gatehouse.toml -- $BENCH_USER $(bench_uid) $FP" \
         -n sqlite-script-1m "/bin/sh $ROOT/benches/sqlite-keys.sh $S1M/store.db $BENCH_USER $FP") |
         tee -a "$DATA/lookup.txt"
 done
@@ -213,7 +213,7 @@ log "peak RSS of gatehouse-keys"
 peak_rss() {
     local max=0 kb
     for _ in $(seq 20); do
-        kb=$(as_nobody /usr/bin/time -f %M "$KEYS" --config "$1/gatehouse.toml" -- "$BENCH_USER" "$FP" 2>&1 >/dev/null | tail -1)
+        kb=$(as_nobody /usr/bin/time -f %M "$KEYS" --config "$1/gatehouse.toml" -- "$BENCH_USER" "$(bench_uid)" "$FP" 2>&1 >/dev/null | tail -1)
         [ "$kb" -le "$max" ] || max=$kb
     done
     echo "$max"
@@ -237,7 +237,7 @@ PORT_B=$(free_port $((PORT_A + 1)))
     cat <<EOF
 Match LocalPort $PORT_B
     AuthorizedKeysFile none
-    AuthorizedKeysCommand $KEYS --config $S1M/gatehouse.toml -- %u %f %t %k
+    AuthorizedKeysCommand $KEYS --config $S1M/gatehouse.toml -- %u %U %f %t %k
     AuthorizedKeysCommandUser nobody
 EOF
 } >"$RUN/sshd/sshd_config"

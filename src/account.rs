@@ -144,15 +144,25 @@ impl Stage {
 
     /// The store's view of the user: `Ok(None)` for a user it does not know.
     fn store_user(&mut self, opts: &ModuleOptions, stage: &str) -> Result<Option<crate::store::User>, Verdict> {
+        self.store_view(opts, stage, None).map(|v| v.map(|v| v.user))
+    }
+
+    /// The user and, with `fingerprint`, that key of theirs if the store has it.
+    fn store_view(
+        &mut self,
+        opts: &ModuleOptions,
+        stage: &str,
+        fingerprint: Option<&str>,
+    ) -> Result<Option<crate::store::LoginView>, Verdict> {
         if !self.config.valid_user_name(&self.user) {
             return self.unknown(opts, stage, "bad-user-name").map(|_| None);
         }
-        let store = SqliteStore::open_reader(&self.config.store_path, self.config.busy_timeout_ms).map_err(|e| {
+        let store = SqliteStore::open_reader(&self.config.store_path, self.config.login_timeout_ms).map_err(|e| {
             let text = e.to_string();
             self.log.log(Level::Error, &[("stage", stage), ("user", &self.user), ("error", &text)]);
             Verdict::ServiceError
         })?;
-        let view = store.login_view(&self.user, None).map_err(|e| {
+        let view = store.login_view(&self.user, fingerprint).map_err(|e| {
             let text = e.to_string();
             self.log.log(Level::Error, &[("stage", stage), ("user", &self.user), ("error", &text)]);
             Verdict::ServiceError
@@ -162,7 +172,7 @@ impl Stage {
                 self.say(Level::Warning, stage, "refuse", "directory-stale");
                 Err(Verdict::PermissionDenied)
             }
-            Some(v) => Ok(Some(v.user)),
+            Some(v) => Ok(Some(v)),
             None => self.unknown(opts, stage, "unknown-user").map(|_| None),
         }
     }
@@ -288,11 +298,12 @@ pub fn open_session(ctx: &mut dyn PamContext, opts: &ModuleOptions, now: Timesta
         Ok(s) => s,
         Err(v) => return v,
     };
-    match stage.store_user(opts, "session") {
-        Ok(Some(_)) => {}
+    let fingerprint = ctx.env("SSH_AUTH_INFO_0").and_then(|info| accepted_key(&info));
+    let view = match stage.store_view(opts, "session", fingerprint.as_deref()) {
+        Ok(Some(v)) => v,
         Ok(None) => return Verdict::Ignore,
         Err(v) => return v,
-    }
+    };
     let state = match stage.state() {
         Ok(s) => s,
         Err(v) => return v,
@@ -316,24 +327,44 @@ pub fn open_session(ctx: &mut dyn PamContext, opts: &ModuleOptions, now: Timesta
             return Verdict::SessionError;
         }
     };
+    if stage.config.require_login_shell && !crate::config::login_shell_is_ours(&stage.config, &account.shell) {
+        // The scope this session gets: the key's that logged in, else (a password, or a
+        // key from outside the store) the account's policy.
+        let key = view.keys.first().filter(|_| fingerprint.is_some());
+        let scope = match key {
+            Some(k) => crate::authorized::usable_scope(&view.user, k, now).ok(),
+            None => Some(view.user.policy),
+        };
+        if scope != Some(crate::policy::Scope::Shell) {
+            // sshd starts the login shell first, with its startup files (bash reads
+            // ~/.bashrc even for `-c`), which a files key may have uploaded.
+            let shell = account.shell.display().to_string();
+            let rhost = stage.rhost.clone().unwrap_or_else(|| "-".into());
+            let fp = fingerprint.clone().unwrap_or_else(|| "-".into());
+            stage.log.log(
+                Level::Warning,
+                &[
+                    ("stage", "session"),
+                    ("user", &stage.user),
+                    ("rhost", &rhost),
+                    ("fingerprint", &fp),
+                    ("shell", &shell),
+                    ("verdict", "refuse"),
+                    ("reason", "login-shell"),
+                ],
+            );
+            ctx.tell("This account's login shell is not gatehouse-shell, so this session cannot be served; please tell the administrators.");
+            return Verdict::SessionError;
+        }
+    }
     let (uid, gid) = (account.uid.as_raw(), account.gid.as_raw());
-    match crate::datadir::ensure(&stage.config, &stage.user, uid, gid) {
-        Ok(crate::datadir::Outcome::Created(path, skeleton_error)) => {
+    let folder = match crate::datadir::ensure(&stage.config, &stage.user, uid, gid) {
+        Ok(crate::datadir::Outcome::Created(path)) => {
             let shown = path.display().to_string();
             stage.log.log(Level::Info, &[("stage", "session"), ("user", &stage.user), ("created", &shown)]);
-            if let Some(e) = skeleton_error {
-                stage.log.log(Level::Warning, &[("stage", "session"), ("user", &stage.user), ("error", &e)]);
-            }
-            if let Some(quota) = stage.config.quota.clone() {
-                if let Err(e) = crate::datadir::apply_quota(&quota, &stage.user, &path) {
-                    stage.log.log(
-                        Level::Warning,
-                        &[("stage", "session"), ("user", &stage.user), ("quota", "not-applied"), ("error", &e)],
-                    );
-                }
-            }
+            path
         }
-        Ok(crate::datadir::Outcome::Existed(_)) => {}
+        Ok(crate::datadir::Outcome::Existed(path)) => path,
         Err(e) => {
             stage.log.log(
                 Level::Error,
@@ -342,12 +373,12 @@ pub fn open_session(ctx: &mut dyn PamContext, opts: &ModuleOptions, now: Timesta
             ctx.tell("Your data folder could not be prepared; please tell the administrators.");
             return Verdict::SessionError;
         }
+    };
+    if let Some(quota) = stage.config.quota.clone() {
+        ensure_quota(&mut stage, &state, &quota, &folder, now);
     }
-    if let Some(group) = stage.config.jail_group.clone() {
-        let member = nix::unistd::Group::from_name(&group)
-            .ok()
-            .flatten()
-            .is_some_and(|g| g.gid == account.gid || g.mem.iter().any(|m| m == &stage.user));
+    if stage.config.jail_group.is_some() {
+        let member = crate::datadir::is_jailed(&stage.config, &stage.user, account.gid.as_raw());
         if member {
             if let Err(e) = crate::datadir::ensure_jail(&stage.config, &stage.user, uid, gid) {
                 stage.log.log(
@@ -358,7 +389,6 @@ pub fn open_session(ctx: &mut dyn PamContext, opts: &ModuleOptions, now: Timesta
             }
         }
     }
-    let fingerprint = ctx.env("SSH_AUTH_INFO_0").and_then(|info| accepted_key(&info));
     let rhost = stage.rhost.clone();
     match state.record_login(&stage.user, fingerprint.as_deref(), rhost.as_deref(), stage.service.as_deref(), now) {
         Ok(_) => {
@@ -377,6 +407,40 @@ pub fn open_session(ctx: &mut dyn PamContext, opts: &ModuleOptions, now: Timesta
             Verdict::Success
         }
         Err(e) => stage.failed("session", &e.to_string()),
+    }
+}
+
+/// Sets `users.quota` on the folder's filesystem unless the state file says it was set
+/// already; a failure is logged, does not stop the login, and is retried at the next one.
+fn ensure_quota(stage: &mut Stage, state: &StateStore, quota: &str, folder: &std::path::Path, now: Timestamp) {
+    match state.quota_applied(&stage.user) {
+        Ok(Some((set, _))) if set == quota => return,
+        Ok(_) => {}
+        Err(e) => {
+            let text = e.to_string();
+            stage.log.log(Level::Warning, &[("stage", "session"), ("user", &stage.user), ("error", &text)]);
+            return;
+        }
+    }
+    match crate::datadir::apply_quota(quota, &stage.user, folder) {
+        Ok(filesystem) => {
+            let fs = filesystem.display().to_string();
+            if let Err(e) = state.record_quota(&stage.user, quota, &fs, now) {
+                let text = e.to_string();
+                stage.log.log(Level::Warning, &[("stage", "session"), ("user", &stage.user), ("error", &text)]);
+            }
+            stage.log.log(
+                Level::Info,
+                &[("stage", "session"), ("user", &stage.user), ("quota", quota), ("filesystem", &fs)],
+            );
+        }
+        Err(e) => {
+            let text = e.to_string();
+            stage.log.log(
+                Level::Warning,
+                &[("stage", "session"), ("user", &stage.user), ("quota", "not-applied"), ("error", &text)],
+            );
+        }
     }
 }
 

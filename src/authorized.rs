@@ -140,7 +140,7 @@ pub fn authorized_line(
     line.push_str(&key.algorithm);
     line.push(' ');
     line.push_str(&key.blob);
-    let comment: String = key.comment.chars().filter(|c| !c.is_control()).collect();
+    let comment = crate::keys::shown(&key.comment);
     if !comment.is_empty() {
         line.push(' ');
         line.push_str(&comment);

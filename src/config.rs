@@ -17,10 +17,18 @@ pub fn is_gatehouse_shell(path: &Path) -> bool {
     path.file_name().is_some_and(|n| n == "gatehouse-shell")
 }
 
+/// Whether an account with login shell `shell` reaches gatehouse-shell before any other
+/// shell: it is gatehouse-shell (`shell.path`, or a program of that name).
+pub fn login_shell_is_ours(config: &Config, shell: &Path) -> bool {
+    shell == Path::new(&config.shell_path) || is_gatehouse_shell(shell)
+}
+
 /// What gatehouse-shell, as the login shell, starts for shell-policy sessions.
 pub const DEFAULT_LOGIN_SHELL: &str = "/bin/bash";
 pub const DEFAULT_NAME_PATTERN: &str = "^[a-z_][a-z0-9_-]{0,31}$";
 pub const DEFAULT_LOG_SOCKET: &str = "/dev/log";
+/// The highest uid `users.uid_max` may name (the largest uid every tool handles signed).
+pub const MAX_UID: u32 = i32::MAX as u32;
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -214,6 +222,11 @@ struct RawWeb {
     proxy_user_header: Option<Spanned<String>>,
     proxy_secret_file: Option<Spanned<String>>,
     trusted_proxies: Option<Spanned<Vec<String>>>,
+    header_timeout: Option<Spanned<String>>,
+    idle_timeout: Option<Spanned<String>>,
+    request_timeout: Option<Spanned<String>>,
+    max_connections: Option<Spanned<i64>>,
+    max_connections_per_peer: Option<Spanned<i64>>,
 }
 
 /// Where the web service listens.
@@ -243,6 +256,14 @@ pub struct WebConfig {
     pub proxy_user_header: Option<String>,
     pub proxy_secret_file: Option<PathBuf>,
     pub trusted_proxies: Vec<std::net::IpAddr>,
+    /// Connection limits, in seconds and connections: the time to send a request's head,
+    /// to send the next one on a kept-alive connection, and to be answered in all; the
+    /// connections open at once in all, and from one address (other than a trusted proxy).
+    pub header_timeout: i64,
+    pub idle_timeout: i64,
+    pub request_timeout: i64,
+    pub max_connections: usize,
+    pub max_connections_per_peer: usize,
 }
 
 impl Default for WebConfig {
@@ -262,6 +283,11 @@ impl Default for WebConfig {
             proxy_user_header: None,
             proxy_secret_file: None,
             trusted_proxies: Vec::new(),
+            header_timeout: 10,
+            idle_timeout: 60,
+            request_timeout: 30,
+            max_connections: 512,
+            max_connections_per_peer: 32,
         }
     }
 }
@@ -285,6 +311,7 @@ struct RawProgram {
 struct RawStore {
     path: Option<Spanned<String>>,
     busy_timeout_ms: Option<Spanned<i64>>,
+    login_timeout_ms: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -292,6 +319,7 @@ struct RawStore {
 struct RawShell {
     path: Option<Spanned<String>>,
     login_shell: Option<Spanned<String>>,
+    require_login_shell: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -404,10 +432,15 @@ pub struct Config {
     pub source: Option<PathBuf>,
     pub store_path: PathBuf,
     pub busy_timeout_ms: u32,
+    /// How long the login path (key command, forced command, PAM) waits for the store.
+    pub login_timeout_ms: u32,
     pub shell_path: String,
     /// The shell a shell-policy session gets when gatehouse-shell is the account's login
     /// shell; `None` (set to "") refuses such sessions.
     pub login_shell: Option<PathBuf>,
+    /// Refuse sessions without shell scope on accounts whose login shell is not
+    /// gatehouse-shell: another shell runs its startup files before the forced command.
+    pub require_login_shell: bool,
     pub min_rsa_bits: u32,
     pub allowed_types: Vec<KeyFamily>,
     pub max_keys_per_user: u32,
@@ -460,8 +493,10 @@ impl Default for Config {
             source: None,
             store_path: PathBuf::from(DEFAULT_STORE),
             busy_timeout_ms: 5000,
+            login_timeout_ms: 1000,
             shell_path: DEFAULT_SHELL.to_string(),
             login_shell: Some(PathBuf::from(DEFAULT_LOGIN_SHELL)),
+            require_login_shell: true,
             min_rsa_bits: 3072,
             allowed_types: KeyFamily::ALL.to_vec(),
             max_keys_per_user: 100,
@@ -635,6 +670,30 @@ fn parse_web(at: &Located<'_>, raw: RawWeb, w: &mut WebConfig) -> Result<(), Con
         }
         w.trusted_proxies = addrs;
     }
+    for (value, key, slot) in [
+        (raw.header_timeout, "web.header_timeout", &mut w.header_timeout),
+        (raw.idle_timeout, "web.idle_timeout", &mut w.idle_timeout),
+        (raw.request_timeout, "web.request_timeout", &mut w.request_timeout),
+    ] {
+        if let Some(v) = value {
+            match time::parse_duration(v.get_ref()) {
+                Ok(n) if n <= 3600 => *slot = n,
+                Ok(_) => return at.error(&v.span(), key, "must be at most 1h"),
+                Err(e) => return at.error(&v.span(), key, e),
+            }
+        }
+    }
+    for (value, key, slot) in [
+        (raw.max_connections, "web.max_connections", &mut w.max_connections),
+        (raw.max_connections_per_peer, "web.max_connections_per_peer", &mut w.max_connections_per_peer),
+    ] {
+        if let Some(v) = value {
+            match usize::try_from(*v.get_ref()) {
+                Ok(n) if (1..=65_536).contains(&n) => *slot = n,
+                _ => return at.error(&v.span(), key, "must be between 1 and 65536"),
+            }
+        }
+    }
     if w.proxy_user_header.is_some() && (w.proxy_secret_file.is_none() || w.trusted_proxies.is_empty()) {
         return Err(ConfigError(format!(
             "{}: web.proxy_user_header needs web.proxy_secret_file and web.trusted_proxies",
@@ -692,6 +751,12 @@ impl Config {
                     _ => return at.error(&t.span(), "store.busy_timeout_ms", "must be between 1 and 60000"),
                 }
             }
+            if let Some(t) = store.login_timeout_ms {
+                match u32::try_from(*t.get_ref()) {
+                    Ok(ms) if (100..=60_000).contains(&ms) => c.login_timeout_ms = ms,
+                    _ => return at.error(&t.span(), "store.login_timeout_ms", "must be between 100 and 60000"),
+                }
+            }
         }
         if let Some(shell) = raw.shell {
             if let Some(p) = shell.path {
@@ -703,6 +768,9 @@ impl Config {
                     );
                 }
                 c.shell_path = p.into_inner();
+            }
+            if let Some(b) = shell.require_login_shell {
+                c.require_login_shell = b;
             }
             match shell.login_shell {
                 // "": no shell for sessions that reach gatehouse-shell as the login shell.
@@ -828,8 +896,9 @@ impl Config {
             }
             if let Some((v, span)) = max {
                 match v {
-                    Ok(n) if n > c.uid_range.0 && n < 60_000 => c.uid_range.1 = n,
-                    _ => return at.error(&span, "users.uid_max", "must be above users.uid_min and below 60000"),
+                    // Directory accounts (Active Directory's idmap) often live far above 65535.
+                    Ok(n) if n > c.uid_range.0 && n <= MAX_UID => c.uid_range.1 = n,
+                    _ => return at.error(&span, "users.uid_max", "must be above users.uid_min and at most 2147483647"),
                 }
             }
             if c.uid_range.1 <= c.uid_range.0 {
@@ -1029,7 +1098,7 @@ mod tests {
     fn unknown_key_names_line() {
         assert_eq!(
             err("[store]\npath = \"/a\"\ncolour = 1\n"),
-            "g.toml:3: unknown field `colour`, expected `path` or `busy_timeout_ms`"
+            "g.toml:3: unknown field `colour`, expected one of `path`, `busy_timeout_ms`, `login_timeout_ms`"
         );
         assert!(err("\n\n[nosuch]\n").starts_with("g.toml:3: unknown field `nosuch`"), "{}", err("\n\n[nosuch]\n"));
     }
@@ -1062,5 +1131,28 @@ mod tests {
         assert!(err("[store]\npath = 5\n").starts_with("g.toml:2: invalid type"), "{}", err("[store]\npath = 5\n"));
         assert!(err("[store\n").starts_with("g.toml:1:"));
         assert!(!err("[store]\npath = \"/a\"\ncolour = 1\n").contains('\n'));
+    }
+
+    #[test]
+    fn web_connection_limits() {
+        let w = Config::parse("g.toml", "").unwrap().web;
+        assert_eq!((w.header_timeout, w.idle_timeout, w.request_timeout), (10, 60, 30));
+        assert_eq!((w.max_connections, w.max_connections_per_peer), (512, 32));
+        let text = "[web]\nheader_timeout = \"1s\"\nidle_timeout = \"2m\"\nrequest_timeout = \"1h\"\n\
+                    max_connections = 65536\nmax_connections_per_peer = 1\n";
+        let w = Config::parse("g.toml", text).unwrap().web;
+        assert_eq!((w.header_timeout, w.idle_timeout, w.request_timeout), (1, 120, 3600));
+        assert_eq!((w.max_connections, w.max_connections_per_peer), (65_536, 1));
+        assert_eq!(err("[web]\n\nheader_timeout = \"61m\"\n"), "g.toml:3: web.header_timeout: must be at most 1h");
+        assert!(err("[web]\nidle_timeout = \"0s\"\n").starts_with("g.toml:2: web.idle_timeout: `0s`"));
+        assert!(err("[web]\nrequest_timeout = \"30\"\n").starts_with("g.toml:2: web.request_timeout: `30`"));
+        assert!(err("[web]\nrequest_timeout = 30\n").starts_with("g.toml:2: invalid type"));
+        for (key, value) in [("max_connections", "0"), ("max_connections_per_peer", "-1"), ("max_connections", "65537")]
+        {
+            assert_eq!(
+                err(&format!("[web]\n{key} = {value}\n")),
+                format!("g.toml:2: web.{key}: must be between 1 and 65536")
+            );
+        }
     }
 }

@@ -1,6 +1,8 @@
 //! The user's data folder, made at first login by the root side: race-free (relative to
 //! an open folder, never following a link, skeleton files only into a folder we just made),
-//! modes set explicitly instead of trusting the umask, quota where configured.
+//! modes set explicitly instead of trusting the umask, quota where configured. A folder is
+//! handed over whole or not at all: if filling it fails (a full disk), it is removed and
+//! the next login tries again.
 
 use crate::config::Config;
 use nix::errno::Errno;
@@ -14,8 +16,8 @@ use std::path::{Path, PathBuf};
 /// What session setup did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
-    /// Made now; the text says what of the skeleton could not be copied, if anything.
-    Created(PathBuf, Option<String>),
+    /// Made now, skeleton and all.
+    Created(PathBuf),
     Existed(PathBuf),
 }
 
@@ -70,16 +72,29 @@ pub fn ensure(config: &Config, user: &str, uid: u32, gid: u32) -> Result<Outcome
         }
         Err(e) => return Err(format!("{}: {e}", path.display())),
     }
-    // Ours alone until the end: fill it, then hand it over.
-    let fd = open_dir(&parent_fd, name).map_err(|e| format!("{}: {e}", path.display()))?;
-    // A broken skeleton must not leave a root-owned folder that refuses every later login:
-    // the folder is handed over whatever the copy did, and the failure reported.
-    let skeleton_error = config.skeleton.as_ref().and_then(|skeleton| {
-        copy_skeleton(skeleton, &fd, uid, gid).err().map(|e| format!("skeleton {}: {e}", skeleton.display()))
+    // Ours alone (root's, 0700) until the end: fill it, then hand it over. A folder that
+    // could not be filled (a full disk, an unreadable skeleton) is removed again, so that
+    // no half-made folder is ever handed over and the next login tries again.
+    let filled = open_dir(&parent_fd, name).map_err(|e| format!("{}: {e}", path.display())).and_then(|fd| {
+        if let Some(skeleton) = &config.skeleton {
+            copy_skeleton(skeleton, &fd, uid, gid).map_err(|e| format!("skeleton {}: {e}", skeleton.display()))?;
+        }
+        fchown(&fd, Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid)))
+            .and_then(|()| fchmod(&fd, Mode::from_bits_truncate(config.data_mode)))
+            .map_err(|e| format!("{}: {e}", path.display()))
     });
-    fchown(&fd, Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid))).map_err(|e| format!("{}: {e}", path.display()))?;
-    fchmod(&fd, Mode::from_bits_truncate(config.data_mode)).map_err(|e| format!("{}: {e}", path.display()))?;
-    Ok(Outcome::Created(path, skeleton_error))
+    match filled {
+        Ok(()) => Ok(Outcome::Created(path)),
+        Err(e) => {
+            // The parent is root's and not writable by others (checked above), so the
+            // name still holds the folder we made.
+            let undone = match std::fs::remove_dir_all(&path) {
+                Ok(()) => "removed again; the next login tries again".to_string(),
+                Err(r) => format!("could not be removed ({r}); remove it by hand"),
+            };
+            Err(format!("{e}; the new folder {} was {undone}", path.display()))
+        }
+    }
 }
 
 /// Copies the skeleton's regular files (top level) into the new folder.
@@ -110,26 +125,108 @@ fn copy_skeleton(skeleton: &Path, into: &OwnedFd, uid: u32, gid: u32) -> Result<
     Ok(())
 }
 
-/// Applies `users.quota` with setquota(8) on the filesystem holding `path`. An error says
-/// plainly why (no quota tools, quotas off on that filesystem).
-pub fn apply_quota(quota: &str, user: &str, path: &Path) -> Result<(), String> {
+/// The mount point of the filesystem that holds `path`: the highest folder above it on
+/// the same device. setquota(8) takes a mount point or a device, never a folder inside.
+pub fn filesystem_of(path: &Path) -> Result<PathBuf, String> {
+    use std::os::unix::fs::MetadataExt;
+    let device = |p: &Path| std::fs::metadata(p).map(|m| m.dev()).map_err(|e| format!("{}: {e}", p.display()));
+    let path = std::fs::canonicalize(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let dev = device(&path)?;
+    let mut mount = path.clone();
+    while let Some(parent) = mount.parent() {
+        if device(parent)? != dev {
+            break;
+        }
+        mount = parent.to_path_buf();
+    }
+    Ok(mount)
+}
+
+/// Why a quota could not be set, in words that say which case it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum QuotaError {
+    /// setquota(8) is not installed.
+    NoTools(String),
+    /// The filesystem has no user quotas (not mounted with `usrquota`, no quota file).
+    NotEnabled { filesystem: PathBuf, detail: String },
+    /// Anything else setquota said.
+    Failed { filesystem: PathBuf, detail: String },
+    /// The folder's filesystem could not be found.
+    NoFilesystem(String),
+}
+
+impl std::fmt::Display for QuotaError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            QuotaError::NoTools(e) => {
+                write!(f, "setquota cannot be run ({e}): install the quota package, or unset users.quota")
+            }
+            QuotaError::NotEnabled { filesystem, detail } => write!(
+                f,
+                "{} has no user quotas ({detail}): mount it with usrquota and run quotacheck, or unset users.quota",
+                filesystem.display()
+            ),
+            QuotaError::Failed { filesystem, detail } => {
+                write!(f, "setquota on {} failed: {detail}", filesystem.display())
+            }
+            QuotaError::NoFilesystem(e) => write!(f, "the data folder's filesystem: {e}"),
+        }
+    }
+}
+
+/// Applies `users.quota` with setquota(8) on the filesystem holding `path`; returns that
+/// filesystem's mount point.
+pub fn apply_quota(quota: &str, user: &str, path: &Path) -> Result<PathBuf, QuotaError> {
+    let filesystem = filesystem_of(path).map_err(QuotaError::NoFilesystem)?;
     let output = std::process::Command::new("/usr/sbin/setquota")
         .args(["-u", user, "0", quota, "0", "0"])
-        .arg(path)
+        .arg(&filesystem)
         .stdin(std::process::Stdio::null())
         .output()
-        .map_err(|e| format!("setquota: {e} (install the quota package, or unset users.quota)"))?;
+        .map_err(|e| QuotaError::NoTools(e.to_string()))?;
     if output.status.success() {
-        Ok(())
+        return Ok(filesystem);
+    }
+    let err = String::from_utf8_lossy(&output.stderr);
+    // setquota names itself at the start of its messages; the log says who we are.
+    let detail = err.lines().next().unwrap_or("no message").trim().trim_start_matches("setquota: ").to_string();
+    if detail.contains("no quota enabled") || detail.contains("Cannot find") || detail.contains("not found") {
+        Err(QuotaError::NotEnabled { filesystem, detail })
     } else {
-        let err = String::from_utf8_lossy(&output.stderr);
-        Err(format!("setquota: {}", err.lines().next().unwrap_or("failed").trim()))
+        Err(QuotaError::Failed { filesystem, detail })
+    }
+}
+
+/// sshd's rule for `ChrootDirectory`, which the jail is: the folder and every folder above
+/// it owned by root and writable by no one else. Checked before the jail is laid out, so
+/// the refusal is ours, logged, rather than sshd's later one that the user never sees.
+pub fn check_jail_root(root: &Path) -> Result<(), String> {
+    crate::trust::check_owned_path(root, &[]).map_err(|e| {
+        format!(
+            "jail.root {}: {e}; sshd's ChrootDirectory needs every folder of the path owned by root and writable \
+             by root alone",
+            root.display()
+        )
+    })
+}
+
+/// Whether `user` (primary group `gid`) is a member of `jail.group`. An account database
+/// that cannot be asked counts as a member: a jail is the narrower side to err on.
+pub fn is_jailed(config: &Config, user: &str, gid: u32) -> bool {
+    let Some(group) = &config.jail_group else {
+        return false;
+    };
+    match nix::unistd::Group::from_name(group) {
+        Ok(Some(g)) => g.gid.as_raw() == gid || g.mem.iter().any(|m| m == user),
+        Ok(None) => false,
+        Err(_) => true,
     }
 }
 
 /// A jailed user's chroot: `<jail.root>/<user>` root's and not writable by others (sshd's
 /// rule for ChrootDirectory), with the user's writable `data` folder inside.
 pub fn ensure_jail(config: &Config, user: &str, uid: u32, gid: u32) -> Result<PathBuf, String> {
+    check_jail_root(&config.jail_root)?;
     let root_fd = open_dir_path(&config.jail_root)?;
     let name = Path::new(user);
     match mkdirat(&root_fd, name, Mode::from_bits_truncate(0o755)) {

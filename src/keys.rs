@@ -10,6 +10,53 @@ use std::fmt;
 pub const MAX_KEY_TEXT: usize = 16 * 1024;
 /// Longest comment kept.
 pub const MAX_COMMENT: usize = 256;
+/// Largest RSA key accepted: OpenSSH's own limit (`SSH_RSA_MAXIMUM_MODULUS_SIZE`).
+pub const MAX_RSA_BITS: u32 = 16384;
+/// Smallest RSA public exponent accepted: small exponents invite the attacks on textbook
+/// RSA, and every key generator in use picks 65537.
+pub const MIN_RSA_EXPONENT: u32 = 65537;
+
+/// Characters that show nothing, or change how the text around them is shown: Unicode's
+/// format characters (bidirectional controls such as U+202E, zero-width spaces and
+/// joiners, the byte-order mark, tags), the line and paragraph separators, variation
+/// selectors and the Hangul fillers. A comment holding one can read as something it is not
+/// in a terminal or a browser, so comments refuse them as they refuse control characters.
+pub fn is_invisible(c: char) -> bool {
+    matches!(
+        c as u32,
+        0x00AD
+            | 0x034F
+            | 0x0600..=0x0605
+            | 0x061C
+            | 0x06DD
+            | 0x070F
+            | 0x0890..=0x0891
+            | 0x08E2
+            | 0x115F..=0x1160
+            | 0x17B4..=0x17B5
+            | 0x180B..=0x180F
+            | 0x200B..=0x200F
+            | 0x2028..=0x202E
+            | 0x2060..=0x206F
+            | 0x3164
+            | 0xFE00..=0xFE0F
+            | 0xFEFF
+            | 0xFFA0
+            | 0xFFF0..=0xFFFB
+            | 0x110BD
+            | 0x110CD
+            | 0x13430..=0x1343F
+            | 0x1BCA0..=0x1BCA3
+            | 0x1D173..=0x1D17A
+            | 0xE0000..=0xE0FFF
+    )
+}
+
+/// Text as it may be shown: control and invisible characters left out. For stored text
+/// written before those were refused, and as a last wall wherever text is printed.
+pub fn shown(text: &str) -> String {
+    text.chars().filter(|&c| !c.is_control() && !is_invisible(c)).collect()
+}
 
 /// A public key that passed every check, in the canonical form we store and print.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,6 +81,7 @@ pub enum KeyError {
     PrivateKey,
     Rfc4716,
     ControlCharacter { code: u32, column: usize },
+    InvisibleCharacter { code: u32, column: usize },
     Options,
     UnknownType(String),
     Dsa,
@@ -44,6 +92,9 @@ pub enum KeyError {
     NotCanonical,
     TypeMismatch,
     RsaTooShort { bits: u32, min: u32 },
+    RsaTooLong { bits: u32 },
+    RsaWeakExponent,
+    RsaEvenModulus,
     SeveralKeys,
     CommentTooLong,
 }
@@ -62,6 +113,10 @@ impl fmt::Display for KeyError {
             KeyError::ControlCharacter { code, column } => {
                 write!(f, "control character U+{code:04X} at column {column}; a key is one line of printable text")
             }
+            KeyError::InvisibleCharacter { code, column } => write!(
+                f,
+                "invisible or text-direction character U+{code:04X} at column {column}; a comment must show what it says"
+            ),
             KeyError::Options => {
                 write!(f, "authorized_keys options are not accepted; give only the key type, the key and a comment")
             }
@@ -76,6 +131,13 @@ impl fmt::Display for KeyError {
             KeyError::RsaTooShort { bits, min } => {
                 write!(f, "RSA key has {bits} bits; at least {min} are required")
             }
+            KeyError::RsaTooLong { bits } => {
+                write!(f, "RSA key has {bits} bits; at most {MAX_RSA_BITS} are accepted (OpenSSH's limit)")
+            }
+            KeyError::RsaWeakExponent => {
+                write!(f, "RSA public exponent is even or below {MIN_RSA_EXPONENT}: not a safe RSA key")
+            }
+            KeyError::RsaEvenModulus => write!(f, "RSA modulus is even: not a valid RSA key"),
             KeyError::SeveralKeys => write!(f, "more than one key given; add one key at a time"),
             KeyError::CommentTooLong => write!(f, "comment is longer than {MAX_COMMENT} characters"),
         }
@@ -151,6 +213,31 @@ fn key_bits(key: &KeyData) -> u32 {
     }
 }
 
+/// The big-endian magnitude of a non-negative mpint without leading zero bytes; `None` for
+/// a negative one.
+fn magnitude(m: &ssh_key::Mpint) -> Option<&[u8]> {
+    let bytes = m.as_positive_bytes()?;
+    let start = bytes.iter().position(|&b| b != 0).unwrap_or(bytes.len());
+    Some(&bytes[start..])
+}
+
+/// What ssh-key does not check: an odd public exponent of at least 65537 (e = 1 makes the
+/// "signature" the message itself; e = 3 and other small ones break under known attacks),
+/// and an odd modulus (an even one has the factor 2 for everyone to see).
+fn check_rsa_numbers(rsa: &ssh_key::public::RsaPublicKey) -> Result<(), KeyError> {
+    let e = magnitude(&rsa.e).ok_or(KeyError::RsaWeakExponent)?;
+    let e_odd = e.last().is_some_and(|b| b & 1 == 1);
+    let e_large = e.len() > 4 || e.iter().fold(0u64, |v, &b| v << 8 | u64::from(b)) >= u64::from(MIN_RSA_EXPONENT);
+    if !e_odd || !e_large {
+        return Err(KeyError::RsaWeakExponent);
+    }
+    let n = magnitude(&rsa.n).ok_or(KeyError::RsaEvenModulus)?;
+    if n.last().is_none_or(|b| b & 1 == 0) {
+        return Err(KeyError::RsaEvenModulus);
+    }
+    Ok(())
+}
+
 /// Validates one public key line (`type base64 [comment]`). A single trailing newline is
 /// the caller's to strip; anything else that is not printable is refused.
 pub fn parse_public_key(text: &str, config: &Config) -> Result<ValidKey, KeyError> {
@@ -166,6 +253,9 @@ pub fn parse_public_key(text: &str, config: &Config) -> Result<ValidKey, KeyErro
     }
     if let Some((column, c)) = text.chars().enumerate().find(|(_, c)| c.is_control()) {
         return Err(KeyError::ControlCharacter { code: c as u32, column: column + 1 });
+    }
+    if let Some((column, c)) = text.chars().enumerate().find(|&(_, c)| is_invisible(c)) {
+        return Err(KeyError::InvisibleCharacter { code: c as u32, column: column + 1 });
     }
     let text = text.trim_matches(' ');
     if text.is_empty() {
@@ -221,8 +311,14 @@ pub fn parse_public_key(text: &str, config: &Config) -> Result<ValidKey, KeyErro
         return Err(KeyError::TypeNotAllowed(key_type.to_string()));
     }
     let bits = key_bits(key_data);
-    if family == KeyFamily::Rsa && bits < config.min_rsa_bits {
-        return Err(KeyError::RsaTooShort { bits, min: config.min_rsa_bits });
+    if let KeyData::Rsa(rsa) = key_data {
+        if bits > MAX_RSA_BITS {
+            return Err(KeyError::RsaTooLong { bits });
+        }
+        if bits < config.min_rsa_bits {
+            return Err(KeyError::RsaTooShort { bits, min: config.min_rsa_bits });
+        }
+        check_rsa_numbers(rsa)?;
     }
     Ok(ValidKey {
         algorithm: key_type.to_string(),
@@ -336,6 +432,90 @@ mod tests {
         let mut c = cfg();
         c.min_rsa_bits = 2048;
         assert_eq!(parse_public_key(RSA_2048, &c).unwrap().bits, 2048);
+    }
+
+    /// An `ssh-rsa` key line with exponent `e` and modulus `n` (big-endian magnitudes).
+    fn rsa_line(e: &[u8], n: &[u8]) -> String {
+        use base64ct::Encoding;
+        fn string(out: &mut Vec<u8>, bytes: &[u8]) {
+            out.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+            out.extend_from_slice(bytes);
+        }
+        fn mpint(out: &mut Vec<u8>, magnitude: &[u8]) {
+            let mut bytes = magnitude.to_vec();
+            if bytes.first().is_some_and(|b| b & 0x80 != 0) {
+                bytes.insert(0, 0);
+            }
+            string(out, &bytes);
+        }
+        let mut blob = Vec::new();
+        string(&mut blob, b"ssh-rsa");
+        mpint(&mut blob, e);
+        mpint(&mut blob, n);
+        format!("ssh-rsa {} crafted", base64ct::Base64::encode_string(&blob))
+    }
+
+    /// The modulus of [`RSA_2048`], a real one.
+    fn modulus_2048() -> Vec<u8> {
+        let key = PublicKey::from_openssh(RSA_2048).unwrap();
+        let KeyData::Rsa(rsa) = key.key_data() else { panic!("not RSA") };
+        magnitude(&rsa.n).unwrap().to_vec()
+    }
+
+    #[test]
+    fn weak_rsa_numbers_are_refused() {
+        let mut c = cfg();
+        c.min_rsa_bits = 2048;
+        let n = modulus_2048();
+        assert!(parse_public_key(&rsa_line(&[1, 0, 1], &n), &c).is_ok(), "65537 is the usual exponent");
+        assert!(parse_public_key(&rsa_line(&[1, 0, 0, 0, 1], &n), &c).is_ok(), "a larger odd one is fine");
+        for e in [&[1u8][..], &[3], &[17], &[1, 0, 0], &[0, 0xff, 0xff], &[1, 0, 0, 0, 0]] {
+            assert_eq!(parse_public_key(&rsa_line(e, &n), &c), Err(KeyError::RsaWeakExponent), "e = {e:?}");
+        }
+        let mut even = n.clone();
+        if let Some(last) = even.last_mut() {
+            *last &= 0xfe;
+        }
+        assert_eq!(parse_public_key(&rsa_line(&[1, 0, 1], &even), &c), Err(KeyError::RsaEvenModulus));
+        // Above OpenSSH's 16384 bits: refused before anything else is looked at.
+        let mut huge = vec![0xc5u8; 16392 / 8];
+        huge[0] = 0x80;
+        assert_eq!(parse_public_key(&rsa_line(&[1, 0, 1], &huge), &c), Err(KeyError::RsaTooLong { bits: 16392 }));
+        let mut largest = vec![0xc5u8; 16384 / 8];
+        largest[0] = 0x80;
+        assert!(parse_public_key(&rsa_line(&[1, 0, 1], &largest), &c).is_ok(), "16384 bits is OpenSSH's maximum");
+        for e in [KeyError::RsaWeakExponent, KeyError::RsaEvenModulus, KeyError::RsaTooLong { bits: 20000 }] {
+            assert!(!e.to_string().contains('\n'));
+        }
+    }
+
+    #[test]
+    fn invisible_characters_in_comments_are_refused() {
+        let c = cfg();
+        let base = ED25519.replace(" foo@bar.com", "");
+        for ch in [
+            '\u{202E}',
+            '\u{200B}',
+            '\u{2066}',
+            '\u{2069}',
+            '\u{200F}',
+            '\u{FEFF}',
+            '\u{2028}',
+            '\u{E0041}',
+            '\u{00AD}',
+        ] {
+            let text = format!("{base} alice{ch}@laptop");
+            let column = base.chars().count() + 7;
+            assert_eq!(
+                parse_public_key(&text, &c),
+                Err(KeyError::InvisibleCharacter { code: ch as u32, column }),
+                "U+{:04X}",
+                ch as u32
+            );
+        }
+        // Visible text in any script is fine.
+        assert_eq!(parse_public_key(&format!("{base} Zoë's clé, 研究室"), &c).unwrap().comment, "Zoë's clé, 研究室");
+        assert_eq!(shown("a\u{202E}b\u{200B}c\nd"), "abcd");
     }
 
     #[test]

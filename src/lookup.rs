@@ -13,13 +13,15 @@ use std::ffi::OsString;
 use std::io::Write;
 use std::path::PathBuf;
 
-pub const USAGE: &str = "usage: gatehouse-keys [--config FILE] [--] USER [FINGERPRINT [KEYTYPE KEYBLOB]]";
+pub const USAGE: &str = "usage: gatehouse-keys [--config FILE] [--] USER UID [FINGERPRINT [KEYTYPE KEYBLOB]]";
 
 /// What sshd asked for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Request {
     /// The user name as sshd passed it; `None` when it was not valid UTF-8.
     pub user: Option<String>,
+    /// The account's uid (`%U`); `None` when sshd was not told to pass it.
+    pub uid: Option<u32>,
     pub fingerprint: Option<String>,
     pub offered: Option<(String, String)>,
 }
@@ -63,18 +65,53 @@ pub fn parse_args(args: &[OsString]) -> Result<Invocation, String> {
     }
     let operands = &args[i..];
     let text = |a: &OsString| a.to_str().map(str::to_string);
+    let lossy = |a: &OsString| a.to_string_lossy().into_owned();
+    // `%u %U %f %t %k` as the shipped drop-in passes them, or a prefix of it. The forms
+    // without the uid (`%u`, `%u %f`, `%u %f %t %k`) are still parsed, so that an old
+    // drop-in is logged for what it is, but they are served nothing. A uid is digits and a
+    // fingerprint never is, which tells `USER UID` from `USER FINGERPRINT`.
+    let uid = |a: &OsString| -> Result<u32, String> {
+        a.to_str()
+            .filter(|t| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|t| t.parse().ok())
+            .ok_or_else(|| format!("`{}` is not a uid (%U)", lossy(a).escape_debug()))
+    };
+    let digits = |a: &OsString| a.to_str().is_some_and(|t| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()));
     let request = match operands {
-        [user] => Request { user: text(user), fingerprint: None, offered: None },
-        [user, fp] => Request { user: text(user), fingerprint: Some(fp.to_string_lossy().into_owned()), offered: None },
+        [user] => Request { user: text(user), uid: None, fingerprint: None, offered: None },
+        [user, id] if digits(id) => Request { user: text(user), uid: Some(uid(id)?), fingerprint: None, offered: None },
+        [user, fp] => Request { user: text(user), uid: None, fingerprint: Some(lossy(fp)), offered: None },
+        [user, id, fp] => {
+            Request { user: text(user), uid: Some(uid(id)?), fingerprint: Some(lossy(fp)), offered: None }
+        }
+        [_, id, _, _] if digits(id) => return Err("4 operands with a uid: %k is missing".to_string()),
         [user, fp, key_type, blob] => Request {
             user: text(user),
-            fingerprint: Some(fp.to_string_lossy().into_owned()),
-            offered: Some((key_type.to_string_lossy().into_owned(), blob.to_string_lossy().into_owned())),
+            uid: None,
+            fingerprint: Some(lossy(fp)),
+            offered: Some((lossy(key_type), lossy(blob))),
+        },
+        [user, id, fp, key_type, blob] => Request {
+            user: text(user),
+            uid: Some(uid(id)?),
+            fingerprint: Some(lossy(fp)),
+            offered: Some((lossy(key_type), lossy(blob))),
         },
         [] => return Err("no user name given".to_string()),
-        _ => return Err(format!("{} operands given, expected 1, 2 or 4", operands.len())),
+        _ => return Err(format!("{} operands given, expected 1 to 5", operands.len())),
     };
     Ok(Invocation::Lookup { config, request })
+}
+
+/// Whether the account is in `jail.group`. Asked only for users who may forward ports, so
+/// the lookups through NSS are spent where they matter; an account that cannot be looked
+/// up counts as jailed.
+fn jailed(config: &Config, user: &str, uid: Option<u32>) -> bool {
+    let gid = match uid.map(|u| nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(u))) {
+        Some(Ok(Some(account))) if account.name == user => account.gid.as_raw(),
+        _ => return true,
+    };
+    crate::datadir::is_jailed(config, user, gid)
 }
 
 /// The decision for one request, as logged.
@@ -86,6 +123,7 @@ pub struct Outcome {
 
 /// Answers one request: writes authorized_keys lines to `out` and logs the decision.
 /// Errors are operational (store unreadable); untrusted input only ever yields no lines.
+/// `decided` is called once the store has answered, before anything is written.
 pub fn answer(
     config: &Config,
     store: &dyn LoginStore,
@@ -93,6 +131,7 @@ pub fn answer(
     now: Timestamp,
     out: &mut dyn Write,
     log: &mut Logger,
+    decided: &dyn Fn(),
 ) -> Result<Outcome, String> {
     let user_shown = request.user.as_deref().unwrap_or("<not utf-8>");
     let fp_shown = request.fingerprint.as_deref().unwrap_or("-");
@@ -105,6 +144,31 @@ pub fn answer(
         record(log, Level::Notice, "refuse", "bad-user-name");
         return Ok(refuse("bad-user-name"));
     };
+    // Whatever the store says, no key for root or any other system account.
+    match request.uid {
+        None => {
+            log.log(
+                Level::Error,
+                &[
+                    ("user", user),
+                    ("fingerprint", fp_shown),
+                    ("verdict", "refuse"),
+                    ("reason", "no-uid"),
+                    ("error", "sshd passed no uid: AuthorizedKeysCommand must give %U after %u"),
+                ],
+            );
+            return Ok(refuse("no-uid"));
+        }
+        Some(uid) if !crate::names::uid_served(config, uid) => {
+            record(log, Level::Warning, "refuse", "system-account");
+            return Ok(refuse("system-account"));
+        }
+        Some(_) if crate::names::is_reserved(user) => {
+            record(log, Level::Warning, "refuse", "reserved-name");
+            return Ok(refuse("reserved-name"));
+        }
+        Some(_) => {}
+    }
     if let Some(fp) = &request.fingerprint {
         if !is_fingerprint(fp) {
             record(log, Level::Notice, "refuse", "bad-fingerprint");
@@ -121,6 +185,13 @@ pub fn answer(
         // Synced from a directory that has been out of reach for longer than we trust it.
         record(log, Level::Warning, "refuse", "directory-stale");
         return Ok(refuse("directory-stale"));
+    }
+    let mut view = view;
+    if view.user.port_forwarding && config.jail_group.is_some() && jailed(config, user, request.uid) {
+        // sshd's configuration may turn forwarding back on for the jail group (sshd keeps
+        // the first value it reads, whatever order the site's files are in); a jailed user's
+        // key lines carry none, so loopback services stay out of reach from the jail.
+        view.user.port_forwarding = false;
     }
     if request.fingerprint.is_some() && view.keys.is_empty() {
         record(log, Level::Notice, "refuse", "no-such-key");
@@ -160,6 +231,7 @@ pub fn answer(
             }
         }
     }
+    decided();
     // sshd may stop reading as soon as it has what it needs; that is not our failure.
     match out.write_all(text.as_bytes()).and_then(|_| out.flush()) {
         Ok(()) => {}
@@ -195,10 +267,31 @@ mod tests {
                 config: config.map(PathBuf::from),
                 request: Request {
                     user: Some(user.into()),
+                    uid: None,
                     fingerprint: fp.map(Into::into),
                     offered: offered.map(|(a, b)| (a.into(), b.into())),
                 },
             };
+        let with_uid = |uid: u32, fp: Option<&str>, offered: Option<(&str, &str)>| Invocation::Lookup {
+            config: None,
+            request: Request {
+                user: Some("alice".into()),
+                uid: Some(uid),
+                fingerprint: fp.map(Into::into),
+                offered: offered.map(|(a, b)| (a.into(), b.into())),
+            },
+        };
+        // The drop-in's form, %u %U %f %t %k, and its prefixes.
+        assert_eq!(
+            parse_args(&os(&["--", "alice", "20001", "f", "t", "k"])),
+            Ok(with_uid(20001, Some("f"), Some(("t", "k"))))
+        );
+        assert_eq!(parse_args(&os(&["alice", "0", "f"])), Ok(with_uid(0, Some("f"), None)));
+        assert_eq!(parse_args(&os(&["alice", "20001"])), Ok(with_uid(20001, None, None)));
+        assert!(parse_args(&os(&["alice", "-1", "f"])).is_err());
+        assert!(parse_args(&os(&["alice", "x1", "f", "t", "k"])).is_err());
+        assert!(parse_args(&os(&["alice", "99999999999", "f", "t", "k"])).is_err());
+        assert!(parse_args(&os(&["alice", "20001", "f", "t"])).is_err());
         assert_eq!(parse_args(&os(&["alice"])), Ok(lookup(None, "alice", None, None)));
         assert_eq!(
             parse_args(&os(&["--config", "/c", "alice", "SHA256:x"])),

@@ -8,38 +8,6 @@ use crate::policy::{Scope, UserState};
 use crate::store::User;
 use std::process::Command;
 
-/// Names no store entry may turn into a managed account.
-const RESERVED: &[&str] = &[
-    "root",
-    "daemon",
-    "bin",
-    "sys",
-    "sync",
-    "games",
-    "man",
-    "lp",
-    "mail",
-    "news",
-    "uucp",
-    "proxy",
-    "www-data",
-    "backup",
-    "list",
-    "irc",
-    "gnats",
-    "nobody",
-    "sshd",
-    "messagebus",
-    "_apt",
-    "gatehouse",
-    "gatehouse-keys",
-    "postgres",
-    "admin",
-    "operator",
-    "halt",
-    "shutdown",
-];
-
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Step {
     Create { user: String, shell: String },
@@ -63,7 +31,7 @@ pub fn plan(config: &Config, users: &[User]) -> Vec<Step> {
     let (min, max) = config.uid_range;
     let mut steps = Vec::new();
     for u in users {
-        if RESERVED.contains(&u.name.as_str()) || u.name.starts_with("systemd-") {
+        if crate::names::is_reserved(&u.name) {
             steps.push(Step::Skip { user: u.name.clone(), reason: "reserved name".into() });
             continue;
         }

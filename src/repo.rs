@@ -75,8 +75,10 @@ pub fn parse_repo_path(text: &str, valid_owner: impl Fn(&str) -> bool) -> Result
         return Err(bad());
     };
     let name = if name.ends_with(".git") { name.to_string() } else { format!("{name}.git") };
-    // A custom user-name pattern might admit dots; a path component may never be one.
-    if owner == "." || owner == ".." || !valid_owner(owner) || !repo_name_ok(&name) {
+    // A custom user-name pattern might admit dots, or nothing at all; a path component may
+    // never be one, nor start as `~` or an option does (after a leading `/` too).
+    let owner_ok = !owner.is_empty() && owner != "." && owner != ".." && !owner.starts_with(['~', '-']);
+    if !owner_ok || !valid_owner(owner) || !repo_name_ok(&name) {
         return Err(bad());
     }
     Ok(RepoPath { owner: owner.to_string(), name })
@@ -87,32 +89,51 @@ pub fn parse_repo_path(text: &str, valid_owner: impl Fn(&str) -> bool) -> Result
 /// without `.git` gets it, as clients may omit it but repositories never do.
 pub fn valid_pattern(pattern: &str) -> Result<String, String> {
     let bad = || format!("`{}` is not a repository pattern (OWNER/NAME.git, * allowed)", pattern.escape_debug());
-    let (owner, name) = pattern.split_once('/').ok_or_else(bad)?;
+    let (owner, given) = pattern.split_once('/').ok_or_else(bad)?;
+    // Checked with the suffix it gets, so that what is stored passes this check again.
+    let name = if given.ends_with(".git") || given.ends_with('*') { given.to_string() } else { format!("{given}.git") };
     let part_ok = |p: &str| {
         !p.is_empty() && p.len() <= 128 && p.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-*".contains(&b))
     };
-    if !part_ok(owner) || !part_ok(name) || name.contains('/') || owner == "." || owner == ".." {
+    if !part_ok(owner) || given.is_empty() || !part_ok(&name) || owner == "." || owner == ".." {
         return Err(bad());
     }
-    if name.ends_with(".git") || name.ends_with('*') {
-        Ok(pattern.to_string())
-    } else {
-        Ok(format!("{pattern}.git"))
-    }
+    Ok(format!("{owner}/{name}"))
 }
 
-/// Glob match where `*` matches any run of characters (patterns never hold `/` in a part).
+/// Glob match of one part, where `*` matches any run of characters. Only the last `*` is
+/// ever gone back to, so this takes at most pattern × text steps, however many stars.
 fn glob(pattern: &[u8], text: &[u8]) -> bool {
-    match pattern.split_first() {
-        None => text.is_empty(),
-        Some((b'*', rest)) => (0..=text.len()).any(|i| !text[..i].contains(&b'/') && glob(rest, &text[i..])),
-        Some((c, rest)) => text.first() == Some(c) && glob(rest, &text[1..]),
+    let (mut p, mut t) = (0, 0);
+    // After the last `*` seen: where the pattern goes on, and how much of the text it took.
+    let mut star: Option<(usize, usize)> = None;
+    while t < text.len() {
+        match pattern.get(p) {
+            Some(b'*') => {
+                star = Some((p + 1, t));
+                p += 1;
+            }
+            Some(&c) if c == text[t] => {
+                p += 1;
+                t += 1;
+            }
+            _ => match star {
+                Some((after, taken)) => {
+                    star = Some((after, taken + 1));
+                    (p, t) = (after, taken + 1);
+                }
+                None => return false,
+            },
+        }
     }
+    pattern[p..].iter().all(|&c| c == b'*')
 }
 
-/// Whether `pattern` covers `repo`.
+/// Whether `pattern` covers `repo`: owner and name part by part, so no `*` crosses the `/`.
 pub fn pattern_matches(pattern: &str, repo: &RepoPath) -> bool {
-    glob(pattern.as_bytes(), repo.relative().as_bytes())
+    pattern.split_once('/').is_some_and(|(owner, name)| {
+        glob(owner.as_bytes(), repo.owner.as_bytes()) && glob(name.as_bytes(), repo.name.as_bytes())
+    })
 }
 
 /// The access `user` has to `repo`: full for the owner, else the widest matching grant.
@@ -121,6 +142,56 @@ pub fn access(user: &str, repo: &RepoPath, grants: &[Grant]) -> Option<Access> {
         return Some(Access::Write);
     }
     grants.iter().filter(|g| pattern_matches(&g.pattern, repo)).map(|g| g.access).max()
+}
+
+/// How long a push's quarantine may sit unchanged before it counts as left by a push that
+/// was killed: far longer than receiving a pack and running hooks takes.
+pub const STALE_QUARANTINE: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// The newest modification time of `dir` and what is in it, down to `depth` levels.
+fn newest_change(dir: &std::path::Path, depth: u32) -> Option<std::time::SystemTime> {
+    let meta = std::fs::symlink_metadata(dir).ok()?;
+    let mut newest = meta.modified().ok()?;
+    if depth > 0 && meta.is_dir() {
+        for entry in std::fs::read_dir(dir).ok()?.flatten() {
+            if let Some(t) = newest_change(&entry.path(), depth - 1) {
+                newest = newest.max(t);
+            }
+        }
+    }
+    Some(newest)
+}
+
+/// Removes the quarantine folders (`tmp_objdir-incoming-*` under `objects`) that pushes
+/// killed with SIGKILL leave behind: git removes its own on every other exit. Only those
+/// unchanged for [`STALE_QUARANTINE`] go, so a push still running keeps its own. Returns
+/// how many were removed, and the first error (a folder of another pusher that this user
+/// may not remove, say).
+pub fn sweep_quarantine(objects: &std::path::Path, now: std::time::SystemTime) -> (usize, Option<String>) {
+    let Ok(entries) = std::fs::read_dir(objects) else {
+        return (0, None);
+    };
+    let (mut removed, mut error) = (0, None);
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        if !name.to_string_lossy().starts_with("tmp_objdir-incoming-") {
+            continue;
+        }
+        let path = entry.path();
+        let stale =
+            newest_change(&path, 3).is_some_and(|t| now.duration_since(t).is_ok_and(|age| age >= STALE_QUARANTINE));
+        if !stale {
+            continue;
+        }
+        // remove_dir_all never follows a symbolic link out of the folder.
+        match std::fs::remove_dir_all(&path) {
+            Ok(()) => removed += 1,
+            Err(e) => {
+                error.get_or_insert_with(|| format!("{}: {e}", path.display()));
+            }
+        }
+    }
+    (removed, error)
 }
 
 #[cfg(test)]
@@ -167,6 +238,29 @@ mod tests {
         }
     }
 
+    /// Found by fuzzing (fuzz/fuzz_targets/ssh_command.rs): with an owner rule that admits
+    /// anything, `//x.git` gave the owner "" (a repository directly in git.root), and a
+    /// leading `/` let `~` and `-` through.
+    #[test]
+    fn path_rules_hold_whatever_the_owner_rule() {
+        for bad in ["//x.git", "/~bob/x.git", "/-x/y.git", "/./x.git", "/../x.git", "/x.git"] {
+            assert!(parse_repo_path(bad, |_| true).is_err(), "{bad:?}");
+        }
+        assert_eq!(parse_repo_path("/a.b/x.git", |_| true), Ok(repo("a.b", "x.git")));
+    }
+
+    /// Found by fuzzing: each `*` tried every split of the rest, so a pattern of many stars
+    /// against a name that almost matches took exponential time, at every git login.
+    #[test]
+    fn many_stars_match_in_linear_time() {
+        let pattern = format!("a*a*a*a*a*a*a*a*a*a*/{}b.git", "*a".repeat(30));
+        let repo = repo(&"a".repeat(60), &format!("{}.git", "a".repeat(120)));
+        let start = std::time::Instant::now();
+        assert!(!pattern_matches(&pattern, &repo));
+        assert!(pattern_matches(&pattern.replace("b.git", ".git"), &repo));
+        assert!(start.elapsed() < std::time::Duration::from_secs(1), "{:?}", start.elapsed());
+    }
+
     #[test]
     fn grants_and_patterns() {
         let g = |s: &str, p: &str, a| Grant { subject: s.into(), pattern: p.into(), access: a, created: 0 };
@@ -184,5 +278,30 @@ mod tests {
         for bad in ["alice", "alice/x/y.git", "al ice/x.git", "/x.git", "alice/", "a/b\"c"] {
             assert!(valid_pattern(bad).is_err(), "{bad}");
         }
+        // Found by fuzzing: a name of 125 characters passed, and then failed as stored
+        // (129 with `.git`), a pattern no repository name (128 at most) could match.
+        let longest = format!("alice/{}", "n".repeat(124));
+        assert_eq!(valid_pattern(&longest), Ok(format!("{longest}.git")));
+        assert_eq!(valid_pattern(&format!("{longest}.git")), Ok(format!("{longest}.git")));
+        assert!(valid_pattern(&format!("{longest}n")).is_err());
+    }
+
+    #[test]
+    fn only_stale_quarantines_are_swept() {
+        let objects = std::env::temp_dir().join(format!("gh-quarantine-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&objects);
+        for dir in ["tmp_objdir-incoming-old/pack", "tmp_objdir-incoming-new/pack", "pack", "tmp_other"] {
+            std::fs::create_dir_all(objects.join(dir)).unwrap();
+        }
+        std::fs::write(objects.join("tmp_objdir-incoming-old/pack/tmp_pack_x"), b"half a pack").unwrap();
+        let later = std::time::SystemTime::now() + STALE_QUARANTINE + std::time::Duration::from_secs(5);
+        // Seen from now, nothing is stale; seen from an hour later, both incoming folders are.
+        assert_eq!(sweep_quarantine(&objects, std::time::SystemTime::now()), (0, None));
+        std::fs::write(objects.join("tmp_objdir-incoming-new/pack/fresh"), b"").unwrap();
+        let (removed, error) = sweep_quarantine(&objects, later);
+        assert_eq!((removed, error), (2, None));
+        assert!(objects.join("pack").is_dir() && objects.join("tmp_other").is_dir(), "only quarantines go");
+        assert!(!objects.join("tmp_objdir-incoming-old").exists());
+        let _ = std::fs::remove_dir_all(&objects);
     }
 }

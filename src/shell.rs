@@ -132,6 +132,8 @@ pub struct ExecPlan {
     pub confine: Option<Confinement>,
     /// Create this bare repository first (a first push into one's own root).
     pub init_bare: Option<PathBuf>,
+    /// Remove what killed pushes left in this repository's quarantine first.
+    pub sweep_quarantine: Option<PathBuf>,
 }
 
 /// What to do for this session.
@@ -148,6 +150,8 @@ pub enum Action {
 /// Who is logging in, with which key, asking for what.
 pub struct Session<'a> {
     pub user: &'a str,
+    /// The account's uid, from the kernel (not from the store or the environment).
+    pub uid: u32,
     pub fingerprint: &'a str,
     /// `SSH_ORIGINAL_COMMAND`, when the client asked for a command.
     pub command: Option<&'a str>,
@@ -252,12 +256,24 @@ fn data_folder(config: &Config, user: &str) -> Option<PathBuf> {
     real_dir_below(&root, &below)
 }
 
+/// A refusal for an account Gatehouse never serves, whatever the store says: a name that
+/// fails the name rule or is reserved, uid 0, or a uid below `users.uid_min`.
+fn not_served(config: &Config, session: &Session<'_>) -> Option<Action> {
+    if !config.valid_user_name(session.user) {
+        return Some(refuse("Your account name is not one Gatehouse serves.", "bad-user-name"));
+    }
+    if !crate::names::uid_served(config, session.uid) || crate::names::is_reserved(session.user) {
+        return Some(refuse("This account is not one Gatehouse serves.", "system-account"));
+    }
+    None
+}
+
 /// Decides what the session may do, from the store alone.
 pub fn decide(config: &Config, store: &dyn LoginStore, session: &Session<'_>) -> Result<Action, String> {
     let revoked =
         || refuse(format!("Key {} is no longer valid for {}.", session.fingerprint, session.user), "key-not-valid");
-    if !config.valid_user_name(session.user) {
-        return Ok(refuse("Your account name is not one Gatehouse serves.", "bad-user-name"));
+    if let Some(refusal) = not_served(config, session) {
+        return Ok(refusal);
     }
     let Some(view) = store.login_view(session.user, Some(session.fingerprint)).map_err(|e| e.to_string())? else {
         return Ok(revoked());
@@ -360,6 +376,7 @@ fn decide_for_scope(
                 env: child_env(session),
                 confine: confined.then(|| Confinement { read_write: vec![data], read_only: vec![] }),
                 init_bare: None,
+                sweep_quarantine: None,
             }))
         }
     }
@@ -373,8 +390,8 @@ pub const NO_KEY: &str = "-";
 /// scope, so a `files` user gets sftp and rsync, a `git` user git, and only a `shell` user
 /// a shell (`shell.login_shell`).
 pub fn decide_login_shell(config: &Config, store: &dyn LoginStore, session: &Session<'_>) -> Result<Action, String> {
-    if !config.valid_user_name(session.user) {
-        return Ok(refuse("Your account name is not one Gatehouse serves.", "bad-user-name"));
+    if let Some(refusal) = not_served(config, session) {
+        return Ok(refusal);
     }
     let Some(view) = store.login_view(session.user, None).map_err(|e| e.to_string())? else {
         return Ok(refuse("This account is not served by Gatehouse.", "not-in-store"));
@@ -440,6 +457,12 @@ fn git_plan(
             "core.alternateRefsCommand=true".into(),
         ]);
     }
+    if verb == GitVerb::ReceivePack {
+        // git's own checks on what is pushed: `.GIT/config` and other `.git` look-alikes
+        // in a tree, `.gitmodules` names that climb out (`../../hooks`), submodule URLs
+        // that read as options. Refused before any ref moves.
+        args.extend(["-c".into(), "receive.fsckObjects=true".into(), "-c".into(), "transfer.fsckObjects=true".into()]);
+    }
     args.push(verb.subcommand().into());
     if verb == GitVerb::UploadPack {
         args.push("--strict".into());
@@ -466,6 +489,7 @@ fn git_plan(
         env: child_env(session),
         confine,
         init_bare,
+        sweep_quarantine: verb.writes().then(|| dir.join("objects")),
     }))
 }
 
@@ -552,7 +576,8 @@ mod tests {
         let config = Config::parse("g.toml", "[users]\ndata_dir = \"/nonexistent/%u\"\n").unwrap();
         let decide = |store: &OneUser, user: &str, command: Option<&str>| {
             let groups = Vec::new;
-            let session = Session { user, fingerprint: NO_KEY, command, groups: &groups, env: &[], now: 100 };
+            let session =
+                Session { user, uid: 20_000, fingerprint: NO_KEY, command, groups: &groups, env: &[], now: 100 };
             decide_login_shell(&config, store, &session).unwrap()
         };
         let reason = |store: &OneUser, user: &str, command: Option<&str>| match decide(store, user, command) {
@@ -579,5 +604,43 @@ mod tests {
         // A directory user without a recent sync: refused, as for key logins.
         assert_eq!(reason(&user(Scope::Shell, UserState::Enabled, "ldap"), "erin", None), "directory-stale");
         assert_eq!(reason(&OneUser(None), "erin", None), "not-in-store");
+    }
+
+    #[test]
+    fn system_accounts_are_refused_whatever_the_store_says() {
+        let config = Config::parse(
+            "g.toml",
+            "[users]
+uid_min = 2000
+uid_max = 2999
+",
+        )
+        .unwrap();
+        let mut root = user(Scope::Shell, UserState::Enabled, "local");
+        if let Some(u) = root.0.as_mut() {
+            u.name = "root".into();
+        }
+        let erin = user(Scope::Shell, UserState::Enabled, "local");
+        let groups = Vec::new;
+        let fp = "SHA256:uNiVztksCsDhcc0u9e8BujQXVUpKZIDTMczCvj3tD2s";
+        for (store, name, uid) in [(&root, "root", 0), (&root, "root", 2500), (&erin, "erin", 0), (&erin, "erin", 1999)]
+        {
+            for fingerprint in [NO_KEY, fp] {
+                let session =
+                    Session { user: name, uid, fingerprint, command: None, groups: &groups, env: &[], now: 1 };
+                let action = if fingerprint == NO_KEY {
+                    decide_login_shell(&config, store, &session)
+                } else {
+                    decide(&config, store, &session)
+                };
+                assert!(
+                    matches!(action, Ok(Action::Refuse { reason: "system-account", .. })),
+                    "{name} uid {uid}: {action:?}"
+                );
+            }
+        }
+        let session =
+            Session { user: "erin", uid: 2000, fingerprint: NO_KEY, command: None, groups: &groups, env: &[], now: 1 };
+        assert_eq!(decide_login_shell(&config, &erin, &session), Ok(Action::Shell { command: None }));
     }
 }

@@ -13,7 +13,8 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
 
-const MIGRATIONS: &[&str] = &["
+const MIGRATIONS: &[&str] = &[
+    "
     CREATE TABLE logins (
         id          INTEGER PRIMARY KEY,
         user        TEXT NOT NULL,
@@ -43,7 +44,18 @@ const MIGRATIONS: &[&str] = &["
         until  INTEGER NOT NULL,
         reason TEXT NOT NULL
     ) STRICT;
-    "];
+    ",
+    // 2: the quota each user's data folder was given, so a failed attempt is retried at a
+    // later login and a successful one is not repeated at every login.
+    "
+    CREATE TABLE quotas (
+        user       TEXT PRIMARY KEY,
+        quota      TEXT NOT NULL,
+        filesystem TEXT NOT NULL,
+        applied    INTEGER NOT NULL
+    ) STRICT;
+    ",
+];
 
 /// When and from where a key last logged in.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -212,6 +224,27 @@ impl StateStore {
         Ok(removed > 0)
     }
 
+    /// The quota last set for the user's folder, if any: (limit, filesystem).
+    pub fn quota_applied(&self, user: &str) -> Result<Option<(String, String)>, StoreError> {
+        self.conn
+            .query_row("SELECT quota, filesystem FROM quotas WHERE user = ?1", [user], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()
+            .map_err(|e| self.fail(e))
+    }
+
+    /// Records that `quota` was set for the user on `filesystem`.
+    pub fn record_quota(&self, user: &str, quota: &str, filesystem: &str, now: Timestamp) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                "INSERT INTO quotas (user, quota, filesystem, applied) VALUES (?1, ?2, ?3, ?4) \
+                 ON CONFLICT (user) DO UPDATE SET quota = excluded.quota, filesystem = excluded.filesystem, \
+                 applied = excluded.applied",
+                params![user, quota, filesystem, now],
+            )
+            .map_err(|e| self.fail(e))?;
+        Ok(())
+    }
+
     /// When each of the user's keys last logged in.
     pub fn key_use(&self, user: &str) -> Result<HashMap<String, KeyUse>, StoreError> {
         self.conn
@@ -281,6 +314,10 @@ mod tests {
         assert_eq!(s.sessions_last_minute("alice", 1061).unwrap(), 0);
         assert_eq!(s.key_use("alice").unwrap()["SHA256:x"].last_used, 1000);
         s.record_logout("alice", Some("192.0.2.1"), 1100).unwrap();
+        assert_eq!(s.quota_applied("alice").unwrap(), None);
+        s.record_quota("alice", "10M", "/data", 1100).unwrap();
+        s.record_quota("alice", "20M", "/data", 1200).unwrap();
+        assert_eq!(s.quota_applied("alice").unwrap(), Some(("20M".into(), "/data".into())));
         std::fs::remove_dir_all(dir).unwrap();
     }
 

@@ -750,3 +750,135 @@ fn banned_keys_are_refused_by_fingerprint_or_by_line() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(gh.ok(&["key", "list", "alice"]).lines().count(), 1);
 }
+
+// ---- names that must never carry keys ----
+
+#[test]
+fn root_and_system_accounts_are_refused_by_every_cli_writer() {
+    require_root!();
+    let gh = setup("rootnames", "");
+    // A service account of this host: uid below 1000, outside users.uid_min..uid_max.
+    let service = SystemUser::service("ghsvc");
+    let key = keygen(&gh.dir.path, "ed25519");
+    for name in ["root", "sshd", "nobody", "gatehouse-keys", "systemd-network", service.name.as_str()] {
+        let out = gh.cli(&["user", "add", name]);
+        assert_fails(&out, 1, "never serves keys");
+        assert!(!stderr(&out).contains('\n') || stderr(&out).lines().count() == 1, "{}", stderr(&out));
+        // A bulk import that would create the user, with its key.
+        let line = format!("{name}\t{}\n", key.public);
+        let out = gh.cli_stdin(&["import", "tsv", "--create-users", "-"], line.as_bytes());
+        assert!(stderr(&out).contains("never serves keys"), "{name}: {}", stderr(&out));
+        assert!(stdout(&out).contains("imported 0, skipped 1"), "{name}: {}", stdout(&out));
+    }
+    assert_eq!(gh.ok(&["user", "list"]), "", "nothing was stored");
+    // Logged, with what was tried.
+    let log = gh.log.drain().join("\n");
+    assert!(log.contains("action=user.add user=root verdict=refuse"), "{log}");
+
+    // A store that already holds such a name (written before this rule, or by hand) takes
+    // no new key for it, and doctor fails.
+    gh.ok(&["user", "add", "alice"]);
+    let out = Command::new("sqlite3")
+        .arg(&gh.store)
+        .args([".dbconfig no_ckpt_on_close on", "UPDATE users SET name = 'root' WHERE name = 'alice';"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_fails(&add_file(&gh, "root", &key, &[]), 1, "never serves keys");
+    let doctor = gh.cli(&["doctor", "--sshd-config", "/dev/null"]);
+    assert!(
+        stdout(&doctor).contains("FAIL 1 store user(s) must never be served: `root` is a reserved"),
+        "{}",
+        stdout(&doctor)
+    );
+    assert_ne!(doctor.status.code(), Some(0));
+}
+
+#[test]
+fn invisible_and_bidi_characters_in_comments_are_refused() {
+    let gh = setup("bidi", "");
+    gh.ok(&["user", "add", "alice"]);
+    let key = keygen(&gh.dir.path, "ed25519");
+    let base = key.public.replace(" test@gatehouse", "");
+    for (text, code) in
+        [(format!("{base} laptop\u{202E}gpj.exe"), "U+202E"), (format!("{base} ad\u{200B}min"), "U+200B")]
+    {
+        let out = gh.cli_stdin(&["key", "add", "alice", "-"], text.as_bytes());
+        assert_fails(&out, 1, code);
+        assert!(stderr(&out).contains("text-direction"), "{}", stderr(&out));
+    }
+    let path = pub_path(&key.private);
+    let out = gh.cli(&["key", "add", "alice", "--file", path.to_str().unwrap(), "--comment", "x\u{2067}y"]);
+    assert_fails(&out, 1, "--comment");
+    assert_eq!(gh.ok(&["key", "list", "alice"]), "", "nothing was stored");
+}
+
+/// `key` (an ssh-rsa line) with its public exponent replaced by `e`.
+fn with_exponent(key: &str, e: &[u8]) -> String {
+    use base64ct::Encoding;
+    let blob = base64ct::Base64::decode_vec(key.split(' ').nth(1).unwrap()).unwrap();
+    let field = |at: usize| -> (usize, usize) {
+        let len = u32::from_be_bytes(blob[at..at + 4].try_into().unwrap()) as usize;
+        (at + 4, at + 4 + len)
+    };
+    let (_, type_end) = field(0);
+    let (_, e_end) = field(type_end);
+    let mut out = blob[..type_end].to_vec();
+    out.extend_from_slice(&(e.len() as u32).to_be_bytes());
+    out.extend_from_slice(e);
+    out.extend_from_slice(&blob[e_end..]);
+    format!("ssh-rsa {} weak", base64ct::Base64::encode_string(&out))
+}
+
+#[test]
+fn weak_rsa_keys_are_refused_by_upload_and_import() {
+    let gh = setup("weakrsa", "");
+    gh.ok(&["user", "add", "alice"]);
+    let key = keygen_bits(&gh.dir.path, "rsa", 3072);
+    for (e, why) in [(&[3u8][..], "exponent"), (&[1], "exponent"), (&[1, 0, 0], "exponent")] {
+        let text = with_exponent(&key.public, e);
+        assert_fails(&gh.cli_stdin(&["key", "add", "alice", "-"], text.as_bytes()), 1, why);
+        let line = format!("alice\t{text}\n");
+        let out = gh.cli_stdin(&["import", "tsv", "-"], line.as_bytes());
+        assert!(stderr(&out).contains("RSA public exponent"), "{}", stderr(&out));
+    }
+    // The same key with its real exponent goes in.
+    assert!(gh
+        .cli_stdin(&["key", "add", "alice", "-"], with_exponent(&key.public, &[1, 0, 1]).as_bytes())
+        .status
+        .success());
+}
+
+#[test]
+fn a_locked_store_makes_a_write_wait_busy_timeout_once() {
+    let gh = setup("clilock", "");
+    let text = std::fs::read_to_string(&gh.config).unwrap().replace("[store]\n", "[store]\nbusy_timeout_ms = 400\n");
+    std::fs::write(&gh.config, text).unwrap();
+    gh.ok(&["user", "add", "alice"]);
+    let holder = rusqlite::Connection::open(&gh.store).unwrap();
+    holder.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true).unwrap();
+    holder.execute_batch("PRAGMA locking_mode = EXCLUSIVE; BEGIN EXCLUSIVE; UPDATE users SET state = state;").unwrap();
+    let started = Instant::now();
+    let out = gh.cli(&["user", "add", "bob"]);
+    let took = started.elapsed();
+    assert_fails(&out, 4, "locked");
+    assert!(took < Duration::from_millis(1200), "one wait of busy_timeout_ms (400 ms), not several: {took:?}");
+    holder.execute_batch("ROLLBACK;").unwrap();
+}
+
+#[test]
+fn a_damaged_store_is_reported_as_damaged_not_busy() {
+    let gh = setup("damaged", "");
+    gh.ok(&["user", "add", "alice"]);
+    for file in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{file}", gh.store.display()));
+    }
+    let mut bytes = b"SQLite format 3\0".to_vec();
+    bytes.extend((0..64 * 1024u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8));
+    std::fs::write(&gh.store, &bytes).unwrap();
+    for args in [&["user", "list"][..], &["user", "add", "bob"]] {
+        let out = gh.cli(args);
+        assert_fails(&out, 4, "damaged");
+        assert!(!stderr(&out).contains("busy"), "{}", stderr(&out));
+    }
+}

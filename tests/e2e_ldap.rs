@@ -265,6 +265,8 @@ fn local_users_reserved_names_and_system_uids_are_never_taken_over() {
     let s = Slapd::start();
     let dir_key = keygen(&s.dir.path, "ed25519");
     let local_key = keygen(&s.dir.path, "ed25519");
+    // A service account of this host (uid below 1000), under a name the directory also has.
+    let service = SystemUser::service("ghsvc");
     s.add(
         &[
             user_ldif("root", "people", 0, &[&dir_key.public], ""),
@@ -273,6 +275,7 @@ fn local_users_reserved_names_and_system_uids_are_never_taken_over() {
             user_ldif("lowuid", "people", 999, &[], ""),
             user_ldif("localuser", "people", 20012, &[&dir_key.public], ""),
             user_ldif("okuser", "people", 1000, &[], ""),
+            user_ldif(&service.name, "people", 20013, &[&dir_key.public], ""),
         ]
         .concat(),
     );
@@ -282,11 +285,13 @@ fn local_users_reserved_names_and_system_uids_are_never_taken_over() {
     assert!(out.status.success(), "{}", stderr(&out));
 
     let out = sync(&gh, &[]);
-    assert!(summary(&out).ends_with("; 5 skipped"), "{out}");
+    assert!(summary(&out).ends_with("; 6 skipped"), "{out}");
+    let service_dn = format!("uid={},", service.name);
     for (needle, why) in [
-        ("uid=root,", "is not a name Gatehouse may manage"),
-        ("uid=sshd,", "is not a name Gatehouse may manage"),
-        ("uid=gatehouse,", "is not a name Gatehouse may manage"),
+        ("uid=root,", "reserved system name"),
+        ("uid=sshd,", "reserved system name"),
+        ("uid=gatehouse,", "reserved system name"),
+        (service_dn.as_str(), "is a system account"),
         ("lowuid: ", "uidNumber 999 is a system UID"),
         ("localuser: ", "a local user of that name exists"),
     ] {
@@ -806,8 +811,10 @@ fn ssh_password_logins_check_the_directory_and_follow_the_policy() {
     s.add(&[user_ldif(&ann.name, "people", 22001, &[], ""), user_ldif(&bea.name, "people", 22002, &[], "")].concat());
     sync(&gh, &[]);
     gh.ok(&["user", "set", &bea.name, "--policy", "files"]);
-    // gatehouse-shell as their login shell, with this instance's configuration.
-    let login = gh.dir.join("login-shell");
+    // gatehouse-shell as their login shell, with this instance's configuration: a wrapper
+    // named like it, which the session stage takes for gatehouse-shell.
+    std::fs::create_dir(gh.dir.join("wrap")).unwrap();
+    let login = gh.dir.join("wrap").join("gatehouse-shell");
     std::fs::write(
         &login,
         format!("#!/bin/sh\nexec {} --config {} \"$@\"\n", gh.shell_bin.display(), gh.config.display()),

@@ -554,3 +554,85 @@ fn first_push_creates_a_repository_only_where_allowed() {
     assert!(!out.status.success());
     assert!(!w.gh.data.join(&bob.user.name).join("planted.git").exists());
 }
+
+/// Output of git in `dir`, which must succeed, trimmed.
+fn git_out(dir: &Path, args: &[&str], input: Option<&str>) -> String {
+    let mut cmd = Command::new("git");
+    cmd.args(["-c", "user.name=t", "-c", "user.email=t@example.org", "-c", "safe.directory=*"])
+        .args(args)
+        .current_dir(dir);
+    let out = match input {
+        Some(text) => output_with_input(&mut cmd, text.as_bytes()),
+        None => cmd.output().unwrap(),
+    };
+    assert!(out.status.success(), "git {args:?}: {}", stderr(&out));
+    stdout(&out).trim().to_string()
+}
+
+/// A commit on top of HEAD in `clone` whose tree is HEAD's plus the entries `extra`
+/// (`mktree` lines), made with plumbing: porcelain git refuses such trees itself.
+fn hostile_commit(clone: &Path, extra: &[String]) -> String {
+    let mut lines = git_out(clone, &["ls-tree", "HEAD"], None);
+    for e in extra {
+        lines.push('\n');
+        lines.push_str(e);
+    }
+    lines.push('\n');
+    let tree = git_out(clone, &["mktree"], Some(&lines));
+    git_out(clone, &["commit-tree", &tree, "-p", "HEAD", "-m", "hostile"], None)
+}
+
+#[test]
+fn pushes_are_fsck_checked_and_killed_pushes_are_swept() {
+    require_root!();
+    let w = world("fsck", "");
+    let alice = w.account("git");
+    let repo = w.repo(&alice, "lab.git", "README");
+    let url = w.url(&alice, &format!("{}/lab.git", alice.user.name));
+    let out = w.git(&alice, &w.work.path, &["clone", "--quiet", &url, "c"]);
+    assert!(out.status.success(), "clone: {}", stderr(&out));
+    let clone = w.work.join("c");
+    let blob = |text: &str| git_out(&clone, &["hash-object", "-w", "--stdin"], Some(text));
+    let config = blob("[core]\n\thooksPath = /tmp\n");
+    let config_tree = git_out(&clone, &["mktree"], Some(&format!("100644 blob {config}\tconfig\n")));
+    let climbing = blob("[submodule \"../../../hooks\"]\n\tpath = x\n\turl = https://example.org/x.git\n");
+    let dashed = blob("[submodule \"x\"]\n\tpath = x\n\turl = --upload-pack=touch${IFS}/tmp/pwned\n");
+    let before = git_out(&repo, &["rev-parse", "main"], None);
+    for (what, entry, fsck_id) in [
+        (".GIT/config", format!("040000 tree {config_tree}\t.GIT"), "hasDotgit"),
+        ("submodule name ../../../hooks", format!("100644 blob {climbing}\t.gitmodules"), "gitmodulesName"),
+        ("submodule URL -…", format!("100644 blob {dashed}\t.gitmodules"), "gitmodulesUrl"),
+    ] {
+        let commit = hostile_commit(&clone, &[entry]);
+        let out = w.git(&alice, &clone, &["push", "origin", &format!("{commit}:refs/heads/main")]);
+        assert!(!out.status.success(), "{what}: the push was accepted");
+        assert!(stderr(&out).contains(fsck_id), "{what}: git's check names {fsck_id}: {}", stderr(&out));
+        assert_eq!(git_out(&repo, &["rev-parse", "main"], None), before, "{what}: the ref moved");
+    }
+
+    // What a push killed with SIGKILL leaves: a quarantine folder nobody removes. The next
+    // push removes it once it has sat unchanged for an hour; a fresh one (a push still
+    // running) stays.
+    let objects = repo.join("objects");
+    let stale = objects.join("tmp_objdir-incoming-killed");
+    let fresh = objects.join("tmp_objdir-incoming-running");
+    for dir in [&stale, &fresh] {
+        std::fs::create_dir_all(dir.join("pack")).unwrap();
+        std::fs::write(dir.join("pack/tmp_pack_half"), b"half a pack").unwrap();
+        run(Command::new("chown").arg("-R").arg(format!("{0}:{0}", alice.user.name)).arg(dir));
+    }
+    run(Command::new("touch")
+        .args(["-h", "-d", "2 hours ago"])
+        .arg(&stale)
+        .arg(stale.join("pack"))
+        .arg(stale.join("pack/tmp_pack_half")));
+    std::fs::write(clone.join("notes.txt"), "fine\n").unwrap();
+    git_in(&clone, &["add", "."]);
+    git_in(&clone, &["commit", "--quiet", "-m", "fine"]);
+    let out = w.git(&alice, &clone, &["push", "--quiet", "origin", "main"]);
+    assert!(out.status.success(), "an ordinary push: {}", stderr(&out));
+    assert!(!stale.exists(), "the killed push's quarantine is still there");
+    assert!(fresh.exists(), "a running push's quarantine was removed");
+    let logged = w.gh.log.drain().join("\n");
+    assert!(logged.contains("stale_quarantines_removed=1"), "{logged}");
+}

@@ -47,10 +47,13 @@ fn run_raw(gh: &Gatehouse, args: &[&OsStr]) -> Output {
     wait_bounded(command(gh, &gh.config, args).spawn().unwrap())
 }
 
-/// The form sshd uses: `--config FILE -- ARGS…`.
+/// The form sshd uses: `--config FILE -- USER UID ARGS…`, for an account with a served
+/// uid; `args` are the user and what follows the uid.
 fn lookup(gh: &Gatehouse, args: &[&str]) -> Output {
     let mut all: Vec<&OsStr> = vec![OsStr::new("--")];
-    all.extend(args.iter().map(OsStr::new));
+    all.extend(args.iter().take(1).map(OsStr::new));
+    all.push(OsStr::new(SERVED_UID));
+    all.extend(args.iter().skip(1).map(OsStr::new));
     run_raw(gh, &all)
 }
 
@@ -290,8 +293,12 @@ fn wrong_number_of_operands_is_a_usage_error() {
     let (gh, keys) = with_alice("operands", 1);
     let (kind, blob) = parts(&keys[0]);
     let fp = keys[0].fingerprint.as_str();
-    for args in [vec![], vec!["alice", fp, kind], vec!["alice", fp, kind, blob, "extra"]] {
-        let out = lookup(&gh, &args);
+    let none: Vec<&OsStr> = vec![OsStr::new("--")];
+    let short: Vec<&OsStr> = ["--", "alice", SERVED_UID, fp, kind].into_iter().map(OsStr::new).collect();
+    let long: Vec<&OsStr> = ["--", "alice", SERVED_UID, fp, kind, blob, "extra"].into_iter().map(OsStr::new).collect();
+    let legacy: Vec<&OsStr> = ["--", "alice", fp, kind].into_iter().map(OsStr::new).collect();
+    for args in [none, short, long, legacy] {
+        let out = run_raw(&gh, &args);
         assert_eq!(out.status.code(), Some(2), "{args:?}");
         assert!(out.stdout.is_empty(), "{args:?} printed: {}", stdout(&out));
         assert!(stderr(&out).contains("usage: gatehouse-keys"), "{}", stderr(&out));
@@ -422,7 +429,8 @@ fn config_path_that_cannot_reach_the_forced_command_exits_3() {
 #[test]
 fn closed_stdout_is_not_an_error() {
     let (gh, keys) = with_alice("closed", 5);
-    let mut child = command(&gh, &gh.config, &[OsStr::new("--"), OsStr::new("alice")]).spawn().unwrap();
+    let args = ["--", "alice", SERVED_UID].map(OsStr::new);
+    let mut child = command(&gh, &gh.config, &args).spawn().unwrap();
     drop(child.stdout.take());
     let out = wait_bounded(child);
     assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
@@ -435,7 +443,8 @@ fn closed_stdout_is_not_an_error() {
 fn unwritable_stdout_exits_4() {
     let (gh, _) = with_alice("devfull", 2);
     let full = std::fs::OpenOptions::new().write(true).open("/dev/full").unwrap();
-    let child = command(&gh, &gh.config, &[OsStr::new("--"), OsStr::new("alice")]).stdout(full).spawn().unwrap();
+    let args = ["--", "alice", SERVED_UID].map(OsStr::new);
+    let child = command(&gh, &gh.config, &args).stdout(full).spawn().unwrap();
     let out = wait_bounded(child);
     assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
     let lines = logged(&gh, 1).join("\n");
@@ -482,7 +491,7 @@ fn a_stalled_syslog_does_not_hang_lookups() {
 
     let (kind, blob) = parts(&keys[0]);
     for _ in 0..20 {
-        let args = ["--", "alice", &keys[0].fingerprint, kind, blob].map(OsStr::new);
+        let args = ["--", "alice", SERVED_UID, &keys[0].fingerprint, kind, blob].map(OsStr::new);
         let out = wait_bounded(command(&gh, &config, &args).spawn().unwrap());
         assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
         let printed = lines(&out);
@@ -651,9 +660,86 @@ fn non_utf8_fingerprint_and_blob_get_nothing() {
     let (gh, keys) = with_alice("nonutf8", 1);
     let (kind, blob) = parts(&keys[0]);
     let bad = OsStr::from_bytes(b"SHA256:\xff\xfe");
-    let args = [OsStr::new("--"), OsStr::new("alice"), bad, OsStr::new(kind), OsStr::new(blob)];
+    let uid = OsStr::new(SERVED_UID);
+    let args = [OsStr::new("--"), OsStr::new("alice"), uid, bad, OsStr::new(kind), OsStr::new(blob)];
     assert_refused(&gh, &run_raw(&gh, &args), "bad-fingerprint");
     let fp = OsStr::new(keys[0].fingerprint.as_str());
-    let args = [OsStr::new("--"), OsStr::new("alice"), fp, OsStr::new(kind), OsStr::from_bytes(b"AAAA\xff")];
+    let args = [OsStr::new("--"), OsStr::new("alice"), uid, fp, OsStr::new(kind), OsStr::from_bytes(b"AAAA\xff")];
     assert_refused(&gh, &run_raw(&gh, &args), "key-mismatch");
+}
+
+// ---- system accounts: nothing the store says makes a key for root ----
+
+/// Alice's keys renamed in the store to `name`, behind the CLI's back (the CLI refuses
+/// such names), as a store written before that rule, or by hand, would hold them.
+fn store_renamed(name: &str, test: &str) -> (Gatehouse, KeyPair) {
+    let (gh, mut keys) = with_alice(test, 1);
+    sqlite3(&gh.store, &[".dbconfig no_ckpt_on_close on", &format!("UPDATE users SET name = '{name}';")]);
+    (gh, keys.remove(0))
+}
+
+#[test]
+fn root_gets_no_key_whatever_the_store_says() {
+    let (gh, key) = store_renamed("root", "root");
+    let (kind, blob) = parts(&key);
+    // uid 0, as sshd passes %U for root.
+    for args in [vec!["--", "root", "0"], vec!["--", "root", "0", key.fingerprint.as_str(), kind, blob]] {
+        let args: Vec<&OsStr> = args.into_iter().map(OsStr::new).collect();
+        let line = assert_refused(&gh, &run_raw(&gh, &args), "system-account");
+        assert!(line.contains("user=root "), "{line}");
+    }
+    // The name alone refuses too, with any uid.
+    assert_refused(&gh, &lookup(&gh, &["root", &key.fingerprint, kind, blob]), "reserved-name");
+}
+
+#[test]
+fn accounts_below_uid_min_get_no_key() {
+    // alice exists in the store; sshd says her account's uid is 999 (TEST_UID_RANGE
+    // starts at 1000): a system account of that name, whatever the store says.
+    let (gh, keys) = with_alice("lowuid", 1);
+    let (kind, blob) = parts(&keys[0]);
+    for uid in ["0", "1", "999"] {
+        let args: Vec<&OsStr> =
+            ["--", "alice", uid, keys[0].fingerprint.as_str(), kind, blob].into_iter().map(OsStr::new).collect();
+        assert_refused(&gh, &run_raw(&gh, &args), "system-account");
+    }
+    let args: Vec<&OsStr> =
+        ["--", "alice", "1000", keys[0].fingerprint.as_str(), kind, blob].into_iter().map(OsStr::new).collect();
+    let out = run_raw(&gh, &args);
+    assert_eq!(lines(&out).len(), 1, "uid 1000 is served: {}", stderr(&out));
+    gh.log.drain();
+}
+
+#[test]
+fn without_a_uid_nothing_is_served_and_the_log_says_why() {
+    let (gh, keys) = with_alice("nouid", 1);
+    let (kind, blob) = parts(&keys[0]);
+    // The forms sshd used before %U was passed.
+    for args in [vec!["--", "alice"], vec!["--", "alice", keys[0].fingerprint.as_str(), kind, blob]] {
+        let args: Vec<&OsStr> = args.into_iter().map(OsStr::new).collect();
+        let line = assert_refused(&gh, &run_raw(&gh, &args), "no-uid");
+        assert!(line.contains("%U"), "the log names the fix: {line}");
+    }
+}
+
+#[test]
+fn invisible_characters_in_stored_comments_are_never_printed() {
+    let (gh, keys) = with_alice("bidi", 1);
+    // As a store written before such comments were refused would hold it.
+    sqlite3(
+        &gh.store,
+        &[
+            ".dbconfig no_ckpt_on_close on",
+            "UPDATE keys SET comment = 'laptop' || char(8238) || 'gpj.exe' || char(8203) || char(8297);",
+        ],
+    );
+    let out = lookup(&gh, &["alice", &keys[0].fingerprint]);
+    let printed = lines(&out);
+    assert_eq!(printed.len(), 1, "{}", stderr(&out));
+    assert!(printed[0].ends_with(" laptopgpj.exe"), "{:?}", printed[0]);
+    assert!(!printed[0].chars().any(|c| ('\u{200B}'..='\u{206F}').contains(&c)), "{:?}", printed[0]);
+    for listing in [gh.ok(&["key", "list", "alice"]), gh.ok(&["user", "show", "alice", "--json"])] {
+        assert!(listing.contains("laptopgpj.exe"), "{listing}");
+        assert!(!listing.contains('\u{202E}') && !listing.contains("u202e"), "{listing}");
+    }
 }

@@ -39,9 +39,16 @@ impl Fixture {
             .arg(&self.gh.keys_bin)
             .arg("--config")
             .arg(&self.gh.config)
-            .args(["--", user, fingerprint])
+            .args(["--", user, SERVED_UID, fingerprint])
             .output()
             .unwrap()
+    }
+
+    /// Like [`Fixture::lookup`], also saying how long it took.
+    fn timed_lookup(&self) -> (Output, Duration) {
+        let started = Instant::now();
+        let out = self.lookup("alice", &self.key.fingerprint);
+        (out, started.elapsed())
     }
 
     fn assert_served(&self, context: &str) {
@@ -88,7 +95,8 @@ fn reader_is_served_while_a_writer_holds_a_transaction() {
     writer.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true).unwrap();
     let tx = writer.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).unwrap();
     tx.execute("DELETE FROM keys", []).unwrap();
-    tx.execute("INSERT INTO audit (time, actor, action, subject, detail) VALUES (0, 't', 't', 't', '')", []).unwrap();
+    tx.execute("INSERT INTO grants (subject, pattern, access, created) VALUES ('t', 't/t.git', 'read', 0)", [])
+        .unwrap();
     f.assert_served("writer holds an uncommitted delete");
     tx.rollback().unwrap();
     f.assert_served("after rollback");
@@ -228,4 +236,85 @@ fn write_tsv(path: &std::path::Path, count: usize) {
         );
         writeln!(out, "bulk{}\t{}", i / 4, key.to_openssh().unwrap()).unwrap();
     }
+}
+
+/// store.login_timeout_ms's default, and how much later than that a lookup may end.
+const LOGIN_TIMEOUT: Duration = Duration::from_millis(1000);
+const MARGIN: Duration = Duration::from_millis(700);
+
+#[test]
+fn a_store_locked_exclusively_costs_a_lookup_one_second_at_most() {
+    require_root!();
+    let f = fixture("exclusive");
+    f.assert_served("before the lock");
+    f.gh.log.drain();
+    // Another program takes the store for itself (a `sqlite3` shell with
+    // locking_mode=EXCLUSIVE, say): every reader would wait for it.
+    let holder = Connection::open(&f.gh.store).unwrap();
+    holder.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true).unwrap();
+    holder.execute_batch("PRAGMA locking_mode = EXCLUSIVE; BEGIN EXCLUSIVE; UPDATE users SET state = state;").unwrap();
+    let (out, took) = f.timed_lookup();
+    assert!(took < LOGIN_TIMEOUT + MARGIN, "the lookup took {took:?}");
+    assert!(out.stdout.is_empty(), "printed: {}", stdout(&out));
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    let logged = f.gh.log.drain().join("\n");
+    assert!(logged.contains("user=alice") && logged.contains("error="), "the log says why: {logged}");
+    holder.execute_batch("ROLLBACK; PRAGMA locking_mode = NORMAL;").unwrap();
+    drop(holder);
+    f.assert_served("after the lock");
+}
+
+#[test]
+fn a_garbage_wal_costs_a_lookup_one_second_at_most() {
+    require_root!();
+    let f = fixture("garbagewal");
+    f.assert_served("before");
+    f.gh.log.drain();
+    // No writer attached, and a write-ahead log of noise: a read-only reader cannot rebuild
+    // the index, and SQLite's own retries would take about ten seconds.
+    let wal = format!("{}-wal", f.gh.store.display());
+    let mut noise = Vec::with_capacity(70_000);
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    for _ in 0..70_000 {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        noise.push(state as u8);
+    }
+    std::fs::write(&wal, &noise).unwrap();
+    let (out, took) = f.timed_lookup();
+    assert!(took < LOGIN_TIMEOUT + MARGIN, "the lookup took {took:?}");
+    assert!(out.stdout.is_empty(), "printed: {}", stdout(&out));
+    assert_ne!(out.status.code(), Some(0), "{}", stderr(&out));
+    let logged = f.gh.log.drain().join("\n");
+    assert!(logged.contains("error="), "the log says why: {logged}");
+}
+
+#[test]
+fn managed_users_cannot_read_the_audit_trail() {
+    require_root!();
+    let f = fixture("audit");
+    f.gh.ok(&["user", "disable", "alice"]);
+    // The trail has what happened; `gatehouse audit` (root) shows it.
+    assert!(f.gh.ok(&["audit"]).contains("user.disable alice"));
+    let as_reader = |sql: &str, db: &std::path::Path| {
+        let gid = nix::unistd::User::from_name(&f.reader.name).unwrap().unwrap().gid.to_string();
+        Command::new("setpriv")
+            .args(["--reuid", &f.reader.name, "--regid", &gid, "--init-groups", "--", "sqlite3", "-readonly"])
+            .arg(db)
+            .arg(sql)
+            .output()
+            .unwrap()
+    };
+    // A managed user reads the store (the forced command must), but it has no trail...
+    let out = as_reader("SELECT count(*) FROM users;", &f.gh.store);
+    assert!(out.status.success(), "the reader can read the store: {}", stderr(&out));
+    let out = as_reader("SELECT * FROM audit;", &f.gh.store);
+    assert!(stderr(&out).contains("no such table"), "{} {}", stdout(&out), stderr(&out));
+    // ...and the trail's own file is closed to them.
+    let trail = f.gh.store.with_file_name("audit.db");
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(std::fs::metadata(&trail).unwrap().mode() & 0o077, 0);
+    let out = as_reader("SELECT * FROM audit;", &trail);
+    assert!(!out.status.success() && !stdout(&out).contains("alice"), "{} {}", stdout(&out), stderr(&out));
 }

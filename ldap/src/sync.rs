@@ -10,8 +10,7 @@ use gatehouse::store::{Actor, AdminStore, DirectorySnapshot, DirectoryUser, Sync
 use ldap3::SearchEntry;
 use std::collections::HashMap;
 
-/// Names and UIDs a directory may never give a managed account.
-const RESERVED_NAMES: &[&str] = &["root", "daemon", "bin", "sys", "sshd", "nobody", "gatehouse", "gatehouse-keys"];
+/// UIDs a directory may never give a managed account (names: `gatehouse::names`).
 const FIRST_USER_UID: i64 = 1000;
 
 fn first<'a>(entry: &'a SearchEntry, attr: &str) -> Option<&'a str> {
@@ -117,12 +116,9 @@ pub fn map_entries(
             report.conflicts.push(format!("{name}: in {} entries at once ({}); skipped", by_name[name].len(), e.dn));
             continue;
         }
-        if !config.valid_user_name(name) || RESERVED_NAMES.contains(&name) {
-            report.conflicts.push(format!(
-                "{}: `{}` is not a name Gatehouse may manage; skipped",
-                e.dn,
-                name.escape_debug()
-            ));
+        // The rule every writer applies: no reserved name, no system account's name.
+        if let Err(refusal) = gatehouse::names::check(config, name) {
+            report.conflicts.push(format!("{}: not a name Gatehouse may manage: {refusal}; skipped", e.dn));
             continue;
         }
         let uid_number = match first(e, "uidNumber").map(str::parse::<i64>) {

@@ -93,9 +93,10 @@ fn ldap_authenticate(ctx: &mut dyn PamContext, opts: &ModuleOptions, now: gateho
         return Verdict::Ignore;
     }
     use gatehouse::store::LoginStore;
-    let from_directory = gatehouse::store::sqlite::SqliteStore::open_reader(&config.store_path, config.busy_timeout_ms)
-        .and_then(|s| s.login_view(&user, None))
-        .map(|v| v.is_some_and(|v| v.user.source == "ldap"));
+    let from_directory =
+        gatehouse::store::sqlite::SqliteStore::open_reader(&config.store_path, config.login_timeout_ms)
+            .and_then(|s| s.login_view(&user, None))
+            .map(|v| v.is_some_and(|v| v.user.source == "ldap"));
     match from_directory {
         Ok(true) => {}
         Ok(false) => return Verdict::Ignore,

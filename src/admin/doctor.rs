@@ -47,6 +47,27 @@ impl Report {
     }
 }
 
+/// Whether the store holds names Gatehouse must never serve (root, a service account, an
+/// account outside the uid range): the login path refuses them anyway, but such an entry
+/// is a mistake or an attack, and its keys would work on a host with an older drop-in.
+fn served_names(r: &mut Report, config: &Config, store: &crate::store::sqlite::SqliteStore) {
+    use crate::store::AdminStore;
+    let users = match store.users() {
+        Ok(u) => u,
+        Err(e) => return r.fail(e.to_string()),
+    };
+    let refused: Vec<String> =
+        users.iter().filter_map(|u| crate::names::check(config, &u.name).err()).map(|e| e.to_string()).collect();
+    match refused.as_slice() {
+        [] => r.ok(format!("no store user has a reserved name or a system account's ({} checked)", users.len())),
+        [first, rest @ ..] => r.fail(format!(
+            "{} store user(s) must never be served: {first}{}; remove them with `gatehouse user remove`",
+            refused.len(),
+            if rest.is_empty() { String::new() } else { format!(" (and {} more)", rest.len()) }
+        )),
+    }
+}
+
 /// Accounts looked up for the login-shell check: each is an NSS lookup.
 const LOGIN_SHELL_SAMPLE: usize = 1000;
 
@@ -60,7 +81,7 @@ fn login_shells(r: &mut Report, config: &Config, store: &crate::store::sqlite::S
     for u in users.iter().filter(|u| u.state == crate::policy::UserState::Enabled).take(LOGIN_SHELL_SAMPLE) {
         let Ok(Some(account)) = nix::unistd::User::from_name(&u.name) else { continue };
         checked += 1;
-        let ours = account.shell == Path::new(&config.shell_path) || crate::config::is_gatehouse_shell(&account.shell);
+        let ours = crate::config::login_shell_is_ours(config, &account.shell);
         if !ours {
             others.push(format!("{}: {}", u.name, account.shell.display()));
         }
@@ -138,6 +159,17 @@ pub fn diagnose(config: &Config, options: &DoctorOptions<'_>) -> Vec<Finding> {
             )),
         }
     }
+    // The audit trail says who did what from where: its owner's alone.
+    let trail = crate::store::sqlite::audit_path(&config.store_path);
+    match std::fs::metadata(&trail) {
+        Ok(meta) if meta.mode() & 0o077 != 0 => r.fail(format!(
+            "{}: mode {:04o}; the audit trail must be readable by its owner alone (chmod 0600, or run `gatehouse init`)",
+            trail.display(),
+            meta.mode() & 0o7777
+        )),
+        Ok(meta) => r.ok(format!("{} is its owner's alone (uid {}, mode {:04o})", trail.display(), meta.uid(), meta.mode() & 0o7777)),
+        Err(e) => r.warn(format!("{}: {e}; the next change to the store makes it", trail.display())),
+    }
     let mut sample_user = options.user.map(str::to_string);
     match crate::store::sqlite::SqliteStore::open_reader(&config.store_path, config.busy_timeout_ms) {
         Ok(store) => {
@@ -161,6 +193,7 @@ pub fn diagnose(config: &Config, options: &DoctorOptions<'_>) -> Vec<Finding> {
                     Err(e) => r.fail(e.to_string()),
                 }
             }
+            served_names(&mut r, config, &store);
             login_shells(&mut r, config, &store);
             if sample_user.is_none() {
                 use crate::store::AdminStore;
@@ -209,6 +242,14 @@ pub fn diagnose(config: &Config, options: &DoctorOptions<'_>) -> Vec<Finding> {
         r.warn("Landlock is not available on this kernel: sessions without shell scope rely on the argument allow-lists alone")
     }
 
+    // The jail, as sshd will check it at every jailed login.
+    if config.jail_group.is_some() {
+        match crate::datadir::check_jail_root(&config.jail_root) {
+            Ok(()) => r.ok(format!("jail.root {} is root's and writable by root alone", config.jail_root.display())),
+            Err(e) => r.fail(e),
+        }
+    }
+
     // What sshd will do.
     match &sample_user {
         Some(u) => r.ok(format!("evaluating sshd's configuration for user {u}")),
@@ -230,10 +271,13 @@ pub fn diagnose(config: &Config, options: &DoctorOptions<'_>) -> Vec<Finding> {
         ));
     } else {
         r.ok(format!("sshd runs {command}"));
-        for token in ["%u", "%f", "%t", "%k"] {
-            if !words.contains(&token) {
-                r.fail(format!("AuthorizedKeysCommand lacks {token}: sshd must pass %u %f %t %k"));
-            }
+        let tokens: Vec<&str> = words.iter().copied().filter(|w| w.starts_with('%')).collect();
+        if tokens != ["%u", "%U", "%f", "%t", "%k"] {
+            r.fail(format!(
+                "AuthorizedKeysCommand passes `{}`, not `%u %U %f %t %k`: without %U gatehouse-keys serves no key \
+                 (it must see the uid to refuse system accounts)",
+                tokens.join(" ")
+            ));
         }
         match check_owned_path(Path::new(program), &[]) {
             Ok(()) => r.ok(format!("{program} and its folders are root-owned and not writable by others")),
@@ -251,7 +295,39 @@ pub fn diagnose(config: &Config, options: &DoctorOptions<'_>) -> Vec<Finding> {
     if first(&settings, "exposeauthinfo") != Some("yes") {
         r.warn("ExposeAuthInfo is off: sessions cannot tell which key logged in");
     }
+    jail_settings(&mut r, config, options);
     r.0
+}
+
+/// What sshd gives a jailed user: a chroot, and no forwarding. gatehouse-keys withholds
+/// forwarding from jailed users' key lines in any case; this says whether sshd agrees.
+fn jail_settings(r: &mut Report, config: &Config, options: &DoctorOptions<'_>) {
+    let Some(group) = &config.jail_group else { return };
+    let Ok(Some(g)) = nix::unistd::Group::from_name(group) else {
+        return r.warn(format!("jail.group {group} does not exist"));
+    };
+    let Some(member) = g.mem.first() else {
+        return r.ok(format!("jail.group {group} has no members to evaluate sshd's configuration for"));
+    };
+    match sshd_effective(options, Some(member)) {
+        Ok(settings) => {
+            if first(&settings, "chrootdirectory").is_none_or(|c| c == "none") {
+                r.warn(format!(
+                    "sshd gives jailed user {member} no ChrootDirectory: see \"Jails\" in pam_gatehouse(8)"
+                ));
+            }
+            match first(&settings, "allowtcpforwarding") {
+                Some("no") => r.ok(format!("sshd gives jailed user {member} no TCP forwarding")),
+                other => r.warn(format!(
+                    "sshd gives jailed user {member} AllowTcpForwarding {}: gatehouse-keys withholds forwarding from \
+                     jailed users' key lines, but put `AllowTcpForwarding no` in the jail's Match block, ahead of \
+                     the gatehouse drop-in",
+                    other.unwrap_or("yes")
+                )),
+            }
+        }
+        Err(e) => r.warn(format!("cannot evaluate sshd's configuration for jailed user {member}: {e}")),
+    }
 }
 
 /// Runs the key command as its configured user, to prove that user can read the store.
@@ -275,7 +351,11 @@ fn probe_key_command(r: &mut Report, settings: &HashMap<String, Vec<String>>, wo
     let args: Vec<&str> = words[1..]
         .iter()
         .filter(|w| !["%f", "%t", "%k"].contains(w))
-        .map(|w| if *w == "%u" { "gatehouse-doctor-probe" } else { w })
+        .map(|w| match *w {
+            "%u" => "gatehouse-doctor-probe",
+            "%U" => "4294967294",
+            w => w,
+        })
         .collect();
     let output = Command::new("setpriv")
         .args(["--reuid", user, "--regid", &gid, "--init-groups", "--"])

@@ -2,12 +2,16 @@
 
 use super::{Admin, AdminError, KeyOptions};
 use crate::store::{ImportCache, NewKey};
+use std::collections::HashMap;
 use std::io::{BufRead, IsTerminal, Write};
 use std::time::Instant;
 
 /// Keys per transaction in a bulk import: large enough that commits do not dominate,
 /// small enough that readers and other writers wait at most a few tens of milliseconds.
 pub const BATCH: usize = 5_000;
+
+/// Names whose verdict an import keeps, so memory stays bounded on any input.
+const MAX_REMEMBERED_NAMES: usize = 100_000;
 
 /// Totals of an import.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -32,6 +36,7 @@ impl Admin<'_> {
         options: &KeyOptions,
     ) -> Result<ImportSummary, AdminError> {
         self.store.user(user)?;
+        self.check_name("import.authorized-keys", user)?;
         let mut summary = ImportSummary::default();
         for (index, line) in text.split('\n').enumerate() {
             let number = index + 1;
@@ -55,7 +60,9 @@ impl Admin<'_> {
                     );
                 }
                 Err(AdminError::Store(
-                    e @ (crate::store::StoreError::Unavailable { .. } | crate::store::StoreError::Busy { .. }),
+                    e @ (crate::store::StoreError::Unavailable { .. }
+                    | crate::store::StoreError::Busy { .. }
+                    | crate::store::StoreError::Corrupt { .. }),
                 )) => return Err(AdminError::Store(e)),
                 Err(e) => {
                     summary.skipped += 1;
@@ -84,6 +91,7 @@ impl Admin<'_> {
         let create = create_users.then_some(self.config.default_policy);
         let mut summary = ImportSummary::default();
         let mut cache = ImportCache::new();
+        let mut names = HashMap::new();
         let mut batch: Vec<(String, NewKey)> = Vec::with_capacity(BATCH);
         let mut numbers: Vec<u64> = Vec::with_capacity(BATCH);
         let mut line = Vec::new();
@@ -96,7 +104,7 @@ impl Admin<'_> {
                 if line.last() == Some(&b'\n') {
                     line.pop();
                 }
-                match self.tsv_line(&line, options) {
+                match self.tsv_line(&line, options, &mut names) {
                     Ok(Some(item)) => {
                         batch.push(item);
                         numbers.push(number);
@@ -148,14 +156,25 @@ impl Admin<'_> {
         Ok(summary)
     }
 
-    fn tsv_line(&self, line: &[u8], options: &KeyOptions) -> Result<Option<(String, NewKey)>, String> {
+    /// One `USER<TAB>KEY` line; `names` remembers each name's verdict, since checking one
+    /// asks the account database.
+    fn tsv_line(
+        &self,
+        line: &[u8],
+        options: &KeyOptions,
+        names: &mut HashMap<String, Result<(), String>>,
+    ) -> Result<Option<(String, NewKey)>, String> {
         let text = std::str::from_utf8(line).map_err(|_| "not valid UTF-8".to_string())?;
         if text.trim().is_empty() || text.trim_start().starts_with('#') {
             return Ok(None);
         }
         let (user, key) = text.split_once('\t').ok_or("expected USER<TAB>KEY")?;
-        if !self.config.valid_user_name(user) {
-            return Err(format!("`{}` is not a valid user name", user.escape_debug()));
+        if !names.contains_key(user) && names.len() < MAX_REMEMBERED_NAMES {
+            names.insert(user.to_string(), crate::names::check(self.config, user).map_err(|e| e.to_string()));
+        }
+        match names.get(user) {
+            Some(verdict) => verdict.clone()?,
+            None => crate::names::check(self.config, user).map_err(|e| e.to_string())?,
         }
         let new = self.new_key(key, options, "import").map_err(|e| e.to_string())?;
         Ok(Some((user.to_string(), new)))

@@ -81,6 +81,17 @@ pub fn init(
             nix::unistd::chown(&file, uid, gid).map_err(|e| refused(format!("chown {}: {e}", file.display())))?;
         }
     }
+    // The audit trail: who did what from where, the owner's alone (the store itself is
+    // readable by every managed user).
+    for file in store_files(&crate::store::sqlite::audit_path(path)) {
+        if file.exists() {
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))
+                .map_err(|e| refused(format!("chmod {}: {e}", file.display())))?;
+            if uid.is_some() {
+                nix::unistd::chown(&file, uid, None).map_err(|e| refused(format!("chown {}: {e}", file.display())))?;
+            }
+        }
+    }
     // The web service's secrets: readable by the owner alone.
     let secrets = &config.web.secrets;
     drop(crate::secrets::Secrets::open(secrets, config.busy_timeout_ms, true)?);

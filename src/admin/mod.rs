@@ -42,7 +42,8 @@ impl AdminError {
                 StoreError::Unavailable { .. }
                 | StoreError::IndexRace { .. }
                 | StoreError::Version { .. }
-                | StoreError::Busy { .. },
+                | StoreError::Busy { .. }
+                | StoreError::Corrupt { .. },
             ) => exit::STORE,
             AdminError::Store(_) => exit::REFUSED,
             AdminError::Io(_) => exit::REFUSED,
@@ -137,27 +138,42 @@ impl Admin<'_> {
         self.log.log(Level::Info, &all);
     }
 
+    /// The one rule for names that are to carry keys (see [`crate::names`]); a refusal is
+    /// logged with what was attempted.
+    pub fn check_name(&mut self, action: &str, name: &str) -> Result<(), AdminError> {
+        crate::names::check(self.config, name).map_err(|refusal| {
+            let reason = refusal.to_string();
+            self.log.log(
+                Level::Notice,
+                &[
+                    ("actor", &self.actor.name),
+                    ("action", action),
+                    ("user", name),
+                    ("verdict", "refuse"),
+                    ("reason", &reason),
+                ],
+            );
+            AdminError::Refused(reason)
+        })
+    }
+
+    /// Adds a user; `source` says which writer made it (`cli`, `api`).
     pub fn user_add(
         &mut self,
         name: &str,
         policy: Option<Scope>,
         port_forwarding: bool,
         disabled: bool,
+        source: &str,
     ) -> Result<(), AdminError> {
-        if !self.config.valid_user_name(name) {
-            return Err(AdminError::Refused(format!(
-                "`{}` is not a valid user name (users.name_pattern is {})",
-                name.escape_debug(),
-                self.config.name_pattern_text
-            )));
-        }
+        self.check_name("user.add", name)?;
         let user = User {
             name: name.to_string(),
             state: if disabled { UserState::Disabled } else { UserState::Enabled },
             policy: policy.unwrap_or(self.config.default_policy),
             port_forwarding,
             created: self.actor.now,
-            source: "cli".to_string(),
+            source: source.to_string(),
         };
         self.store.add_user(&self.actor, &user)?;
         self.logged("user.add", &[("user", name), ("policy", user.policy.as_str())]);
@@ -283,8 +299,10 @@ impl Admin<'_> {
             }
         }
         if let Some(comment) = &options.comment {
-            if comment.chars().any(char::is_control) {
-                return Err(AdminError::Refused("--comment: control characters are not allowed".into()));
+            if comment.chars().any(|c| c.is_control() || crate::keys::is_invisible(c)) {
+                return Err(AdminError::Refused(
+                    "--comment: control, invisible and text-direction characters are not allowed".into(),
+                ));
             }
             if comment.chars().count() > MAX_COMMENT {
                 return Err(AdminError::Refused(KeyError::CommentTooLong.to_string()));
@@ -327,6 +345,7 @@ impl Admin<'_> {
         options: &KeyOptions,
         source: &str,
     ) -> Result<String, AdminError> {
+        self.check_name("key.add", user)?;
         let new = self.new_key(text, options, source)?;
         let result = self.store.add_key(&self.actor, user, &new, self.config.max_keys_per_user);
         if let Err(e) = &result {
@@ -464,7 +483,7 @@ impl Admin<'_> {
         if let crate::secrets::TokenScope::User(u) = &parsed {
             self.store.user(u)?;
         }
-        if label.chars().any(char::is_control) || label.len() > 200 {
+        if label.chars().any(|c| c.is_control() || crate::keys::is_invisible(c)) || label.len() > 200 {
             return Err(AdminError::Refused("--label: at most 200 printable characters".into()));
         }
         let (id, token) = self.secrets()?.create_token(&parsed, label, self.actor.now)?;

@@ -3,7 +3,9 @@ use gatehouse::config::Config;
 use gatehouse::log::{Level, Logger};
 use gatehouse::lookup::{self, Invocation};
 use gatehouse::store::sqlite::SqliteStore;
+use gatehouse::watchdog::Watchdog;
 use std::process::ExitCode;
+use std::time::Duration;
 
 fn main() -> ExitCode {
     let args: Vec<_> = std::env::args_os().skip(1).collect();
@@ -29,12 +31,28 @@ fn main() -> ExitCode {
             return ExitCode::from(3);
         }
     };
+    // Nothing on the login path may wait past store.login_timeout_ms, not even SQLite's
+    // own retries: then the answer is no key, and the log says why.
+    let watchdog = {
+        let (socket, stderr) = (config.log_socket.clone(), config.log_stderr);
+        let user = request.user.clone().unwrap_or_else(|| "<not utf-8>".to_string());
+        let fingerprint = request.fingerprint.clone().unwrap_or_else(|| "-".to_string());
+        let ms = config.login_timeout_ms;
+        Watchdog::start(Duration::from_millis(u64::from(ms)), move || {
+            let error = format!("no answer from the store within store.login_timeout_ms ({ms} ms)");
+            Logger::open_at("gatehouse-keys", &socket, stderr).log(
+                Level::Error,
+                &[("user", &user), ("fingerprint", &fingerprint), ("verdict", "refuse"), ("error", &error)],
+            );
+            4
+        })
+    };
     let mut log = Logger::open("gatehouse-keys", &config);
     if let Err(e) = gatehouse::authorized::LineContext::from_config(&config) {
         log.log(Level::Error, &[("error", &e)]);
         return ExitCode::from(3);
     }
-    let store = match SqliteStore::open_reader(&config.store_path, config.busy_timeout_ms) {
+    let store = match SqliteStore::open_reader(&config.store_path, config.login_timeout_ms) {
         Ok(s) => s,
         Err(e) => {
             log.log(Level::Error, &[("error", &e.to_string())]);
@@ -42,7 +60,9 @@ fn main() -> ExitCode {
         }
     };
     let mut out = std::io::stdout().lock();
-    let result = lookup::answer(&config, &store, &request, gatehouse::time::now(), &mut out, &mut log);
+    let result =
+        lookup::answer(&config, &store, &request, gatehouse::time::now(), &mut out, &mut log, &|| watchdog.disarm());
+    watchdog.disarm();
     // The process ends here: closing a read-only connection would only free memory, which
     // costs a measurable share of a lookup; the kernel drops its locks with the process.
     std::mem::forget(store);

@@ -4,8 +4,10 @@ use gatehouse::confine;
 use gatehouse::log::{Level, Logger};
 use gatehouse::shell::{self, exit, Action, ExecPlan, Invocation, Session};
 use gatehouse::store::sqlite::SqliteStore;
+use gatehouse::watchdog::Watchdog;
 use std::os::unix::process::CommandExt;
 use std::process::{Command, ExitCode};
+use std::time::Duration;
 
 /// Set for the shell started in login-shell mode; see there.
 const LOOP_MARK: &str = "GATEHOUSE_SHELL_PID";
@@ -76,13 +78,28 @@ fn main() -> ExitCode {
         std::env::vars_os().filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?))).collect();
     let session = Session {
         user: &account.name,
+        uid: account.uid.as_raw(),
         fingerprint,
         command: command.as_deref(),
         groups: &groups,
         env: &env,
         now: gatehouse::time::now(),
     };
-    let store = match SqliteStore::open_reader(&config.store_path, config.busy_timeout_ms) {
+    let watchdog = {
+        let (socket, stderr) = (config.log_socket.clone(), config.log_stderr);
+        let (user, fingerprint) = (session.user.to_string(), session.fingerprint.to_string());
+        let ms = config.login_timeout_ms;
+        Watchdog::start(Duration::from_millis(u64::from(ms)), move || {
+            eprintln!("gatehouse-shell: service unavailable, please try again later");
+            let error = format!("no answer from the store within store.login_timeout_ms ({ms} ms)");
+            Logger::open_at("gatehouse-shell", &socket, stderr).log(
+                Level::Error,
+                &[("user", &user), ("fingerprint", &fingerprint), ("verdict", "refuse"), ("error", &error)],
+            );
+            exit::STORE
+        })
+    };
+    let store = match SqliteStore::open_reader(&config.store_path, config.login_timeout_ms) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("gatehouse-shell: service unavailable, please try again later");
@@ -105,6 +122,7 @@ fn main() -> ExitCode {
             return ExitCode::from(exit::STORE);
         }
     };
+    watchdog.disarm();
     // Not closed: what follows is an exec or an exit, which closes the store's files (all
     // opened close-on-exec) and so drops its read lock; SQLite's close would free its
     // schema and cache for nobody, a twentieth of this program's work.
@@ -204,6 +222,15 @@ fn run(plan: ExecPlan, session: &Session<'_>, log: &mut Logger) -> ExitCode {
         log.log(level, &borrowed);
     };
     let mut pairs = base("accept");
+    if let Some(objects) = &plan.sweep_quarantine {
+        let (removed, error) = gatehouse::repo::sweep_quarantine(objects, std::time::SystemTime::now());
+        if removed > 0 {
+            pairs.push(("stale_quarantines_removed", removed.to_string()));
+        }
+        if let Some(e) = error {
+            emit(log, Level::Warning, &[base("sweep"), vec![("error", e)]].concat());
+        }
+    }
     // The repository must exist before the confinement names it.
     if let Some(dir) = &plan.init_bare {
         let created = Command::new(&plan.program)

@@ -338,7 +338,7 @@ fn run(cli: Cli, config: &Config, log: &mut Logger) -> Result<u8, AdminError> {
         Command::Init { .. } | Command::Doctor { .. } | Command::Ldap { .. } => {}
         Command::User(cmd) => match cmd {
             UserCommand::Add { name, policy, port_forwarding, disabled } => {
-                admin.user_add(&name, policy, port_forwarding, disabled)?;
+                admin.user_add(&name, policy, port_forwarding, disabled, "cli")?;
                 say(&mut out, format!("added user {name}"))?;
             }
             UserCommand::List { json } => admin.user_list(&mut out, json)?,

@@ -146,6 +146,11 @@ pub enum StoreError {
     Busy {
         path: String,
     },
+    /// The file is not a SQLite database, or is damaged: waiting will not help.
+    Corrupt {
+        path: String,
+        reason: String,
+    },
 }
 
 impl fmt::Display for StoreError {
@@ -176,6 +181,9 @@ impl fmt::Display for StoreError {
             }
             StoreError::Busy { path } => {
                 write!(f, "store {path}: still locked by another writer after the busy timeout")
+            }
+            StoreError::Corrupt { path, reason } => {
+                write!(f, "store {path} is damaged ({reason}): restore it from a backup; `gatehouse doctor` checks it")
             }
         }
     }

@@ -77,6 +77,31 @@ pub const MIGRATIONS: &[&str] = &[
     ALTER TABLE users ADD COLUMN directory_dn TEXT;
     ALTER TABLE sync_state ADD COLUMN last_full INTEGER;
     ",
+    // 5: the audit trail moves to its own file (attached as `trail`, see AUDIT_MIGRATIONS):
+    // the store is readable by every managed user, and the trail says who did what from
+    // where. secure_delete is on for this step, so the freed pages are zeroed.
+    "
+    INSERT INTO trail.audit (time, actor, action, subject, detail)
+        SELECT time, actor, action, subject, detail FROM main.audit ORDER BY id;
+    DROP TABLE main.audit;
+    ",
+];
+
+/// The audit trail's own file, readable by the store's owner alone.
+pub const AUDIT_MIGRATIONS: &[&str] = &[
+    // 1: the events.
+    "
+    CREATE TABLE trail.audit (
+        id      INTEGER PRIMARY KEY,
+        time    INTEGER NOT NULL,
+        actor   TEXT NOT NULL,
+        action  TEXT NOT NULL,
+        subject TEXT NOT NULL,
+        detail  TEXT NOT NULL
+    ) STRICT;
+    CREATE INDEX trail.audit_by_time ON audit (time);
+    CREATE INDEX trail.audit_by_subject ON audit (subject, time);
+    ",
 ];
 
 /// The schema version this build reads and writes.

@@ -13,13 +13,16 @@ use super::*;
 use crate::keys::ValidKey;
 use rusqlite::config::DbConfig;
 use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension, Transaction};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub struct SqliteStore {
     conn: Connection,
     path: String,
     writable: bool,
+    /// Whether the audit trail is attached as `trail` (always for writers; for readers
+    /// only once the trail is asked for: the login path never reads it).
+    trail: std::cell::Cell<bool>,
 }
 
 impl Drop for SqliteStore {
@@ -51,9 +54,15 @@ fn is_busy(e: &rusqlite::Error) -> bool {
 pub(crate) fn db_error(path: &str, e: rusqlite::Error) -> StoreError {
     if is_busy(&e) {
         StoreError::Busy { path: path.to_string() }
+    } else if is_corrupt(&e) {
+        StoreError::Corrupt { path: path.to_string(), reason: e.to_string() }
     } else {
         unavailable(path, e)
     }
+}
+
+fn is_corrupt(e: &rusqlite::Error) -> bool {
+    matches!(e.sqlite_error_code(), Some(ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase))
 }
 
 /// A read-write connection as every writer of ours opens it: WAL kept on close (see the
@@ -84,16 +93,22 @@ pub(crate) fn writer_connection(path: &Path, busy_timeout_ms: u32, create: bool)
 /// is only read: the write lock, which every open would otherwise queue for behind other
 /// writers (each PAM stage opens state.db), is taken only when a step is due.
 pub(crate) fn migrate_connection(conn: &mut Connection, path: &str, migrations: &[&str]) -> Result<i64, StoreError> {
+    migrate_schema(conn, "main", path, migrations)
+}
+
+/// [`migrate_connection`] for the database attached as `schema`.
+fn migrate_schema(conn: &mut Connection, schema: &str, path: &str, migrations: &[&str]) -> Result<i64, StoreError> {
     let expected = migrations.len() as i64;
     let fail = |e| db_error(path, e);
-    let current: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(fail)?;
+    let version = format!("PRAGMA {schema}.user_version");
+    let current: i64 = conn.query_row(&version, [], |r| r.get(0)).map_err(fail)?;
     if current == expected {
         return Ok(current);
     }
     loop {
         // Read again under the lock: another program may have migrated meanwhile.
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(fail)?;
-        let found: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(fail)?;
+        let found: i64 = tx.query_row(&version, [], |r| r.get(0)).map_err(fail)?;
         if found > expected {
             return Err(StoreError::Version { path: path.to_string(), found, expected });
         }
@@ -101,9 +116,56 @@ pub(crate) fn migrate_connection(conn: &mut Connection, path: &str, migrations: 
             return Ok(found);
         };
         tx.execute_batch(sql).map_err(fail)?;
-        tx.pragma_update(None, "user_version", found + 1).map_err(fail)?;
+        tx.pragma_update(Some(schema), "user_version", found + 1).map_err(fail)?;
         tx.commit().map_err(fail)?;
     }
+}
+
+/// The audit trail's file: `audit.db` beside the store.
+pub fn audit_path(store: &Path) -> PathBuf {
+    store.with_file_name("audit.db")
+}
+
+/// Attaches the audit trail to a writer's connection as `trail`, creating the file when
+/// missing (mode 0600, owned like the store, so the service that owns the store can open
+/// what root made) and bringing its schema up to date. Writes to both files then share
+/// one transaction; in WAL mode SQLite makes that atomic for each file, not across them.
+fn attach_trail(conn: &mut Connection, store: &Path) -> Result<(), StoreError> {
+    let trail = audit_path(store);
+    let shown = trail.display().to_string();
+    create_private(&trail, store).map_err(|e| unavailable(&shown, e))?;
+    let fail = |e| db_error(&shown, e);
+    conn.execute("ATTACH DATABASE ?1 AS trail", [trail.as_os_str().to_string_lossy()]).map_err(fail)?;
+    let mode: String = conn.query_row("PRAGMA trail.journal_mode = WAL", [], |r| r.get(0)).map_err(fail)?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(unavailable(&shown, format!("cannot switch to WAL mode (still {mode})")));
+    }
+    conn.execute_batch("PRAGMA trail.synchronous = FULL;").map_err(fail)?;
+    migrate_schema(conn, "trail", &shown, schema::AUDIT_MIGRATIONS)?;
+    Ok(())
+}
+
+/// Creates `path` empty, mode 0600, unless it exists; as root, gives it the owner of
+/// `like`. Never follows a symbolic link.
+fn create_private(path: &Path, like: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let file = match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    if nix::unistd::geteuid().is_root() {
+        if let Ok(meta) = std::fs::metadata(like) {
+            std::os::unix::fs::fchown(&file, Some(meta.uid()), Some(meta.gid()))?;
+        }
+    }
+    Ok(())
 }
 
 /// A UNIQUE violation: the only constraint a valid insert can hit is the fingerprint's.
@@ -144,7 +206,8 @@ fn key_from_row(user: &str, row: &rusqlite::Row<'_>, at: usize) -> rusqlite::Res
         blob: row.get(at + 1)?,
         fingerprint: row.get(at + 2)?,
         bits: row.get(at + 3)?,
-        comment: row.get(at + 4)?,
+        // Written before invisible characters were refused, or behind our back: never shown.
+        comment: crate::keys::shown(&row.get::<_, String>(at + 4)?),
         scope: parse_scope(row.get(at + 5)?)?,
         from: row.get(at + 6)?,
         expires: row.get(at + 7)?,
@@ -163,9 +226,9 @@ impl SqliteStore {
             Err(n) if n.kind() == std::io::ErrorKind::NotFound => {
                 unavailable(&shown, "does not exist (run `gatehouse init`)")
             }
-            _ => unavailable(&shown, e),
+            _ => db_error(&shown, e),
         })?;
-        let store = SqliteStore { conn, path: shown, writable: false };
+        let store = SqliteStore { conn, path: shown, writable: false, trail: std::cell::Cell::new(false) };
         store.prepare_connection(busy_timeout_ms)?;
         store.check_version().map_err(|e| store.explain_missing_wal(e))?;
         Ok(store)
@@ -199,8 +262,13 @@ impl SqliteStore {
     }
 
     fn open_writable(path: &Path, busy_timeout_ms: u32, create: bool) -> Result<SqliteStore, StoreError> {
-        let conn = writer_connection(path, busy_timeout_ms, create)?;
-        let store = SqliteStore { conn, path: path.display().to_string(), writable: true };
+        let mut conn = writer_connection(path, busy_timeout_ms, create)?;
+        // Deleted rows (a revoked key, the audit table moved out) are zeroed, not left in
+        // free pages of a file every managed user may read.
+        conn.execute_batch("PRAGMA main.secure_delete = ON;").map_err(|e| db_error(&path.display().to_string(), e))?;
+        attach_trail(&mut conn, path)?;
+        let store =
+            SqliteStore { conn, path: path.display().to_string(), writable: true, trail: std::cell::Cell::new(true) };
         if !create {
             store.check_version()?;
         }
@@ -241,7 +309,7 @@ impl SqliteStore {
     /// Records an event that is not a change to users or keys (init, upgrade).
     pub fn record(&mut self, actor: &Actor, action: &str, detail: &str) -> Result<(), StoreError> {
         let path = self.path.clone();
-        self.write(|tx| audit(tx, actor, action, &path, detail).map_err(|e| unavailable(&path, e)))
+        self.write(|tx| audit(tx, actor, action, &path, detail).map_err(|e| db_error(&path, e)))
     }
 
     pub fn path(&self) -> &str {
@@ -252,13 +320,7 @@ impl SqliteStore {
     /// store fails at the start rather than half-way).
     fn write<T>(&mut self, f: impl FnOnce(&Transaction<'_>) -> Result<T, StoreError>) -> Result<T, StoreError> {
         let path = self.path.clone();
-        let map = |e: rusqlite::Error| {
-            if is_busy(&e) {
-                StoreError::Busy { path: path.clone() }
-            } else {
-                unavailable(&path, e)
-            }
-        };
+        let map = |e: rusqlite::Error| db_error(&path, e);
         let tx = self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(map)?;
         let value = f(&tx)?;
         tx.commit().map_err(map)?;
@@ -269,7 +331,7 @@ impl SqliteStore {
 const INSERT_KEY: &str = "INSERT INTO keys (user_id, algorithm, blob, fingerprint, bits, comment, scope, \
                           from_patterns, expires, created, source) \
                           VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)";
-const INSERT_AUDIT: &str = "INSERT INTO audit (time, actor, action, subject, detail) VALUES (?1, ?2, ?3, ?4, ?5)";
+const INSERT_AUDIT: &str = "INSERT INTO trail.audit (time, actor, action, subject, detail) VALUES (?1, ?2, ?3, ?4, ?5)";
 
 fn insert_key(
     stmt: &mut rusqlite::Statement<'_>,
@@ -541,14 +603,14 @@ impl AdminStore for SqliteStore {
             let path = self.path.clone();
             self.write(|tx| {
                 for u in batch {
-                    sync_user(tx, actor, u, default_policy, full, &mut report).map_err(|e| unavailable(&path, e))?;
+                    sync_user(tx, actor, u, default_policy, full, &mut report).map_err(|e| db_error(&path, e))?;
                 }
                 Ok(())
             })?;
         }
         let path = self.path.clone();
         self.write(|tx| {
-            let db = |e| unavailable(&path, e);
+            let db = |e| db_error(&path, e);
             if full {
                 // Gone from the directory: disabled, and its keys removed.
                 let listed: std::collections::HashSet<&str> = snapshot.users.iter().map(|u| u.name.as_str()).collect();
@@ -591,7 +653,7 @@ impl AdminStore for SqliteStore {
     ) -> Result<(), StoreError> {
         let path = self.path.clone();
         self.write(|tx| {
-            let db = |e| unavailable(&path, e);
+            let db = |e| db_error(&path, e);
             let users: i64 =
                 tx.query_row("SELECT count(*) FROM users WHERE source = ?1", [source], |r| r.get(0)).map_err(db)?;
             let keys: i64 =
@@ -642,13 +704,13 @@ impl AdminStore for SqliteStore {
 
     fn record_event(&mut self, actor: &Actor, action: &str, subject: &str, detail: &str) -> Result<(), StoreError> {
         let path = self.path.clone();
-        self.write(|tx| audit(tx, actor, action, subject, detail).map_err(|e| unavailable(&path, e)))
+        self.write(|tx| audit(tx, actor, action, subject, detail).map_err(|e| db_error(&path, e)))
     }
 
     fn add_grant(&mut self, actor: &Actor, grant: &Grant) -> Result<bool, StoreError> {
         let path = self.path.clone();
         self.write(|tx| {
-            let db = |e| unavailable(&path, e);
+            let db = |e| db_error(&path, e);
             let old: Option<String> = tx
                 .query_row(
                     "SELECT access FROM grants WHERE subject = ?1 AND pattern = ?2",
@@ -684,7 +746,7 @@ impl AdminStore for SqliteStore {
     fn remove_grant(&mut self, actor: &Actor, subject: &str, pattern: &str) -> Result<(), StoreError> {
         let path = self.path.clone();
         self.write(|tx| {
-            let db = |e| unavailable(&path, e);
+            let db = |e| db_error(&path, e);
             let removed = tx
                 .execute("DELETE FROM grants WHERE subject = ?1 AND pattern = ?2", params![subject, pattern])
                 .map_err(db)?;
@@ -710,7 +772,7 @@ impl AdminStore for SqliteStore {
     ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
         let path = self.path.clone();
         self.write(|tx| {
-            let db = |e: rusqlite::Error| unavailable(&path, e);
+            let db = |e: rusqlite::Error| db_error(&path, e);
             let mut find_user = tx.prepare_cached("SELECT id, policy FROM users WHERE name = ?1").map_err(db)?;
             let mut count_keys = tx.prepare_cached("SELECT count(*) FROM keys WHERE user_id = ?1").map_err(db)?;
             let mut insert_user = tx
@@ -793,13 +855,13 @@ impl AdminStore for SqliteStore {
             match inserted {
                 Ok(0) => return Err(StoreError::UserExists(user.name.clone())),
                 Ok(_) => {}
-                Err(e) => return Err(unavailable(&path, e)),
+                Err(e) => return Err(db_error(&path, e)),
             }
             let mut detail = String::new();
             crate::log::push_pair(&mut detail, "state", user.state.as_str());
             crate::log::push_pair(&mut detail, "policy", user.policy.as_str());
             crate::log::push_pair(&mut detail, "port_forwarding", if user.port_forwarding { "yes" } else { "no" });
-            audit(tx, actor, "user.add", &user.name, &detail).map_err(|e| unavailable(&path, e))
+            audit(tx, actor, "user.add", &user.name, &detail).map_err(|e| db_error(&path, e))
         })
     }
 
@@ -821,7 +883,7 @@ impl AdminStore for SqliteStore {
     fn set_user_state(&mut self, actor: &Actor, name: &str, state: UserState) -> Result<bool, StoreError> {
         let path = self.path.clone();
         self.write(|tx| {
-            let db = |e| unavailable(&path, e);
+            let db = |e| db_error(&path, e);
             let old: Option<String> =
                 tx.query_row("SELECT state FROM users WHERE name = ?1", [name], |r| r.get(0)).optional().map_err(db)?;
             let Some(old) = old else {
@@ -849,7 +911,7 @@ impl AdminStore for SqliteStore {
     ) -> Result<(), StoreError> {
         let path = self.path.clone();
         self.write(|tx| {
-            let db = |e| unavailable(&path, e);
+            let db = |e| db_error(&path, e);
             let changed = tx
                 .execute(
                     "UPDATE users SET policy = coalesce(?2, policy), port_forwarding = coalesce(?3, port_forwarding) \
@@ -874,7 +936,7 @@ impl AdminStore for SqliteStore {
     fn remove_user(&mut self, actor: &Actor, name: &str) -> Result<u64, StoreError> {
         let path = self.path.clone();
         self.write(|tx| {
-            let db = |e| unavailable(&path, e);
+            let db = |e| db_error(&path, e);
             let keys: i64 = tx
                 .query_row(
                     "SELECT count(*) FROM keys WHERE user_id = (SELECT id FROM users WHERE name = ?1)",
@@ -895,7 +957,7 @@ impl AdminStore for SqliteStore {
     fn add_key(&mut self, actor: &Actor, user: &str, key: &NewKey, max_keys: u32) -> Result<(), StoreError> {
         let path = self.path.clone();
         self.write(|tx| {
-            let db = |e| unavailable(&path, e);
+            let db = |e| db_error(&path, e);
             let found: Option<(i64, String)> = tx
                 .query_row("SELECT id, policy FROM users WHERE name = ?1", [user], |r| Ok((r.get(0)?, r.get(1)?)))
                 .optional()
@@ -944,7 +1006,7 @@ impl AdminStore for SqliteStore {
     fn remove_key(&mut self, actor: &Actor, user: &str, fingerprint: &str) -> Result<(), StoreError> {
         let path = self.path.clone();
         self.write(|tx| {
-            let db = |e| unavailable(&path, e);
+            let db = |e| db_error(&path, e);
             let removed = tx
                 .execute(
                     "DELETE FROM keys WHERE fingerprint = ?2 AND user_id = (SELECT id FROM users WHERE name = ?1)",
@@ -961,9 +1023,21 @@ impl AdminStore for SqliteStore {
     }
 
     fn audit(&self, query: &AuditQuery) -> Result<Vec<AuditEvent>, StoreError> {
+        if !self.trail.get() {
+            let trail = audit_path(Path::new(&self.path));
+            if !trail.exists() {
+                // No writer has run since the store was made: nothing happened yet.
+                return Ok(Vec::new());
+            }
+            let shown = trail.display().to_string();
+            self.conn
+                .execute("ATTACH DATABASE ?1 AS trail", [trail.as_os_str().to_string_lossy()])
+                .map_err(|e| db_error(&shown, e))?;
+            self.trail.set(true);
+        }
         self.conn
             .prepare(
-                "SELECT time, actor, action, subject, detail FROM audit \
+                "SELECT time, actor, action, subject, detail FROM trail.audit \
                  WHERE (?1 IS NULL OR subject = ?1) AND (?2 IS NULL OR time >= ?2) \
                  ORDER BY id DESC LIMIT ?3",
             )
@@ -983,5 +1057,91 @@ impl AdminStore for SqliteStore {
                 Ok(events)
             })
             .map_err(|e| self.error(e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("gh-sqlite-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn version_4_stores_move_their_audit_trail_out_and_zero_it() {
+        let dir = temp_dir("audit-move");
+        let path = dir.join("store.db");
+        {
+            // A store as version 4 left it, with an audit trail inside.
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch("PRAGMA journal_mode = WAL;").unwrap();
+            for sql in &schema::MIGRATIONS[..4] {
+                conn.execute_batch(sql).unwrap();
+            }
+            conn.execute_batch(
+                "PRAGMA user_version = 4;
+                 INSERT INTO audit (time, actor, action, subject, detail)
+                     VALUES (1, 'web:alice@203.0.113.77', 'key.add', 'alice', 'fingerprint=SHA256:x'),
+                            (2, 'cli:root', 'user.add', 'bob', '');",
+            )
+            .unwrap();
+        }
+        let mut store = SqliteStore::create(&path, 1000).unwrap();
+        assert_eq!(store.migrate().unwrap(), current_version());
+        let events = store.audit(&AuditQuery::default()).unwrap();
+        let actors: Vec<&str> = events.iter().map(|e| e.actor.as_str()).collect();
+        assert_eq!(actors, ["web:alice@203.0.113.77", "cli:root"], "kept, in order");
+        let left: i64 = store
+            .conn
+            .query_row("SELECT count(*) FROM main.sqlite_master WHERE name = 'audit'", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(left, 0, "no audit table in the group-readable store");
+        drop(store);
+        // Nothing of it is left in the store's bytes either (secure_delete, WAL emptied).
+        for file in ["store.db", "store.db-wal"] {
+            let bytes = std::fs::read(dir.join(file)).unwrap_or_default();
+            assert!(!bytes.windows(12).any(|w| w == b"203.0.113.77"), "{file} still holds the old trail");
+        }
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(audit_path(&path)).unwrap().permissions().mode();
+        assert_eq!(mode & 0o077, 0, "audit.db is its owner's alone: {mode:o}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn changes_and_their_audit_events_are_written_together() {
+        let dir = temp_dir("audit-write");
+        let path = dir.join("store.db");
+        let mut store = SqliteStore::create(&path, 1000).unwrap();
+        store.migrate().unwrap();
+        let actor = Actor { name: "cli:test".into(), now: 5 };
+        let user = User {
+            name: "alice".into(),
+            state: UserState::Enabled,
+            policy: Scope::Shell,
+            port_forwarding: false,
+            created: 5,
+            source: "cli".into(),
+        };
+        store.add_user(&actor, &user).unwrap();
+        drop(store);
+        let reader = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+        let tables: Vec<String> = reader
+            .prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        assert!(!tables.contains(&"audit".to_string()), "{tables:?}");
+        let store = SqliteStore::open_writer(&path, 1000).unwrap();
+        let events = store.audit(&AuditQuery::default()).unwrap();
+        assert_eq!(events.len(), 1);
+        assert_eq!((events[0].action.as_str(), events[0].subject.as_str()), ("user.add", "alice"));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -93,6 +93,20 @@ impl SystemUser {
     }
 }
 
+impl SystemUser {
+    /// A system (service) account, uid below 1000 as `useradd -r` gives it, no home.
+    pub fn service(prefix: &str) -> SystemUser {
+        let name = unique(prefix);
+        account_command(
+            "useradd",
+            &["-r", "-M", "-p", "*", "-s", "/usr/sbin/nologin", "-d", "/nonexistent", "-U", &name],
+        );
+        let account = nix::unistd::User::from_name(&name).unwrap().unwrap();
+        assert!(account.uid.as_raw() < 1000, "useradd -r gave uid {}", account.uid);
+        SystemUser { name, home: PathBuf::from("/nonexistent"), uid: account.uid.as_raw() }
+    }
+}
+
 impl Drop for SystemUser {
     fn drop(&mut self) {
         let _guard = ACCOUNTS.lock().unwrap_or_else(|e| e.into_inner());
@@ -194,7 +208,7 @@ impl Gatehouse {
             &config,
             format!(
                 "[store]\npath = \"{}\"\n\n[shell]\npath = \"{}\"\n\n[log]\nsocket = \"{}\"\n\n\
-                 [users]\ndata_dir = \"{}/%u\"\n\n[git]\nroot = \"{}\"\n{extra_config}",
+                 [users]\ndata_dir = \"{}/%u\"\n{TEST_UID_RANGE}\n[git]\nroot = \"{}\"\n{extra_config}",
                 store.display(),
                 shell_bin.display(),
                 log.path.display(),
@@ -234,8 +248,18 @@ impl Gatehouse {
         output_with_input(Command::new(&self.cli_bin).arg("--config").arg(&self.config).args(args), input)
     }
 
-    /// Runs gatehouse-keys with this instance's config.
+    /// Runs gatehouse-keys with this instance's config as sshd would for a served account:
+    /// `args` are the user and what follows the uid (`%u [%f %t %k]`); [`SERVED_UID`] is
+    /// passed as `%U`.
     pub fn keys(&self, args: &[&str]) -> Output {
+        let mut all: Vec<&str> = args.iter().take(1).copied().collect();
+        all.push(SERVED_UID);
+        all.extend(args.iter().skip(1));
+        Command::new(&self.keys_bin).arg("--config").arg(&self.config).arg("--").args(all).output().unwrap()
+    }
+
+    /// Runs gatehouse-keys with exactly `args` after `--`, the uid included.
+    pub fn keys_raw(&self, args: &[&str]) -> Output {
         Command::new(&self.keys_bin).arg("--config").arg(&self.config).arg("--").args(args).output().unwrap()
     }
 
@@ -261,6 +285,13 @@ impl Gatehouse {
         }
     }
 }
+
+/// The `[users]` uid range of test instances: the accounts `useradd` makes for tests
+/// (uid 1000 and up) are served, as the accounts of a real site are within its range.
+pub const TEST_UID_RANGE: &str = "uid_min = 1000\nuid_max = 59999\n";
+
+/// A uid inside [`TEST_UID_RANGE`], passed as `%U` where no real account is involved.
+pub const SERVED_UID: &str = "30000";
 
 /// A key pair made by ssh-keygen.
 pub struct KeyPair {

@@ -103,7 +103,7 @@ async fn list_users(State(app): State<Arc<App>>, caller: ApiCaller) -> Result<Js
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct NewUser {
+pub struct NewUser {
     name: String,
     policy: Option<Scope>,
     #[serde(default)]
@@ -117,7 +117,7 @@ async fn create_user(
 ) -> Result<(StatusCode, Json<UserJson>), ApiError> {
     caller.require_admin()?;
     let new = body(payload)?;
-    with_admin(&app, &caller, |a| a.user_add(&new.name, new.policy, new.port_forwarding, false))?;
+    with_admin(&app, &caller, |a| a.user_add(&new.name, new.policy, new.port_forwarding, false, "api"))?;
     let user = app.stores.get().user(&new.name).map_err(|e| app.store_err(e))?;
     Ok((StatusCode::CREATED, Json(user_json(user))))
 }
@@ -143,7 +143,7 @@ async fn show_user(
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct UserChange {
+pub struct UserChange {
     state: Option<UserState>,
     policy: Option<Scope>,
     port_forwarding: Option<bool>,
@@ -195,7 +195,7 @@ async fn list_keys(
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct NewKeyBody {
+pub struct NewKeyBody {
     key: String,
     scope: Option<Scope>,
     expires: Option<String>,
@@ -242,7 +242,7 @@ async fn list_grants(State(app): State<Arc<App>>, caller: ApiCaller) -> Result<R
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct GrantBody {
+pub struct GrantBody {
     subject: String,
     pattern: String,
     access: Access,
@@ -261,7 +261,7 @@ async fn add_grant(
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct GrantRef {
+pub struct GrantRef {
     subject: String,
     pattern: String,
 }
@@ -279,7 +279,7 @@ async fn remove_grant(
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct AuditParams {
+pub struct AuditParams {
     user: Option<String>,
     since: Option<String>,
     limit: Option<u32>,

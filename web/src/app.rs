@@ -111,7 +111,13 @@ impl App {
     }
 
     pub fn store_err(&self, e: StoreError) -> crate::error::WebError {
-        if matches!(e, StoreError::Busy { .. } | StoreError::Unavailable { .. } | StoreError::IndexRace { .. }) {
+        if matches!(
+            e,
+            StoreError::Busy { .. }
+                | StoreError::Unavailable { .. }
+                | StoreError::IndexRace { .. }
+                | StoreError::Corrupt { .. }
+        ) {
             self.log(Level::Error, &[("error", &e.to_string())]);
         }
         e.into()
@@ -169,7 +175,12 @@ impl Peer {
 /// no referrer, nothing cached.
 async fn security_headers(req: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
     let mut response = next.run(req).await;
-    let h = response.headers_mut();
+    set_security_headers(response.headers_mut());
+    response
+}
+
+/// The headers of [`security_headers`], for answers made outside the router too.
+pub(crate) fn set_security_headers(h: &mut axum::http::HeaderMap) {
     h.insert(
         header::CONTENT_SECURITY_POLICY,
         HeaderValue::from_static(
@@ -182,7 +193,6 @@ async fn security_headers(req: axum::extract::Request, next: axum::middleware::N
     // which the cross-site check must refuse.
     h.insert(header::REFERRER_POLICY, HeaderValue::from_static("same-origin"));
     h.entry(header::CACHE_CONTROL).or_insert(HeaderValue::from_static("no-store"));
-    response
 }
 
 pub fn router(app: Arc<App>) -> Router {

@@ -17,6 +17,10 @@ pub enum WebError {
     TooLarge,
     /// The store stayed locked past its busy timeout, or could not be read.
     Unavailable,
+    /// The store is damaged: no retry will help, an administrator must restore it.
+    Damaged,
+    /// The request was not received and answered within `web.request_timeout`.
+    TimedOut,
 }
 
 impl WebError {
@@ -29,7 +33,8 @@ impl WebError {
             WebError::Conflict(_) => StatusCode::CONFLICT,
             WebError::TooMany => StatusCode::TOO_MANY_REQUESTS,
             WebError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            WebError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            WebError::Unavailable | WebError::Damaged => StatusCode::SERVICE_UNAVAILABLE,
+            WebError::TimedOut => StatusCode::REQUEST_TIMEOUT,
         }
     }
 
@@ -41,6 +46,8 @@ impl WebError {
             WebError::TooMany => "too many requests; try again in a minute".to_string(),
             WebError::TooLarge => "the request body is too large".to_string(),
             WebError::Unavailable => "the key store is busy; try again shortly".to_string(),
+            WebError::Damaged => "the key store is damaged; the administrators must restore it".to_string(),
+            WebError::TimedOut => "the request took too long".to_string(),
         }
     }
 }
@@ -62,6 +69,7 @@ impl From<StoreError> for WebError {
             | StoreError::Unavailable { .. }
             | StoreError::IndexRace { .. }
             | StoreError::Version { .. } => WebError::Unavailable,
+            StoreError::Corrupt { .. } => WebError::Damaged,
         }
     }
 }

@@ -4,7 +4,9 @@
 //!
 //! HTTP stack: axum on tokio (hyper underneath). Chosen because it is maintained by the
 //! tokio project, small in what it adds over hyper, and fast enough that the service is
-//! never the bottleneck; HTML comes from maud, which escapes every interpolation.
+//! never the bottleneck; HTML comes from maud, which escapes every interpolation. The
+//! accept loop is our own (`server`), on hyper directly, for the connection limits that
+//! `axum::serve` does not have.
 #![forbid(unsafe_code)]
 
 pub mod api;
@@ -13,6 +15,7 @@ pub mod auth;
 pub mod error;
 pub mod limits;
 pub mod pages;
+pub mod server;
 
 use gatehouse::config::{Config, Listen};
 use std::ffi::OsString;
@@ -83,7 +86,6 @@ pub fn run_from_args(args: Vec<OsString>) -> u8 {
 
 async fn serve(app: app::App) -> u8 {
     let listen = app.config.web.listen.clone();
-    let router = app::router(std::sync::Arc::new(app));
     let shutdown = async {
         let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
             Ok(s) => s,
@@ -94,12 +96,11 @@ async fn serve(app: app::App) -> u8 {
             _ = tokio::signal::ctrl_c() => {}
         }
     };
-    let result = match &listen {
+    let listener = match &listen {
         Listen::Tcp(addr) => match tokio::net::TcpListener::bind(addr).await {
             Ok(l) => {
                 eprintln!("gatehoused: listening on http://{addr}");
-                let service = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
-                axum::serve(l, service).with_graceful_shutdown(shutdown).await
+                server::Listener::Tcp(l)
             }
             Err(e) => {
                 eprintln!("gatehoused: cannot listen on {addr}: {e}");
@@ -117,7 +118,7 @@ async fn serve(app: app::App) -> u8 {
             match tokio::net::UnixListener::bind(path) {
                 Ok(l) => {
                     eprintln!("gatehoused: listening on {}", path.display());
-                    axum::serve(l, router.into_make_service()).with_graceful_shutdown(shutdown).await
+                    server::Listener::Unix(l)
                 }
                 Err(e) => {
                     eprintln!("gatehoused: cannot listen on {}: {e}", path.display());
@@ -126,11 +127,6 @@ async fn serve(app: app::App) -> u8 {
             }
         }
     };
-    match result {
-        Ok(()) => exit::OK,
-        Err(e) => {
-            eprintln!("gatehoused: {e}");
-            exit::LISTEN
-        }
-    }
+    server::run(std::sync::Arc::new(app), listener, shutdown).await;
+    exit::OK
 }

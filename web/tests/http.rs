@@ -54,6 +54,13 @@ fn api_admin_manages_users() {
     assert!(e.contains("carol") && e.contains("exists"), "{e}");
     let e = assert_json_error(&s.api(&t, "POST", "/users", Some(&json!({"name": "Not Valid"}))), 400);
     assert!(e.contains("not a valid user name"), "{e}");
+    // No store entry may become root, or any other system account (issue 10).
+    for name in ["root", "sshd", "daemon", "gatehouse", "systemd-timesync"] {
+        let e = assert_json_error(&s.api(&t, "POST", "/users", Some(&json!({"name": name}))), 400);
+        assert!(e.contains("never serves keys"), "{name}: {e}");
+    }
+    // Made through the API, and recorded so.
+    assert_eq!(carol["source"], "api", "{carol}");
 
     let r = s.api(&t, "GET", "/users", None);
     assert_eq!(r.status, 200, "{r:?}");
@@ -135,7 +142,7 @@ fn api_admin_manages_keys() {
         400,
     );
     assert!(e.contains("in the past"), "{e}");
-    assert_json_error(&s.api(&t, "POST", "/users/nobody/keys", Some(&json!({"key": fresh_key("").0}))), 404);
+    assert_json_error(&s.api(&t, "POST", "/users/ghost/keys", Some(&json!({"key": fresh_key("").0}))), 404);
 
     let r = s.api(&t, "DELETE", &format!("/users/alice/keys/{}", enc(&fp)), None);
     assert_eq!((r.status, r.body.as_str()), (204, ""), "{r:?}");
@@ -505,6 +512,9 @@ fn api_refuses_hostile_key_texts() {
         ("type mismatch", format!("ssh-rsa {blob}"), "does not match"),
         ("SSH2 format", "---- BEGIN SSH2 PUBLIC KEY ----".to_string(), "RFC 4716"),
         ("empty", String::new(), "no key"),
+        ("right-to-left override", format!("{good}\u{202E}fdp.exe"), "text-direction"),
+        ("zero-width space", format!("{good}\u{200B}"), "invisible"),
+        ("bidi isolate", format!("{good} \u{2066}root\u{2069}"), "invisible"),
     ];
     for (what, text, reason) in &cases {
         let r = s.api(&t, "POST", "/users/alice/keys", Some(&json!({"key": text})));
@@ -516,6 +526,8 @@ fn api_refuses_hostile_key_texts() {
     // A comment given separately is checked as well.
     let r = s.api(&t, "POST", "/users/alice/keys", Some(&json!({"key": good, "comment": "a\ncommand=\"x\""})));
     assert!(!assert_json_error(&r, 400).contains('\n'));
+    let r = s.api(&t, "POST", "/users/alice/keys", Some(&json!({"key": good, "comment": "laptop\u{202E}gpj.exe"})));
+    assert!(assert_json_error(&r, 400).contains("text-direction"));
     let r = s.api(&t, "POST", "/users/alice/keys", Some(&json!({"key": good, "from": "\"*\" command=x"})));
     assert_json_error(&r, 400);
 
@@ -1636,4 +1648,21 @@ fn a_removed_users_session_does_not_pass_to_a_new_user_of_that_name() {
     s.ok(&["user", "add", "alice"]);
     let r = s.send(Req::new("GET", "/keys").cookie(&cookie));
     assert_eq!((r.status, r.header("location")), (303, Some("/signin")), "{r:?}");
+}
+
+#[test]
+fn a_damaged_store_is_reported_as_damaged_not_busy() {
+    let (s, t) = alice_and_bob(&[]);
+    // Every page after the first (the schema, which the service has read) turned to noise
+    // under the running service: the users' pages, which it has not read yet, are damaged.
+    let store = s.dir.join("store.db");
+    let mut bytes = std::fs::read(&store).unwrap();
+    assert!(bytes.len() > 4096, "the store was checkpointed into its file");
+    for (i, b) in bytes.iter_mut().enumerate().skip(4096) {
+        *b = (i as u32).wrapping_mul(2_654_435_761).to_be_bytes()[1];
+    }
+    std::fs::write(&store, &bytes).unwrap();
+    let r = s.api(&t, "GET", "/users", None);
+    let e = assert_json_error(&r, 503);
+    assert!(e.contains("damaged") && !e.contains("busy"), "{e}");
 }
