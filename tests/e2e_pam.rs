@@ -306,16 +306,22 @@ fn provision_follows_the_store_within_its_uid_range_only() {
     assert_eq!(nix::unistd::User::from_name(&fresh).unwrap().unwrap().shell, gh.shell_bin, "changed");
 }
 
-#[test]
-fn jailed_users_get_sftp_inside_their_chroot_only() {
-    require_root!();
+/// An initialised instance whose `[jail]` names a fresh group and a fresh root folder.
+fn jailed_instance(name: &str) -> (Gatehouse, SystemGroup, TestDir) {
     let jail_group = SystemGroup::new("ghj");
-    let jail_root = TestDir::new("jail");
+    let jail_root = TestDir::new(&format!("{name}-jail"));
     let gh = Gatehouse::new(
-        "pamjail",
+        name,
         &format!("\n[jail]\ngroup = \"{}\"\nroot = \"{}\"\n", jail_group.name, jail_root.path.display()),
     );
     gh.init(None);
+    (gh, jail_group, jail_root)
+}
+
+#[test]
+fn jailed_users_get_sftp_inside_their_chroot_only() {
+    require_root!();
+    let (gh, jail_group, jail_root) = jailed_instance("pamjail");
     let svc = PamService::new(&sshd_stack(&gh, ""));
     let link = gh.dir.join(&svc.name);
     std::os::unix::fs::symlink("/usr/sbin/sshd", &link).unwrap();
@@ -427,13 +433,7 @@ fn a_files_key_never_runs_a_bashrc_before_the_forced_command() {
 #[test]
 fn jailed_users_get_no_port_forwarding_whatever_the_sshd_order() {
     require_root!();
-    let jail_group = SystemGroup::new("ghjf");
-    let jail_root = TestDir::new("jailf");
-    let gh = Gatehouse::new(
-        "jailfwd",
-        &format!("\n[jail]\ngroup = \"{}\"\nroot = \"{}\"\n", jail_group.name, jail_root.path.display()),
-    );
-    gh.init(None);
+    let (gh, jail_group, jail_root) = jailed_instance("jailfwd");
     // The site's jail block comes after the drop-in (Debian reads sshd_config.d first), so
     // the drop-in's `AllowTcpForwarding local` is the value sshd keeps for jailed users.
     let matches = format!("Match Group {}\n    AllowTcpForwarding no\n", jail_group.name);
@@ -553,12 +553,8 @@ fn a_full_disk_fails_the_session_and_the_next_login_makes_the_folder_whole() {
 #[test]
 fn a_jail_root_sshd_would_refuse_fails_the_session_with_a_log_line() {
     require_root!();
-    let jail_group = SystemGroup::new("ghjr");
-    let jail_root = TestDir::new("jailroot");
-    let (gh, group) = setup(
-        "jailroot",
-        &format!("\n[jail]\ngroup = \"{}\"\nroot = \"{}\"\n", jail_group.name, jail_root.path.display()),
-    );
+    let (gh, jail_group, jail_root) = jailed_instance("jailroot");
+    let group = SystemGroup::new("ghp");
     let svc = PamService::new(&stack(&gh, ""));
     let user = SystemUser::new("ghjr", &gh.dir.path, &[&group.name, &jail_group.name]);
     gh.ok(&["user", "add", &user.name]);
