@@ -68,6 +68,7 @@ struct RawLdap {
     staleness_max: Option<Spanned<String>>,
     allow_web_keys: Option<bool>,
     max_disable_percent: Option<Spanned<i64>>,
+    program: Option<Spanned<String>>,
 }
 
 /// The `[ldap]` section: where users, keys and passwords come from.
@@ -93,6 +94,8 @@ pub struct LdapConfig {
     /// A full sync that would disable more than this share of the enabled directory users
     /// is refused: a directory that answers with part of itself must not lock out the rest.
     pub max_disable_percent: u32,
+    /// `gatehouse-ldap`, which pam_gatehouse runs to check a directory password.
+    pub program: PathBuf,
 }
 
 fn ldap_attribute_ok(text: &str) -> bool {
@@ -195,6 +198,10 @@ fn parse_ldap(at: &Located<'_>, raw: RawLdap) -> Result<LdapConfig, ConfigError>
         timeout_ms,
         staleness_max: duration(raw.staleness_max, "ldap.staleness_max", 24 * 3600)?,
         allow_web_keys: raw.allow_web_keys.unwrap_or(false),
+        program: match path(raw.program, "ldap.program")? {
+            Some(p) => p,
+            None => PathBuf::from("/usr/bin/gatehouse-ldap"),
+        },
         max_disable_percent: match raw.max_disable_percent {
             None => 10,
             Some(p) => match u32::try_from(*p.get_ref()) {
@@ -531,6 +538,32 @@ impl Default for Config {
             jail_root: PathBuf::from("/jail"),
             ldap: None,
         }
+    }
+}
+
+/// What tells one version of a file from another without reading it: device, inode, size,
+/// modification and change times (a chmod or chown changes the last).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileStamp {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl FileStamp {
+    /// The stamp of `path` now; `None` when it cannot be read.
+    pub fn of(path: &Path) -> Option<FileStamp> {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(path).ok()?;
+        Some(FileStamp {
+            dev: m.dev(),
+            ino: m.ino(),
+            size: m.size(),
+            mtime: (m.mtime(), m.mtime_nsec()),
+            ctime: (m.ctime(), m.ctime_nsec()),
+        })
     }
 }
 

@@ -4,7 +4,6 @@
 //! call in here and map errors to exit codes.
 #![forbid(unsafe_code)]
 
-pub mod account;
 pub mod admin;
 pub mod authorized;
 pub mod command;
@@ -20,6 +19,7 @@ pub mod provision;
 pub mod repo;
 pub mod rsync;
 pub mod secrets;
+pub mod session;
 pub mod shell;
 pub mod state;
 pub mod store;

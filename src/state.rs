@@ -55,7 +55,17 @@ const MIGRATIONS: &[&str] = &[
         applied    INTEGER NOT NULL
     ) STRICT;
     ",
+    // 3: indexes that fit the login path's queries, so a login costs the same with a year
+    // of history: the retention cut by time, and the user's open sessions at close.
+    "
+    CREATE INDEX logins_by_opened ON logins (opened);
+    CREATE INDEX logins_open ON logins (user, rhost, id) WHERE closed IS NULL;
+    CREATE INDEX failures_by_time ON failures (time);
+    ",
 ];
+
+/// Login records kept per user, at most (besides the year's limit).
+pub const LOGINS_KEPT: i64 = 10_000;
 
 /// When and from where a key last logged in.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -67,16 +77,23 @@ pub struct KeyUse {
 pub struct StateStore {
     conn: Connection,
     path: String,
-    writable: bool,
+    /// Fold the WAL back in and empty it on close (writers outside the login path).
+    truncate_on_close: bool,
 }
 
 impl Drop for StateStore {
     fn drop(&mut self) {
-        if self.writable {
+        if self.truncate_on_close {
             truncate_wal(&self.conn);
         }
     }
 }
+
+/// WAL pages after which a login-path writer checkpoints (SQLite's own automatic
+/// checkpoint, at a commit), and the size the WAL file is cut back to afterwards: a few
+/// logins' worth, so the file stays small without an fsync at every login.
+const LOGIN_CHECKPOINT_PAGES: u32 = 16;
+const LOGIN_WAL_LIMIT: u32 = 64 * 1024;
 
 impl StateStore {
     /// Opens for writing (creating it when missing), as the root side does. The files are
@@ -88,7 +105,24 @@ impl StateStore {
         restrict_files(path, group).map_err(|e| StoreError::Unavailable { path: shown.clone(), reason: e })?;
         conn.execute_batch("PRAGMA synchronous = NORMAL;").map_err(|e| db_error(&shown, e))?;
         migrate_connection(&mut conn, &shown, MIGRATIONS)?;
-        Ok(StateStore { conn, path: shown, writable: true })
+        Ok(StateStore { conn, path: shown, truncate_on_close: true })
+    }
+
+    /// Opens for writing as the login path does (the PAM module, once per login): like
+    /// [`StateStore::open_writer`], but `synchronous=NORMAL` commits make no fsync, and the
+    /// WAL is checkpointed by SQLite every [`LOGIN_CHECKPOINT_PAGES`] pages instead of at
+    /// every close, so a login costs no fsync at all most of the time. A power cut may lose
+    /// the last logins' records, never the file's consistency.
+    pub fn open_login(path: &Path, busy_timeout_ms: u32, group: Option<u32>) -> Result<StateStore, StoreError> {
+        let mut store = StateStore::open_writer(path, busy_timeout_ms, group)?;
+        store.truncate_on_close = false;
+        store
+            .conn
+            .execute_batch(&format!(
+                "PRAGMA wal_autocheckpoint = {LOGIN_CHECKPOINT_PAGES}; PRAGMA journal_size_limit = {LOGIN_WAL_LIMIT};"
+            ))
+            .map_err(|e| store.fail(e))?;
+        Ok(store)
     }
 
     /// Opens read-only; `None` when there is no state file yet (nobody has logged in).
@@ -101,7 +135,7 @@ impl StateStore {
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_NOFOLLOW;
         let conn = Connection::open_with_flags(path, flags).map_err(|e| db_error(&shown, e))?;
         conn.busy_timeout(Duration::from_millis(u64::from(busy_timeout_ms))).map_err(|e| db_error(&shown, e))?;
-        Ok(Some(StateStore { conn, path: shown, writable: false }))
+        Ok(Some(StateStore { conn, path: shown, truncate_on_close: false }))
     }
 
     fn fail(&self, e: rusqlite::Error) -> StoreError {
@@ -133,8 +167,17 @@ impl StateStore {
             )
             .map_err(|e| self.fail(e))?;
         }
-        // Keep the history bounded: a year of logins, a day of failures.
+        // Keep the history bounded: a year of logins, each user's latest LOGINS_KEPT (checked
+        // at one login in 64, which is enough to hold the bound), a day of failures.
         tx.execute("DELETE FROM logins WHERE opened < ?1", [now - 366 * 86_400]).map_err(|e| self.fail(e))?;
+        if id % 64 == 0 {
+            tx.execute(
+                "DELETE FROM logins WHERE user = ?1 AND opened < (SELECT opened FROM logins WHERE user = ?1 \
+                 ORDER BY opened DESC LIMIT 1 OFFSET ?2)",
+                params![user, LOGINS_KEPT],
+            )
+            .map_err(|e| self.fail(e))?;
+        }
         tx.execute("DELETE FROM failures WHERE time < ?1", [now - 86_400]).map_err(|e| self.fail(e))?;
         tx.commit().map_err(|e| self.fail(e))?;
         Ok(id)
@@ -342,5 +385,44 @@ mod tests {
         assert_eq!(accepted_key("password\n"), None);
         assert_eq!(accepted_key("publickey ssh-ed25519 garbage"), None);
         assert_eq!(accepted_key(""), None);
+    }
+
+    #[test]
+    fn the_login_path_uses_indexes_whatever_the_history() {
+        let dir = std::env::temp_dir().join(format!("gh-state-plan-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let s = StateStore::open_login(&dir.join("state.db"), 1000, None).unwrap();
+        // The statements of one login, as the module runs them.
+        for sql in [
+            "SELECT count(*) FROM logins WHERE user = 'a' AND opened > 1",
+            "DELETE FROM logins WHERE opened < 1",
+            "DELETE FROM failures WHERE time < 1",
+            "SELECT id FROM logins WHERE user = 'a' AND closed IS NULL AND rhost IS 'h' ORDER BY id DESC LIMIT 1",
+            "SELECT opened FROM logins WHERE user = 'a' ORDER BY opened DESC LIMIT 1 OFFSET 5",
+            "SELECT count(*) FROM failures WHERE user = 'a' AND time > 1",
+            "SELECT until FROM lockouts WHERE user = 'a' AND until > 1",
+        ] {
+            let plan: Vec<String> = s
+                .conn
+                .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+                .unwrap()
+                .query_map([], |r| r.get::<_, String>(3))
+                .unwrap()
+                .collect::<rusqlite::Result<_>>()
+                .unwrap();
+            assert!(plan.iter().all(|step| !step.starts_with("SCAN")), "{sql}: {plan:?}");
+        }
+        // Each user's history is bounded.
+        let tx = s.conn.unchecked_transaction().unwrap();
+        for i in 0..(LOGINS_KEPT + 500) {
+            tx.execute("INSERT INTO logins (user, opened) VALUES ('ci', ?1)", [i]).unwrap();
+        }
+        tx.commit().unwrap();
+        for i in 0..64 {
+            s.record_login("ci", None, None, None, LOGINS_KEPT + 500 + i).unwrap();
+        }
+        let kept: i64 = s.conn.query_row("SELECT count(*) FROM logins WHERE user = 'ci'", [], |r| r.get(0)).unwrap();
+        assert!(kept <= LOGINS_KEPT + 64, "{kept} rows kept");
+        std::fs::remove_dir_all(dir).unwrap();
     }
 }

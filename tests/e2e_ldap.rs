@@ -56,6 +56,11 @@ fn instance(name: &str, config: &str) -> Gatehouse {
     // cp(1), not std::fs::copy: see Gatehouse::new on ETXTBSY.
     let status = Command::new("cp").arg(ldap_binary()).arg(&to).status().unwrap();
     assert!(status.success());
+    // pam_gatehouse's `ldap` mode runs it to check passwords (the [ldap] section is last).
+    if config.contains("[ldap]") {
+        let text = std::fs::read_to_string(&gh.config).unwrap();
+        std::fs::write(&gh.config, format!("{text}\nprogram = \"{}\"\n", to.display())).unwrap();
+    }
     gh
 }
 

@@ -433,7 +433,7 @@ fn a_files_key_never_runs_a_bashrc_before_the_forced_command() {
 #[test]
 fn jailed_users_get_no_port_forwarding_whatever_the_sshd_order() {
     require_root!();
-    let (gh, jail_group, jail_root) = jailed_instance("jailfwd");
+    let (gh, jail_group, _jail_root) = jailed_instance("jailfwd");
     // The site's jail block comes after the drop-in (Debian reads sshd_config.d first), so
     // the drop-in's `AllowTcpForwarding local` is the value sshd keeps for jailed users.
     let matches = format!("Match Group {}\n    AllowTcpForwarding no\n", jail_group.name);

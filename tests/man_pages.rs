@@ -284,8 +284,8 @@ fn pam_module_and_session_pages_document_their_arguments() {
     // pam_gatehouse.so: each argument (and value) ModuleOptions::parse accepts, and each code
     // the shim returns; a panic is PAM_ABORT (pam-bindings' guard).
     let page = read("man/pam_gatehouse.8");
-    let account = read("src/account.rs");
-    let parse = &account[account.find("pub fn parse").expect("ModuleOptions::parse in src/account.rs")..];
+    let account = read("src/session/mod.rs");
+    let parse = &account[account.find("pub fn parse").expect("ModuleOptions::parse in src/session/mod.rs")..];
     let words = literals(&parse[..parse.find("\n    }\n").unwrap()], &["Some((", "None if"]);
     assert!(words.contains("config") && words.contains("deny") && words.contains("authfail"), "{words:?}");
     let missing: Vec<_> = words.iter().filter(|w| !mentions(&page, &format!("Cm {w}"))).collect();

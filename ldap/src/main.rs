@@ -7,7 +7,7 @@ use std::io::Read;
 use std::process::ExitCode;
 
 const USAGE: &str =
-    "usage: gatehouse-ldap [--config FILE] sync [--full [--allow-mass-disable]] | status [--json] | check-password USER";
+    "usage: gatehouse-ldap [--config FILE] sync [--full [--allow-mass-disable]] | status [--json] | check-password [--] USER";
 
 fn main() -> ExitCode {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
@@ -121,7 +121,7 @@ fn main() -> ExitCode {
                 ExitCode::SUCCESS
             }
         }
-        ["check-password", user] => {
+        ["check-password", user] | ["check-password", "--", user] => {
             let mut password = String::new();
             if std::io::stdin().take(4096).read_to_string(&mut password).is_err() {
                 return ExitCode::from(2);

@@ -1,21 +1,29 @@
-//! pam_gatehouse.so: a thin shim over `gatehouse::account`. Arguments, the PAM handle and
+//! pam_gatehouse.so: a thin shim over `gatehouse::session`. Arguments, the PAM handle and
 //! result codes are translated here; every decision is made in the library, where it is
 //! unit-tested. pam-bindings wraps each hook in `catch_unwind`, so a panic becomes
-//! PAM_ABORT and never unwinds into sshd.
+//! PAM_ABORT and never unwinds into sshd. The module links no directory client: a
+//! directory password is checked by `gatehouse-ldap check-password`, run as a child.
 
-use gatehouse::account::{self, ModuleOptions, PamContext, Verdict};
+use gatehouse::session::password::Secret;
+use gatehouse::session::{self, Cache, ModuleOptions, PamContext, Stage, Verdict};
 use pam::constants::{PamFlag, PamResultCode, PAM_ERROR_MSG, PAM_PROMPT_ECHO_OFF};
 use pam::conv::Conv;
 use pam::items::{AuthTok, RHost, Service};
 use pam::module::{PamHandle, PamHooks};
 use std::ffi::{CStr, CString};
 use std::os::raw::c_char;
+use std::sync::Mutex;
 
 extern "C" {
     // libpam: the value of `name` in the PAM environment, or NULL. The string belongs to
     // PAM and lives as long as the handle.
     fn pam_getenv(pamh: *mut PamHandle, name: *const c_char) -> *const c_char;
 }
+
+/// The configuration and the open SQLite files of this process: sshd runs a login's
+/// account and session stages in one process, which then reads the configuration once
+/// and opens each file once.
+static BACKENDS: Mutex<Cache> = Mutex::new(Cache::new());
 
 struct Handle<'a>(&'a mut PamHandle);
 
@@ -55,102 +63,13 @@ impl PamContext for Handle<'_> {
         }
     }
 
-    fn password(&mut self) -> Option<String> {
+    fn password(&mut self) -> Option<Secret> {
         if let Ok(Some(token)) = self.0.get_item::<AuthTok>() {
-            return std::str::from_utf8(token.as_bytes()).ok().map(str::to_string);
+            return std::str::from_utf8(token.as_bytes()).ok().map(|p| Secret::new(p.to_string()));
         }
         let conv = self.0.get_item::<Conv>().ok().flatten()?;
         let answer = conv.send(PAM_PROMPT_ECHO_OFF, "Password: ").ok().flatten()?;
-        answer.as_str().ok().map(str::to_string)
-    }
-}
-
-/// `auth … pam_gatehouse.so ldap`: the password checked by binding to the directory as
-/// the user. Failures count towards the lockout; an empty password never reaches it.
-fn ldap_authenticate(ctx: &mut dyn PamContext, opts: &ModuleOptions, now: gatehouse::time::Timestamp) -> Verdict {
-    use gatehouse::log::{Level, Logger};
-    let config = match gatehouse::config::Config::load(opts.config.as_deref()) {
-        Ok(c) => c,
-        Err(e) => {
-            Logger::stderr_only("pam_gatehouse").log(Level::Error, &[("error", &e.0)]);
-            return Verdict::ServiceError;
-        }
-    };
-    let mut log = Logger::open("pam_gatehouse", &config);
-    let Some(ldap) = config.ldap.clone() else {
-        log.log(Level::Error, &[("stage", "auth"), ("error", "module argument ldap without an [ldap] section")]);
-        return Verdict::ServiceError;
-    };
-    let Some(user) = ctx.user() else {
-        return Verdict::UserUnknown;
-    };
-    if !config.valid_user_name(&user) {
-        return Verdict::UserUnknown;
-    }
-    // Only directory users of the store: a local user's or root's password is not the
-    // directory's to accept.
-    if user == "root" {
-        return Verdict::Ignore;
-    }
-    use gatehouse::store::LoginStore;
-    let from_directory =
-        gatehouse::store::sqlite::SqliteStore::open_reader(&config.store_path, config.login_timeout_ms)
-            .and_then(|s| s.login_view(&user, None))
-            .map(|v| v.is_some_and(|v| v.user.source == "ldap"));
-    match from_directory {
-        Ok(true) => {}
-        Ok(false) => return Verdict::Ignore,
-        Err(e) => {
-            log.log(Level::Error, &[("stage", "auth"), ("user", &user), ("error", &e.to_string())]);
-            return Verdict::ServiceError;
-        }
-    }
-    let rhost = ctx.rhost();
-    let shown_rhost = rhost.clone().unwrap_or_else(|| "-".into());
-    let say = |log: &mut Logger, level, verdict: &str, reason: &str| {
-        log.log(
-            level,
-            &[("stage", "auth"), ("user", &user), ("rhost", &shown_rhost), ("verdict", verdict), ("reason", reason)],
-        );
-    };
-    match account::locked_out(&config, &user, now) {
-        Ok(true) => {
-            say(&mut log, Level::Notice, "refuse", "locked-out");
-            return Verdict::PermissionDenied;
-        }
-        Ok(false) => {}
-        Err(_) => return Verdict::ServiceError,
-    }
-    let password = ctx.password().unwrap_or_default();
-    let outcome = gatehouse_ldap::password::check(&ldap, &user, &password);
-    match outcome {
-        Ok(Ok(())) => {
-            say(&mut log, Level::Info, "accept", "ldap");
-            Verdict::Success
-        }
-        Ok(Err(why)) => {
-            let reason = format!("{why:?}").to_lowercase();
-            let locked = account::count_failure(&config, &user, rhost.as_deref(), now).unwrap_or(false);
-            say(&mut log, Level::Notice, if locked { "lockout" } else { "failure" }, &reason);
-            Verdict::AuthError
-        }
-        Err(e) => {
-            log.log(
-                Level::Error,
-                &[("stage", "auth"), ("user", &user), ("verdict", "refuse"), ("error", &e.to_string())],
-            );
-            Verdict::AuthInfoUnavailable
-        }
-    }
-}
-
-fn authenticate(ctx: &mut dyn PamContext, opts: &ModuleOptions, now: gatehouse::time::Timestamp) -> Verdict {
-    if opts.test_panic {
-        panic!("test_panic: a panic on purpose");
-    }
-    match opts.auth_mode {
-        Some(account::AuthMode::Ldap) => ldap_authenticate(ctx, opts, now),
-        _ => account::authenticate(ctx, opts, now),
+        answer.as_str().ok().map(|p| Secret::new(p.to_string()))
     }
 }
 
@@ -174,8 +93,6 @@ pub fn code(verdict: Verdict) -> PamResultCode {
     }
 }
 
-type Stage = fn(&mut dyn PamContext, &ModuleOptions, gatehouse::time::Timestamp) -> Verdict;
-
 fn run(pamh: &mut PamHandle, args: Vec<&CStr>, stage: Stage) -> PamResultCode {
     let opts = match options(&args) {
         Ok(o) => o,
@@ -184,26 +101,28 @@ fn run(pamh: &mut PamHandle, args: Vec<&CStr>, stage: Stage) -> PamResultCode {
             return PamResultCode::PAM_SERVICE_ERR;
         }
     };
-    code(stage(&mut Handle(pamh), &opts, gatehouse::time::now()))
+    // A panic while the lock was held left the cache as it was; it is still usable.
+    let mut cache = BACKENDS.lock().unwrap_or_else(|e| e.into_inner());
+    code(cache.run(&mut Handle(pamh), &opts, "pam_gatehouse", stage))
 }
 
 pub struct Gatehouse;
 
 impl PamHooks for Gatehouse {
     fn acct_mgmt(pamh: &mut PamHandle, args: Vec<&CStr>, _flags: PamFlag) -> PamResultCode {
-        run(pamh, args, account::account)
+        run(pamh, args, session::account)
     }
 
     fn sm_authenticate(pamh: &mut PamHandle, args: Vec<&CStr>, _flags: PamFlag) -> PamResultCode {
-        run(pamh, args, authenticate)
+        run(pamh, args, session::authenticate)
     }
 
     fn sm_open_session(pamh: &mut PamHandle, args: Vec<&CStr>, _flags: PamFlag) -> PamResultCode {
-        run(pamh, args, account::open_session)
+        run(pamh, args, session::open_session)
     }
 
     fn sm_close_session(pamh: &mut PamHandle, args: Vec<&CStr>, _flags: PamFlag) -> PamResultCode {
-        run(pamh, args, account::close_session)
+        run(pamh, args, session::close_session)
     }
 
     fn sm_setcred(_pamh: &mut PamHandle, _args: Vec<&CStr>, _flags: PamFlag) -> PamResultCode {

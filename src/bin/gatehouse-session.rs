@@ -3,7 +3,8 @@
 //! `session optional pam_exec.so /usr/bin/gatehouse-session [--config FILE]`: pam_exec
 //! passes PAM_USER, PAM_TYPE, PAM_RHOST, PAM_SERVICE and the PAM environment (with sshd's
 //! SSH_AUTH_INFO_0) in our environment.
-use gatehouse::account::{self, ModuleOptions, PamContext, Verdict};
+use gatehouse::session::password::Secret;
+use gatehouse::session::{self, Cache, ModuleOptions, PamContext, Verdict};
 use std::process::ExitCode;
 
 struct EnvContext;
@@ -25,7 +26,7 @@ impl PamContext for EnvContext {
         // pam_exec shows our stdout to the user with its `stdout` option.
         println!("{message}");
     }
-    fn password(&mut self) -> Option<String> {
+    fn password(&mut self) -> Option<Secret> {
         // Session setup never needs one.
         None
     }
@@ -55,11 +56,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let now = gatehouse::time::now();
-    let verdict = match std::env::var("PAM_TYPE").as_deref() {
-        Ok("open_session") => account::open_session(&mut EnvContext, &opts, now),
-        Ok("close_session") => account::close_session(&mut EnvContext, &opts, now),
-        Ok("account") => account::account(&mut EnvContext, &opts, now),
+    let stage: session::Stage = match std::env::var("PAM_TYPE").as_deref() {
+        Ok("open_session") => session::open_session,
+        Ok("close_session") => session::close_session,
+        Ok("account") => session::account,
         _ => {
             eprintln!(
                 "gatehouse-session: PAM_TYPE must be open_session, close_session or account (run me from pam_exec)"
@@ -67,6 +67,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let verdict = Cache::new().run(&mut EnvContext, &opts, "gatehouse-session", stage);
     match verdict {
         Verdict::Success | Verdict::Ignore => ExitCode::SUCCESS,
         Verdict::ServiceError => ExitCode::from(4),
