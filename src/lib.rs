@@ -10,6 +10,7 @@ pub mod command;
 pub mod config;
 pub mod confine;
 pub mod datadir;
+pub mod exit;
 pub mod keys;
 pub mod log;
 pub mod lookup;

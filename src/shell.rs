@@ -18,18 +18,102 @@ use std::path::{Path, PathBuf};
 
 pub const USAGE: &str = "usage: gatehouse-shell [--config FILE] --key FINGERPRINT";
 
-/// Exit codes, as documented in gatehouse-shell(8).
-pub mod exit {
-    /// Refused: scope, revoked key, disabled user.
-    pub const REFUSED: u8 = 1;
-    /// Usage error (the key line was not written by gatehouse-keys).
-    pub const USAGE: u8 = 2;
-    /// Configuration error.
-    pub const CONFIG: u8 = 3;
-    /// The store could not be read.
-    pub const STORE: u8 = 4;
-    /// The program to run could not be started.
-    pub const EXEC: u8 = 5;
+/// Exit statuses, as documented in gatehouse-shell(8): 1 refused, 2 usage (the key line
+/// was not written by gatehouse-keys), 3 configuration, 4 store, 5 the program could not
+/// be started.
+pub use crate::exit;
+
+/// Why a session was refused, as logged (`reason=`) and listed in gatehouse-shell(8).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    BadUserName,
+    SystemAccount,
+    KeyNotValid,
+    UserDisabled,
+    Expired,
+    ScopeOutsidePolicy,
+    BadStoredField,
+    DirectoryStale,
+    CommandTooLong,
+    BadCommand,
+    CommandNotUtf8,
+    NoShellAccess,
+    Scope,
+    ReadOnlyKey,
+    BadRepositoryPath,
+    NoAccess,
+    NoSuchRepository,
+    NoDataFolder,
+    NotInStore,
+    LoginShellIsGatehouseShell,
+    InitFailed,
+    ConfinementFailed,
+}
+
+impl Reason {
+    pub const ALL: [Reason; 22] = [
+        Reason::BadUserName,
+        Reason::SystemAccount,
+        Reason::KeyNotValid,
+        Reason::UserDisabled,
+        Reason::Expired,
+        Reason::ScopeOutsidePolicy,
+        Reason::BadStoredField,
+        Reason::DirectoryStale,
+        Reason::CommandTooLong,
+        Reason::BadCommand,
+        Reason::CommandNotUtf8,
+        Reason::NoShellAccess,
+        Reason::Scope,
+        Reason::ReadOnlyKey,
+        Reason::BadRepositoryPath,
+        Reason::NoAccess,
+        Reason::NoSuchRepository,
+        Reason::NoDataFolder,
+        Reason::NotInStore,
+        Reason::LoginShellIsGatehouseShell,
+        Reason::InitFailed,
+        Reason::ConfinementFailed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::BadUserName => "bad-user-name",
+            Reason::SystemAccount => "system-account",
+            Reason::KeyNotValid => "key-not-valid",
+            Reason::UserDisabled => "user-disabled",
+            Reason::Expired => "expired",
+            Reason::ScopeOutsidePolicy => "scope-outside-policy",
+            Reason::BadStoredField => "bad-stored-field",
+            Reason::DirectoryStale => "directory-stale",
+            Reason::CommandTooLong => "command-too-long",
+            Reason::BadCommand => "bad-command",
+            Reason::CommandNotUtf8 => "command-not-utf-8",
+            Reason::NoShellAccess => "no-shell-access",
+            Reason::Scope => "scope",
+            Reason::ReadOnlyKey => "read-only-key",
+            Reason::BadRepositoryPath => "bad-repository-path",
+            Reason::NoAccess => "no-access",
+            Reason::NoSuchRepository => "no-such-repository",
+            Reason::NoDataFolder => "no-data-folder",
+            Reason::NotInStore => "not-in-store",
+            Reason::LoginShellIsGatehouseShell => "login-shell-is-gatehouse-shell",
+            Reason::InitFailed => "init-failed",
+            Reason::ConfinementFailed => "confinement-failed",
+        }
+    }
+}
+
+impl From<crate::authorized::Refusal> for Reason {
+    fn from(r: crate::authorized::Refusal) -> Reason {
+        use crate::authorized::Refusal as R;
+        match r {
+            R::UserDisabled => Reason::UserDisabled,
+            R::Expired => Reason::Expired,
+            R::ScopeOutsidePolicy => Reason::ScopeOutsidePolicy,
+            R::BadStoredField => Reason::BadStoredField,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -139,12 +223,13 @@ pub struct ExecPlan {
 /// What to do for this session.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
-    /// Run the user's login shell: interactive when `command` is `None`, else `-c command`.
-    Shell { command: Option<String> },
+    /// Run `shell` (the account's, or `shell.login_shell` when the account's is
+    /// gatehouse-shell): interactive when `command` is `None`, else `-c command`.
+    Shell { shell: PathBuf, command: Option<String> },
     /// Run a served program directly, no shell in between.
     Exec(ExecPlan),
     /// Print `message` to the client and exit with `code`; `reason` goes to the log.
-    Refuse { message: String, reason: &'static str, code: u8 },
+    Refuse { message: String, reason: Reason, code: u8 },
 }
 
 /// Who is logging in, with which key, asking for what.
@@ -161,6 +246,10 @@ pub struct Session<'a> {
     /// The environment sshd gave the session.
     pub env: &'a [(String, String)],
     pub now: Timestamp,
+    /// The account's login shell, from the password database.
+    pub account_shell: &'a Path,
+    /// gatehouse-shell runs as the login shell for something other than a key line.
+    pub login_mode: bool,
 }
 
 /// The PATH served programs get.
@@ -198,14 +287,14 @@ pub fn child_env(session: &Session<'_>) -> Vec<(String, String)> {
     env
 }
 
-fn refuse(message: impl Into<String>, reason: &'static str) -> Action {
+fn refuse(message: impl Into<String>, reason: Reason) -> Action {
     Action::Refuse { message: message.into(), reason, code: exit::REFUSED }
 }
 
 fn stale() -> Action {
     refuse(
         "Your account comes from the directory, which has been out of reach too long; try again later.",
-        "directory-stale",
+        Reason::DirectoryStale,
     )
 }
 
@@ -219,7 +308,7 @@ fn greeting(session: &Session<'_>) -> Action {
             session.user
         ),
     };
-    refuse(message, "no-shell-access")
+    refuse(message, Reason::NoShellAccess)
 }
 
 /// `root` joined with `below`, if that is a folder and no component of `below` is a
@@ -256,14 +345,31 @@ fn data_folder(config: &Config, user: &str) -> Option<PathBuf> {
     real_dir_below(&root, &below)
 }
 
+/// The shell a `shell` session gets: the account's own, or, when that is gatehouse-shell
+/// (or this program runs as the login shell), `shell.login_shell`, since starting
+/// gatehouse-shell again would loop.
+fn shell_for(config: &Config, session: &Session<'_>) -> Action {
+    let command = session.command.map(str::to_string);
+    if !session.login_mode && !crate::config::is_gatehouse_shell(session.account_shell) {
+        return Action::Shell { shell: session.account_shell.to_path_buf(), command };
+    }
+    match &config.login_shell {
+        Some(shell) => Action::Shell { shell: shell.clone(), command },
+        None => refuse(
+            format!("Shell access needs a real login shell for {}; ask an administrator.", session.user),
+            Reason::LoginShellIsGatehouseShell,
+        ),
+    }
+}
+
 /// A refusal for an account Gatehouse never serves, whatever the store says: a name that
 /// fails the name rule or is reserved, uid 0, or a uid below `users.uid_min`.
 fn not_served(config: &Config, session: &Session<'_>) -> Option<Action> {
     if !config.valid_user_name(session.user) {
-        return Some(refuse("Your account name is not one Gatehouse serves.", "bad-user-name"));
+        return Some(refuse("Your account name is not one Gatehouse serves.", Reason::BadUserName));
     }
     if !crate::names::uid_served(config, session.uid) || crate::names::is_reserved(session.user) {
-        return Some(refuse("This account is not one Gatehouse serves.", "system-account"));
+        return Some(refuse("This account is not one Gatehouse serves.", Reason::SystemAccount));
     }
     None
 }
@@ -271,7 +377,7 @@ fn not_served(config: &Config, session: &Session<'_>) -> Option<Action> {
 /// Decides what the session may do, from the store alone.
 pub fn decide(config: &Config, store: &dyn LoginStore, session: &Session<'_>) -> Result<Action, String> {
     let revoked =
-        || refuse(format!("Key {} is no longer valid for {}.", session.fingerprint, session.user), "key-not-valid");
+        || refuse(format!("Key {} is no longer valid for {}.", session.fingerprint, session.user), Reason::KeyNotValid);
     if let Some(refusal) = not_served(config, session) {
         return Ok(refusal);
     }
@@ -289,7 +395,7 @@ pub fn decide(config: &Config, store: &dyn LoginStore, session: &Session<'_>) ->
         Err(refusal) => {
             return Ok(refuse(
                 format!("Key {} is no longer valid for {}.", session.fingerprint, session.user),
-                refusal.as_str(),
+                refusal.into(),
             ))
         }
     };
@@ -305,13 +411,13 @@ fn decide_for_scope(
     scope: Scope,
 ) -> Result<Action, String> {
     if scope != Scope::Shell && session.command.is_some_and(|c| c.len() > MAX_COMMAND) {
-        return Ok(refuse(format!("Command longer than {MAX_COMMAND} bytes refused."), "command-too-long"));
+        return Ok(refuse(format!("Command longer than {MAX_COMMAND} bytes refused."), Reason::CommandTooLong));
     }
     let request = match command::parse(session.command) {
         Ok(r) => r,
         // A shell key may run anything its shell accepts; the parse only serves the others.
         Err(_) if scope == Scope::Shell => Request::Other(session.command.unwrap_or_default().to_string()),
-        Err(Refused(why)) => return Ok(refuse(format!("Refused: {why}."), "bad-command")),
+        Err(Refused(why)) => return Ok(refuse(format!("Refused: {why}."), Reason::BadCommand)),
     };
     // A shell key asking git for a path that is not OWNER/NAME.git means a repository of
     // its own (e.g. in its home): its shell serves that, as it would without Gatehouse.
@@ -325,28 +431,26 @@ fn decide_for_scope(
     };
     let confined = scope != Scope::Shell;
     match request {
-        Request::Interactive | Request::Other(_) if scope == Scope::Shell => {
-            Ok(Action::Shell { command: session.command.map(str::to_string) })
-        }
+        Request::Interactive | Request::Other(_) if scope == Scope::Shell => Ok(shell_for(config, session)),
         Request::Interactive | Request::Other(_) => Ok(greeting(session)),
         Request::Git { verb, path } => {
             if !scope.includes(Scope::GitRead) {
-                return Ok(refuse("Git is not enabled for this key.", "scope"));
+                return Ok(refuse("Git is not enabled for this key.", Reason::Scope));
             }
             if verb.writes() && !scope.includes(Scope::Git) {
-                return Ok(refuse("This key is read-only: pushing is not enabled for it.", "read-only-key"));
+                return Ok(refuse("This key is read-only: pushing is not enabled for it.", Reason::ReadOnlyKey));
             }
             git_plan(config, store, session, verb, &path)
         }
         Request::Sftp | Request::Rsync { .. } => {
             if !scope.includes(Scope::Files) {
-                return Ok(refuse("File transfer is not enabled for this key.", "scope"));
+                return Ok(refuse("File transfer is not enabled for this key.", Reason::Scope));
             }
             let Some(data) = data_folder(config, session.user) else {
                 let shown = config.data_dir_of(session.user);
                 return Ok(refuse(
                     format!("Your data folder {} does not exist yet.", shown.display()),
-                    "no-data-folder",
+                    Reason::NoDataFolder,
                 ));
             };
             let (verb, program, args): (_, _, Vec<OsString>) = match request {
@@ -394,13 +498,13 @@ pub fn decide_login_shell(config: &Config, store: &dyn LoginStore, session: &Ses
         return Ok(refusal);
     }
     let Some(view) = store.login_view(session.user, None).map_err(|e| e.to_string())? else {
-        return Ok(refuse("This account is not served by Gatehouse.", "not-in-store"));
+        return Ok(refuse("This account is not served by Gatehouse.", Reason::NotInStore));
     };
     if !view.fresh(config.ldap.as_ref().map(|l| l.staleness_max), session.now) {
         return Ok(stale());
     }
     if view.user.state != UserState::Enabled {
-        return Ok(refuse(format!("Account {} is disabled.", session.user), "user-disabled"));
+        return Ok(refuse(format!("Account {} is disabled.", session.user), Reason::UserDisabled));
     }
     decide_for_scope(config, store, session, view.user.policy)
 }
@@ -414,7 +518,7 @@ fn git_plan(
 ) -> Result<Action, String> {
     let repo = match repo::parse_repo_path(path, |o| config.valid_user_name(o)) {
         Ok(r) => r,
-        Err(why) => return Ok(refuse(why, "bad-repository-path")),
+        Err(why) => return Ok(refuse(why, Reason::BadRepositoryPath)),
     };
     // The same words for a forbidden repository and a missing one; the log tells them apart.
     let not_found =
@@ -430,10 +534,10 @@ fn git_plan(
     };
     let need = if verb.writes() { Access::Write } else { Access::Read };
     let Some(granted) = repo::access(session.user, &repo, &grants) else {
-        return Ok(not_found("no-access"));
+        return Ok(not_found(Reason::NoAccess));
     };
     if granted < need {
-        return Ok(not_found("no-access"));
+        return Ok(not_found(Reason::NoAccess));
     }
     let dir = config.git_root.join(&repo.owner).join(&repo.name);
     let mut init_bare = None;
@@ -442,7 +546,7 @@ fn git_plan(
         let own_first_push = verb.writes() && repo.owner == session.user && config.git_create_on_push;
         let parent_ok = real_dir_below(&config.git_root, &[&repo.owner]).is_some();
         if !own_first_push || std::fs::symlink_metadata(&dir).is_ok() || !parent_ok {
-            return Ok(not_found("no-such-repository"));
+            return Ok(not_found(Reason::NoSuchRepository));
         }
         init_bare = Some(dir.clone());
     }
@@ -537,110 +641,321 @@ mod tests {
         assert!(parse_args(&[OsString::from("-c"), std::os::unix::ffi::OsStringExt::from_vec(vec![0xff])]).is_err());
     }
 
-    /// One user, no keys, no grants.
-    struct OneUser(Option<crate::store::User>);
+    /// A store of users, each with keys of the given scopes (fingerprints `fp(i)`), and
+    /// grants.
+    #[derive(Default)]
+    struct Store {
+        users: Vec<(crate::store::User, Vec<Scope>)>,
+        grants: Vec<crate::store::Grant>,
+        synced: Option<Timestamp>,
+    }
 
-    impl LoginStore for OneUser {
+    /// A distinct, well-formed fingerprint for key `i`.
+    fn fp(i: usize) -> String {
+        format!("SHA256:{i:0>43}")
+    }
+
+    impl LoginStore for Store {
         fn login_view(
             &self,
             user: &str,
-            _: Option<&str>,
+            fingerprint: Option<&str>,
         ) -> Result<Option<crate::store::LoginView>, crate::store::StoreError> {
-            Ok(self.0.clone().filter(|u| u.name == user).map(|user| crate::store::LoginView {
-                user,
-                keys: vec![],
-                synced: None,
+            Ok(self.users.iter().find(|(u, _)| u.name == user).map(|(u, scopes)| crate::store::LoginView {
+                user: u.clone(),
+                keys: scopes
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| fingerprint.is_none_or(|f| f == fp(*i)))
+                    .map(|(i, scope)| crate::store::Key {
+                        user: user.into(),
+                        algorithm: "ssh-ed25519".into(),
+                        blob: "AAAA".into(),
+                        fingerprint: fp(i),
+                        bits: 256,
+                        comment: String::new(),
+                        scope: *scope,
+                        from: None,
+                        expires: (i == 9).then_some(50),
+                        created: 0,
+                        source: "cli".into(),
+                    })
+                    .collect(),
+                synced: self.synced,
             }))
         }
-        fn grants_for(&self, _: &[String]) -> Result<Vec<crate::store::Grant>, crate::store::StoreError> {
-            Ok(vec![])
+        fn grants_for(&self, subjects: &[String]) -> Result<Vec<crate::store::Grant>, crate::store::StoreError> {
+            Ok(self.grants.iter().filter(|g| subjects.contains(&g.subject)).cloned().collect())
         }
         fn groups_of(&self, _: &str) -> Result<Vec<String>, crate::store::StoreError> {
             Ok(vec![])
         }
     }
 
-    fn user(policy: Scope, state: UserState, source: &str) -> OneUser {
-        OneUser(Some(crate::store::User {
-            name: "erin".into(),
+    fn user(name: &str, policy: Scope, state: UserState, source: &str) -> crate::store::User {
+        crate::store::User {
+            name: name.into(),
             state,
             policy,
             port_forwarding: false,
             created: 0,
             source: source.into(),
-        }))
+        }
     }
 
-    #[test]
-    fn login_shell_sessions_follow_the_account_policy() {
-        let config = Config::parse("g.toml", "[users]\ndata_dir = \"/nonexistent/%u\"\n").unwrap();
-        let decide = |store: &OneUser, user: &str, command: Option<&str>| {
-            let groups = Vec::new;
-            let session =
-                Session { user, uid: 20_000, fingerprint: NO_KEY, command, groups: &groups, env: &[], now: 100 };
-            decide_login_shell(&config, store, &session).unwrap()
-        };
-        let reason = |store: &OneUser, user: &str, command: Option<&str>| match decide(store, user, command) {
+    /// What a decision comes to, in a word: the verb run, `shell`, or the refusal's reason.
+    fn outcome(action: &Action) -> &'static str {
+        match action {
             Action::Refuse { reason, code, message } => {
-                assert_eq!(code, exit::REFUSED);
-                assert!(!message.contains("key -"), "{message}");
-                reason
+                assert_eq!(*code, exit::REFUSED);
+                assert!(!message.contains('\n'), "{message}");
+                reason.as_str()
             }
             Action::Shell { .. } => "shell",
             Action::Exec(plan) => plan.verb,
+        }
+    }
+
+    /// A git root with the repositories `alice/thesis.git` and `bob/shared.git`, and data
+    /// folders for alice and bob; removed on drop.
+    struct Tree(PathBuf);
+
+    impl Tree {
+        fn new(name: &str) -> Tree {
+            let root = std::env::temp_dir().join(format!("gh-decide-{name}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&root);
+            for repo in ["git/alice/thesis.git", "git/bob/shared.git"] {
+                std::fs::create_dir_all(root.join(repo)).unwrap();
+                std::fs::write(root.join(repo).join("HEAD"), "ref: refs/heads/main\n").unwrap();
+            }
+            std::fs::create_dir_all(root.join("data")).unwrap();
+            Tree(root)
+        }
+
+        fn config(&self, extra: &str) -> Config {
+            let root = self.0.display();
+            Config::parse(
+                "g.toml",
+                &format!("[users]\ndata_dir = \"{root}/data/%u\"\n[git]\nroot = \"{root}/git\"\n{extra}"),
+            )
+            .unwrap()
+        }
+    }
+
+    impl Drop for Tree {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    const SFTP: &str = "/usr/lib/openssh/sftp-server";
+    const RSYNC: &str = "rsync --server -vlogDtpre.iLsfxCIvu . project/";
+
+    /// Every scope against every kind of request, for key lines and for logins that did
+    /// not come through one, with grants and the policy narrowing keys.
+    #[test]
+    fn decide_over_scopes_policies_grants_and_commands() {
+        let tree = Tree::new("table");
+        let config = tree.config("");
+        let grant = |subject: &str, pattern: &str, access| crate::store::Grant {
+            subject: subject.into(),
+            pattern: pattern.into(),
+            access,
+            created: 0,
         };
-        let shell = user(Scope::Shell, UserState::Enabled, "local");
-        assert_eq!(decide(&shell, "erin", Some("ls -l")), Action::Shell { command: Some("ls -l".into()) });
-        assert_eq!(reason(&shell, "erin", None), "shell");
-        assert_eq!(reason(&shell, "dave", None), "not-in-store");
-        assert_eq!(reason(&shell, "Erin", None), "bad-user-name");
-        // The policy is the scope: no shell for a files user, sftp where its folder exists.
-        let files = user(Scope::Files, UserState::Enabled, "local");
-        assert_eq!(reason(&files, "erin", None), "no-shell-access");
-        assert_eq!(reason(&files, "erin", Some("id")), "no-shell-access");
-        assert_eq!(reason(&files, "erin", Some("/usr/lib/openssh/sftp-server")), "no-data-folder");
-        assert_eq!(reason(&files, "erin", Some("git-upload-pack 'erin/x.git'")), "scope");
-        assert_eq!(reason(&user(Scope::Shell, UserState::Disabled, "local"), "erin", None), "user-disabled");
-        // A directory user without a recent sync: refused, as for key logins.
-        assert_eq!(reason(&user(Scope::Shell, UserState::Enabled, "ldap"), "erin", None), "directory-stale");
-        assert_eq!(reason(&OneUser(None), "erin", None), "not-in-store");
+        // alice's keys: 0 shell, 1 files, 2 git, 3 git-read, 9 shell but expired.
+        let alice_keys = vec![
+            Scope::Shell,
+            Scope::Files,
+            Scope::Git,
+            Scope::GitRead,
+            Scope::Shell,
+            Scope::Shell,
+            Scope::Shell,
+            Scope::Shell,
+            Scope::Shell,
+            Scope::Shell,
+        ];
+        let store = Store {
+            users: vec![
+                (user("alice", Scope::Shell, UserState::Enabled, "cli"), alice_keys),
+                // bob's policy was narrowed to git: his shell key works as a git key.
+                (user("bob", Scope::Git, UserState::Enabled, "cli"), vec![Scope::Shell, Scope::Files]),
+                (user("carol", Scope::Shell, UserState::Disabled, "cli"), vec![Scope::Shell]),
+                (user("dora", Scope::Shell, UserState::Enabled, "ldap"), vec![Scope::Shell]),
+            ],
+            grants: vec![grant("alice", "bob/*.git", Access::Read)],
+            synced: None,
+        };
+        let groups = Vec::new;
+        let run = |name: &str, key: Option<usize>, command: Option<&str>| {
+            let fingerprint = key.map(fp);
+            let session = Session {
+                user: name,
+                uid: 20_000,
+                fingerprint: fingerprint.as_deref().unwrap_or(NO_KEY),
+                command,
+                groups: &groups,
+                env: &[],
+                now: 100,
+                account_shell: Path::new("/bin/bash"),
+                login_mode: key.is_none(),
+            };
+            let action = match key {
+                Some(_) => decide(&config, &store, &session),
+                None => decide_login_shell(&config, &store, &session),
+            };
+            outcome(&action.unwrap())
+        };
+        let clone_own = Some("git-upload-pack 'alice/thesis.git'");
+        let push_own = Some("git-receive-pack 'alice/thesis.git'");
+        let clone_bobs = Some("git-upload-pack 'bob/shared.git'");
+        let push_bobs = Some("git-receive-pack 'bob/shared.git'");
+        let missing = Some("git-upload-pack 'alice/none.git'");
+        #[rustfmt::skip]
+        let table: &[(&str, Option<usize>, Option<&str>, &str)] = &[
+            // A shell key: everything, git and files served directly.
+            ("alice", Some(0), None, "shell"),
+            ("alice", Some(0), Some("ls -l"), "shell"),
+            ("alice", Some(0), clone_own, "git-upload-pack"),
+            ("alice", Some(0), Some(SFTP), "no-data-folder"),
+            ("alice", Some(0), Some("git-upload-pack '~/x.git'"), "shell"),
+            // files: sftp and rsync only; the data folder must exist (it does not yet).
+            ("alice", Some(1), None, "no-shell-access"),
+            ("alice", Some(1), Some("id"), "no-shell-access"),
+            ("alice", Some(1), Some(SFTP), "no-data-folder"),
+            ("alice", Some(1), Some(RSYNC), "no-data-folder"),
+            ("alice", Some(1), Some("rsync --server --rsh=sh . x"), "bad-command"),
+            ("alice", Some(1), clone_own, "scope"),
+            // git and git-read.
+            ("alice", Some(2), clone_own, "git-upload-pack"),
+            ("alice", Some(2), push_own, "git-receive-pack"),
+            ("alice", Some(2), Some(SFTP), "scope"),
+            ("alice", Some(3), clone_own, "git-upload-pack"),
+            ("alice", Some(3), push_own, "read-only-key"),
+            ("alice", Some(2), missing, "no-such-repository"),
+            ("alice", Some(2), Some("git-upload-pack '../etc.git'"), "bad-repository-path"),
+            ("alice", Some(2), Some("git-upload-pack 'alice/x.git' extra"), "bad-command"),
+            // Grants: alice reads bob's repositories, never writes them.
+            ("alice", Some(2), clone_bobs, "git-upload-pack"),
+            ("alice", Some(2), push_bobs, "no-access"),
+            ("bob", Some(0), clone_own, "no-access"),
+            // A policy narrowed below the key: bob's shell key is a git key now, his files
+            // key has nothing in common with git.
+            ("bob", Some(0), None, "no-shell-access"),
+            ("bob", Some(0), push_bobs, "git-receive-pack"),
+            ("bob", Some(1), Some(SFTP), "scope-outside-policy"),
+            // Keys and users that cannot be used.
+            ("alice", Some(9), None, "expired"),
+            ("alice", Some(7), Some(&"x".repeat(5000)), "shell"),
+            ("alice", Some(1), Some(&"x".repeat(5000)), "command-too-long"),
+            ("alice", Some(5), Some("ls"), "shell"),
+            ("alice", Some(12), None, "key-not-valid"),
+            ("carol", Some(0), None, "user-disabled"),
+            ("dora", Some(0), None, "directory-stale"),
+            ("erin", Some(0), None, "key-not-valid"),
+            ("Not-valid", Some(0), None, "bad-user-name"),
+            // Logins without a key line: the policy is the scope.
+            ("alice", None, None, "shell"),
+            ("bob", None, None, "no-shell-access"),
+            ("bob", None, clone_bobs, "git-upload-pack"),
+            ("bob", None, Some(SFTP), "scope"),
+            ("carol", None, None, "user-disabled"),
+            ("erin", None, None, "not-in-store"),
+        ];
+        for (name, key, command, want) in table {
+            let got = run(name, *key, *command);
+            assert_eq!(
+                got,
+                *want,
+                "{name} key {key:?} command {:?}",
+                command.map(|c| c.chars().take(40).collect::<String>())
+            );
+        }
+        // With the data folder in place, files keys are served, and confined to it.
+        std::fs::create_dir_all(tree.0.join("data/alice")).unwrap();
+        assert_eq!(run("alice", Some(1), Some(SFTP)), "sftp");
+        assert_eq!(run("alice", Some(1), Some(RSYNC)), "rsync");
+        assert_eq!(run("alice", Some(0), Some(SFTP)), "sftp");
+    }
+
+    #[test]
+    fn the_shell_a_shell_session_gets() {
+        let tree = Tree::new("shell");
+        let store = Store {
+            users: vec![(user("alice", Scope::Shell, UserState::Enabled, "cli"), vec![Scope::Shell])],
+            ..Store::default()
+        };
+        let groups = Vec::new;
+        let key = fp(0);
+        let shell = |config: &Config, account_shell: &str, login_mode: bool| {
+            let session = Session {
+                user: "alice",
+                uid: 20_000,
+                fingerprint: if login_mode { NO_KEY } else { &key },
+                command: Some("ls"),
+                groups: &groups,
+                env: &[],
+                now: 100,
+                account_shell: Path::new(account_shell),
+                login_mode,
+            };
+            if login_mode { decide_login_shell(config, &store, &session) } else { decide(config, &store, &session) }
+                .unwrap()
+        };
+        let config = tree.config("");
+        let sh = |p: &str| Action::Shell { shell: PathBuf::from(p), command: Some("ls".into()) };
+        // The account's own shell, unless it is gatehouse-shell: then shell.login_shell.
+        assert_eq!(shell(&config, "/bin/zsh", false), sh("/bin/zsh"));
+        assert_eq!(shell(&config, "/usr/bin/gatehouse-shell", false), sh("/bin/bash"));
+        assert_eq!(shell(&config, "/usr/local/bin/gatehouse-shell", true), sh("/bin/bash"));
+        let custom = tree.config("[shell]\nlogin_shell = \"/bin/zsh\"\n");
+        assert_eq!(shell(&custom, "/usr/bin/gatehouse-shell", false), sh("/bin/zsh"));
+        // With shell.login_shell empty, there is none to give.
+        let none = tree.config("[shell]\nlogin_shell = \"\"\n");
+        assert_eq!(outcome(&shell(&none, "/usr/bin/gatehouse-shell", false)), "login-shell-is-gatehouse-shell");
+        assert_eq!(outcome(&shell(&none, "/bin/sh", true)), "login-shell-is-gatehouse-shell");
+        assert_eq!(shell(&none, "/bin/sh", false), sh("/bin/sh"));
     }
 
     #[test]
     fn system_accounts_are_refused_whatever_the_store_says() {
-        let config = Config::parse(
-            "g.toml",
-            "[users]
-uid_min = 2000
-uid_max = 2999
-",
-        )
-        .unwrap();
-        let mut root = user(Scope::Shell, UserState::Enabled, "local");
-        if let Some(u) = root.0.as_mut() {
-            u.name = "root".into();
-        }
-        let erin = user(Scope::Shell, UserState::Enabled, "local");
+        let config = Config::parse("g.toml", "[users]\nuid_min = 2000\nuid_max = 2999\n").unwrap();
+        let store = Store {
+            users: vec![
+                (user("root", Scope::Shell, UserState::Enabled, "cli"), vec![Scope::Shell]),
+                (user("erin", Scope::Shell, UserState::Enabled, "cli"), vec![Scope::Shell]),
+            ],
+            ..Store::default()
+        };
         let groups = Vec::new;
-        let fp = "SHA256:uNiVztksCsDhcc0u9e8BujQXVUpKZIDTMczCvj3tD2s";
-        for (store, name, uid) in [(&root, "root", 0), (&root, "root", 2500), (&erin, "erin", 0), (&erin, "erin", 1999)]
-        {
-            for fingerprint in [NO_KEY, fp] {
-                let session =
-                    Session { user: name, uid, fingerprint, command: None, groups: &groups, env: &[], now: 1 };
-                let action = if fingerprint == NO_KEY {
-                    decide_login_shell(&config, store, &session)
-                } else {
-                    decide(&config, store, &session)
+        let key = fp(0);
+        for (name, uid) in [("root", 0), ("root", 2500), ("erin", 0), ("erin", 1999)] {
+            for fingerprint in [NO_KEY, key.as_str()] {
+                let session = Session {
+                    user: name,
+                    uid,
+                    fingerprint,
+                    command: None,
+                    groups: &groups,
+                    env: &[],
+                    now: 1,
+                    account_shell: Path::new("/bin/bash"),
+                    login_mode: fingerprint == NO_KEY,
                 };
-                assert!(
-                    matches!(action, Ok(Action::Refuse { reason: "system-account", .. })),
-                    "{name} uid {uid}: {action:?}"
-                );
+                let action = if fingerprint == NO_KEY {
+                    decide_login_shell(&config, &store, &session)
+                } else {
+                    decide(&config, &store, &session)
+                };
+                assert_eq!(outcome(&action.unwrap()), "system-account", "{name} uid {uid}");
             }
         }
-        let session =
-            Session { user: "erin", uid: 2000, fingerprint: NO_KEY, command: None, groups: &groups, env: &[], now: 1 };
-        assert_eq!(decide_login_shell(&config, &erin, &session), Ok(Action::Shell { command: None }));
+    }
+
+    #[test]
+    fn every_reason_has_one_name() {
+        let names: std::collections::BTreeSet<&str> = Reason::ALL.iter().map(|r| r.as_str()).collect();
+        assert_eq!(names.len(), Reason::ALL.len());
     }
 }

@@ -73,6 +73,31 @@ fn gatehouse_cli() -> (Vec<Vec<String>>, BTreeSet<String>) {
     (commands, flags)
 }
 
+/// The exit statuses a program's source returns with `ExitCode::from(exit::NAME)` (the
+/// shared `gatehouse::exit` module), as numbers.
+fn exit_statuses(source: &str) -> BTreeSet<String> {
+    use gatehouse::exit;
+    let named = [
+        ("OK", exit::OK),
+        ("REFUSED", exit::REFUSED),
+        ("USAGE", exit::USAGE),
+        ("CONFIG", exit::CONFIG),
+        ("STORE", exit::STORE),
+        ("START", exit::START),
+    ];
+    source
+        .match_indices("ExitCode::from(exit::")
+        .map(|(at, m)| {
+            let name: String = source[at + m.len()..].chars().take_while(|c| c.is_ascii_uppercase()).collect();
+            let code = named
+                .iter()
+                .find(|(n, _)| *n == name)
+                .unwrap_or_else(|| panic!("exit::{name} is not in gatehouse::exit"));
+            code.1.to_string()
+        })
+        .collect()
+}
+
 /// Long options an mdoc page documents, written `Fl -name`.
 fn documented_flags(page: &str) -> BTreeSet<String> {
     page.match_indices("Fl -")
@@ -178,6 +203,16 @@ fn keys_and_shell_pages_document_their_arguments() {
     for flag in &flags {
         assert!(mentions(&shell_page, &format!("Fl -{flag}")), "gatehouse-shell.8 lacks --{flag}");
     }
+    // Every reason a refusal can log is explained.
+    for reason in gatehouse::shell::Reason::ALL {
+        assert!(
+            mentions(&shell_page, &format!("Cm {}", reason.as_str())),
+            "gatehouse-shell.8 lacks reason {}",
+            reason.as_str()
+        );
+    }
+    // %U starts with a character mdoc reads as a macro, so the page escapes it.
+    assert!(keys_page.contains("Cm \\&%U"), "gatehouse-keys.8 lacks %U");
 }
 
 /// The text of section `name` of an mdoc page, up to the next `.Sh`.
@@ -262,10 +297,7 @@ fn gatehouse_ldap_8_documents_commands_flags_and_exit_codes() {
     let missing: Vec<_> = commands.iter().filter(|c| !mentions(&page, &format!("Cm {c}"))).collect();
     assert!(missing.is_empty(), "commands missing from man/gatehouse-ldap.8: {missing:?}");
 
-    let mut codes: BTreeSet<String> = source
-        .match_indices("ExitCode::from(")
-        .map(|(at, m)| source[at + m.len()..].chars().take_while(char::is_ascii_digit).collect())
-        .collect();
+    let mut codes = exit_statuses(&source);
     codes.insert("0".to_string());
     let status = section(&page, "EXIT STATUS");
     let documented: BTreeSet<String> =
@@ -320,10 +352,7 @@ fn pam_module_and_session_pages_document_their_arguments() {
     for var in vars {
         assert!(page.contains(&format!(".It Ev {var}\n")), "gatehouse-session.8 lacks {var} in ENVIRONMENT");
     }
-    let mut statuses: BTreeSet<String> = source
-        .match_indices("ExitCode::from(")
-        .map(|(at, m)| source[at + m.len()..].chars().take_while(char::is_ascii_digit).collect())
-        .collect();
+    let mut statuses = exit_statuses(&source);
     statuses.insert("0".to_string());
     for status in statuses {
         assert!(page.contains(&format!(".It {status}\n")), "gatehouse-session.8 lacks exit status {status}");

@@ -1,5 +1,6 @@
 //! `gatehouse-ldap` (also run as `gatehouse ldap …`); see gatehouse(8).
 use gatehouse::config::Config;
+use gatehouse::exit;
 use gatehouse::log::{Level, Logger};
 use gatehouse::store::sqlite::SqliteStore;
 use gatehouse::store::AdminStore;
@@ -20,12 +21,12 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => {
             eprintln!("gatehouse-ldap: {e}");
-            return ExitCode::from(3);
+            return ExitCode::from(exit::CONFIG);
         }
     };
     let Some(ldap) = config.ldap.clone() else {
         eprintln!("gatehouse-ldap: no [ldap] section in the configuration");
-        return ExitCode::from(3);
+        return ExitCode::from(exit::CONFIG);
     };
     let mut log = Logger::open("gatehouse-ldap", &config);
     let now = gatehouse::time::now();
@@ -35,14 +36,14 @@ fn main() -> ExitCode {
                 Ok(s) => s,
                 Err(e) => {
                     eprintln!("gatehouse-ldap: {e}");
-                    return ExitCode::from(4);
+                    return ExitCode::from(exit::STORE);
                 }
             };
             let full = rest.contains(&"--full");
             let allow_mass_disable = rest.contains(&"--allow-mass-disable");
             if allow_mass_disable && !full {
                 eprintln!("gatehouse-ldap: --allow-mass-disable goes with --full\n{USAGE}");
-                return ExitCode::from(2);
+                return ExitCode::from(exit::USAGE);
             }
             match gatehouse_ldap::sync::sync(&config, &mut store, full, allow_mass_disable, now) {
                 Ok(o) => {
@@ -71,7 +72,7 @@ fn main() -> ExitCode {
                 Err(e) => {
                     eprintln!("gatehouse-ldap: sync failed: {e}");
                     log.log(Level::Error, &[("action", "ldap.sync"), ("verdict", "failed"), ("error", &e)]);
-                    ExitCode::from(1)
+                    ExitCode::from(exit::REFUSED)
                 }
             }
         }
@@ -80,14 +81,14 @@ fn main() -> ExitCode {
                 Ok(s) => s,
                 Err(e) => {
                     eprintln!("gatehouse-ldap: {e}");
-                    return ExitCode::from(4);
+                    return ExitCode::from(exit::STORE);
                 }
             };
             let state = match store.sync_state("ldap") {
                 Ok(s) => s,
                 Err(e) => {
                     eprintln!("gatehouse-ldap: {e}");
-                    return ExitCode::from(4);
+                    return ExitCode::from(exit::STORE);
                 }
             };
             let lag = state.as_ref().and_then(|s| s.last_success).map(|t| now - t);
@@ -116,7 +117,7 @@ fn main() -> ExitCode {
                 }
             }
             if stale {
-                ExitCode::from(1)
+                ExitCode::from(exit::REFUSED)
             } else {
                 ExitCode::SUCCESS
             }
@@ -124,7 +125,7 @@ fn main() -> ExitCode {
         ["check-password", user] | ["check-password", "--", user] => {
             let mut password = String::new();
             if std::io::stdin().take(4096).read_to_string(&mut password).is_err() {
-                return ExitCode::from(2);
+                return ExitCode::from(exit::USAGE);
             }
             let password = password.strip_suffix('\n').unwrap_or(&password);
             match gatehouse_ldap::password::check(&ldap, user, password) {
@@ -134,17 +135,17 @@ fn main() -> ExitCode {
                 }
                 Ok(Err(why)) => {
                     println!("password refused: {why:?}");
-                    ExitCode::from(1)
+                    ExitCode::from(exit::REFUSED)
                 }
                 Err(e) => {
                     eprintln!("gatehouse-ldap: {e}");
-                    ExitCode::from(4)
+                    ExitCode::from(exit::STORE)
                 }
             }
         }
         _ => {
             eprintln!("{USAGE}");
-            ExitCode::from(2)
+            ExitCode::from(exit::USAGE)
         }
     }
 }

@@ -14,18 +14,8 @@ use crate::time::{self, Timestamp};
 use std::fmt;
 use std::io::Write;
 
-/// Exit codes, as documented in gatehouse(8).
-pub mod exit {
-    pub const OK: u8 = 0;
-    /// The operation was refused or partly failed (bad key, no such user, skipped lines).
-    pub const REFUSED: u8 = 1;
-    /// Usage error.
-    pub const USAGE: u8 = 2;
-    /// Configuration error.
-    pub const CONFIG: u8 = 3;
-    /// The store could not be opened, read or written.
-    pub const STORE: u8 = 4;
-}
+/// Exit statuses, as documented in gatehouse(8).
+pub use crate::exit;
 
 #[derive(Debug)]
 pub enum AdminError {

@@ -1,5 +1,6 @@
 //! sshd AuthorizedKeysCommand; see gatehouse-keys(8).
 use gatehouse::config::Config;
+use gatehouse::exit;
 use gatehouse::log::{Level, Logger};
 use gatehouse::lookup::{self, Invocation};
 use gatehouse::store::sqlite::SqliteStore;
@@ -21,14 +22,14 @@ fn main() -> ExitCode {
         }
         Err(e) => {
             Logger::stderr_only("gatehouse-keys").log(Level::Error, &[("error", &e), ("usage", lookup::USAGE)]);
-            return ExitCode::from(2);
+            return ExitCode::from(exit::USAGE);
         }
     };
     let config = match Config::load(config_path.as_deref()) {
         Ok(c) => c,
         Err(e) => {
             Logger::stderr_only("gatehouse-keys").log(Level::Error, &[("error", &e.0)]);
-            return ExitCode::from(3);
+            return ExitCode::from(exit::CONFIG);
         }
     };
     // Nothing on the login path may wait past store.login_timeout_ms, not even SQLite's
@@ -50,13 +51,13 @@ fn main() -> ExitCode {
     let mut log = Logger::open("gatehouse-keys", &config);
     if let Err(e) = gatehouse::authorized::LineContext::from_config(&config) {
         log.log(Level::Error, &[("error", &e)]);
-        return ExitCode::from(3);
+        return ExitCode::from(exit::CONFIG);
     }
     let store = match SqliteStore::open_reader(&config.store_path, config.login_timeout_ms) {
         Ok(s) => s,
         Err(e) => {
             log.log(Level::Error, &[("error", &e.to_string())]);
-            return ExitCode::from(4);
+            return ExitCode::from(exit::STORE);
         }
     };
     let mut out = std::io::stdout().lock();
@@ -70,7 +71,7 @@ fn main() -> ExitCode {
         Ok(_) => ExitCode::SUCCESS,
         Err(e) => {
             log.log(Level::Error, &[("error", &e)]);
-            ExitCode::from(4)
+            ExitCode::from(exit::STORE)
         }
     }
 }

@@ -3,6 +3,7 @@
 //! `session optional pam_exec.so /usr/bin/gatehouse-session [--config FILE]`: pam_exec
 //! passes PAM_USER, PAM_TYPE, PAM_RHOST, PAM_SERVICE and the PAM environment (with sshd's
 //! SSH_AUTH_INFO_0) in our environment.
+use gatehouse::exit;
 use gatehouse::session::password::Secret;
 use gatehouse::session::{self, Cache, ModuleOptions, PamContext, Verdict};
 use std::process::ExitCode;
@@ -53,7 +54,7 @@ fn main() -> ExitCode {
         Ok(o) => o,
         Err(e) => {
             eprintln!("gatehouse-session: {e}");
-            return ExitCode::from(2);
+            return ExitCode::from(exit::USAGE);
         }
     };
     let stage: session::Stage = match std::env::var("PAM_TYPE").as_deref() {
@@ -64,18 +65,18 @@ fn main() -> ExitCode {
             eprintln!(
                 "gatehouse-session: PAM_TYPE must be open_session, close_session or account (run me from pam_exec)"
             );
-            return ExitCode::from(2);
+            return ExitCode::from(exit::USAGE);
         }
     };
     let verdict = Cache::new().run(&mut EnvContext, &opts, "gatehouse-session", stage);
     match verdict {
         Verdict::Success | Verdict::Ignore => ExitCode::SUCCESS,
-        Verdict::ServiceError => ExitCode::from(4),
-        _ => ExitCode::from(1),
+        Verdict::ServiceError => ExitCode::from(exit::STORE),
+        _ => ExitCode::from(exit::REFUSED),
     }
 }
 
 fn usage() -> ExitCode {
     eprintln!("usage: gatehouse-session [--config FILE]");
-    ExitCode::from(2)
+    ExitCode::from(exit::USAGE)
 }

@@ -62,7 +62,8 @@ fn main() -> ExitCode {
         Some(Ok(c)) => Some(c),
         Some(Err(_)) => {
             eprintln!("gatehouse-shell: the command is not valid UTF-8");
-            log.log(Level::Notice, &[("user", &account.name), ("verdict", "refuse"), ("reason", "command-not-utf-8")]);
+            let reason = shell::Reason::CommandNotUtf8.as_str();
+            log.log(Level::Notice, &[("user", &account.name), ("verdict", "refuse"), ("reason", reason)]);
             return ExitCode::from(exit::REFUSED);
         }
     };
@@ -84,6 +85,8 @@ fn main() -> ExitCode {
         groups: &groups,
         env: &env,
         now: gatehouse::time::now(),
+        account_shell: &account.shell,
+        login_mode,
     };
     let watchdog = {
         let (socket, stderr) = (config.log_socket.clone(), config.log_stderr);
@@ -150,22 +153,8 @@ fn main() -> ExitCode {
     };
     match action {
         Action::Exec(plan) => run(plan, &session, &mut log),
-        Action::Refuse { message, reason, code } => refuse(&mut log, &message, reason, code),
-        Action::Shell { command } => {
-            // As the login shell, gatehouse-shell keeps other shells (and their startup
-            // files) away from keys without shell scope; a shell key gets shell.login_shell.
-            // Started as the login shell for something else than a key line, the account's
-            // shell is (a way to) this program: only shell.login_shell can follow.
-            let ours = login_mode || gatehouse::config::is_gatehouse_shell(&account.shell);
-            let shell = match (ours, &config.login_shell) {
-                (false, _) => account.shell,
-                (true, Some(login_shell)) => login_shell.clone(),
-                (true, None) => {
-                    let message =
-                        format!("Shell access needs a real login shell for {}; ask an administrator.", session.user);
-                    return refuse(&mut log, &message, "login-shell-is-gatehouse-shell", exit::REFUSED);
-                }
-            };
+        Action::Refuse { message, reason, code } => refuse(&mut log, &message, reason.as_str(), code),
+        Action::Shell { shell, command } => {
             log.log(
                 Level::Info,
                 &[
@@ -201,7 +190,7 @@ fn main() -> ExitCode {
                 Level::Error,
                 &[("user", session.user), ("shell", &shell.display().to_string()), ("error", &err.to_string())],
             );
-            ExitCode::from(exit::EXEC)
+            ExitCode::from(exit::START)
         }
     }
 }
@@ -243,8 +232,12 @@ fn run(plan: ExecPlan, session: &Session<'_>, log: &mut Logger) -> ExitCode {
             .status();
         if !matches!(created, Ok(s) if s.success()) {
             eprintln!("gatehouse-shell: cannot create the repository");
-            emit(log, Level::Error, &[base("refuse"), vec![("reason", "init-failed".to_string())]].concat());
-            return ExitCode::from(exit::EXEC);
+            emit(
+                log,
+                Level::Error,
+                &[base("refuse"), vec![("reason", shell::Reason::InitFailed.as_str().to_string())]].concat(),
+            );
+            return ExitCode::from(exit::START);
         }
         pairs.push(("created", "yes".to_string()));
     }
@@ -263,9 +256,13 @@ fn run(plan: ExecPlan, session: &Session<'_>, log: &mut Logger) -> ExitCode {
                 emit(
                     log,
                     Level::Error,
-                    &[base("refuse"), vec![("reason", "confinement-failed".to_string()), ("error", e)]].concat(),
+                    &[
+                        base("refuse"),
+                        vec![("reason", shell::Reason::ConfinementFailed.as_str().to_string()), ("error", e)],
+                    ]
+                    .concat(),
                 );
-                return ExitCode::from(exit::EXEC);
+                return ExitCode::from(exit::START);
             }
         }
     }
@@ -278,5 +275,5 @@ fn run(plan: ExecPlan, session: &Session<'_>, log: &mut Logger) -> ExitCode {
         .exec();
     eprintln!("gatehouse-shell: cannot start {}", plan.verb);
     emit(log, Level::Error, &[base("refuse"), vec![("error", err.to_string())]].concat());
-    ExitCode::from(exit::EXEC)
+    ExitCode::from(exit::START)
 }
