@@ -1,7 +1,7 @@
 //! gatehouse.toml: read into raw structs that reject unknown keys, then validated into a
 //! typed [`Config`] with defaults. Every error names the file, the line and the key.
 
-use crate::policy::Scope;
+use crate::domain::Scope;
 use crate::time;
 use serde::Deserialize;
 use std::ops::Range;

@@ -1,29 +1,34 @@
 //! Gatehouse: an SSH front door for multi-user research servers.
 //!
 //! The binaries in `src/bin/` are thin shims over this library: they parse arguments,
-//! call in here and map errors to exit codes.
+//! call in here and map errors to exit codes. The parts, by concern (docs/HACKING.md has
+//! the whole map):
+//!
+//! - [`keycmd`]: the key command sshd runs (`gatehouse-keys`): authorized_keys lines.
+//! - [`forced`]: the forced command (`gatehouse-shell`): what a session may run.
+//! - [`session`]: the root side of a login (PAM module, `gatehouse-session`).
+//! - [`admin`]: the admin CLI's operations, shared with the web service.
+//! - [`domain`]: users, keys, grants, scopes: the types every part speaks.
+//! - [`store`]: the SQLite files: the key store, the state file, the web secrets.
+//! - [`config`]: the configuration file, gatehouse.toml.
 #![forbid(unsafe_code)]
 
 pub mod admin;
-pub mod authorized;
-pub mod command;
 pub mod config;
-pub mod confine;
-pub mod datadir;
+pub mod domain;
 pub mod exit;
+pub mod forced;
+pub mod keycmd;
 pub mod keys;
 pub mod log;
-pub mod lookup;
 pub mod names;
-pub mod policy;
-pub mod provision;
-pub mod repo;
-pub mod rsync;
-pub mod secrets;
 pub mod session;
-pub mod shell;
-pub mod state;
 pub mod store;
 pub mod time;
 pub mod trust;
 pub mod watchdog;
+
+// The paths the web crate still uses; they go once it has moved to the ones above.
+pub use domain as policy;
+pub use domain::repo;
+pub use store::{secrets, state};

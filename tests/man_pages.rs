@@ -204,7 +204,7 @@ fn keys_and_shell_pages_document_their_arguments() {
         assert!(mentions(&shell_page, &format!("Fl -{flag}")), "gatehouse-shell.8 lacks --{flag}");
     }
     // Every reason a refusal can log is explained.
-    for reason in gatehouse::shell::Reason::ALL {
+    for reason in gatehouse::forced::Reason::ALL {
         assert!(
             mentions(&shell_page, &format!("Cm {}", reason.as_str())),
             "gatehouse-shell.8 lacks reason {}",

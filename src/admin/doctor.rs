@@ -78,7 +78,7 @@ fn login_shells(r: &mut Report, config: &Config, store: &crate::store::sqlite::S
     let users = store.users().unwrap_or_default();
     let mut checked = 0;
     let mut others: Vec<String> = Vec::new();
-    for u in users.iter().filter(|u| u.state == crate::policy::UserState::Enabled).take(LOGIN_SHELL_SAMPLE) {
+    for u in users.iter().filter(|u| u.state == crate::domain::UserState::Enabled).take(LOGIN_SHELL_SAMPLE) {
         let Ok(Some(account)) = nix::unistd::User::from_name(&u.name) else { continue };
         checked += 1;
         let ours = crate::config::login_shell_is_ours(config, &account.shell);
@@ -236,7 +236,7 @@ pub fn diagnose(config: &Config, options: &DoctorOptions<'_>) -> Vec<Finding> {
             _ => r.warn(format!("{key} {}: not an executable file; that service will fail", program.display())),
         }
     }
-    if crate::confine::kernel_has_landlock() {
+    if crate::forced::confine::kernel_has_landlock() {
         r.ok("Landlock is available: sessions without shell scope are confined to their folder")
     } else {
         r.warn("Landlock is not available on this kernel: sessions without shell scope rely on the argument allow-lists alone")
@@ -244,7 +244,7 @@ pub fn diagnose(config: &Config, options: &DoctorOptions<'_>) -> Vec<Finding> {
 
     // The jail, as sshd will check it at every jailed login.
     if config.jail_group.is_some() {
-        match crate::datadir::check_jail_root(&config.jail_root) {
+        match crate::session::datadir::check_jail_root(&config.jail_root) {
             Ok(()) => r.ok(format!("jail.root {} is root's and writable by root alone", config.jail_root.display())),
             Err(e) => r.fail(e),
         }

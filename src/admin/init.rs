@@ -94,7 +94,7 @@ pub fn init(
     }
     // The web service's secrets: readable by the owner alone.
     let secrets = &config.web.secrets;
-    drop(crate::secrets::Secrets::open(secrets, config.busy_timeout_ms, true)?);
+    drop(crate::store::secrets::Secrets::open(secrets, config.busy_timeout_ms, true)?);
     for file in store_files(secrets) {
         if file.exists() {
             std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))

@@ -4,11 +4,12 @@
 pub mod doctor;
 pub mod import;
 pub mod init;
+pub mod provision;
 
 use crate::config::Config;
+use crate::domain::{Scope, UserState};
 use crate::keys::{parse_public_key, KeyError, MAX_COMMENT};
 use crate::log::{Level, Logger};
-use crate::policy::{Scope, UserState};
 use crate::store::{Actor, AdminStore, AuditQuery, Key, NewKey, StoreError, User};
 use crate::time::{self, Timestamp};
 use std::fmt;
@@ -113,8 +114,8 @@ fn key_json(key: &Key) -> KeyJson<'_> {
 
 /// When each of `user`'s keys last logged in, from the state file; `None` when we may not
 /// read it (it is root's unless `state.group` is set). No state file yet: nobody logged in.
-pub fn key_use(config: &Config, user: &str) -> Option<std::collections::HashMap<String, crate::state::KeyUse>> {
-    match crate::state::StateStore::open_reader(&config.state_path, config.busy_timeout_ms) {
+pub fn key_use(config: &Config, user: &str) -> Option<std::collections::HashMap<String, crate::store::state::KeyUse>> {
+    match crate::store::state::StateStore::open_reader(&config.state_path, config.busy_timeout_ms) {
         Ok(Some(s)) => s.key_use(user).ok(),
         Ok(None) => Some(Default::default()),
         Err(_) => None,
@@ -318,7 +319,7 @@ impl Admin<'_> {
             None => latest,
         };
         if let Some(from) = &options.from {
-            crate::authorized::valid_from_patterns(from).map_err(|e| AdminError::Refused(format!("--from: {e}")))?;
+            crate::keycmd::lines::valid_from_patterns(from).map_err(|e| AdminError::Refused(format!("--from: {e}")))?;
         }
         Ok(NewKey { key, scope: options.scope, from: options.from.clone(), expires, source: source.to_string() })
     }
@@ -375,8 +376,8 @@ impl Admin<'_> {
         Ok(())
     }
 
-    fn state(&self) -> Result<crate::state::StateStore, AdminError> {
-        Ok(crate::state::StateStore::open_writer(
+    fn state(&self) -> Result<crate::store::state::StateStore, AdminError> {
+        Ok(crate::store::state::StateStore::open_writer(
             &self.config.state_path,
             self.config.busy_timeout_ms,
             self.config.state_gid(),
@@ -412,8 +413,8 @@ impl Admin<'_> {
     pub fn provision(&mut self, out: &mut dyn Write, dry_run: bool) -> Result<u32, AdminError> {
         let users = self.store.users()?;
         let mut failed = 0;
-        for step in crate::provision::plan(self.config, &users) {
-            use crate::provision::Step;
+        for step in crate::admin::provision::plan(self.config, &users) {
+            use crate::admin::provision::Step;
             let (what, user) = match &step {
                 Step::Create { user, shell } => (format!("create (shell {shell})"), user.clone()),
                 Step::Lock(u) => ("lock".to_string(), u.clone()),
@@ -424,7 +425,7 @@ impl Admin<'_> {
                 writeln!(out, "{user}: {what}{}", if dry_run { " (dry run)" } else { "" }).map_err(io)?;
                 continue;
             }
-            match crate::provision::apply(self.config, &step) {
+            match crate::admin::provision::apply(self.config, &step) {
                 Ok(()) => {
                     writeln!(out, "{user}: {what}").map_err(io)?;
                     self.logged("provision", &[("user", &user), ("step", &what)]);
@@ -440,15 +441,15 @@ impl Admin<'_> {
     }
 
     /// The secrets file, when the web service's side has been set up.
-    fn existing_secrets(&self) -> Result<Option<crate::secrets::Secrets>, AdminError> {
+    fn existing_secrets(&self) -> Result<Option<crate::store::secrets::Secrets>, AdminError> {
         if !self.config.web.secrets.exists() {
             return Ok(None);
         }
         self.secrets().map(Some)
     }
 
-    fn secrets(&self) -> Result<crate::secrets::Secrets, AdminError> {
-        Ok(crate::secrets::Secrets::open(&self.config.web.secrets, self.config.busy_timeout_ms, false)?)
+    fn secrets(&self) -> Result<crate::store::secrets::Secrets, AdminError> {
+        Ok(crate::store::secrets::Secrets::open(&self.config.web.secrets, self.config.busy_timeout_ms, false)?)
     }
 
     /// A one-time sign-in link for `name`.
@@ -469,8 +470,8 @@ impl Admin<'_> {
     }
 
     pub fn token_create(&mut self, scope: &str, label: &str) -> Result<(i64, String), AdminError> {
-        let parsed = crate::secrets::TokenScope::parse(scope).map_err(AdminError::Refused)?;
-        if let crate::secrets::TokenScope::User(u) = &parsed {
+        let parsed = crate::store::secrets::TokenScope::parse(scope).map_err(AdminError::Refused)?;
+        if let crate::store::secrets::TokenScope::User(u) = &parsed {
             self.store.user(u)?;
         }
         if label.chars().any(|c| c.is_control() || crate::keys::is_invisible(c)) || label.len() > 200 {
@@ -507,7 +508,12 @@ impl Admin<'_> {
         Ok(())
     }
 
-    pub fn grant_add(&mut self, subject: &str, pattern: &str, access: crate::repo::Access) -> Result<bool, AdminError> {
+    pub fn grant_add(
+        &mut self,
+        subject: &str,
+        pattern: &str,
+        access: crate::domain::repo::Access,
+    ) -> Result<bool, AdminError> {
         let name = subject.strip_prefix('@').unwrap_or(subject);
         if !self.config.valid_user_name(name) {
             return Err(AdminError::Refused(format!("`{}` is neither a user name nor @GROUP", subject.escape_debug())));
@@ -515,7 +521,7 @@ impl Admin<'_> {
         if !subject.starts_with('@') {
             self.store.user(subject)?;
         }
-        let pattern = &crate::repo::valid_pattern(pattern).map_err(AdminError::Refused)?;
+        let pattern = &crate::domain::repo::valid_pattern(pattern).map_err(AdminError::Refused)?;
         let grant = crate::store::Grant {
             subject: subject.to_string(),
             pattern: pattern.to_string(),

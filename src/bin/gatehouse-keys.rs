@@ -1,8 +1,8 @@
 //! sshd AuthorizedKeysCommand; see gatehouse-keys(8).
 use gatehouse::config::Config;
 use gatehouse::exit;
+use gatehouse::keycmd::{self, Invocation};
 use gatehouse::log::{Level, Logger};
-use gatehouse::lookup::{self, Invocation};
 use gatehouse::store::sqlite::SqliteStore;
 use gatehouse::watchdog::Watchdog;
 use std::process::ExitCode;
@@ -10,10 +10,10 @@ use std::time::Duration;
 
 fn main() -> ExitCode {
     let args: Vec<_> = std::env::args_os().skip(1).collect();
-    let (config_path, request) = match lookup::parse_args(&args) {
+    let (config_path, request) = match keycmd::parse_args(&args) {
         Ok(Invocation::Lookup { config, request }) => (config, request),
         Ok(Invocation::Help) => {
-            println!("{}", lookup::USAGE);
+            println!("{}", keycmd::USAGE);
             return ExitCode::SUCCESS;
         }
         Ok(Invocation::Version) => {
@@ -21,7 +21,7 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Err(e) => {
-            Logger::stderr_only("gatehouse-keys").log(Level::Error, &[("error", &e), ("usage", lookup::USAGE)]);
+            Logger::stderr_only("gatehouse-keys").log(Level::Error, &[("error", &e), ("usage", keycmd::USAGE)]);
             return ExitCode::from(exit::USAGE);
         }
     };
@@ -49,7 +49,7 @@ fn main() -> ExitCode {
         })
     };
     let mut log = Logger::open("gatehouse-keys", &config);
-    if let Err(e) = gatehouse::authorized::LineContext::from_config(&config) {
+    if let Err(e) = gatehouse::keycmd::lines::LineContext::from_config(&config) {
         log.log(Level::Error, &[("error", &e)]);
         return ExitCode::from(exit::CONFIG);
     }
@@ -62,7 +62,7 @@ fn main() -> ExitCode {
     };
     let mut out = std::io::stdout().lock();
     let result =
-        lookup::answer(&config, &store, &request, gatehouse::time::now(), &mut out, &mut log, &|| watchdog.disarm());
+        keycmd::answer(&config, &store, &request, gatehouse::time::now(), &mut out, &mut log, &|| watchdog.disarm());
     watchdog.disarm();
     // The process ends here: closing a read-only connection would only free memory, which
     // costs a measurable share of a lookup; the kernel drops its locks with the process.

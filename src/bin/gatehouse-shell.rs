@@ -1,8 +1,8 @@
 //! The forced command; see gatehouse-shell(8).
 use gatehouse::config::Config;
-use gatehouse::confine;
+use gatehouse::forced::confine;
+use gatehouse::forced::{self, exit, Action, ExecPlan, Invocation, Session};
 use gatehouse::log::{Level, Logger};
-use gatehouse::shell::{self, exit, Action, ExecPlan, Invocation, Session};
 use gatehouse::store::sqlite::SqliteStore;
 use gatehouse::watchdog::Watchdog;
 use std::os::unix::process::CommandExt;
@@ -17,10 +17,10 @@ fn main() -> ExitCode {
     // A leading dash in argv[0]: started as a login shell (su -, a password login).
     let as_login = argv.next().is_some_and(|a| a.as_encoded_bytes().starts_with(b"-"));
     let args: Vec<_> = argv.collect();
-    let invocation = match shell::parse_args(&args) {
+    let invocation = match forced::parse_args(&args) {
         Ok(a) => a,
         Err(e) => {
-            Logger::stderr_only("gatehouse-shell").log(Level::Error, &[("error", &e), ("usage", shell::USAGE)]);
+            Logger::stderr_only("gatehouse-shell").log(Level::Error, &[("error", &e), ("usage", forced::USAGE)]);
             return ExitCode::from(exit::USAGE);
         }
     };
@@ -28,7 +28,7 @@ fn main() -> ExitCode {
     let (config_path, fingerprint) = match &invocation {
         Invocation::Forced(a) => (a.config.as_deref(), a.fingerprint.as_str()),
         // Not a key line: no key to name.
-        Invocation::LoginShell { config, .. } => (config.as_deref(), shell::NO_KEY),
+        Invocation::LoginShell { config, .. } => (config.as_deref(), forced::NO_KEY),
     };
     let config = match Config::load(config_path) {
         Ok(c) => c,
@@ -62,7 +62,7 @@ fn main() -> ExitCode {
         Some(Ok(c)) => Some(c),
         Some(Err(_)) => {
             eprintln!("gatehouse-shell: the command is not valid UTF-8");
-            let reason = shell::Reason::CommandNotUtf8.as_str();
+            let reason = forced::Reason::CommandNotUtf8.as_str();
             log.log(Level::Notice, &[("user", &account.name), ("verdict", "refuse"), ("reason", reason)]);
             return ExitCode::from(exit::REFUSED);
         }
@@ -114,8 +114,8 @@ fn main() -> ExitCode {
         }
     };
     let decided = match &invocation {
-        Invocation::Forced(_) => shell::decide(&config, &store, &session),
-        Invocation::LoginShell { .. } => shell::decide_login_shell(&config, &store, &session),
+        Invocation::Forced(_) => forced::decide(&config, &store, &session),
+        Invocation::LoginShell { .. } => forced::decide_login_shell(&config, &store, &session),
     };
     let action = match decided {
         Ok(a) => a,
@@ -212,7 +212,7 @@ fn run(plan: ExecPlan, session: &Session<'_>, log: &mut Logger) -> ExitCode {
     };
     let mut pairs = base("accept");
     if let Some(objects) = &plan.sweep_quarantine {
-        let (removed, error) = gatehouse::repo::sweep_quarantine(objects, std::time::SystemTime::now());
+        let (removed, error) = gatehouse::domain::repo::sweep_quarantine(objects, std::time::SystemTime::now());
         if removed > 0 {
             pairs.push(("stale_quarantines_removed", removed.to_string()));
         }
@@ -235,7 +235,7 @@ fn run(plan: ExecPlan, session: &Session<'_>, log: &mut Logger) -> ExitCode {
             emit(
                 log,
                 Level::Error,
-                &[base("refuse"), vec![("reason", shell::Reason::InitFailed.as_str().to_string())]].concat(),
+                &[base("refuse"), vec![("reason", forced::Reason::InitFailed.as_str().to_string())]].concat(),
             );
             return ExitCode::from(exit::START);
         }
@@ -258,7 +258,7 @@ fn run(plan: ExecPlan, session: &Session<'_>, log: &mut Logger) -> ExitCode {
                     Level::Error,
                     &[
                         base("refuse"),
-                        vec![("reason", shell::Reason::ConfinementFailed.as_str().to_string()), ("error", e)],
+                        vec![("reason", forced::Reason::ConfinementFailed.as_str().to_string()), ("error", e)],
                     ]
                     .concat(),
                 );

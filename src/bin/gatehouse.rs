@@ -2,8 +2,8 @@
 use clap::{Args, Parser, Subcommand};
 use gatehouse::admin::{self, doctor, exit, Admin, AdminError, KeyOptions};
 use gatehouse::config::Config;
+use gatehouse::domain::{Scope, UserState};
 use gatehouse::log::{Level, Logger};
-use gatehouse::policy::{Scope, UserState};
 use gatehouse::store::sqlite::SqliteStore;
 use gatehouse::store::AuditQuery;
 use std::io::{BufReader, Read, Write};
@@ -220,7 +220,7 @@ enum GrantCommand {
         /// OWNER/NAME.git; `*` matches any run of characters within a part
         pattern: String,
         /// read or write
-        access: gatehouse::repo::Access,
+        access: gatehouse::domain::repo::Access,
     },
     /// List grants
     List {

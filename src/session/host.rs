@@ -2,7 +2,7 @@
 //! Behind a trait so the stages are tested without root; [`SystemHost`] is the real one.
 
 use crate::config::Config;
-use crate::datadir::{self, Outcome, QuotaError};
+use crate::session::datadir::{self, Outcome, QuotaError};
 use std::path::{Path, PathBuf};
 
 /// What the session stage needs of an account.

@@ -3,13 +3,14 @@
 //! record. The shims (`pam/`, `src/bin/gatehouse-session.rs`) translate the PAM handle and
 //! open the [`Backends`]; every decision is made here, and tested with fakes of each.
 
+pub mod datadir;
 pub mod host;
 pub mod password;
 
 use crate::config::Config;
+use crate::domain::{Scope, UserState};
 use crate::log::{Level, Logger};
-use crate::policy::{Scope, UserState};
-use crate::state::{accepted_key, StateStore};
+use crate::store::state::{accepted_key, StateStore};
 use crate::store::{LoginStore, LoginView, StoreError};
 use crate::time::Timestamp;
 use host::{Account, Host};
@@ -384,12 +385,12 @@ pub fn open_session(ctx: &mut dyn PamContext, b: &mut Backends, opts: &ModuleOpt
         return verdict;
     }
     let folder = match b.host.data_folder(&b.config, &login.user, &account) {
-        Ok(crate::datadir::Outcome::Created(path)) => {
+        Ok(crate::session::datadir::Outcome::Created(path)) => {
             let shown = path.display().to_string();
             b.log.log(Level::Info, &[("stage", "session"), ("user", &login.user), ("created", &shown)]);
             path
         }
-        Ok(crate::datadir::Outcome::Existed(path)) => path,
+        Ok(crate::session::datadir::Outcome::Existed(path)) => path,
         Err(e) => {
             b.log.log(
                 Level::Error,
@@ -450,7 +451,7 @@ fn login_shell_check(
     // elsewhere) the account's policy.
     let key = view.keys.first().filter(|_| fingerprint.is_some());
     let scope = match key {
-        Some(k) => crate::authorized::usable_scope(&view.user, k, now).ok(),
+        Some(k) => crate::keycmd::lines::usable_scope(&view.user, k, now).ok(),
         None => Some(view.user.policy),
     };
     if scope == Some(Scope::Shell) {

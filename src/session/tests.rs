@@ -5,7 +5,7 @@
 use super::host::{Account, Host};
 use super::password::{Checked, PasswordCheck, Secret};
 use super::*;
-use crate::datadir::{Outcome, QuotaError};
+use crate::session::datadir::{Outcome, QuotaError};
 use crate::store::{Grant, Key, User};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

@@ -1,79 +1,24 @@
-//! The key store: users, their keys and the audit trail.
+//! Gatehouse's SQLite files: the key store (users, keys, grants, directory data, with the
+//! audit trail attached from `audit.db`), the root side's state file ([`state`]) and the
+//! web service's secrets ([`secrets`]); [`db`] holds the plumbing they share.
 //!
-//! Callers speak to two traits: [`LoginStore`] for the read-only login path and
-//! [`AdminStore`] for the writers (CLI, web service, directory sync). SQLite is the
-//! embedded backend; another (a synced replica, PostgreSQL) can stand beside it by
-//! implementing the same traits.
+//! Callers of the key store speak to two traits: [`LoginStore`] for the read-only login
+//! path and [`AdminStore`] for the writers (CLI, web service, directory sync). Neither
+//! shows SQLite: no row ids, no connections. SQLite is the embedded backend; another (a
+//! synced replica, PostgreSQL) can stand beside it by implementing the same traits.
 
+pub mod db;
 mod schema;
+pub mod secrets;
 pub mod sqlite;
+pub mod state;
 
-use crate::policy::{Scope, UserState};
+pub use crate::domain::{Grant, Key, LoginView, User};
+use crate::domain::{Scope, UserState};
 use crate::time::Timestamp;
 use std::fmt;
 
 pub use schema::current_version;
-
-/// A user as the store keeps it.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct User {
-    pub name: String,
-    pub state: UserState,
-    pub policy: Scope,
-    pub port_forwarding: bool,
-    pub created: Timestamp,
-    pub source: String,
-}
-
-/// A stored key.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct Key {
-    pub user: String,
-    pub algorithm: String,
-    pub blob: String,
-    pub fingerprint: String,
-    pub bits: u32,
-    pub comment: String,
-    pub scope: Scope,
-    pub from: Option<String>,
-    pub expires: Option<Timestamp>,
-    pub created: Timestamp,
-    pub source: String,
-}
-
-/// A repository grant: `subject` (a user name, or `@group` for a system group) may read or
-/// write repositories whose `owner/name.git` path matches `pattern`.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct Grant {
-    pub subject: String,
-    pub pattern: String,
-    pub access: crate::repo::Access,
-    pub created: Timestamp,
-}
-
-/// What the login path needs: the user and the keys asked for.
-#[derive(Debug, Clone)]
-pub struct LoginView {
-    pub user: User,
-    pub keys: Vec<Key>,
-    /// For a user synced from a directory: when that sync last succeeded.
-    pub synced: Option<Timestamp>,
-}
-
-impl LoginView {
-    /// Whether the user's data may still be trusted: always for local users; for directory
-    /// users only while the last successful sync is younger than `staleness_max`.
-    pub fn fresh(&self, staleness_max: Option<i64>, now: Timestamp) -> bool {
-        if self.user.source != "ldap" {
-            return true;
-        }
-        match (staleness_max, self.synced) {
-            (Some(max), Some(at)) => now - at <= max,
-            // No [ldap] section any more, or never synced: fail closed.
-            _ => false,
-        }
-    }
-}
 
 /// A key to add, already validated.
 #[derive(Debug, Clone)]
@@ -254,15 +199,26 @@ pub struct SyncState {
     pub last_full: Option<Timestamp>,
 }
 
-/// What a bulk import remembers about a user between batches.
-#[derive(Debug, Clone)]
-pub struct ImportUser {
-    pub id: i64,
-    pub policy: Scope,
-    pub keys: u32,
+/// What a bulk import remembers about the users it met, from one batch to the next. What
+/// it holds is the backend's business (row ids, for SQLite): callers only make one and hand
+/// it back.
+#[derive(Debug, Default)]
+pub struct ImportCache {
+    pub(crate) users: std::collections::HashMap<String, ImportUser>,
 }
 
-pub type ImportCache = std::collections::HashMap<String, ImportUser>;
+impl ImportCache {
+    pub fn new() -> ImportCache {
+        ImportCache::default()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct ImportUser {
+    pub(crate) id: i64,
+    pub(crate) policy: Scope,
+    pub(crate) keys: u32,
+}
 
 /// The writers' side.
 pub trait AdminStore: LoginStore {

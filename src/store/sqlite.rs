@@ -1,17 +1,10 @@
-//! SQLite backend.
-//!
-//! WAL mode, so readers never wait for a writer and a writer never waits for readers.
-//! Readers (the key command, as another uid) open read-only; SQLite then needs the `-wal`
-//! and `-shm` files to exist already, because a read-only reader cannot create them. A
-//! writer normally deletes both when the last connection closes; our writers turn off the
-//! checkpoint-on-close (SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE), which keeps them, created with
-//! the database file's owner and mode. SQLite's automatic checkpoint does not keep up with
-//! short-lived writers (measured: the WAL of state.db only grew), so each writer checkpoints
-//! and empties the WAL as it closes. `synchronous=FULL`: a change the CLI reported is on disk.
+//! The key store on SQLite: the [`LoginStore`] and [`AdminStore`] of the embedded
+//! backend, with the audit trail attached from its own file. The SQLite plumbing every
+//! database shares (WAL, busy timeouts, migrations, error mapping) is in [`super::db`].
 
+use super::db::{db_error, migrate_connection, migrate_schema, truncate_wal, unavailable, writer_connection};
 use super::*;
 use crate::keys::ValidKey;
-use rusqlite::config::DbConfig;
 use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension, Transaction};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -30,94 +23,6 @@ impl Drop for SqliteStore {
         if self.writable {
             truncate_wal(&self.conn);
         }
-    }
-}
-
-/// What every writer of ours does as it closes: fold the WAL back in and empty it (but
-/// leave it in place). Readers that find no writer attached would otherwise rebuild their
-/// index from every frame on each lookup, and short-lived writers (a login, a PAM stage)
-/// never reach SQLite's automatic checkpoint, so the WAL grew without bound.
-pub(crate) fn truncate_wal(conn: &Connection) {
-    let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
-}
-
-fn unavailable(path: &str, e: impl fmt::Display) -> StoreError {
-    StoreError::Unavailable { path: path.to_string(), reason: e.to_string() }
-}
-
-fn is_busy(e: &rusqlite::Error) -> bool {
-    matches!(e.sqlite_error_code(), Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked))
-}
-
-/// A SQLite error on the file at `path`: busy (another writer held it past the timeout),
-/// or unavailable.
-pub(crate) fn db_error(path: &str, e: rusqlite::Error) -> StoreError {
-    if is_busy(&e) {
-        StoreError::Busy { path: path.to_string() }
-    } else if is_corrupt(&e) {
-        StoreError::Corrupt { path: path.to_string(), reason: e.to_string() }
-    } else {
-        unavailable(path, e)
-    }
-}
-
-fn is_corrupt(e: &rusqlite::Error) -> bool {
-    matches!(e.sqlite_error_code(), Some(ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase))
-}
-
-/// A read-write connection as every writer of ours opens it: WAL kept on close (see the
-/// module notes), `synchronous=FULL`, foreign keys on, a busy timeout.
-pub(crate) fn writer_connection(path: &Path, busy_timeout_ms: u32, create: bool) -> Result<Connection, StoreError> {
-    let shown = path.display().to_string();
-    if !create && !path.exists() {
-        return Err(unavailable(&shown, "does not exist (run `gatehouse init`)"));
-    }
-    let mut flags =
-        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_NOFOLLOW;
-    if create {
-        flags |= OpenFlags::SQLITE_OPEN_CREATE;
-    }
-    let fail = |e| db_error(&shown, e);
-    let conn = Connection::open_with_flags(path, flags).map_err(fail)?;
-    conn.busy_timeout(Duration::from_millis(u64::from(busy_timeout_ms))).map_err(fail)?;
-    conn.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true).map_err(fail)?;
-    let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0)).map_err(fail)?;
-    if !mode.eq_ignore_ascii_case("wal") {
-        return Err(unavailable(&shown, format!("cannot switch to WAL mode (still {mode})")));
-    }
-    conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;").map_err(fail)?;
-    Ok(conn)
-}
-
-/// Brings `conn` up to `migrations.len()`, one transaction per step. A file already there
-/// is only read: the write lock, which every open would otherwise queue for behind other
-/// writers (each PAM stage opens state.db), is taken only when a step is due.
-pub(crate) fn migrate_connection(conn: &mut Connection, path: &str, migrations: &[&str]) -> Result<i64, StoreError> {
-    migrate_schema(conn, "main", path, migrations)
-}
-
-/// [`migrate_connection`] for the database attached as `schema`.
-fn migrate_schema(conn: &mut Connection, schema: &str, path: &str, migrations: &[&str]) -> Result<i64, StoreError> {
-    let expected = migrations.len() as i64;
-    let fail = |e| db_error(path, e);
-    let version = format!("PRAGMA {schema}.user_version");
-    let current: i64 = conn.query_row(&version, [], |r| r.get(0)).map_err(fail)?;
-    if current == expected {
-        return Ok(current);
-    }
-    loop {
-        // Read again under the lock: another program may have migrated meanwhile.
-        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(fail)?;
-        let found: i64 = tx.query_row(&version, [], |r| r.get(0)).map_err(fail)?;
-        if found > expected {
-            return Err(StoreError::Version { path: path.to_string(), found, expected });
-        }
-        let Some(sql) = usize::try_from(found).ok().and_then(|i| migrations.get(i)) else {
-            return Ok(found);
-        };
-        tx.execute_batch(sql).map_err(fail)?;
-        tx.pragma_update(Some(schema), "user_version", found + 1).map_err(fail)?;
-        tx.commit().map_err(fail)?;
     }
 }
 
@@ -788,7 +693,7 @@ impl AdminStore for SqliteStore {
             let mut audit = tx.prepare_cached(INSERT_AUDIT).map_err(db)?;
             let mut results = Vec::with_capacity(items.len());
             for (user, new) in items {
-                if !known_users.contains_key(user) {
+                if !known_users.users.contains_key(user) {
                     let found: Option<(i64, String)> =
                         find_user.query_row([user], |r| Ok((r.get(0)?, r.get(1)?))).optional().map_err(db)?;
                     let found = match (found, create_users) {
@@ -805,10 +710,10 @@ impl AdminStore for SqliteStore {
                     };
                     if let Some((id, policy)) = found {
                         let keys: u32 = count_keys.query_row([id], |r| r.get(0)).map_err(db)?;
-                        known_users.insert(user.clone(), ImportUser { id, policy, keys });
+                        known_users.users.insert(user.clone(), ImportUser { id, policy, keys });
                     }
                 }
-                let Some(entry) = known_users.get_mut(user) else {
+                let Some(entry) = known_users.users.get_mut(user) else {
                     results.push(Err(StoreError::NoSuchUser(user.clone())));
                     continue;
                 };

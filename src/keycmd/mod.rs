@@ -3,12 +3,14 @@
 //! Runs on every key a client offers (twice per login), so it does as little as it can:
 //! read the config, open the store read-only, one indexed query, print, log one line.
 
-use crate::authorized::{authorized_line, LineContext};
+pub mod lines;
+
 use crate::config::Config;
 use crate::keys::is_fingerprint;
 use crate::log::{Level, Logger};
 use crate::store::LoginStore;
 use crate::time::Timestamp;
+use lines::{authorized_line, LineContext};
 use std::ffi::OsString;
 use std::io::Write;
 use std::path::PathBuf;
@@ -111,7 +113,7 @@ fn jailed(config: &Config, user: &str, uid: Option<u32>) -> bool {
         Some(Ok(Some(account))) if account.name == user => account.gid.as_raw(),
         _ => return true,
     };
-    crate::datadir::is_jailed(config, user, gid)
+    crate::session::datadir::is_jailed(config, user, gid)
 }
 
 /// The decision for one request, as logged.
@@ -216,7 +218,7 @@ pub fn answer(
                 last_scope = scope.as_str();
             }
             Err(refusal) => {
-                if refusal == crate::authorized::Refusal::BadStoredField {
+                if refusal == crate::keycmd::lines::Refusal::BadStoredField {
                     log.log(
                         Level::Error,
                         &[

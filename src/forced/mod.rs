@@ -4,15 +4,19 @@
 //! them into the key line ourselves), so it knows which key authenticated without trusting
 //! the environment. It checks the store again and decides what may run.
 
-use crate::authorized::usable_scope;
-use crate::command::{self, GitVerb, Refused, Request, MAX_COMMAND};
+pub mod command;
+pub mod confine;
+pub mod rsync;
+
 use crate::config::Config;
-use crate::confine::Confinement;
+use crate::domain::repo::{self, Access};
+use crate::domain::{Scope, UserState};
+use crate::keycmd::lines::usable_scope;
 use crate::keys::is_fingerprint;
-use crate::policy::{Scope, UserState};
-use crate::repo::{self, Access};
 use crate::store::LoginStore;
 use crate::time::Timestamp;
+use command::{GitVerb, Refused, Request, MAX_COMMAND};
+use confine::Confinement;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
@@ -104,9 +108,9 @@ impl Reason {
     }
 }
 
-impl From<crate::authorized::Refusal> for Reason {
-    fn from(r: crate::authorized::Refusal) -> Reason {
-        use crate::authorized::Refusal as R;
+impl From<crate::keycmd::lines::Refusal> for Reason {
+    fn from(r: crate::keycmd::lines::Refusal) -> Reason {
+        use crate::keycmd::lines::Refusal as R;
         match r {
             R::UserDisabled => Reason::UserDisabled,
             R::Expired => Reason::Expired,

@@ -4,7 +4,7 @@
 //! key store is group-readable by every managed user (see docs/DESIGN.md). Only hashes of
 //! invitation links, session ids and tokens are stored: a copy of the file opens nothing.
 
-use crate::store::sqlite::{db_error, migrate_connection, writer_connection};
+use crate::store::db::{db_error, migrate_connection, writer_connection};
 use crate::store::StoreError;
 use crate::time::Timestamp;
 use argon2::password_hash::{phc::PasswordHash, PasswordHasher, PasswordVerifier};

@@ -4,8 +4,8 @@
 //! values checked here once more, so no stored text (comment, name) ever reaches an option.
 
 use crate::config::{is_plain_path, Config};
+use crate::domain::{Scope, UserState};
 use crate::keys::is_fingerprint;
-use crate::policy::{Scope, UserState};
 use crate::store::{Key, User};
 use crate::time::{Civil, Timestamp};
 use std::fmt::Write as _;

@@ -5,7 +5,7 @@
 //! service) open it read-only. Durability is `synchronous=NORMAL`: a power cut may lose the
 //! last moments of login history, never consistency; logins must not wait on fsync.
 
-use crate::store::sqlite::{db_error, migrate_connection, truncate_wal, writer_connection};
+use crate::store::db::{db_error, migrate_connection, truncate_wal, writer_connection};
 use crate::store::StoreError;
 use crate::time::Timestamp;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};

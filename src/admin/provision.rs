@@ -4,7 +4,7 @@
 //! nothing the second time.
 
 use crate::config::Config;
-use crate::policy::{Scope, UserState};
+use crate::domain::{Scope, UserState};
 use crate::store::User;
 use std::process::Command;
 

@@ -146,7 +146,7 @@ pub fn parse(command: Option<&str>) -> Result<Request, Refused> {
         "rsync" => {
             let args = rsync_words(rest)?;
             if args.first().map(String::as_str) == Some("--server") {
-                crate::rsync::check_server_args(&args).map_err(Refused)?;
+                crate::forced::rsync::check_server_args(&args).map_err(Refused)?;
                 Ok(Request::Rsync { args })
             } else {
                 Ok(Request::Other(command.to_string()))

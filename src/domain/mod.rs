@@ -1,0 +1,71 @@
+//! What every part of Gatehouse speaks of: users, their keys, repository grants, scopes.
+//! The store keeps them, the login path and the admin side decide with them; none of
+//! them knows how they are stored.
+
+pub mod repo;
+mod scope;
+
+pub use scope::{Scope, UserState};
+
+use crate::time::Timestamp;
+
+/// A user as the store keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct User {
+    pub name: String,
+    pub state: UserState,
+    pub policy: Scope,
+    pub port_forwarding: bool,
+    pub created: Timestamp,
+    pub source: String,
+}
+
+/// A stored key.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Key {
+    pub user: String,
+    pub algorithm: String,
+    pub blob: String,
+    pub fingerprint: String,
+    pub bits: u32,
+    pub comment: String,
+    pub scope: Scope,
+    pub from: Option<String>,
+    pub expires: Option<Timestamp>,
+    pub created: Timestamp,
+    pub source: String,
+}
+
+/// A repository grant: `subject` (a user name, or `@group` for a system group) may read or
+/// write repositories whose `owner/name.git` path matches `pattern`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Grant {
+    pub subject: String,
+    pub pattern: String,
+    pub access: repo::Access,
+    pub created: Timestamp,
+}
+
+/// What the login path needs: the user and the keys asked for.
+#[derive(Debug, Clone)]
+pub struct LoginView {
+    pub user: User,
+    pub keys: Vec<Key>,
+    /// For a user synced from a directory: when that sync last succeeded.
+    pub synced: Option<Timestamp>,
+}
+
+impl LoginView {
+    /// Whether the user's data may still be trusted: always for local users; for directory
+    /// users only while the last successful sync is younger than `staleness_max`.
+    pub fn fresh(&self, staleness_max: Option<i64>, now: Timestamp) -> bool {
+        if self.user.source != "ldap" {
+            return true;
+        }
+        match (staleness_max, self.synced) {
+            (Some(max), Some(at)) => now - at <= max,
+            // No [ldap] section any more, or never synced: fail closed.
+            _ => false,
+        }
+    }
+}
