@@ -1438,3 +1438,25 @@ fn a_grant_to_a_directory_group_follows_its_membership() {
     assert!(!out.status.success(), "a former member cloned");
     assert!(stderr(&out).contains("not found, or you do not have access"), "{}", stderr(&out));
 }
+
+#[test]
+fn a_locked_store_during_a_sync_is_reported_as_the_store() {
+    require_root!();
+    let s = Slapd::start();
+    let key = keygen(&s.dir.path, "ed25519");
+    s.add(&user_ldif("alice", "people", 20001, &[&key.public], ""));
+    let gh = instance("lstorelock", &plain_section(&s, ""));
+    let text = std::fs::read_to_string(&gh.config).unwrap().replace("[store]\n", "[store]\nbusy_timeout_ms = 300\n");
+    std::fs::write(&gh.config, text).unwrap();
+    // Another writer holds the write lock (readers go on, WAL): the sync opens the store and
+    // reads the directory, then waits to apply what it read, and gives up.
+    let holder = rusqlite::Connection::open(&gh.store).unwrap();
+    holder.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true).unwrap();
+    holder.execute_batch("BEGIN IMMEDIATE; UPDATE users SET state = state;").unwrap();
+    let out = ldap(&gh, &["sync"]);
+    assert_eq!(out.status.code(), Some(4), "{}{}", stdout(&out), stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("store") && err.contains("locked"), "{err}");
+    assert!(!err.contains("directory search"), "a store failure named as the directory's: {err}");
+    holder.execute_batch("ROLLBACK;").unwrap();
+}

@@ -70,9 +70,10 @@ fn main() -> ExitCode {
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
-                    eprintln!("gatehouse-ldap: sync failed: {e}");
-                    log.log(Level::Error, &[("action", "ldap.sync"), ("verdict", "failed"), ("error", &e)]);
-                    ExitCode::from(exit::REFUSED)
+                    let text = e.to_string();
+                    eprintln!("gatehouse-ldap: sync failed: {text}");
+                    log.log(Level::Error, &[("action", "ldap.sync"), ("verdict", "failed"), ("error", &text)]);
+                    ExitCode::from(if e.is_store() { exit::STORE } else { exit::REFUSED })
                 }
             }
         }

@@ -4,8 +4,8 @@
 
 use crate::client::{Directory, DirectoryError};
 use gatehouse::config::{Config, LdapConfig};
+use gatehouse::domain::UserState;
 use gatehouse::keys::parse_public_key;
-use gatehouse::policy::UserState;
 use gatehouse::store::{Actor, AdminStore, DirectorySnapshot, DirectoryUser, SyncReport};
 use ldap3::SearchEntry;
 use std::collections::HashMap;
@@ -104,21 +104,24 @@ pub fn map_entries(
     let banned = config.banned_keys.as_ref().map(|p| std::fs::read_to_string(p).unwrap_or_else(|_| String::from("*")));
     let mut users = Vec::new();
     for e in entries {
+        // The report is printed a line per conflict: no DN or name may start another one.
+        let dn = gatehouse::keys::shown(&e.dn);
         let Some(name) = first(e, &cfg.user_attribute) else {
-            report.conflicts.push(format!("{}: no {} attribute; skipped", e.dn, cfg.user_attribute));
+            report.conflicts.push(format!("{dn}: no {} attribute; skipped", cfg.user_attribute));
             continue;
         };
         if all(e, &cfg.user_attribute).len() > 1 {
-            report.conflicts.push(format!("{}: several {} values; skipped", e.dn, cfg.user_attribute));
+            report.conflicts.push(format!("{dn}: several {} values; skipped", cfg.user_attribute));
             continue;
         }
         if by_name.get(name).is_some_and(|v| v.len() > 1) {
-            report.conflicts.push(format!("{name}: in {} entries at once ({}); skipped", by_name[name].len(), e.dn));
+            let (shown, count) = (gatehouse::keys::shown(name), by_name[name].len());
+            report.conflicts.push(format!("{shown}: in {count} entries at once ({dn}); skipped"));
             continue;
         }
         // The rule every writer applies: no reserved name, no system account's name.
         if let Err(refusal) = gatehouse::names::check(config, name) {
-            report.conflicts.push(format!("{}: not a name Gatehouse may manage: {refusal}; skipped", e.dn));
+            report.conflicts.push(format!("{dn}: not a name Gatehouse may manage: {refusal}; skipped"));
             continue;
         }
         let uid_number = match first(e, "uidNumber").map(str::parse::<i64>) {
@@ -238,6 +241,46 @@ pub fn too_many_gone(gone: usize, enabled: usize, max_percent: u32) -> bool {
     gone > GONE_FLOOR && gone * 100 > enabled * max_percent as usize
 }
 
+/// Why a sync did not apply: the directory, or the store (a lock held too long, say), each
+/// named as what it is.
+#[derive(Debug)]
+pub enum SyncError {
+    NotConfigured,
+    Directory(DirectoryError),
+    Store(gatehouse::store::StoreError),
+}
+
+impl std::fmt::Display for SyncError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SyncError::NotConfigured => f.write_str("no [ldap] section in the configuration"),
+            SyncError::Directory(e) => e.fmt(f),
+            SyncError::Store(e) => e.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for SyncError {}
+
+impl From<DirectoryError> for SyncError {
+    fn from(e: DirectoryError) -> SyncError {
+        SyncError::Directory(e)
+    }
+}
+
+impl From<gatehouse::store::StoreError> for SyncError {
+    fn from(e: gatehouse::store::StoreError) -> SyncError {
+        SyncError::Store(e)
+    }
+}
+
+impl SyncError {
+    /// The store, not the directory, failed: the exit status of a store failure.
+    pub fn is_store(&self) -> bool {
+        matches!(self, SyncError::Store(_))
+    }
+}
+
 /// Reads the directory (all of it, or what changed since the last sync) and applies it.
 /// A failure is recorded, so `status` and the login path's staleness check see it.
 /// `allow_mass_disable` lifts `ldap.max_disable_percent` for this run.
@@ -247,17 +290,17 @@ pub fn sync(
     force_full: bool,
     allow_mass_disable: bool,
     now: i64,
-) -> Result<Outcome, String> {
+) -> Result<Outcome, SyncError> {
     let Some(cfg) = &config.ldap else {
-        return Err("no [ldap] section in the configuration".to_string());
+        return Err(SyncError::NotConfigured);
     };
-    let previous = store.sync_state("ldap").map_err(|e| e.to_string())?;
+    let previous = store.sync_state("ldap")?;
     let high_water = previous.as_ref().and_then(|s| s.high_water.clone());
     // Deletions show only in a full read: the first run, and then at least hourly.
     let full = force_full
         || high_water.is_none()
         || previous.as_ref().is_none_or(|s| s.last_full.is_none_or(|t| now - t >= FULL_SYNC_EVERY));
-    let result = (|| -> Result<Outcome, DirectoryError> {
+    let result = (|| -> Result<Outcome, SyncError> {
         let mut dir = Directory::connect(cfg)?;
         let filter = match (&high_water, full) {
             (Some(hw), false) => {
@@ -272,21 +315,20 @@ pub fn sync(
         dir.unbind();
         let mut report = SyncReport::default();
         let (users, new_high_water) = map_entries(config, cfg, &entries, now, &mut report);
-        let store_err = |e: gatehouse::store::StoreError| DirectoryError::Search(format!("store: {e}"));
         let listed: std::collections::HashSet<&str> = users.iter().map(|u| u.name.as_str()).collect();
         // Names skipped above (duplicates, reserved, local) get no directory groups either.
         let skipped: std::collections::HashSet<&str> =
             entries.iter().filter_map(|e| first(e, &cfg.user_attribute)).filter(|n| !listed.contains(n)).collect();
         // User DNs: the store's (an incremental sync reads few users), then this read's.
         let mut known: HashMap<String, String> =
-            store.directory_dns().map_err(store_err)?.into_iter().map(|(name, dn)| (dn_key(&dn), name)).collect();
+            store.directory_dns()?.into_iter().map(|(name, dn)| (dn_key(&dn), name)).collect();
         known.extend(users.iter().map(|u| (dn_key(&u.dn), u.name.clone())));
         let mut groups = map_groups(cfg, &groups, config, &known);
         for (_, members) in &mut groups {
             members.retain(|m| !skipped.contains(m.as_str()));
         }
         if full && !allow_mass_disable {
-            let in_store = store.users().map_err(store_err)?;
+            let in_store = store.users()?;
             let enabled: Vec<&str> = in_store
                 .iter()
                 .filter(|u| u.source == "ldap" && u.state == UserState::Enabled)
@@ -294,7 +336,7 @@ pub fn sync(
                 .collect();
             let gone = enabled.iter().filter(|n| !listed.contains(*n)).count();
             if too_many_gone(gone, enabled.len(), cfg.max_disable_percent) {
-                return Err(DirectoryError::Refused(format!(
+                return Err(SyncError::Directory(DirectoryError::Refused(format!(
                     "the directory answered {} user entries, and this full sync would disable {gone} of the {} \
                      enabled directory users, more than ldap.max_disable_percent ({}%); nothing changed. \
                      Check the directory (size limit, base DN, filter); if it is right, run \
@@ -302,34 +344,67 @@ pub fn sync(
                     entries.len(),
                     enabled.len(),
                     cfg.max_disable_percent
-                )));
+                ))));
             }
         }
         let snapshot = DirectorySnapshot { users, groups, high_water: new_high_water.or(high_water.clone()) };
         let actor = Actor { name: "ldap-sync".to_string(), now };
-        let applied = store.apply_directory(&actor, &snapshot, full, config.default_policy).map_err(store_err)?;
+        let applied = store.apply_directory(&actor, &snapshot, full, config.default_policy)?;
         report.users_added += applied.users_added;
         report.users_disabled += applied.users_disabled;
         report.users_enabled += applied.users_enabled;
         report.keys_added += applied.keys_added;
         report.keys_removed += applied.keys_removed;
         report.conflicts.extend(applied.conflicts);
-        store.record_sync("ldap", now, None, snapshot.high_water.as_deref(), full).map_err(store_err)?;
+        store.record_sync("ldap", now, None, snapshot.high_water.as_deref(), full)?;
         Ok(Outcome { full, entries: entries.len(), report })
     })();
     match result {
         Ok(o) => Ok(o),
         Err(e) => {
-            let text = e.to_string();
-            let _ = store.record_sync("ldap", now, Some(&text), None, full);
-            Err(text)
+            let _ = store.record_sync("ldap", now, Some(&e.to_string()), None, full);
+            Err(e)
         }
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::{ad_expiry, dn_key, too_many_gone};
+    use super::{ad_expiry, dn_key, map_entries, too_many_gone};
+    use gatehouse::store::SyncReport;
+
+    /// Found by fuzzing (fuzz/fuzz_targets/ldap_entry.rs): a DN or a name with a control
+    /// character went into the report as it was, and `gatehouse-ldap sync` prints a line
+    /// per conflict.
+    #[test]
+    fn reported_conflicts_are_one_line_each() {
+        let config = gatehouse::config::Config::parse(
+            "t.toml",
+            "[ldap]\nurl = \"ldap://127.0.0.1\"\nbase_dn = \"dc=example,dc=org\"\n",
+        )
+        .unwrap();
+        let cfg = config.ldap.clone().unwrap();
+        let entry = |dn: &str, uid: &[&str]| ldap3::SearchEntry {
+            dn: dn.to_string(),
+            attrs: [("uid".to_string(), uid.iter().map(|u| u.to_string()).collect())].into_iter().collect(),
+            bin_attrs: Default::default(),
+        };
+        let entries = [
+            entry("uid=a\nskipped: forged,dc=org", &[]),
+            entry("uid=b\r,dc=org", &["b", "c"]),
+            entry("uid=x,ou=1", &["x\ny"]),
+            entry("uid=x,ou=2", &["x\ny"]),
+            entry("uid=Smith\\, John\u{1b}[2J,dc=org", &["Bad"]),
+        ];
+        let mut report = SyncReport::default();
+        let (users, _) = map_entries(&config, &cfg, &entries, 0, &mut report);
+        assert!(users.is_empty());
+        assert_eq!(report.conflicts.len(), 5, "{:?}", report.conflicts);
+        for c in &report.conflicts {
+            assert!(!c.chars().any(char::is_control), "{c:?}");
+        }
+        assert!(report.conflicts[4].starts_with("uid=Smith\\, John[2J,dc=org: "), "{:?}", report.conflicts[4]);
+    }
 
     #[test]
     fn dns_compare_in_one_spelling() {
