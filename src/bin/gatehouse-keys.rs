@@ -70,8 +70,11 @@ fn main() -> ExitCode {
     match result {
         Ok(_) => ExitCode::SUCCESS,
         Err(e) => {
-            log.log(Level::Error, &[("error", &e)]);
-            ExitCode::from(exit::STORE)
+            log.log(Level::Error, &[("error", &e.to_string())]);
+            ExitCode::from(match e {
+                keycmd::AnswerError::Config(_) => exit::CONFIG,
+                keycmd::AnswerError::Store(_) | keycmd::AnswerError::Output(_) => exit::STORE,
+            })
         }
     }
 }

@@ -121,7 +121,8 @@ fn main() -> ExitCode {
         Ok(a) => a,
         Err(e) => {
             eprintln!("gatehouse-shell: service unavailable, please try again later");
-            log.log(Level::Error, &[("user", session.user), ("fingerprint", session.fingerprint), ("error", &e)]);
+            let error = e.to_string();
+            log.log(Level::Error, &[("user", session.user), ("fingerprint", session.fingerprint), ("error", &error)]);
             return ExitCode::from(exit::STORE);
         }
     };

@@ -13,7 +13,7 @@ use crate::domain::repo::{self, Access};
 use crate::domain::{Scope, UserState};
 use crate::keycmd::lines::usable_scope;
 use crate::keys::is_fingerprint;
-use crate::store::LoginStore;
+use crate::store::{LoginStore, StoreError};
 use crate::time::Timestamp;
 use command::{GitVerb, Refused, Request, MAX_COMMAND};
 use confine::Confinement;
@@ -379,13 +379,13 @@ fn not_served(config: &Config, session: &Session<'_>) -> Option<Action> {
 }
 
 /// Decides what the session may do, from the store alone.
-pub fn decide(config: &Config, store: &dyn LoginStore, session: &Session<'_>) -> Result<Action, String> {
+pub fn decide(config: &Config, store: &dyn LoginStore, session: &Session<'_>) -> Result<Action, StoreError> {
     let revoked =
         || refuse(format!("Key {} is no longer valid for {}.", session.fingerprint, session.user), Reason::KeyNotValid);
     if let Some(refusal) = not_served(config, session) {
         return Ok(refusal);
     }
-    let Some(view) = store.login_view(session.user, Some(session.fingerprint)).map_err(|e| e.to_string())? else {
+    let Some(view) = store.login_view(session.user, Some(session.fingerprint))? else {
         return Ok(revoked());
     };
     let Some(key) = view.keys.first() else {
@@ -413,7 +413,7 @@ fn decide_for_scope(
     store: &dyn LoginStore,
     session: &Session<'_>,
     scope: Scope,
-) -> Result<Action, String> {
+) -> Result<Action, StoreError> {
     if scope != Scope::Shell && session.command.is_some_and(|c| c.len() > MAX_COMMAND) {
         return Ok(refuse(format!("Command longer than {MAX_COMMAND} bytes refused."), Reason::CommandTooLong));
     }
@@ -497,11 +497,15 @@ pub const NO_KEY: &str = "-";
 /// account's login shell (a password login, `su`, cron): the account's own policy is its
 /// scope, so a `files` user gets sftp and rsync, a `git` user git, and only a `shell` user
 /// a shell (`shell.login_shell`).
-pub fn decide_login_shell(config: &Config, store: &dyn LoginStore, session: &Session<'_>) -> Result<Action, String> {
+pub fn decide_login_shell(
+    config: &Config,
+    store: &dyn LoginStore,
+    session: &Session<'_>,
+) -> Result<Action, StoreError> {
     if let Some(refusal) = not_served(config, session) {
         return Ok(refusal);
     }
-    let Some(view) = store.login_view(session.user, None).map_err(|e| e.to_string())? else {
+    let Some(view) = store.login_view(session.user, None)? else {
         return Ok(refuse("This account is not served by Gatehouse.", Reason::NotInStore));
     };
     if !view.fresh(config.ldap.as_ref().map(|l| l.staleness_max), session.now) {
@@ -519,7 +523,7 @@ fn git_plan(
     session: &Session<'_>,
     verb: GitVerb,
     path: &str,
-) -> Result<Action, String> {
+) -> Result<Action, StoreError> {
     let repo = match repo::parse_repo_path(path, |o| config.valid_user_name(o)) {
         Ok(r) => r,
         Err(why) => return Ok(refuse(why, Reason::BadRepositoryPath)),
@@ -533,8 +537,8 @@ fn git_plan(
         let mut subjects = vec![session.user.to_string()];
         subjects.extend((session.groups)().into_iter().map(|g| format!("@{g}")));
         // Groups known from the directory, for sites without NSS for it.
-        subjects.extend(store.groups_of(session.user).map_err(|e| e.to_string())?.into_iter().map(|g| format!("@{g}")));
-        store.grants_for(&subjects).map_err(|e| e.to_string())?
+        subjects.extend(store.groups_of(session.user)?.into_iter().map(|g| format!("@{g}")));
+        store.grants_for(&subjects)?
     };
     let need = if verb.writes() { Access::Write } else { Access::Read };
     let Some(granted) = repo::access(session.user, &repo, &grants) else {

@@ -8,7 +8,7 @@ pub mod lines;
 use crate::config::Config;
 use crate::keys::is_fingerprint;
 use crate::log::{Level, Logger};
-use crate::store::LoginStore;
+use crate::store::{LoginStore, StoreError};
 use crate::time::Timestamp;
 use lines::{authorized_line, LineContext};
 use std::ffi::OsString;
@@ -116,6 +116,34 @@ fn jailed(config: &Config, user: &str, uid: Option<u32>) -> bool {
     crate::session::datadir::is_jailed(config, user, gid)
 }
 
+/// Why a request could not be answered (untrusted input never gets here: it only ever
+/// yields no lines).
+#[derive(Debug)]
+pub enum AnswerError {
+    /// The configuration file's path cannot be written into a key line.
+    Config(String),
+    Store(StoreError),
+    Output(std::io::Error),
+}
+
+impl std::fmt::Display for AnswerError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AnswerError::Config(e) => f.write_str(e),
+            AnswerError::Store(e) => e.fmt(f),
+            AnswerError::Output(e) => write!(f, "writing to standard output: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for AnswerError {}
+
+impl From<StoreError> for AnswerError {
+    fn from(e: StoreError) -> AnswerError {
+        AnswerError::Store(e)
+    }
+}
+
 /// The decision for one request, as logged.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Outcome {
@@ -134,7 +162,7 @@ pub fn answer(
     out: &mut dyn Write,
     log: &mut Logger,
     decided: &dyn Fn(),
-) -> Result<Outcome, String> {
+) -> Result<Outcome, AnswerError> {
     let user_shown = request.user.as_deref().unwrap_or("<not utf-8>");
     let fp_shown = request.fingerprint.as_deref().unwrap_or("-");
     let record = |log: &mut Logger, level: Level, verdict: &str, reason: &str| {
@@ -177,8 +205,8 @@ pub fn answer(
             return Ok(refuse("bad-fingerprint"));
         }
     }
-    let ctx = LineContext::from_config(config)?;
-    let view = store.login_view(user, request.fingerprint.as_deref()).map_err(|e| e.to_string())?;
+    let ctx = LineContext::from_config(config).map_err(AnswerError::Config)?;
+    let view = store.login_view(user, request.fingerprint.as_deref())?;
     let Some(view) = view else {
         record(log, Level::Notice, "refuse", "unknown-user");
         return Ok(refuse("unknown-user"));
@@ -238,7 +266,7 @@ pub fn answer(
     match out.write_all(text.as_bytes()).and_then(|_| out.flush()) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
-        Err(e) => return Err(format!("writing to standard output: {e}")),
+        Err(e) => return Err(AnswerError::Output(e)),
     }
     if lines > 0 {
         let verdict = if request.fingerprint.is_some() { "accept" } else { "list" };
