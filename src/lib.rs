@@ -27,8 +27,3 @@ pub mod store;
 pub mod time;
 pub mod trust;
 pub mod watchdog;
-
-// The paths the web crate still uses; they go once it has moved to the ones above.
-pub use domain as policy;
-pub use domain::repo;
-pub use store::{secrets, state};

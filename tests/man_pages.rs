@@ -76,6 +76,15 @@ fn gatehouse_cli() -> (Vec<Vec<String>>, BTreeSet<String>) {
 /// The exit statuses a program's source returns with `ExitCode::from(exit::NAME)` (the
 /// shared `gatehouse::exit` module), as numbers.
 fn exit_statuses(source: &str) -> BTreeSet<String> {
+    exit_codes(source, "ExitCode::from(exit::")
+}
+
+/// The statuses a source names anywhere as `exit::NAME`, as numbers.
+fn exit_names(source: &str) -> BTreeSet<String> {
+    exit_codes(source, "exit::")
+}
+
+fn exit_codes(source: &str, prefix: &str) -> BTreeSet<String> {
     use gatehouse::exit;
     let named = [
         ("OK", exit::OK),
@@ -86,7 +95,8 @@ fn exit_statuses(source: &str) -> BTreeSet<String> {
         ("START", exit::START),
     ];
     source
-        .match_indices("ExitCode::from(exit::")
+        .match_indices(prefix)
+        .filter(|(at, m)| source[at + m.len()..].starts_with(|c: char| c.is_ascii_uppercase()))
         .map(|(at, m)| {
             let name: String = source[at + m.len()..].chars().take_while(|c| c.is_ascii_uppercase()).collect();
             let code = named
@@ -244,15 +254,9 @@ fn gatehoused_8_documents_flags_and_exit_codes() {
     let stale: Vec<_> = documented_flags(&own).into_iter().filter(|f| !flags.contains(f)).collect();
     assert!(stale.is_empty(), "man/gatehoused.8 documents flags gatehoused lacks: {stale:?}");
 
-    // `pub const NAME: u8 = N;` inside `pub mod exit`: each N has its `.It N` in EXIT STATUS.
-    let exit_mod = &source[source.find("pub mod exit").expect("pub mod exit in web/src/lib.rs")..];
-    let exit_mod = &exit_mod[..exit_mod.find('}').unwrap()];
-    let codes: Vec<&str> = exit_mod
-        .lines()
-        .filter_map(|l| l.trim().strip_prefix("pub const "))
-        .filter_map(|l| l.split('=').nth(1))
-        .map(|n| n.trim().trim_end_matches(';'))
-        .collect();
+    // Every `exit::NAME` it returns has its `.It N` in EXIT STATUS, and nothing more.
+    let codes = exit_names(&source);
+    let codes: Vec<&str> = codes.iter().map(String::as_str).collect();
     assert!(codes.len() >= 4, "{codes:?}");
     let status = section(&page, "EXIT STATUS");
     let documented: BTreeSet<&str> = status.lines().filter_map(|l| l.strip_prefix(".It ")).collect();

@@ -1,10 +1,11 @@
-//! Errors as responses: JSON for the API, a page for the browser. Nothing reveals paths,
-//! SQL or whether a foreign object exists.
+//! Errors as responses: a page for the browser (`WebError` itself), JSON for the API
+//! (`ApiError`). Nothing reveals paths, SQL or whether a foreign object exists.
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use gatehouse::admin::AdminError;
 use gatehouse::store::StoreError;
+use maud::html;
 
 #[derive(Debug)]
 pub enum WebError {
@@ -81,6 +82,14 @@ impl From<AdminError> for WebError {
             AdminError::Refused(m) => WebError::BadRequest(m),
             AdminError::Io(_) => WebError::Unavailable,
         }
+    }
+}
+
+/// A page error: the error page, with the error's status.
+impl IntoResponse for WebError {
+    fn into_response(self) -> Response {
+        let body = html! { p.error { (self.message()) } p { a href="/keys" { "Back to your keys" } } };
+        (self.status(), crate::layout::page("Error", None, body)).into_response()
     }
 }
 

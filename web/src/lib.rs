@@ -9,13 +9,16 @@
 //! `axum::serve` does not have.
 #![forbid(unsafe_code)]
 
-pub mod api;
-pub mod app;
-pub mod auth;
+// Dependencies point one way only (web/tests/layering.rs checks it):
+// server → routes → handlers → extract → state → error → layout, limits.
 pub mod error;
+pub mod extract;
+pub mod handlers;
+pub mod layout;
 pub mod limits;
-pub mod pages;
+pub mod routes;
 pub mod server;
+pub mod state;
 
 use gatehouse::config::{Config, Listen};
 use std::ffi::OsString;
@@ -24,13 +27,7 @@ use std::path::PathBuf;
 pub const USAGE: &str = "usage: gatehoused [--config FILE]";
 
 /// Exit codes, as documented in gatehoused(8).
-pub mod exit {
-    pub const OK: u8 = 0;
-    pub const USAGE: u8 = 2;
-    pub const CONFIG: u8 = 3;
-    pub const STORE: u8 = 4;
-    pub const LISTEN: u8 = 5;
-}
+pub use gatehouse::exit;
 
 fn parse_args(args: &[OsString]) -> Result<Option<PathBuf>, String> {
     match args {
@@ -67,7 +64,7 @@ pub fn run_from_args(args: Vec<OsString>) -> u8 {
             return exit::CONFIG;
         }
     };
-    let app = match app::App::open(config) {
+    let app = match state::App::open(config) {
         Ok(a) => a,
         Err(e) => {
             eprintln!("gatehoused: {e}");
@@ -78,13 +75,13 @@ pub fn run_from_args(args: Vec<OsString>) -> u8 {
         Ok(r) => r,
         Err(e) => {
             eprintln!("gatehoused: cannot start the runtime: {e}");
-            return exit::LISTEN;
+            return exit::START;
         }
     };
     runtime.block_on(serve(app))
 }
 
-async fn serve(app: app::App) -> u8 {
+async fn serve(app: state::App) -> u8 {
     let listen = app.config.web.listen.clone();
     let shutdown = async {
         let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
@@ -104,7 +101,7 @@ async fn serve(app: app::App) -> u8 {
             }
             Err(e) => {
                 eprintln!("gatehoused: cannot listen on {addr}: {e}");
-                return exit::LISTEN;
+                return exit::START;
             }
         },
         Listen::Unix(path) => {
@@ -122,7 +119,7 @@ async fn serve(app: app::App) -> u8 {
                 }
                 Err(e) => {
                     eprintln!("gatehoused: cannot listen on {}: {e}", path.display());
-                    return exit::LISTEN;
+                    return exit::START;
                 }
             }
         }

@@ -5,8 +5,8 @@
 //! no more than `web.max_connections` connections are open at once, nor
 //! `web.max_connections_per_peer` from one address other than a trusted proxy.
 
-use crate::app::App;
 use crate::error::{ApiError, WebError};
+use crate::state::App;
 use axum::extract::ConnectInfo;
 use axum::http::{header, HeaderValue, Request};
 use axum::response::{IntoResponse, Response};
@@ -301,8 +301,8 @@ impl hyper::rt::Sleep for HeadSleep {}
 /// The answer to a request that outlived `web.request_timeout`; the connection closes.
 fn timed_out(api: bool) -> Response {
     let mut response =
-        if api { ApiError(WebError::TimedOut).into_response() } else { crate::pages::error_page(&WebError::TimedOut) };
-    crate::app::set_security_headers(response.headers_mut());
+        if api { ApiError(WebError::TimedOut).into_response() } else { WebError::TimedOut.into_response() };
+    crate::routes::set_security_headers(response.headers_mut());
     response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
     response
 }
@@ -362,7 +362,7 @@ pub async fn run(app: Arc<App>, listener: Listener, shutdown: impl Future<Output
         request: seconds(web.request_timeout),
     };
     let slots = Slots::new(web.max_connections, web.max_connections_per_peer, web.trusted_proxies.clone());
-    let router = crate::app::router(app.clone());
+    let router = crate::routes::router(app.clone());
     let refused = [Throttle::new(REPORT_EVERY), Throttle::new(REPORT_EVERY)];
     let accept_failed = Throttle::new(REPORT_EVERY);
     let (stop, stopping) = watch::channel(false);

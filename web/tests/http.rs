@@ -881,10 +881,11 @@ fn openapi_document_is_served_and_well_formed() {
     }
 }
 
-/// The operations `api.rs` registers, read from its route table: (path, method).
+/// The operations `routes.rs` registers under `/api/v1`, read from its API route table:
+/// (path, method).
 fn route_table() -> BTreeSet<(String, String)> {
-    let source = include_str!("../src/api.rs");
-    let start = source.find("pub fn routes()").expect("routes() in api.rs");
+    let source = include_str!("../src/routes.rs");
+    let start = source.find("pub fn api_routes()").expect("api_routes() in routes.rs");
     let table = &source[start..start + source[start..].find(".fallback(").expect("a fallback")];
     let mut found = BTreeSet::new();
     for chunk in table.split(".route(").skip(1) {
@@ -906,7 +907,7 @@ fn openapi_document_matches_the_route_table() {
     let doc: Value = serde_json::from_str(OPENAPI_FILE).unwrap();
     let documented: BTreeSet<(String, String)> =
         operations(&doc).into_iter().map(|(path, method, _, _)| (path, method)).collect();
-    assert_eq!(route_table(), documented, "routes in web/src/api.rs vs paths in web/openapi.json");
+    assert_eq!(route_table(), documented, "routes in web/src/routes.rs vs paths in web/openapi.json");
 }
 
 /// Makes sure the objects the document's examples name exist: users alice and bob, an

@@ -1,37 +1,26 @@
 //! The JSON API under `/api/v1/`, for the platform's own web app. Bearer tokens only;
-//! request bodies must be `application/json` and may not carry unknown fields.
+//! request bodies must be `application/json` and may not carry unknown fields. The routes
+//! are in `crate::routes::api_routes`, and `web/openapi.json` documents each.
 
-use crate::app::App;
-use crate::auth::ApiCaller;
+use super::directory_keys_guard;
 use crate::error::{ApiError, WebError};
+use crate::extract::{ApiCaller, ApiChange};
+use crate::state::App;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Json, Router};
-use gatehouse::admin::{Admin, KeyOptions};
-use gatehouse::policy::{Scope, UserState};
-use gatehouse::repo::Access;
+use axum::Json;
+use gatehouse::admin::{Admin, AdminError, KeyOptions};
+use gatehouse::domain::repo::Access;
+use gatehouse::domain::{Scope, UserState};
 use gatehouse::store::{AdminStore, AuditQuery, Key, User};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
-pub const OPENAPI: &str = include_str!("../openapi.json");
+pub const OPENAPI: &str = include_str!("../../openapi.json");
 
-pub fn routes() -> Router<Arc<App>> {
-    Router::new()
-        .route("/openapi.json", get(openapi))
-        .route("/users", get(list_users).post(create_user))
-        .route("/users/{name}", get(show_user).patch(update_user).delete(remove_user))
-        .route("/users/{name}/keys", get(list_keys).post(add_key))
-        .route("/users/{name}/keys/{fingerprint}", axum::routing::delete(remove_key))
-        .route("/grants", get(list_grants).post(add_grant).delete(remove_grant))
-        .route("/audit", get(audit))
-        .fallback(|| async { ApiError(WebError::NotFound) })
-}
-
-async fn openapi() -> Response {
+pub async fn openapi() -> Response {
     ([(axum::http::header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
 }
 
@@ -51,26 +40,18 @@ fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
     q.map(|Query(t)| t).map_err(|e| ApiError(WebError::BadRequest(format!("bad query: {}", e.body_text()))))
 }
 
-fn with_admin<T>(
-    app: &App,
+/// Runs a store change as `caller`, on the blocking pool.
+async fn with_admin<T: Send + 'static>(
+    app: &Arc<App>,
     caller: &ApiCaller,
-    f: impl FnOnce(&mut Admin<'_>) -> Result<T, gatehouse::admin::AdminError>,
+    f: impl FnOnce(&mut Admin<'_>) -> Result<T, AdminError> + Send + 'static,
 ) -> Result<T, ApiError> {
-    app.with_admin(caller.actor(), f).map_err(ApiError)
-}
-
-fn rate_limited(app: &App, caller: &ApiCaller) -> Result<(), ApiError> {
-    if app.change_limit.allow(&format!("token:{}", caller.token_id), gatehouse::time::now())
-        || caller.scope == gatehouse::secrets::TokenScope::Admin
-    {
-        Ok(())
-    } else {
-        Err(ApiError(WebError::TooMany))
-    }
+    let actor = caller.actor();
+    Ok(app.blocking(move |db| db.with_admin(actor, f)).await?)
 }
 
 #[derive(Serialize)]
-struct UserJson {
+pub struct UserJson {
     #[serde(flatten)]
     user: User,
     created_at: String,
@@ -82,7 +63,7 @@ fn user_json(user: User) -> UserJson {
 }
 
 #[derive(Serialize)]
-struct KeyJson {
+pub struct KeyJson {
     #[serde(flatten)]
     key: Key,
     created_at: String,
@@ -95,9 +76,9 @@ fn key_json(key: Key) -> KeyJson {
     KeyJson { key, created_at, expires_at }
 }
 
-async fn list_users(State(app): State<Arc<App>>, caller: ApiCaller) -> Result<Json<Vec<UserJson>>, ApiError> {
+pub async fn list_users(State(app): State<Arc<App>>, caller: ApiCaller) -> Result<Json<Vec<UserJson>>, ApiError> {
     caller.require_admin()?;
-    let users = app.stores.get().users().map_err(|e| app.store_err(e))?;
+    let users = app.blocking(|db| db.store().users().map_err(|e| db.store_err(e))).await?;
     Ok(Json(users.into_iter().map(user_json).collect()))
 }
 
@@ -110,34 +91,44 @@ pub struct NewUser {
     port_forwarding: bool,
 }
 
-async fn create_user(
+pub async fn create_user(
     State(app): State<Arc<App>>,
     caller: ApiCaller,
     payload: Result<Json<NewUser>, JsonRejection>,
 ) -> Result<(StatusCode, Json<UserJson>), ApiError> {
     caller.require_admin()?;
     let new = body(payload)?;
-    with_admin(&app, &caller, |a| a.user_add(&new.name, new.policy, new.port_forwarding, false, "api"))?;
-    let user = app.stores.get().user(&new.name).map_err(|e| app.store_err(e))?;
+    let actor = caller.actor();
+    let user = app
+        .blocking(move |db| {
+            db.with_admin(actor, |a| a.user_add(&new.name, new.policy, new.port_forwarding, false, "api"))?;
+            db.store().user(&new.name).map_err(|e| db.store_err(e))
+        })
+        .await?;
     Ok((StatusCode::CREATED, Json(user_json(user))))
 }
 
 #[derive(Serialize)]
-struct UserWithKeys {
+pub struct UserWithKeys {
     #[serde(flatten)]
     user: UserJson,
     keys: Vec<KeyJson>,
 }
 
-async fn show_user(
+pub async fn show_user(
     State(app): State<Arc<App>>,
     caller: ApiCaller,
     Path(name): Path<String>,
 ) -> Result<Json<UserWithKeys>, ApiError> {
     caller.may_touch(&name)?;
-    let store = app.stores.get();
-    let user = store.user(&name).map_err(|e| app.store_err(e))?;
-    let keys = store.keys(&name).map_err(|e| app.store_err(e))?;
+    let (user, keys) = app
+        .blocking(move |db| {
+            let store = db.store();
+            let user = store.user(&name).map_err(|e| db.store_err(e))?;
+            let keys = store.keys(&name).map_err(|e| db.store_err(e))?;
+            Ok((user, keys))
+        })
+        .await?;
     Ok(Json(UserWithKeys { user: user_json(user), keys: keys.into_iter().map(key_json).collect() }))
 }
 
@@ -149,7 +140,7 @@ pub struct UserChange {
     port_forwarding: Option<bool>,
 }
 
-async fn update_user(
+pub async fn update_user(
     State(app): State<Arc<App>>,
     caller: ApiCaller,
     Path(name): Path<String>,
@@ -160,36 +151,41 @@ async fn update_user(
     if change.state.is_none() && change.policy.is_none() && change.port_forwarding.is_none() {
         return Err(ApiError(WebError::BadRequest("nothing to change".into())));
     }
-    with_admin(&app, &caller, |a| {
-        if let Some(state) = change.state {
-            a.user_set_state(&name, state)?;
-        }
-        if change.policy.is_some() || change.port_forwarding.is_some() {
-            a.user_set(&name, change.policy, change.port_forwarding)?;
-        }
-        Ok(())
-    })?;
-    let user = app.stores.get().user(&name).map_err(|e| app.store_err(e))?;
+    let actor = caller.actor();
+    let user = app
+        .blocking(move |db| {
+            db.with_admin(actor, |a| {
+                if let Some(state) = change.state {
+                    a.user_set_state(&name, state)?;
+                }
+                if change.policy.is_some() || change.port_forwarding.is_some() {
+                    a.user_set(&name, change.policy, change.port_forwarding)?;
+                }
+                Ok(())
+            })?;
+            db.store().user(&name).map_err(|e| db.store_err(e))
+        })
+        .await?;
     Ok(Json(user_json(user)))
 }
 
-async fn remove_user(
+pub async fn remove_user(
     State(app): State<Arc<App>>,
     caller: ApiCaller,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     caller.require_admin()?;
-    with_admin(&app, &caller, |a| a.user_remove(&name))?;
+    with_admin(&app, &caller, move |a| a.user_remove(&name)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn list_keys(
+pub async fn list_keys(
     State(app): State<Arc<App>>,
     caller: ApiCaller,
     Path(name): Path<String>,
 ) -> Result<Json<Vec<KeyJson>>, ApiError> {
     caller.may_touch(&name)?;
-    let keys = app.stores.get().keys(&name).map_err(|e| app.store_err(e))?;
+    let keys = app.blocking(move |db| db.store().keys(&name).map_err(|e| db.store_err(e))).await?;
     Ok(Json(keys.into_iter().map(key_json).collect()))
 }
 
@@ -204,39 +200,40 @@ pub struct NewKeyBody {
 }
 
 #[derive(Serialize)]
-struct Added {
+pub struct Added {
     fingerprint: String,
 }
 
-async fn add_key(
+pub async fn add_key(
     State(app): State<Arc<App>>,
-    caller: ApiCaller,
-    Path(name): Path<String>,
+    change: ApiChange,
     payload: Result<Json<NewKeyBody>, JsonRejection>,
 ) -> Result<(StatusCode, Json<Added>), ApiError> {
-    caller.may_touch(&name)?;
-    rate_limited(&app, &caller)?;
     let new = body(payload)?;
-    crate::pages::directory_keys_guard(&app, &*app.stores.get(), &name)?;
-    let options = KeyOptions { scope: new.scope, expires: new.expires, from: new.from, comment: new.comment };
-    let fingerprint = with_admin(&app, &caller, |a| a.key_add_from(&name, &new.key, &options, "api"))?;
+    let (name, actor) = (change.user, change.caller.actor());
+    let fingerprint = app
+        .blocking(move |db| {
+            directory_keys_guard(db, &name)?;
+            let options = KeyOptions { scope: new.scope, expires: new.expires, from: new.from, comment: new.comment };
+            db.with_admin(actor, |a| a.key_add_from(&name, &new.key, &options, "api"))
+        })
+        .await?;
     Ok((StatusCode::CREATED, Json(Added { fingerprint })))
 }
 
-async fn remove_key(
+pub async fn remove_key(
     State(app): State<Arc<App>>,
-    caller: ApiCaller,
-    Path((name, fingerprint)): Path<(String, String)>,
+    change: ApiChange,
+    Path((_, fingerprint)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
-    caller.may_touch(&name)?;
-    rate_limited(&app, &caller)?;
-    with_admin(&app, &caller, |a| a.key_remove(&name, &fingerprint))?;
+    let name = change.user.clone();
+    with_admin(&app, &change.caller, move |a| a.key_remove(&name, &fingerprint)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn list_grants(State(app): State<Arc<App>>, caller: ApiCaller) -> Result<Response, ApiError> {
+pub async fn list_grants(State(app): State<Arc<App>>, caller: ApiCaller) -> Result<Response, ApiError> {
     caller.require_admin()?;
-    let grants = app.stores.get().grants().map_err(|e| app.store_err(e))?;
+    let grants = app.blocking(|db| db.store().grants().map_err(|e| db.store_err(e))).await?;
     Ok(Json(grants).into_response())
 }
 
@@ -248,14 +245,14 @@ pub struct GrantBody {
     access: Access,
 }
 
-async fn add_grant(
+pub async fn add_grant(
     State(app): State<Arc<App>>,
     caller: ApiCaller,
     payload: Result<Json<GrantBody>, JsonRejection>,
 ) -> Result<StatusCode, ApiError> {
     caller.require_admin()?;
     let g = body(payload)?;
-    let created = with_admin(&app, &caller, |a| a.grant_add(&g.subject, &g.pattern, g.access))?;
+    let created = with_admin(&app, &caller, move |a| a.grant_add(&g.subject, &g.pattern, g.access)).await?;
     Ok(if created { StatusCode::CREATED } else { StatusCode::OK })
 }
 
@@ -266,14 +263,14 @@ pub struct GrantRef {
     pattern: String,
 }
 
-async fn remove_grant(
+pub async fn remove_grant(
     State(app): State<Arc<App>>,
     caller: ApiCaller,
     g: Result<Query<GrantRef>, QueryRejection>,
 ) -> Result<StatusCode, ApiError> {
     caller.require_admin()?;
     let g = query(g)?;
-    with_admin(&app, &caller, |a| a.grant_remove(&g.subject, &g.pattern))?;
+    with_admin(&app, &caller, move |a| a.grant_remove(&g.subject, &g.pattern)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -285,7 +282,7 @@ pub struct AuditParams {
     limit: Option<u32>,
 }
 
-async fn audit(
+pub async fn audit(
     State(app): State<Arc<App>>,
     caller: ApiCaller,
     p: Result<Query<AuditParams>, QueryRejection>,
@@ -298,6 +295,6 @@ async fn audit(
         None => None,
     };
     let query = AuditQuery { subject: p.user, since, limit: Some(p.limit.unwrap_or(1000).min(10_000)) };
-    let events = app.stores.get().audit(&query).map_err(|e| app.store_err(e))?;
+    let events = app.blocking(move |db| db.store().audit(&query).map_err(|e| db.store_err(e))).await?;
     Ok(Json(events).into_response())
 }
