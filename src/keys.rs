@@ -307,7 +307,7 @@ pub fn parse_public_key(text: &str, config: &Config) -> Result<ValidKey, KeyErro
     let Some(family) = family(key_data) else {
         return Err(KeyError::UnknownType(key_type.to_string()));
     };
-    if !config.allowed_types.contains(&family) {
+    if !config.keys.allowed_types.contains(&family) {
         return Err(KeyError::TypeNotAllowed(key_type.to_string()));
     }
     let bits = key_bits(key_data);
@@ -315,8 +315,8 @@ pub fn parse_public_key(text: &str, config: &Config) -> Result<ValidKey, KeyErro
         if bits > MAX_RSA_BITS {
             return Err(KeyError::RsaTooLong { bits });
         }
-        if bits < config.min_rsa_bits {
-            return Err(KeyError::RsaTooShort { bits, min: config.min_rsa_bits });
+        if bits < config.keys.min_rsa_bits {
+            return Err(KeyError::RsaTooShort { bits, min: config.keys.min_rsa_bits });
         }
         check_rsa_numbers(rsa)?;
     }
@@ -430,7 +430,7 @@ mod tests {
     fn rsa_minimum() {
         assert_eq!(parse_public_key(RSA_2048, &cfg()), Err(KeyError::RsaTooShort { bits: 2048, min: 3072 }));
         let mut c = cfg();
-        c.min_rsa_bits = 2048;
+        c.keys.min_rsa_bits = 2048;
         assert_eq!(parse_public_key(RSA_2048, &c).unwrap().bits, 2048);
     }
 
@@ -465,7 +465,7 @@ mod tests {
     #[test]
     fn weak_rsa_numbers_are_refused() {
         let mut c = cfg();
-        c.min_rsa_bits = 2048;
+        c.keys.min_rsa_bits = 2048;
         let n = modulus_2048();
         assert!(parse_public_key(&rsa_line(&[1, 0, 1], &n), &c).is_ok(), "65537 is the usual exponent");
         assert!(parse_public_key(&rsa_line(&[1, 0, 0, 0, 1], &n), &c).is_ok(), "a larger odd one is fine");
@@ -528,7 +528,7 @@ mod tests {
     #[test]
     fn type_allow_list() {
         let mut c = cfg();
-        c.allowed_types = vec![KeyFamily::Rsa];
+        c.keys.allowed_types = vec![KeyFamily::Rsa];
         assert_eq!(parse_public_key(ED25519, &c), Err(KeyError::TypeNotAllowed("ssh-ed25519".into())));
     }
 

@@ -74,7 +74,7 @@ impl Logger {
     /// Opens the log for `program` as configured. A missing syslog socket is not an error:
     /// logging must never stop a login.
     pub fn open(program: &'static str, config: &Config) -> Logger {
-        Logger::open_at(program, &config.log_socket, config.log_stderr)
+        Logger::open_at(program, &config.log.socket, config.log.stderr)
     }
 
     pub fn open_at(program: &'static str, socket: &std::path::Path, stderr: bool) -> Logger {

@@ -102,12 +102,12 @@ pub fn check_with(
     lookup: impl Fn(&str) -> Result<Option<u32>, String>,
 ) -> Result<(), NameRefusal> {
     if !config.valid_user_name(name) {
-        return Err(NameRefusal::Invalid { name: name.to_string(), pattern: config.name_pattern_text.clone() });
+        return Err(NameRefusal::Invalid { name: name.to_string(), pattern: config.users.name_pattern_text.clone() });
     }
     if is_reserved(name) {
         return Err(NameRefusal::Reserved(name.to_string()));
     }
-    let (min, max) = config.uid_range;
+    let (min, max) = (config.users.uid_min, config.users.uid_max);
     match lookup(name) {
         Ok(Some(uid)) if uid == 0 || !(min..=max).contains(&uid) => {
             Err(NameRefusal::SystemAccount { name: name.to_string(), uid, min, max })
@@ -125,7 +125,7 @@ pub fn check(config: &Config, name: &str) -> Result<(), NameRefusal> {
 /// The login path's floor, whatever the store says: never uid 0, never below
 /// `users.uid_min`.
 pub fn uid_served(config: &Config, uid: u32) -> bool {
-    uid != 0 && uid >= config.uid_range.0
+    uid != 0 && uid >= config.users.uid_min
 }
 
 #[cfg(test)]

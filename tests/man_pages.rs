@@ -137,10 +137,8 @@ fn gatehouse_8_documents_every_command() {
     assert!(missing.is_empty(), "commands missing from man/gatehouse.8: {missing:?}");
 }
 
-/// `section.key` for every field of the `Raw*` structs in src/config.rs, the section being
-/// the `RawConfig` field that holds the struct.
-fn config_keys() -> Vec<String> {
-    let source = read("src/config.rs");
+/// The fields of each `Raw*` struct in `source`: struct name, then (field, type) pairs.
+fn raw_structs(source: &str) -> Vec<(String, Vec<(String, String)>)> {
     let mut structs: Vec<(String, Vec<(String, String)>)> = Vec::new();
     let mut inside = false;
     for line in source.lines().map(str::trim) {
@@ -152,20 +150,32 @@ fn config_keys() -> Vec<String> {
             inside = false;
         } else if let (true, Some((field, ty))) = (inside, line.split_once(": ")) {
             // `name: Option<Type>,` or a required `name: Spanned<String>,`; not comments.
-            let field = field.trim_start_matches("pub ").to_string();
+            let field = field.trim_start_matches("pub(super) ").trim_start_matches("pub ").to_string();
             if line.ends_with(',') && !field.is_empty() && field.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
             {
-                let ty: String = ty.trim_start_matches("Option<").chars().take_while(|c| c.is_alphanumeric()).collect();
+                let ty: String =
+                    ty.trim_start_matches("Option<").chars().take_while(|c| c.is_alphanumeric() || *c == ':').collect();
                 structs.last_mut().unwrap().1.push((field, ty));
             }
         }
     }
-    let fields = |name: &str| structs.iter().find(|(n, _)| n == name).map(|(_, f)| f.clone());
-    let sections = fields("RawConfig").expect("struct RawConfig in src/config.rs");
+    structs
+}
+
+/// `section.key` for every field of the raw structs under src/config/, the section being
+/// the `RawConfig` field that holds the struct (`store: Option<store::Raw>` is read from
+/// src/config/store.rs).
+fn config_keys() -> Vec<String> {
+    let top = raw_structs(&read("src/config/mod.rs"));
+    let sections = top.iter().find(|(n, _)| n == "RawConfig").expect("struct RawConfig in src/config/mod.rs").1.clone();
     let mut keys = Vec::new();
     for (section, ty) in sections {
-        let table = fields(&ty).unwrap_or_else(|| panic!("struct {ty} in src/config.rs"));
-        keys.extend(table.into_iter().map(|(key, _)| format!("{section}.{key}")));
+        let (module, name) =
+            ty.split_once("::").unwrap_or_else(|| panic!("RawConfig.{section}: {ty} is not module::Raw"));
+        let file = format!("src/config/{module}.rs");
+        let structs = raw_structs(&read(&file));
+        let table = structs.iter().find(|(n, _)| n == name).unwrap_or_else(|| panic!("struct {name} in {file}"));
+        keys.extend(table.1.iter().map(|(key, _)| format!("{section}.{key}")));
     }
     keys
 }

@@ -32,7 +32,7 @@ fn main() -> ExitCode {
     let now = gatehouse::time::now();
     match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
         ["sync", rest @ ..] if rest.iter().all(|a| ["--full", "--allow-mass-disable"].contains(a)) => {
-            let mut store = match SqliteStore::open_writer(&config.store_path, config.busy_timeout_ms) {
+            let mut store = match SqliteStore::open_writer(&config.store.path, config.store.busy_timeout_ms) {
                 Ok(s) => s,
                 Err(e) => {
                     eprintln!("gatehouse-ldap: {e}");
@@ -78,7 +78,7 @@ fn main() -> ExitCode {
             }
         }
         ["status", rest @ ..] if rest.iter().all(|a| *a == "--json") => {
-            let store = match SqliteStore::open_reader(&config.store_path, config.busy_timeout_ms) {
+            let store = match SqliteStore::open_reader(&config.store.path, config.store.busy_timeout_ms) {
                 Ok(s) => s,
                 Err(e) => {
                     eprintln!("gatehouse-ldap: {e}");

@@ -101,7 +101,7 @@ pub fn map_entries(
         }
     }
     // An unreadable list refuses every key, as it does for uploads.
-    let banned = config.banned_keys.as_ref().map(|p| std::fs::read_to_string(p).unwrap_or_else(|_| String::from("*")));
+    let banned = config.keys.banned.as_ref().map(|p| std::fs::read_to_string(p).unwrap_or_else(|_| String::from("*")));
     let mut users = Vec::new();
     for e in entries {
         // The report is printed a line per conflict: no DN or name may start another one.
@@ -152,9 +152,9 @@ pub fn map_entries(
                     report.conflicts.push(format!("{name}: key {} is on the banned list; skipped", k.fingerprint))
                 }
                 Ok(k) if keys.iter().any(|x: &gatehouse::keys::ValidKey| x.fingerprint == k.fingerprint) => {}
-                Ok(k) if keys.len() >= config.max_keys_per_user as usize => report.conflicts.push(format!(
+                Ok(k) if keys.len() >= config.keys.max_per_user as usize => report.conflicts.push(format!(
                     "{name}: key {} is over keys.max_per_user ({}); skipped",
-                    k.fingerprint, config.max_keys_per_user
+                    k.fingerprint, config.keys.max_per_user
                 )),
                 Ok(k) => keys.push(k),
                 Err(why) => {
@@ -349,7 +349,7 @@ pub fn sync(
         }
         let snapshot = DirectorySnapshot { users, groups, high_water: new_high_water.or(high_water.clone()) };
         let actor = Actor { name: "ldap-sync".to_string(), now };
-        let applied = store.apply_directory(&actor, &snapshot, full, config.default_policy)?;
+        let applied = store.apply_directory(&actor, &snapshot, full, config.users.default_policy)?;
         report.users_added += applied.users_added;
         report.users_disabled += applied.users_disabled;
         report.users_enabled += applied.users_enabled;

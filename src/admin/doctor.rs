@@ -81,7 +81,7 @@ fn login_shells(r: &mut Report, config: &Config, store: &crate::store::sqlite::S
     for u in users.iter().filter(|u| u.state == crate::domain::UserState::Enabled).take(LOGIN_SHELL_SAMPLE) {
         let Ok(Some(account)) = nix::unistd::User::from_name(&u.name) else { continue };
         checked += 1;
-        let ours = crate::config::login_shell_is_ours(config, &account.shell);
+        let ours = config.shell.is_ours(&account.shell);
         if !ours {
             others.push(format!("{}: {}", u.name, account.shell.display()));
         }
@@ -141,7 +141,7 @@ pub fn diagnose(config: &Config, options: &DoctorOptions<'_>) -> Vec<Finding> {
     }
 
     // Store and the files a read-only reader needs.
-    for file in store_files(&config.store_path) {
+    for file in store_files(&config.store.path) {
         match std::fs::metadata(&file) {
             Ok(meta) if meta.permissions().mode() & 0o002 != 0 => {
                 r.fail(format!("{}: world-writable (mode {:04o})", file.display(), meta.mode() & 0o7777))
@@ -160,7 +160,7 @@ pub fn diagnose(config: &Config, options: &DoctorOptions<'_>) -> Vec<Finding> {
         }
     }
     // The audit trail says who did what from where: its owner's alone.
-    let trail = crate::store::sqlite::audit_path(&config.store_path);
+    let trail = crate::store::sqlite::audit_path(&config.store.path);
     match std::fs::metadata(&trail) {
         Ok(meta) if meta.mode() & 0o077 != 0 => r.fail(format!(
             "{}: mode {:04o}; the audit trail must be readable by its owner alone (chmod 0600, or run `gatehouse init`)",
@@ -171,7 +171,7 @@ pub fn diagnose(config: &Config, options: &DoctorOptions<'_>) -> Vec<Finding> {
         Err(e) => r.warn(format!("{}: {e}; the next change to the store makes it", trail.display())),
     }
     let mut sample_user = options.user.map(str::to_string);
-    match crate::store::sqlite::SqliteStore::open_reader(&config.store_path, config.busy_timeout_ms) {
+    match crate::store::sqlite::SqliteStore::open_reader(&config.store.path, config.store.busy_timeout_ms) {
         Ok(store) => {
             r.ok(format!("store opens read-only, schema version {}", crate::store::current_version()));
             if let Some(ldap) = &config.ldap {
@@ -209,7 +209,7 @@ pub fn diagnose(config: &Config, options: &DoctorOptions<'_>) -> Vec<Finding> {
     }
 
     // The forced command.
-    let shell = Path::new(&config.shell_path);
+    let shell = Path::new(&config.shell.path);
     match std::fs::metadata(shell) {
         Ok(meta) if meta.permissions().mode() & 0o111 == 0 => {
             r.fail(format!("shell.path {}: not executable", shell.display()))
@@ -223,11 +223,11 @@ pub fn diagnose(config: &Config, options: &DoctorOptions<'_>) -> Vec<Finding> {
 
     // What the forced command serves, and the wall around it.
     let mut programs = vec![
-        ("git.program", &config.git_program),
-        ("sftp.program", &config.sftp_program),
-        ("rsync.program", &config.rsync_program),
+        ("git.program", &config.git.program),
+        ("sftp.program", &config.sftp.program),
+        ("rsync.program", &config.rsync.program),
     ];
-    if let Some(login_shell) = &config.login_shell {
+    if let Some(login_shell) = &config.shell.login_shell {
         programs.push(("shell.login_shell", login_shell));
     }
     for (key, program) in programs {
@@ -243,9 +243,9 @@ pub fn diagnose(config: &Config, options: &DoctorOptions<'_>) -> Vec<Finding> {
     }
 
     // The jail, as sshd will check it at every jailed login.
-    if config.jail_group.is_some() {
-        match crate::session::datadir::check_jail_root(&config.jail_root) {
-            Ok(()) => r.ok(format!("jail.root {} is root's and writable by root alone", config.jail_root.display())),
+    if config.jail.group.is_some() {
+        match crate::session::datadir::check_jail_root(&config.jail.root) {
+            Ok(()) => r.ok(format!("jail.root {} is root's and writable by root alone", config.jail.root.display())),
             Err(e) => r.fail(e),
         }
     }
@@ -302,7 +302,7 @@ pub fn diagnose(config: &Config, options: &DoctorOptions<'_>) -> Vec<Finding> {
 /// What sshd gives a jailed user: a chroot, and no forwarding. gatehouse-keys withholds
 /// forwarding from jailed users' key lines in any case; this says whether sshd agrees.
 fn jail_settings(r: &mut Report, config: &Config, options: &DoctorOptions<'_>) {
-    let Some(group) = &config.jail_group else { return };
+    let Some(group) = &config.jail.group else { return };
     let Ok(Some(g)) = nix::unistd::Group::from_name(group) else {
         return r.warn(format!("jail.group {group} does not exist"));
     };

@@ -45,7 +45,7 @@ impl Admin<'_> {
             }
             let result = self.new_key(line, options, "import").and_then(|new| {
                 self.store
-                    .add_key(&self.actor, user, &new, self.config.max_keys_per_user)
+                    .add_key(&self.actor, user, &new, self.config.keys.max_per_user)
                     .map(|_| new)
                     .map_err(AdminError::from)
             });
@@ -88,7 +88,7 @@ impl Admin<'_> {
     ) -> Result<ImportSummary, AdminError> {
         let progress = std::io::stderr().is_terminal();
         let started = Instant::now();
-        let create = create_users.then_some(self.config.default_policy);
+        let create = create_users.then_some(self.config.users.default_policy);
         let mut summary = ImportSummary::default();
         let mut cache = ImportCache::new();
         let mut names = HashMap::new();
@@ -118,7 +118,7 @@ impl Admin<'_> {
             }
             if batch.len() >= BATCH || (read == 0 && !batch.is_empty()) {
                 let results =
-                    self.store.import_keys(&self.actor, &batch, create, self.config.max_keys_per_user, &mut cache)?;
+                    self.store.import_keys(&self.actor, &batch, create, self.config.keys.max_per_user, &mut cache)?;
                 for (result, n) in results.iter().zip(&numbers) {
                     match result {
                         Ok(()) => summary.imported += 1,

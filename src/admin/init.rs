@@ -23,7 +23,7 @@ pub fn store_files(store: &Path) -> [PathBuf; 3] {
 }
 
 /// Returns the audit action taken (`store.init`, `store.upgrade`), if any.
-/// Creates or upgrades the store at `config.store_path`; the folder is made 0750 and the
+/// Creates or upgrades the store at `config.store.path`; the folder is made 0750 and the
 /// files 0640, owned by `owner`/`group` when given, so that the key-command user needs only
 /// group membership to read.
 pub fn init(
@@ -51,7 +51,7 @@ pub fn init(
         ),
         None => None,
     };
-    let path = &config.store_path;
+    let path = &config.store.path;
     if let Some(dir) = path.parent() {
         if !dir.exists() {
             std::fs::DirBuilder::new()
@@ -64,7 +64,7 @@ pub fn init(
             }
         }
     }
-    let mut store = SqliteStore::create(path, config.busy_timeout_ms)?;
+    let mut store = SqliteStore::create(path, config.store.busy_timeout_ms)?;
     let before = store.version()?;
     let version = store.migrate()?;
     drop(store);
@@ -94,7 +94,7 @@ pub fn init(
     }
     // The web service's secrets: readable by the owner alone.
     let secrets = &config.web.secrets;
-    drop(crate::store::secrets::Secrets::open(secrets, config.busy_timeout_ms, true)?);
+    drop(crate::store::secrets::Secrets::open(secrets, config.store.busy_timeout_ms, true)?);
     for file in store_files(secrets) {
         if file.exists() {
             std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))
@@ -110,7 +110,7 @@ pub fn init(
         _ => None,
     };
     if let Some(action) = action {
-        let mut store = SqliteStore::open_writer(path, config.busy_timeout_ms)?;
+        let mut store = SqliteStore::open_writer(path, config.store.busy_timeout_ms)?;
         store.record(actor, action, &format!("from={before} to={version}"))?;
     }
     let said = match before {

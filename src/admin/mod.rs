@@ -115,7 +115,7 @@ fn key_json(key: &Key) -> KeyJson<'_> {
 /// When each of `user`'s keys last logged in, from the state file; `None` when we may not
 /// read it (it is root's unless `state.group` is set). No state file yet: nobody logged in.
 pub fn key_use(config: &Config, user: &str) -> Option<std::collections::HashMap<String, crate::store::state::KeyUse>> {
-    match crate::store::state::StateStore::open_reader(&config.state_path, config.busy_timeout_ms) {
+    match crate::store::state::StateStore::open_reader(&config.state.path, config.store.busy_timeout_ms) {
         Ok(Some(s)) => s.key_use(user).ok(),
         Ok(None) => Some(Default::default()),
         Err(_) => None,
@@ -161,7 +161,7 @@ impl Admin<'_> {
         let user = User {
             name: name.to_string(),
             state: if disabled { UserState::Disabled } else { UserState::Enabled },
-            policy: policy.unwrap_or(self.config.default_policy),
+            policy: policy.unwrap_or(self.config.users.default_policy),
             port_forwarding,
             created: self.actor.now,
             source: source.to_string(),
@@ -279,7 +279,7 @@ impl Admin<'_> {
     /// patterns, comment.
     pub fn new_key(&self, text: &str, options: &KeyOptions, source: &str) -> Result<NewKey, AdminError> {
         let mut key = parse_public_key(text, self.config).map_err(|e| AdminError::Refused(e.to_string()))?;
-        if let Some(path) = &self.config.banned_keys {
+        if let Some(path) = &self.config.keys.banned {
             let list =
                 banned_list(path).map_err(|e| AdminError::Refused(format!("keys.banned {}: {e}", path.display())))?;
             if crate::keys::is_banned(&list, &key.fingerprint) {
@@ -301,7 +301,7 @@ impl Admin<'_> {
             key.comment = comment.trim().to_string();
         }
         let now = self.actor.now;
-        let latest = self.config.max_key_lifetime.map(|life| now + life);
+        let latest = self.config.keys.max_lifetime.map(|life| now + life);
         let expires = match &options.expires {
             Some(text) => {
                 let t = time::parse_expiry(text, now).map_err(|e| AdminError::Refused(format!("--expires: {e}")))?;
@@ -338,7 +338,7 @@ impl Admin<'_> {
     ) -> Result<String, AdminError> {
         self.check_name("key.add", user)?;
         let new = self.new_key(text, options, source)?;
-        let result = self.store.add_key(&self.actor, user, &new, self.config.max_keys_per_user);
+        let result = self.store.add_key(&self.actor, user, &new, self.config.keys.max_per_user);
         if let Err(e) = &result {
             let reason = e.to_string();
             self.log.log(
@@ -378,9 +378,9 @@ impl Admin<'_> {
 
     fn state(&self) -> Result<crate::store::state::StateStore, AdminError> {
         Ok(crate::store::state::StateStore::open_writer(
-            &self.config.state_path,
-            self.config.busy_timeout_ms,
-            self.config.state_gid(),
+            &self.config.state.path,
+            self.config.store.busy_timeout_ms,
+            self.config.state.gid(),
         )?)
     }
 
@@ -388,7 +388,7 @@ impl Admin<'_> {
         self.store.user(name)?;
         let secs = match duration {
             Some(d) => time::parse_duration(d).map_err(|e| AdminError::Refused(format!("--for: {e}")))?,
-            None => self.config.lockout_duration,
+            None => self.config.lockout.duration,
         };
         let until = self.actor.now + secs;
         self.state()?.lock(name, until, &format!("locked by {}", self.actor.name))?;
@@ -449,7 +449,7 @@ impl Admin<'_> {
     }
 
     fn secrets(&self) -> Result<crate::store::secrets::Secrets, AdminError> {
-        Ok(crate::store::secrets::Secrets::open(&self.config.web.secrets, self.config.busy_timeout_ms, false)?)
+        Ok(crate::store::secrets::Secrets::open(&self.config.web.secrets, self.config.store.busy_timeout_ms, false)?)
     }
 
     /// A one-time sign-in link for `name`.

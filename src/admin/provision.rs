@@ -28,7 +28,7 @@ fn locked(user: &str) -> bool {
 
 /// What provisioning would do, given the store's users.
 pub fn plan(config: &Config, users: &[User]) -> Vec<Step> {
-    let (min, max) = config.uid_range;
+    let (min, max) = (config.users.uid_min, config.users.uid_max);
     let mut steps = Vec::new();
     for u in users {
         if crate::names::is_reserved(&u.name) {
@@ -41,14 +41,14 @@ pub fn plan(config: &Config, users: &[User]) -> Vec<Step> {
         }
         match nix::unistd::User::from_name(&u.name) {
             Ok(None) if u.state == UserState::Enabled => {
-                let shell = if u.policy == Scope::Shell && config.login_shell.is_none() {
+                let shell = if u.policy == Scope::Shell && config.shell.login_shell.is_none() {
                     crate::config::DEFAULT_LOGIN_SHELL.to_string()
                 } else if u.policy == Scope::Shell {
                     // gatehouse-shell starts shell.login_shell for them: no shell, and no
                     // startup file, runs before gatehouse-shell for any of their keys.
-                    config.shell_path.clone()
+                    config.shell.path.clone()
                 } else {
-                    config.provision_shell.display().to_string()
+                    config.users.shell.display().to_string()
                 };
                 steps.push(Step::Create { user: u.name.clone(), shell });
             }
@@ -86,7 +86,7 @@ fn run(cmd: &mut Command) -> Result<(), String> {
 
 /// Carries out one step.
 pub fn apply(config: &Config, step: &Step) -> Result<(), String> {
-    let (min, max) = config.uid_range;
+    let (min, max) = (config.users.uid_min, config.users.uid_max);
     match step {
         Step::Create { user, shell } => {
             let home = config.data_dir_of(user);
@@ -95,10 +95,10 @@ pub fn apply(config: &Config, step: &Step) -> Result<(), String> {
                 .arg("-d")
                 .arg(&home)
                 .args(["-s", shell]);
-            if nix::unistd::Group::from_name(&config.managed_group).ok().flatten().is_some() {
-                cmd.args(["-G", &config.managed_group]);
+            if nix::unistd::Group::from_name(&config.users.group).ok().flatten().is_some() {
+                cmd.args(["-G", &config.users.group]);
             } else {
-                return Err(format!("group {} does not exist (the package creates it)", config.managed_group));
+                return Err(format!("group {} does not exist (the package creates it)", config.users.group));
             }
             run(cmd.arg(user))
         }

@@ -35,10 +35,10 @@ fn main() -> ExitCode {
     // Nothing on the login path may wait past store.login_timeout_ms, not even SQLite's
     // own retries: then the answer is no key, and the log says why.
     let watchdog = {
-        let (socket, stderr) = (config.log_socket.clone(), config.log_stderr);
+        let (socket, stderr) = (config.log.socket.clone(), config.log.stderr);
         let user = request.user.clone().unwrap_or_else(|| "<not utf-8>".to_string());
         let fingerprint = request.fingerprint.clone().unwrap_or_else(|| "-".to_string());
-        let ms = config.login_timeout_ms;
+        let ms = config.store.login_timeout_ms;
         Watchdog::start(Duration::from_millis(u64::from(ms)), move || {
             let error = format!("no answer from the store within store.login_timeout_ms ({ms} ms)");
             Logger::open_at("gatehouse-keys", &socket, stderr).log(
@@ -53,7 +53,7 @@ fn main() -> ExitCode {
         log.log(Level::Error, &[("error", &e)]);
         return ExitCode::from(exit::CONFIG);
     }
-    let store = match SqliteStore::open_reader(&config.store_path, config.login_timeout_ms) {
+    let store = match SqliteStore::open_reader(&config.store.path, config.store.login_timeout_ms) {
         Ok(s) => s,
         Err(e) => {
             log.log(Level::Error, &[("error", &e.to_string())]);

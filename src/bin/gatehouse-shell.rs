@@ -89,9 +89,9 @@ fn main() -> ExitCode {
         login_mode,
     };
     let watchdog = {
-        let (socket, stderr) = (config.log_socket.clone(), config.log_stderr);
+        let (socket, stderr) = (config.log.socket.clone(), config.log.stderr);
         let (user, fingerprint) = (session.user.to_string(), session.fingerprint.to_string());
-        let ms = config.login_timeout_ms;
+        let ms = config.store.login_timeout_ms;
         Watchdog::start(Duration::from_millis(u64::from(ms)), move || {
             eprintln!("gatehouse-shell: service unavailable, please try again later");
             let error = format!("no answer from the store within store.login_timeout_ms ({ms} ms)");
@@ -102,7 +102,7 @@ fn main() -> ExitCode {
             exit::STORE
         })
     };
-    let store = match SqliteStore::open_reader(&config.store_path, config.login_timeout_ms) {
+    let store = match SqliteStore::open_reader(&config.store.path, config.store.login_timeout_ms) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("gatehouse-shell: service unavailable, please try again later");

@@ -295,7 +295,7 @@ fn run(cli: Cli, config: &Config, log: &mut Logger) -> Result<u8, AdminError> {
     let actor = admin::cli_actor(now);
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
-    let store_path = &config.store_path;
+    let store_path = &config.store.path;
     match cli.command {
         Command::Init { owner, group } => {
             let action = admin::init::init(config, owner.as_deref(), group.as_deref(), &actor, &mut out)?;
@@ -328,9 +328,9 @@ fn run(cli: Cli, config: &Config, log: &mut Logger) -> Result<u8, AdminError> {
             | Command::Provision { .. }
     );
     let mut store = if reads_only {
-        SqliteStore::open_reader(store_path, config.busy_timeout_ms)?
+        SqliteStore::open_reader(store_path, config.store.busy_timeout_ms)?
     } else {
-        SqliteStore::open_writer(store_path, config.busy_timeout_ms)?
+        SqliteStore::open_writer(store_path, config.store.busy_timeout_ms)?
     };
     let mut admin = Admin { config, store: &mut store, actor, log };
     let say = |out: &mut dyn Write, text: String| writeln!(out, "{text}").map_err(|e| AdminError::Io(e.to_string()));

@@ -339,7 +339,7 @@ fn real_dir_below(root: &Path, below: &[&str]) -> Option<PathBuf> {
 /// checked for links; the configured prefix is the operator's).
 fn data_folder(config: &Config, user: &str) -> Option<PathBuf> {
     let path = config.data_dir_of(user);
-    let template = Path::new(&config.data_dir);
+    let template = Path::new(&config.users.data_dir);
     // The components from the first one holding %u down are the user's to check.
     let split = template.components().position(|c| c.as_os_str().to_string_lossy().contains("%u"))?;
     let root: PathBuf = path.components().take(split).collect();
@@ -357,7 +357,7 @@ fn shell_for(config: &Config, session: &Session<'_>) -> Action {
     if !session.login_mode && !crate::config::is_gatehouse_shell(session.account_shell) {
         return Action::Shell { shell: session.account_shell.to_path_buf(), command };
     }
-    match &config.login_shell {
+    match &config.shell.login_shell {
         Some(shell) => Action::Shell { shell: shell.clone(), command },
         None => refuse(
             format!("Shell access needs a real login shell for {}; ask an administrator.", session.user),
@@ -459,11 +459,11 @@ fn decide_for_scope(
             };
             let (verb, program, args): (_, _, Vec<OsString>) = match request {
                 Request::Rsync { args } => {
-                    ("rsync", config.rsync_program.clone(), args.into_iter().map(Into::into).collect())
+                    ("rsync", config.rsync.program.clone(), args.into_iter().map(Into::into).collect())
                 }
                 _ => (
                     "sftp",
-                    config.sftp_program.clone(),
+                    config.sftp.program.clone(),
                     [
                         "-d".into(),
                         data.clone().into_os_string(),
@@ -547,12 +547,12 @@ fn git_plan(
     if granted < need {
         return Ok(not_found(Reason::NoAccess));
     }
-    let dir = config.git_root.join(&repo.owner).join(&repo.name);
+    let dir = config.git.root.join(&repo.owner).join(&repo.name);
     let mut init_bare = None;
-    let found = real_dir_below(&config.git_root, &[&repo.owner, &repo.name]);
+    let found = real_dir_below(&config.git.root, &[&repo.owner, &repo.name]);
     if found.is_none() || !dir.join("HEAD").is_file() {
-        let own_first_push = verb.writes() && repo.owner == session.user && config.git_create_on_push;
-        let parent_ok = real_dir_below(&config.git_root, &[&repo.owner]).is_some();
+        let own_first_push = verb.writes() && repo.owner == session.user && config.git.create_on_push;
+        let parent_ok = real_dir_below(&config.git.root, &[&repo.owner]).is_some();
         if !own_first_push || std::fs::symlink_metadata(&dir).is_ok() || !parent_ok {
             return Ok(not_found(Reason::NoSuchRepository));
         }
@@ -595,9 +595,9 @@ fn git_plan(
     Ok(Action::Exec(ExecPlan {
         verb: verb_name,
         target: repo.relative(),
-        program: config.git_program.clone(),
+        program: config.git.program.clone(),
         args,
-        cwd: if init_bare.is_some() { config.git_root.join(&repo.owner) } else { dir.clone() },
+        cwd: if init_bare.is_some() { config.git.root.join(&repo.owner) } else { dir.clone() },
         env: child_env(session),
         confine,
         init_bare,

@@ -77,7 +77,7 @@ impl<'a> LineContext<'a> {
             }
             _ => None,
         };
-        Ok(LineContext { shell_path: &config.shell_path, config_path, permit_open: &config.permit_open })
+        Ok(LineContext { shell_path: &config.shell.path, config_path, permit_open: &config.forwarding.permit_open })
     }
 }
 

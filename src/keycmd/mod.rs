@@ -217,7 +217,7 @@ pub fn answer(
         return Ok(refuse("directory-stale"));
     }
     let mut view = view;
-    if view.user.port_forwarding && config.jail_group.is_some() && jailed(config, user, request.uid) {
+    if view.user.port_forwarding && config.jail.group.is_some() && jailed(config, user, request.uid) {
         // sshd's configuration may turn forwarding back on for the jail group (sshd keeps
         // the first value it reads, whatever order the site's files are in); a jailed user's
         // key lines carry none, so loopback services stay out of reach from the jail.

@@ -76,11 +76,11 @@ pub fn ensure(config: &Config, user: &str, uid: u32, gid: u32) -> Result<Outcome
     // could not be filled (a full disk, an unreadable skeleton) is removed again, so that
     // no half-made folder is ever handed over and the next login tries again.
     let filled = open_dir(&parent_fd, name).map_err(|e| format!("{}: {e}", path.display())).and_then(|fd| {
-        if let Some(skeleton) = &config.skeleton {
+        if let Some(skeleton) = &config.users.skeleton {
             copy_skeleton(skeleton, &fd, uid, gid).map_err(|e| format!("skeleton {}: {e}", skeleton.display()))?;
         }
         fchown(&fd, Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid)))
-            .and_then(|()| fchmod(&fd, Mode::from_bits_truncate(config.data_mode)))
+            .and_then(|()| fchmod(&fd, Mode::from_bits_truncate(config.users.data_mode)))
             .map_err(|e| format!("{}: {e}", path.display()))
     });
     match filled {
@@ -213,7 +213,7 @@ pub fn check_jail_root(root: &Path) -> Result<(), String> {
 /// Whether `user` (primary group `gid`) is a member of `jail.group`. An account database
 /// that cannot be asked counts as a member: a jail is the narrower side to err on.
 pub fn is_jailed(config: &Config, user: &str, gid: u32) -> bool {
-    let Some(group) = &config.jail_group else {
+    let Some(group) = &config.jail.group else {
         return false;
     };
     match nix::unistd::Group::from_name(group) {
@@ -226,29 +226,29 @@ pub fn is_jailed(config: &Config, user: &str, gid: u32) -> bool {
 /// A jailed user's chroot: `<jail.root>/<user>` root's and not writable by others (sshd's
 /// rule for ChrootDirectory), with the user's writable `data` folder inside.
 pub fn ensure_jail(config: &Config, user: &str, uid: u32, gid: u32) -> Result<PathBuf, String> {
-    check_jail_root(&config.jail_root)?;
-    let root_fd = open_dir_path(&config.jail_root)?;
+    check_jail_root(&config.jail.root)?;
+    let root_fd = open_dir_path(&config.jail.root)?;
     let name = Path::new(user);
     match mkdirat(&root_fd, name, Mode::from_bits_truncate(0o755)) {
         Ok(()) | Err(Errno::EEXIST) => {}
-        Err(e) => return Err(format!("{}: {e}", config.jail_root.join(user).display())),
+        Err(e) => return Err(format!("{}: {e}", config.jail.root.join(user).display())),
     }
-    let jail = open_dir(&root_fd, name).map_err(|e| format!("{}: {e}", config.jail_root.join(user).display()))?;
+    let jail = open_dir(&root_fd, name).map_err(|e| format!("{}: {e}", config.jail.root.join(user).display()))?;
     fchown(&jail, Some(Uid::from_raw(0)), Some(Gid::from_raw(0))).map_err(|e| e.to_string())?;
     fchmod(&jail, Mode::from_bits_truncate(0o755)).map_err(|e| e.to_string())?;
     match mkdirat(&jail, Path::new("data"), Mode::from_bits_truncate(0o700)) {
         Ok(()) => {
             let data = open_dir(&jail, Path::new("data")).map_err(|e| e.to_string())?;
             fchown(&data, Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid))).map_err(|e| e.to_string())?;
-            fchmod(&data, Mode::from_bits_truncate(config.data_mode)).map_err(|e| e.to_string())?;
+            fchmod(&data, Mode::from_bits_truncate(config.users.data_mode)).map_err(|e| e.to_string())?;
         }
         Err(Errno::EEXIST) => {
             let data = open_dir(&jail, Path::new("data")).map_err(|e| format!("jail data folder: {e}"))?;
             if fstat(&data).map_err(|e| e.to_string())?.st_uid != uid {
-                return Err(format!("{}/data does not belong to {user}", config.jail_root.join(user).display()));
+                return Err(format!("{}/data does not belong to {user}", config.jail.root.join(user).display()));
             }
         }
         Err(e) => return Err(e.to_string()),
     }
-    Ok(config.jail_root.join(user))
+    Ok(config.jail.root.join(user))
 }

@@ -121,7 +121,7 @@ impl Backends {
             .as_ref()
             .map(|l| Box::new(password::DirectoryProgram::new(&config, l)) as Box<dyn PasswordCheck>);
         let open_store: StoreOpener = Box::new(|c: &Config| {
-            crate::store::sqlite::SqliteStore::open_reader(&c.store_path, c.login_timeout_ms)
+            crate::store::sqlite::SqliteStore::open_reader(&c.store.path, c.store.login_timeout_ms)
                 .map(|s| Box::new(s) as Box<dyn LoginStore + Send>)
         });
         Backends::with(config, log, Box::new(host::SystemHost), passwords, open_store)
@@ -145,7 +145,7 @@ impl Backends {
         match &self.store {
             Some(s) => Ok(s.as_ref()),
             None => Err(StoreError::Unavailable {
-                path: self.config.store_path.display().to_string(),
+                path: self.config.store.path.display().to_string(),
                 reason: "not open".into(),
             }),
         }
@@ -154,12 +154,12 @@ impl Backends {
     fn state(&mut self) -> Result<&StateStore, StoreError> {
         if self.state.is_none() {
             let c = &self.config;
-            self.state = Some(StateStore::open_login(&c.state_path, c.busy_timeout_ms, c.state_gid())?);
+            self.state = Some(StateStore::open_login(&c.state.path, c.store.busy_timeout_ms, c.state.gid())?);
         }
         match &self.state {
             Some(s) => Ok(s),
             None => Err(StoreError::Unavailable {
-                path: self.config.state_path.display().to_string(),
+                path: self.config.state.path.display().to_string(),
                 reason: "not open".into(),
             }),
         }
@@ -313,7 +313,7 @@ pub fn authenticate(ctx: &mut dyn PamContext, b: &mut Backends, opts: &ModuleOpt
 /// Counts a failed password with the lockout rules; true when it locked the user out.
 fn count_failure(b: &mut Backends, login: &Login, now: Timestamp) -> Result<bool, StoreError> {
     let (threshold, window, duration) =
-        (b.config.lockout_threshold, b.config.lockout_window, b.config.lockout_duration);
+        (b.config.lockout.threshold, b.config.lockout.window, b.config.lockout.duration);
     let rhost = login.rhost.clone();
     b.state()?.record_failure(&login.user, rhost.as_deref(), now, threshold, window, duration).map(|l| l.is_some())
 }
@@ -366,11 +366,11 @@ pub fn open_session(ctx: &mut dyn PamContext, b: &mut Backends, opts: &ModuleOpt
         Err(v) => return v,
     };
     match b.state().and_then(|s| s.sessions_last_minute(&login.user, now)) {
-        Ok(n) if n >= b.config.sessions_per_minute => {
+        Ok(n) if n >= b.config.lockout.sessions_per_minute => {
             say(b, &login, Level::Notice, "session", "refuse", "rate-limit");
             ctx.tell(&format!(
                 "Too many sessions: at most {} a minute. Try again in a minute.",
-                b.config.sessions_per_minute
+                b.config.lockout.sessions_per_minute
             ));
             return Verdict::SessionError;
         }
@@ -400,10 +400,10 @@ pub fn open_session(ctx: &mut dyn PamContext, b: &mut Backends, opts: &ModuleOpt
             return Verdict::SessionError;
         }
     };
-    if let Some(quota) = b.config.quota.clone() {
+    if let Some(quota) = b.config.users.quota.clone() {
         ensure_quota(b, &login, &quota, &folder, now);
     }
-    if b.config.jail_group.is_some() && b.host.jailed(&b.config, &login.user, account.gid) {
+    if b.config.jail.group.is_some() && b.host.jailed(&b.config, &login.user, account.gid) {
         if let Err(e) = b.host.jail(&b.config, &login.user, &account) {
             b.log.log(Level::Error, &[("stage", "session"), ("user", &login.user), ("jail", "failed"), ("error", &e)]);
             return Verdict::SessionError;
@@ -444,7 +444,7 @@ fn login_shell_check(
     account: &Account,
     now: Timestamp,
 ) -> Option<Verdict> {
-    if !b.config.require_login_shell || crate::config::login_shell_is_ours(&b.config, &account.shell) {
+    if !b.config.shell.require_login_shell || b.config.shell.is_ours(&account.shell) {
         return None;
     }
     // The key's scope when a key of the store logged in; else (a password, a key from

@@ -56,9 +56,13 @@ impl App {
         let mut stores = Vec::new();
         let mut secrets = Vec::new();
         for _ in 0..CONNECTIONS {
-            stores
-                .push(SqliteStore::open_writer(&config.store_path, config.busy_timeout_ms).map_err(|e| e.to_string())?);
-            secrets.push(Secrets::open(&config.web.secrets, config.busy_timeout_ms, false).map_err(|e| e.to_string())?);
+            stores.push(
+                SqliteStore::open_writer(&config.store.path, config.store.busy_timeout_ms)
+                    .map_err(|e| e.to_string())?,
+            );
+            secrets.push(
+                Secrets::open(&config.web.secrets, config.store.busy_timeout_ms, false).map_err(|e| e.to_string())?,
+            );
         }
         let proxy_secret = match &config.web.proxy_secret_file {
             Some(path) => {
