@@ -85,12 +85,7 @@ fn blobs<'a>(keys: impl IntoIterator<Item = &'a KeyPair>) -> BTreeSet<String> {
 
 /// Log lines received since the last call, waiting up to 3 s for at least `want`.
 fn logged(gh: &Gatehouse, want: usize) -> Vec<String> {
-    let deadline = Instant::now() + Duration::from_secs(3);
-    let mut lines = gh.log.drain();
-    while lines.len() < want && Instant::now() < deadline {
-        lines.extend(gh.log.drain());
-    }
-    lines
+    gh.log.wait_for(want)
 }
 
 // ---- store ----

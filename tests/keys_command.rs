@@ -13,7 +13,7 @@ use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Longest a lookup may take before the watchdog kills it (sshd's own limit is similar).
 const WATCHDOG: Duration = Duration::from_secs(30);
@@ -59,12 +59,7 @@ fn lookup(gh: &Gatehouse, args: &[&str]) -> Output {
 
 /// Log lines received since the last call, waiting up to 3 s for at least `want`.
 fn logged(gh: &Gatehouse, want: usize) -> Vec<String> {
-    let deadline = Instant::now() + Duration::from_secs(3);
-    let mut lines = gh.log.drain();
-    while lines.len() < want && Instant::now() < deadline {
-        lines.extend(gh.log.drain());
-    }
-    lines
+    gh.log.wait_for(want)
 }
 
 /// The one log line a single lookup produced.

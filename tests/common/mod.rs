@@ -145,6 +145,16 @@ impl LogSink {
         LogSink { lines, path }
     }
 
+    /// Lines received since the last call, waiting up to 3 s for at least `want`.
+    pub fn wait_for(&self, want: usize) -> Vec<String> {
+        let deadline = Instant::now() + Duration::from_secs(3);
+        let mut lines = self.drain();
+        while lines.len() < want && Instant::now() < deadline {
+            lines.extend(self.drain());
+        }
+        lines
+    }
+
     /// Every line received since the last call, after a moment for stragglers.
     pub fn drain(&self) -> Vec<String> {
         std::thread::sleep(Duration::from_millis(50));
