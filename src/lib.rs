@@ -13,6 +13,7 @@
 //! - [`config`]: the configuration file, gatehouse.toml.
 #![forbid(unsafe_code)]
 
+#[cfg(feature = "admin")]
 pub mod admin;
 pub mod config;
 pub mod domain;

@@ -9,6 +9,7 @@
 
 pub mod db;
 mod schema;
+#[cfg(feature = "admin")]
 pub mod secrets;
 pub mod sqlite;
 pub mod state;
