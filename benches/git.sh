@@ -59,9 +59,8 @@
 # a busy machine (waits, repeated rounds).
 set -euo pipefail
 
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
-DATA=${BENCH_DATA:-$ROOT/bench-data}
-RUN=${BENCH_RUN:-/run/gatehouse-bench}
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+. "$(dirname "$0")/lib.sh" # ROOT, DATA, RUN, BENCH_USER (one user for every path: see there), helpers, cleanup
 GIT_MIB=${BENCH_GIT_MIB:-210}
 FILES_PER_COMMIT=10
 ROUNDS=${BENCH_GIT_ROUNDS:-9}
@@ -75,9 +74,6 @@ CLONE_DISTURBED=0.5    # CPU-seconds of other work during one clone (~2-3 s) tha
 SESSION_DISTURBED=0.05 # the same for one round of three sessions (~0.4 s)
 CHANNEL_DISTURBED=0.01 # the same for three sessions on open connections (~30 ms)
 TAB=$'\t'
-SCRIPT=git.sh
-# shellcheck source-path=SCRIPTDIR source=lib.sh
-. "$ROOT/benches/lib.sh" # BENCH_USER (one user for every path: see there), helpers, cleanup
 
 for pair in BENCH_GIT_MIB:"$GIT_MIB" BENCH_GIT_ROUNDS:"$ROUNDS" BENCH_SESSIONS:"$SESSIONS" BENCH_CHANNELS:"$CHANNELS" BENCH_RUNS:"$RUNS" \
     BENCH_QUIET_WAIT:"$QUIET_WAIT" BENCH_HOSTKEYS:"$HOSTKEYS"; do
@@ -154,26 +150,14 @@ FP_UNKNOWN=$(fingerprint "$RUN/client/id_unknown")
 
 sshd_prepare # $RUN/sshd, before the log socket that lives there
 LOG_SOCKET=$RUN/sshd/log.sock
-install -d -m 0755 "$STORE"  # 0755 (not init's 0750): the key command runs as nobody
-install -d -m 0755 "$GIT_ROOT" "$DATA/git-users"
-CFG=$STORE/gatehouse.toml
-cat >"$CFG" <<EOF
-[store]
-path = "$STORE/store.db"
-
-[shell]
-path = "$SHELL_BIN"
+bench_store_config "$STORE" "$DATA/git-users" "$LOG_SOCKET" # CFG, ending in [shell]
+install -d -m 0755 "$GIT_ROOT"
+cat >>"$CFG" <<EOF
 # for connection D below, whose login shell is gatehouse-shell
 login_shell = "/bin/sh"
 
-[users]
-data_dir = "$DATA/git-users/%u"
-
 [git]
 root = "$GIT_ROOT"
-
-[log]
-socket = "$LOG_SOCKET"
 EOF
 "$GH" --config "$CFG" init >/dev/null
 "$GH" --config "$CFG" user add "$BENCH_USER" --policy shell >/dev/null
@@ -181,15 +165,11 @@ added=$("$GH" --config "$CFG" key add "$BENCH_USER" --file "$GIT_KEY.pub" --scop
 [ "$added" = "$FP_GIT" ] || die "key add (git) printed '$added', expected $FP_GIT"
 added=$("$GH" --config "$CFG" key add "$BENCH_USER" --file "$SHELL_KEY.pub" --scope shell)
 [ "$added" = "$FP_SHELL" ] || die "key add (shell) printed '$added', expected $FP_SHELL"
-# `init` on the existing store keeps the -wal/-shm files in place; the three files are then
-# opened to nobody (the AuthorizedKeysCommandUser) and the user (gatehouse-shell).
-"$GH" --config "$CFG" init >/dev/null
-chmod 0644 "$STORE/store.db" "$STORE/store.db-wal" "$STORE/store.db-shm"
+bench_store_open "$STORE" # to nobody (the AuthorizedKeysCommandUser) and the user (gatehouse-shell)
 # The key lines gatehouse-keys prints, as sshd would get them (and port C's file).
 as_nobody "$KEYS" --config "$CFG" -- "$BENCH_USER" "$(bench_uid)" >"$RUN/sshd/authorized/$BENCH_USER.gatehouse"
 for fp in "$FP_GIT" "$FP_SHELL"; do
-    lines=$(as_nobody "$KEYS" --config "$CFG" -- "$BENCH_USER" "$(bench_uid)" "$fp" | wc -l)
-    [ "$lines" -eq 1 ] || die "gatehouse-keys as nobody printed $lines lines for $BENCH_USER $fp (expected 1)"
+    bench_check_lookup "$STORE" "$BENCH_USER" "$(bench_uid)" "$fp"
 done
 [ "$(wc -l <"$RUN/sshd/authorized/$BENCH_USER.gatehouse")" -eq 2 ] || die "gatehouse-keys did not print the user's two keys"
 grep -q "command=\"exec $SHELL_BIN " "$RUN/sshd/authorized/$BENCH_USER.gatehouse" || die "the key lines do not force $SHELL_BIN"
@@ -278,7 +258,7 @@ PORT_C=$(free_port $((PORT_B + 1)))
 # git clients send GIT_PROTOCOL to ask for protocol v2 (the packaged drop-in accepts it):
 # every port does, so both clone paths speak v2.
 {
-    sshd_config_base
+    sshd_config_base no
     cat <<EOF
 AcceptEnv GIT_PROTOCOL
 Match LocalPort $PORT_B
@@ -706,12 +686,8 @@ row "CPU used outside the benchmark during hyperfine" "$HF_OTHER CPU-s in $HF_WA
     echo "Both clone paths read the same git configuration: /etc/gitconfig$([ -e /etc/gitconfig ] || echo ' (absent)') and the repository's; no global file (A: HOME=/ has none; B: GIT_CONFIG_GLOBAL=/dev/null). B adds \`-c safe.directory=<repo> upload-pack --strict\`. Landlock on B's clones (gatehouse-shell's log): $LANDLOCK."
     echo "Sessions: \`ssh … true\` with a shell-scope key, $SESSIONS rounds that count, one session per port each, order rotated every round, spread over $HOSTKEYS sshd starts with a new host key each (sshd's per-user publickey padding of 5-9.3 ms is drawn anew with each host key); then $CHANNELS rounds of the same sessions as channels of one open connection per port (\`ssh -S\`: no key exchange, no authentication; the key line's forced command still runs for each session), on one more sshd start, plus D: port B's path on a connection opened while the account's login shell was gatehouse-shell (\`shell.login_shell = \"/bin/sh\"\`), so no sh runs before gatehouse-shell; the forced command alone timed with hyperfine -N as $BENCH_USER, $RUNS runs per command in $HF_ROUNDS rounds."
     echo "Other work on the machine: rounds during which processes outside the benchmark used more than $CLONE_DISTURBED CPU-s (a clone) or $SESSION_DISTURBED CPU-s (three logins) or $CHANNEL_DISTURBED CPU-s (three sessions on open connections) are left out and repeated (see the notes). 1-minute load average $LOAD_CLONES before the clones, $LOAD_SESSIONS before the sessions, $LOAD_HF before hyperfine ($(nproc) CPUs)."
-    echo
-    echo "| measure | value | target | result |"
-    echo "| --- | --- | --- | --- |"
-    printf '%s\n' "${ROWS[@]}"
-    echo
-    for n in "${NOTES[@]}"; do echo "- $n"; done
+    bench_table
+    bench_notes
     echo "Repository generated in ${GEN_S} s (fast-import of AES-CTR keystream, then repack -a -d)."
     echo
     echo "Raw data in $DATA: git-clones.tsv, git-sessions.tsv and git-channels.tsv (every round, with the CPU time of other work and whether it counted), git-shell.json/md/txt (hyperfine, pooled), git-gatehouse.log (gatehouse's log lines), git-sshd.log."

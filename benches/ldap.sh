@@ -33,21 +33,18 @@
 # leaves the other benchmarks' user and folders alone; for clean figures run it alone.
 set -euo pipefail
 
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
-DATA=${BENCH_DATA:-$ROOT/bench-data}
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+. "$(dirname "$0")/lib.sh" # ROOT, DATA (RUN too, unused here), helpers, cleanup
 USERS=${BENCH_LDAP_USERS:-100000}
 KEYS_PER_USER=${BENCH_LDAP_KEYS:-3}
 N_GROUPS=${BENCH_LDAP_GROUPS:-1000} # not GROUPS: bash keeps that one for itself
 MODIFIED=${BENCH_LDAP_MODIFIED:-100}
 FULL_TARGET=60
 INCR_TARGET=2
-SCRIPT=ldap.sh
 BASE_DN=dc=gatehouse,dc=test # as in tests/common/slapd.conf.in
 SERVICE_DN=cn=gatehouse,ou=services,$BASE_DN
 ADMIN_DN=cn=admin,$BASE_DN
 ADMIN_PW=admin-secret
-# shellcheck source-path=SCRIPTDIR source=lib.sh
-. "$ROOT/benches/lib.sh" # helpers, cleanup
 
 for pair in BENCH_LDAP_USERS:"$USERS" BENCH_LDAP_KEYS:"$KEYS_PER_USER" BENCH_LDAP_GROUPS:"$N_GROUPS" \
     BENCH_LDAP_MODIFIED:"$MODIFIED"; do
@@ -60,17 +57,10 @@ fi
 
 # ---------------------------------------------------------------- setup, cleanup on any exit
 # Not bench_prepare/bench_cleanup: those manage the shared test user and $RUN, which this
-# benchmark does not use, and must not touch while another benchmark runs.
+# benchmark does not use, and must not touch while another benchmark runs; its cleanup is
+# bench_cleanup_common alone (slapd, then WORK unless BENCH_KEEP=1).
 WORK=$DATA/ldap-bench
-ldap_cleanup() {
-    set +e
-    local p
-    for p in "${CLEANUP_PIDS[@]}"; do
-        kill "$p" 2>/dev/null
-        wait "$p" 2>/dev/null
-    done
-    [ "${BENCH_KEEP:-0}" = 1 ] || rm -rf -- "${WORK:?}"
-}
+CLEANUP_DATA+=("$WORK")
 [ "$(id -u)" -eq 0 ] || die "run as root (the service password file must be root's)"
 case $DATA in /?*) ;; *) die "BENCH_DATA must be an absolute path other than / (got '$DATA')" ;; esac
 umask 022
@@ -79,7 +69,7 @@ chmod 0755 "$DATA"
 check_trusted "$DATA" # gatehouse trusts its config and password file only there
 exec 9>"$DATA/.ldap-bench.lock"
 flock -n 9 || die "another ldap benchmark holds $DATA/.ldap-bench.lock"
-trap ldap_cleanup EXIT
+trap bench_cleanup_common EXIT
 trap 'exit 130' INT TERM # make Ctrl-C go through the EXIT trap too
 bench_need slapd:/usr/sbin/slapd ldap-utils:ldapmodify sqlite3:sqlite3 iproute2:ss
 rm -rf "$WORK"
@@ -101,8 +91,8 @@ t0=$(now_us)
 GEN_S=$(awk -v us=$(($(now_us) - t0)) 'BEGIN { printf "%.1f", us / 1e6 }')
 LDIF_MB=$(du -m "$WORK/load.ldif" | cut -f1)
 
-cp "$ROOT/tests/common/ldap-test.schema" "$WORK/slapd/"
-sed -e "s#@DIR@#$WORK/slapd#g" -e "s#@TLS@##" "$ROOT/tests/common/slapd.conf.in" >"$WORK/slapd/slapd.conf"
+cp "$FIXTURES/ldap-test.schema" "$WORK/slapd/"
+sed -e "s#@DIR@#$WORK/slapd#g" -e "s#@TLS@##" "$FIXTURES/slapd.conf.in" >"$WORK/slapd/slapd.conf"
 cat >"$WORK/base.ldif" <<EOF
 dn: $BASE_DN
 objectClass: dcObject

@@ -1,15 +1,24 @@
 # shellcheck shell=bash disable=SC2034 # variables set here are used by the scripts that source this file
-# Shared by the benchmark scripts (benches/run.sh, benches/git.sh); sourced, never run.
+# Shared by the benchmark scripts (benches/*.sh); sourced, never run:
+#   # shellcheck source-path=SCRIPTDIR source=lib.sh
+#   . "$(dirname "$0")/lib.sh"
 #
-# The sourcing script sets, before `source`:
-#   SCRIPT  its name, for messages
+# Sourcing it sets
+#   SCRIPT  the script's name, for messages
 #   ROOT    the repository
-#   DATA    results and generated data (root-owned path)
-#   RUN     binaries, client keys and the private sshd (root-owned path)
-# and then calls bench_prepare, which takes the lock, checks the paths and installs the
-# EXIT trap (bench_cleanup). Scripts add their generated data to CLEANUP_DATA (removed
-# unless BENCH_KEEP=1), their scratch folders to CLEANUP_ALWAYS, helper processes to
-# CLEANUP_PIDS and functions to run last to CLEANUP_HOOKS.
+#   DATA    results and generated data: BENCH_DATA, default <repo>/bench-data (root-owned path)
+#   RUN     binaries, client keys and the private sshd: BENCH_RUN, default /run/gatehouse-bench
+# and the script then calls bench_prepare, which takes the lock, checks the paths and
+# installs the EXIT trap (bench_cleanup). Scripts add their generated data to CLEANUP_DATA
+# (removed unless BENCH_KEEP=1), their scratch folders to CLEANUP_ALWAYS, helper processes
+# to CLEANUP_PIDS and functions to run last to CLEANUP_HOOKS. What the benchmarks share with
+# the tests (the base of sshd_config, the ssh client's options, slapd's config) is read
+# from the test fixtures in tests/common/.
+SCRIPT=$(basename "$0")
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+DATA=${BENCH_DATA:-$ROOT/bench-data}
+RUN=${BENCH_RUN:-/run/gatehouse-bench}
+FIXTURES=$ROOT/tests/common
 
 # One test user for every login path, on purpose: sshd pads every publickey query to
 # 5 ms + a per-user delay of 0-4.3 ms (a hash of the user name and a secret derived from
@@ -32,6 +41,17 @@ FAILS=0
 row() {
     ROWS+=("| $1 | $2 | $3 | $4 |")
     [ "$4" != FAIL ] || FAILS=$((FAILS + 1))
+}
+# The summary's part every benchmark shares: bench_table, the rows as a markdown table (a
+# paragraph: blank lines around it), and bench_notes, a list item per note.
+bench_table() {
+    printf '\n| measure | value | target | result |\n| --- | --- | --- | --- |\n'
+    printf '%s\n' "${ROWS[@]}"
+    echo
+}
+bench_notes() {
+    local n
+    for n in "${NOTES[@]}"; do echo "- $n"; done
 }
 # PASS when value <= target (verdict) or value >= target (verdict_ge).
 verdict() { if awk -v v="$1" -v t="$2" 'BEGIN { exit !(v <= t) }'; then echo PASS; else echo FAIL; fi; }
@@ -86,7 +106,11 @@ CLEANUP_ALWAYS=() # scratch folders: always removed
 CLEANUP_PIDS=()   # helper processes started by the script
 CLEANUP_HOOKS=()  # functions run last, once the processes are stopped
 
-bench_cleanup() {
+# bench_cleanup_common [FUNCTION...]: the part of the cleanup every benchmark needs (and
+# all of it for one without the shared user and $RUN, ldap.sh): stops CLEANUP_PIDS and the
+# private sshd if one runs, removes CLEANUP_ALWAYS, runs the FUNCTIONs, removes CLEANUP_DATA
+# unless BENCH_KEEP=1, then runs CLEANUP_HOOKS, once the processes are stopped.
+bench_cleanup_common() {
     set +e
     local p
     for p in "${CLEANUP_PIDS[@]}"; do
@@ -97,11 +121,9 @@ bench_cleanup() {
     for p in "${CLEANUP_ALWAYS[@]}"; do
         case $p in /?*) rm -rf -- "$p" ;; esac
     done
-    if [ "$(getent passwd "$BENCH_USER" | cut -d: -f5)" = "$MARK" ]; then
-        userdel "$BENCH_USER" 2>/dev/null
-    fi
-    rm -rf "${RUN:?}/sshd" "${RUN:?}/client" "${RUN:?}/bin"
-    rmdir "$RUN" 2>/dev/null
+    for p in "$@"; do
+        "$p"
+    done
     if [ "${BENCH_KEEP:-0}" != 1 ]; then
         for p in "${CLEANUP_DATA[@]}"; do
             case $p in "$DATA"/?*) rm -rf -- "$p" ;; esac
@@ -111,6 +133,18 @@ bench_cleanup() {
         "$p"
     done
 }
+
+# The shared part: the test user (only an account that carries MARK) and what $RUN holds.
+bench_remove_user() {
+    if [ "$(getent passwd "$BENCH_USER" | cut -d: -f5)" = "$MARK" ]; then
+        userdel "$BENCH_USER" 2>/dev/null
+    fi
+    rm -rf "${RUN:?}/sshd" "${RUN:?}/client" "${RUN:?}/bin"
+    rmdir "$RUN" 2>/dev/null
+}
+
+# The EXIT trap bench_prepare installs.
+bench_cleanup() { bench_cleanup_common bench_remove_user; }
 
 # Root, absolute root-owned paths, one benchmark at a time (they share the user, RUN and
 # the sshd), the EXIT trap, and no leftovers of a run that was killed with SIGKILL.
@@ -171,6 +205,40 @@ bench_add_user() { useradd -K UID_MIN=20000 -K UID_MAX=29999 -M -d / -p '*' -s /
 # any uid in the served range (the store lookups do not depend on it).
 bench_uid() { id -u "$BENCH_USER" 2>/dev/null || echo 20000; }
 
+# ---------------------------------------------------------------- the store
+# bench_store_config DIR [USERS_DIR LOG_SOCKET]: the store folder DIR (0755, not init's
+# 0750: the key command runs as nobody) and CFG=DIR/gatehouse.toml with the part the
+# benchmarks share: [store] in DIR; with USERS_DIR (made too) and LOG_SOCKET, [users]
+# data_dir = USERS_DIR/%u and [log] socket; last [shell], the installed gatehouse-shell
+# (bench_install_binaries first). Scripts append their own sections to CFG, and any lines
+# before their first section header still belong to [shell].
+bench_store_config() {
+    install -d -m 0755 "$1"
+    CFG=$1/gatehouse.toml
+    printf '[store]\npath = "%s"\n\n' "$1/store.db" >"$CFG"
+    if [ "$#" -ge 3 ]; then
+        install -d -m 0755 "$2"
+        printf '[users]\ndata_dir = "%s"\n\n[log]\nsocket = "%s"\n\n' "$2/%u" "$3" >>"$CFG"
+    fi
+    printf '[shell]\npath = "%s"\n' "$SHELL_BIN" >>"$CFG"
+}
+
+# bench_store_open DIR: `init` on the store in DIR (it keeps the -wal/-shm files writers
+# leave, and recreates them if a sqlite3 CLI writer removed them), then the three files
+# opened to nobody (the AuthorizedKeysCommandUser) and the user (gatehouse-shell).
+bench_store_open() {
+    "$GH" --config "$1/gatehouse.toml" init >/dev/null
+    chmod 0644 "$1/store.db" "$1/store.db-wal" "$1/store.db-shm"
+}
+
+# bench_check_lookup DIR USER UID FP: gatehouse-keys as nobody, over the store in DIR, must
+# print exactly one line for the key FP of USER.
+bench_check_lookup() {
+    local lines
+    lines=$(as_nobody "$KEYS" --config "$1/gatehouse.toml" -- "$2" "$3" "$4" | wc -l)
+    [ "$lines" -eq 1 ] || die "$1: gatehouse-keys as nobody printed $lines lines for $2 $4 (expected 1)"
+}
+
 # ---------------------------------------------------------------- the private sshd
 # Free ports above the usual ones: free_port FROM.
 free_port() {
@@ -186,20 +254,14 @@ sshd_prepare() {
     ssh-keygen -q -t ed25519 -N '' -C "$MARK-host" -f "$RUN/sshd/host_ed25519"
 }
 
-# The part of sshd_config every benchmark shares: loopback, the host key, the test user
-# only, its authorized_keys file $RUN/sshd/authorized/USER.keys. Same KEX on every port
-# (curve25519; the post-quantum default costs ~100 ms more per login). Scripts append
-# their own lines and Match LocalPort blocks.
+# sshd_config_base yes|no: the part of sshd_config every benchmark shares: the tests' base
+# (tests/common/sshd_config.in: loopback, the host key $RUN/sshd/host_ed25519, UsePAM yes or
+# no, the same KEX on every port), then the test user only, its authorized_keys file
+# $RUN/sshd/authorized/USER.keys. Scripts append their own lines and Match LocalPort blocks.
 sshd_config_base() {
+    sed -e '/^#/d' -e "s#@HOST_KEY@#$RUN/sshd/host_ed25519#" -e "s#@USE_PAM@#$1#" "$FIXTURES/sshd_config.in"
     cat <<EOF
-ListenAddress 127.0.0.1
-HostKey $RUN/sshd/host_ed25519
-PidFile none
-UsePAM no
-KexAlgorithms curve25519-sha256
 PubkeyAuthentication yes
-PasswordAuthentication no
-KbdInteractiveAuthentication no
 AllowUsers $BENCH_USER
 AuthorizedKeysFile $RUN/sshd/authorized/%u.keys
 ExposeAuthInfo yes
@@ -238,9 +300,13 @@ sshd_stop() {
     fi
 }
 
-# Client options: no user config, no known_hosts, only the key given with -i.
-SSH_OPTS=(-F /dev/null -o BatchMode=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null
-    -o IdentitiesOnly=yes -o LogLevel=ERROR -o ConnectTimeout=10)
+# Client options: the tests' (tests/common/ssh_options: no user config, no known_hosts,
+# only the key given with -i), and a connect timeout.
+SSH_OPTS=(-F /dev/null)
+while read -r opt; do
+    case $opt in '' | '#'*) ;; *) SSH_OPTS+=(-o "$opt") ;; esac
+done <"$FIXTURES/ssh_options"
+SSH_OPTS+=(-o ConnectTimeout=10)
 
 # login PORT KEY: one `ssh … true` session.
 login() {

@@ -63,9 +63,8 @@
 # (ssh 30 s per sequential login, 120 s per burst login, quiet waits, at most 2x the rounds).
 set -euo pipefail
 
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
-DATA=${BENCH_DATA:-$ROOT/bench-data}
-RUN=${BENCH_RUN:-/run/gatehouse-bench}
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+. "$(dirname "$0")/lib.sh" # ROOT, DATA, RUN, BENCH_USER (one user for both services: see there), helpers, cleanup
 LOGINS=${BENCH_LOGINS:-60}
 CONCURRENT=${BENCH_CONCURRENT:-200}
 PAM_RUNS=${BENCH_PAM_RUNS:-100}
@@ -78,9 +77,6 @@ ROUND_DISTURBED=0.05 # CPU-seconds of other work during one round (two logins, ~
 TAB=$'\t'
 SVC_PLAIN=gatehouse-bench-plain   # PAM service names: files in /etc/pam.d and sshd's program names
 SVC_MODULE=gatehouse-bench-module
-SCRIPT=pam.sh
-# shellcheck source-path=SCRIPTDIR source=lib.sh
-. "$ROOT/benches/lib.sh" # BENCH_USER (one user for both services: see there), helpers, cleanup
 PAM_MARK="# $MARK: benches/pam.sh, removed when it ends"
 
 for pair in BENCH_LOGINS:"$LOGINS" BENCH_CONCURRENT:"$CONCURRENT" BENCH_PAM_RUNS:"$PAM_RUNS" BENCH_QUIET_WAIT:"$QUIET_WAIT" \
@@ -158,20 +154,8 @@ FP=$(ssh-keygen -lf "$CLIENT_KEY.pub" | awk '{ print $2 }')
 
 sshd_prepare # $RUN/sshd, before the log socket that lives there
 LOG_SOCKET=$RUN/sshd/log.sock
-install -d -m 0755 "$STORE" "$USERS_DIR" # 0755: the key command runs as nobody
-CFG=$STORE/gatehouse.toml
-cat >"$CFG" <<EOF
-[store]
-path = "$STORE/store.db"
-
-[shell]
-path = "$SHELL_BIN"
-
-[users]
-data_dir = "$USERS_DIR/%u"
-
-[log]
-socket = "$LOG_SOCKET"
+bench_store_config "$STORE" "$USERS_DIR" "$LOG_SOCKET" # CFG
+cat >>"$CFG" <<EOF
 
 [lockout]
 sessions_per_minute = 1000000
@@ -182,10 +166,8 @@ EOF
 "$GH" --config "$CFG" user add "$BENCH_USER" >/dev/null
 added=$("$GH" --config "$CFG" key add "$BENCH_USER" --file "$CLIENT_KEY.pub")
 [ "$added" = "$FP" ] || die "key add printed '$added', expected $FP"
-"$GH" --config "$CFG" init >/dev/null # keeps the -wal/-shm files, which are then opened to nobody
-chmod 0644 "$STORE/store.db" "$STORE/store.db-wal" "$STORE/store.db-shm"
-lines=$(as_nobody "$KEYS" --config "$CFG" -- "$BENCH_USER" "$(bench_uid)" "$FP" | wc -l)
-[ "$lines" -eq 1 ] || die "gatehouse-keys as nobody printed $lines lines for $BENCH_USER $FP (expected 1)"
+bench_store_open "$STORE" # to nobody, the AuthorizedKeysCommandUser
+bench_check_lookup "$STORE" "$BENCH_USER" "$(bench_uid)" "$FP"
 STATE=$STORE/state.db # the module's: beside a store placed elsewhere (config.rs), made at the first login
 
 pam_write "$SVC_PLAIN" pam_permit.so pam_permit.so
@@ -202,10 +184,10 @@ state_sql() { sqlite3 -readonly "$STATE" "$1"; }
 log "two sshd instances, one sshd_config: $SVC_PLAIN and $SVC_MODULE"
 PORT_A=$(free_port 22990)
 PORT_B=$(free_port $((PORT_A + 1)))
-# sshd_config_base says UsePAM no; sshd keeps the first value of a keyword, so it is
-# replaced, not appended. The key settings go in a `Match all` block for the same reason.
+# sshd keeps the first value of a keyword, so UsePAM is sshd_config_base's argument and the
+# key settings go in a `Match all` block.
 {
-    sshd_config_base | sed 's/^UsePAM no$/UsePAM yes/'
+    sshd_config_base yes
     cat <<EOF
 MaxStartups 300
 Match all
@@ -499,12 +481,8 @@ SO_SIZE=$(stat -c %s "$SO")
     echo "Sequential logins: rounds of one per side, order flipped every round, each login started on an idle server; rounds with more than $ROUND_DISTURBED CPU-s of other work left out and repeated."
     echo "Other load: 1-minute load average $LOAD_SEQ before the sequential logins, $LOAD_BURST before the burst ($(nproc) CPUs)."
     echo "Run time $((($(now_us) - RUN_T0) / 1000000)) s from taking the benchmark lock (release build included)."
-    echo
-    echo "| measure | value | target | result |"
-    echo "| --- | --- | --- | --- |"
-    printf '%s\n' "${ROWS[@]}"
-    echo
-    for n in "${NOTES[@]}"; do echo "- $n"; done
+    bench_table
+    bench_notes
     echo
     echo "Raw data in $DATA: pam-logins.tsv and pam-logins-aged.tsv (sequential, per login), pam-burst.tsv (the burst, ms from the common start), pam-stages*.txt/json (pamtester), pam-gatehouse.log (gatehouse's log lines), pam-sshd-plain.log, pam-sshd-module.log."
 } | tee "$DATA/pam-summary.md"

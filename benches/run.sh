@@ -27,17 +27,13 @@
 # Takes about a minute on 2 cores once the release build is done (the build: ~1.5 min).
 set -euo pipefail
 
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
-DATA=${BENCH_DATA:-$ROOT/bench-data}
-RUN=${BENCH_RUN:-/run/gatehouse-bench}
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+. "$(dirname "$0")/lib.sh" # ROOT, DATA, RUN, BENCH_USER (one user for both login paths: see there), helpers, cleanup
 USERS=${BENCH_USERS:-200000}
 KEYS_PER_USER=5
 SMALL_USERS=200 # 200 x 5 = the 1,000-key store
 RUNS=${BENCH_RUNS:-500}
 LOGINS=${BENCH_LOGINS:-50}
-SCRIPT=run.sh
-# shellcheck source-path=SCRIPTDIR source=lib.sh
-. "$ROOT/benches/lib.sh" # BENCH_USER (one user for both login paths: see there), helpers, cleanup
 
 # ---------------------------------------------------------------- setup, cleanup on any exit
 bench_prepare # root, trusted paths, lock, EXIT trap, leftovers of a killed run
@@ -73,8 +69,7 @@ echo "generated $((USERS * KEYS_PER_USER + 1)) + $((SMALL_USERS * KEYS_PER_USER 
 make_store() {
     local name=$1 tsv=$2 dir=$DATA/$1 expected out t0 rc=0
     expected=$(wc -l <"$tsv")
-    install -d -m 0755 "$dir" # 0755 (not init's 0750): the key command runs as nobody
-    printf '[store]\npath = "%s"\n[shell]\npath = "%s"\n' "$dir/store.db" "$RUN/bin/gatehouse-shell" >"$dir/gatehouse.toml"
+    bench_store_config "$dir"
     "$GH" --config "$dir/gatehouse.toml" init >/dev/null
     t0=$(now_us)
     # Exit status 1 means "some lines skipped"; the count below decides what that means here.
@@ -110,15 +105,11 @@ make_store() {
     open_to_nobody "$dir"
 }
 
-# `init` on an existing store recreates the -wal/-shm files if a sqlite3 CLI writer removed
-# them; then the three files are opened to nobody, the AuthorizedKeysCommandUser, and the
-# key command must print exactly one line for the real key.
+# The store's files opened to nobody, the AuthorizedKeysCommandUser (after a sqlite3 CLI
+# writer too), and the key command must print exactly one line for the real key.
 open_to_nobody() {
-    local dir=$1 lines
-    "$GH" --config "$dir/gatehouse.toml" init >/dev/null
-    chmod 0644 "$dir/store.db" "$dir/store.db-wal" "$dir/store.db-shm"
-    lines=$(as_nobody "$KEYS" --config "$dir/gatehouse.toml" -- "$BENCH_USER" "$(bench_uid)" "$FP" | wc -l)
-    [ "$lines" -eq 1 ] || die "$dir: gatehouse-keys as nobody printed $lines lines for $BENCH_USER $FP (expected 1)"
+    bench_store_open "$1"
+    bench_check_lookup "$1" "$BENCH_USER" "$(bench_uid)" "$FP"
 }
 
 # Frames in a store's -wal file (4096-byte pages plus a 24-byte frame header, after a
@@ -233,7 +224,7 @@ sshd_prepare
 PORT_A=$(free_port 22990)
 PORT_B=$(free_port $((PORT_A + 1)))
 {
-    sshd_config_base
+    sshd_config_base no
     cat <<EOF
 Match LocalPort $PORT_B
     AuthorizedKeysFile none
@@ -285,17 +276,13 @@ sshd_stop
     echo "Both stores were checkpointed before the 1k/1M comparison (see the as-imported row for the WAL's cost)."
     echo "Logins: one user, one sshd, two ports, so sshd's per-user pre-auth padding (5-9.3 ms) is the same on both sides."
     echo "Other load: 1-minute load average $LOAD_BEFORE before the lookups, $LOAD_LOGINS before the logins (2 CPUs; well above 0 means shared time)."
-    echo
-    echo "| measure | value | target | result |"
-    echo "| --- | --- | --- | --- |"
-    printf '%s\n' "${ROWS[@]}"
-    echo
+    bench_table
     if [ -e /dev/log ]; then
         echo "syslog socket /dev/log present: each lookup's log line was sent."
     else
         echo "No syslog socket (/dev/log) on this machine: lookups skipped their log line (against an idle listening socket it cost about 0.01 ms)."
     fi
-    for n in "${NOTES[@]}"; do echo "- $n"; done
+    bench_notes
     echo
     echo "Raw data in $DATA: lookup.json and lookup.md (pooled), lookup-round-*.json/md, lookup.txt, logins.tsv, sshd.log."
 } | tee "$DATA/summary.md"

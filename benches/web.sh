@@ -7,7 +7,7 @@
 #   3. wrk -t2 -c32 --latency, 15 s each:
 #        GET /api/v1/users/u000001/keys with the bearer token
 #        GET /keys with the session cookie                      targets >= 5,000 req/s, p99 <= 20 ms
-#   4. `gatehouse-keys u000001 FP` (hyperfine, as nobody) while each load runs, against the
+#   4. `gatehouse-keys u000001 UID FP` (hyperfine, as nobody) while each load runs, against the
 #      same lookup with gatehoused idle                                     target <= 1.5x idle
 #   5. a summary table, printed and written to bench-data/web-summary.md
 #
@@ -26,18 +26,17 @@
 # wrk, gatehoused and the lookups share this machine's CPUs; see the summary's notes.
 set -euo pipefail
 
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
-DATA=${BENCH_DATA:-$ROOT/bench-data}
-RUN=${BENCH_RUN:-/run/gatehouse-bench}
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+. "$(dirname "$0")/lib.sh" # ROOT, DATA, RUN, helpers, results table, cleanup
 USERS=${BENCH_WEB_USERS:-1000}
 KEYS_PER_USER=5
 SECONDS_PER_RUN=${BENCH_WEB_SECONDS:-15}
 LOOKUPS=${BENCH_WEB_LOOKUPS:-2000}
 WRK_ARGS=(-t2 -c32 --latency -d "${SECONDS_PER_RUN}s")
 TARGET_USER=u000001
-SCRIPT=web.sh
-# shellcheck source-path=SCRIPTDIR source=lib.sh
-. "$ROOT/benches/lib.sh" # helpers, results table, cleanup
+# The uid sshd would pass (%U): u000001 has no account, so the lowest one Gatehouse serves
+# (users.uid_min; the lookup does not depend on it).
+TARGET_UID=20000
 
 bench_prepare
 bench_need wrk:wrk hyperfine:hyperfine jq:jq curl:curl iproute2:ss util-linux:setpriv openssh-client:ssh-keygen
@@ -59,14 +58,8 @@ log "store of $USERS users x $KEYS_PER_USER keys"
 "$ROOT/target/release/examples/gen_keys" "$USERS" "$KEYS_PER_USER" "$TSV"
 PORT=$(free_port 18622)
 URL=http://127.0.0.1:$PORT
-install -d -m 0755 "$STORE_DIR" # 0755 (not init's 0750): the key command runs as nobody
-CFG=$STORE_DIR/gatehouse.toml
-cat >"$CFG" <<EOF
-[store]
-path = "$STORE_DIR/store.db"
-
-[shell]
-path = "$SHELL_BIN"
+bench_store_config "$STORE_DIR" # CFG
+cat >>"$CFG" <<EOF
 
 [web]
 listen = "127.0.0.1:$PORT"
@@ -79,16 +72,13 @@ out=$("$GH" --config "$CFG" import tsv "$TSV" --create-users 2>"$STORE_DIR/impor
     die "import failed: $(head -3 "$STORE_DIR/import-errors.txt")"
 IMPORT_S=$(awk -v us=$(($(now_us) - t0)) 'BEGIN { printf "%.2f", us / 1e6 }')
 echo "import: $out; wall $IMPORT_S s" >&2
-# Writers leave -wal/-shm in place; nobody (the key-command user here) reads all three.
-"$GH" --config "$CFG" init >/dev/null
-chmod 0644 "$STORE_DIR/store.db" "$STORE_DIR/store.db-wal" "$STORE_DIR/store.db-shm"
+bench_store_open "$STORE_DIR" # nobody, the key-command user here, reads its files
 
 # The lookup every measurement repeats: u000001's second key (line 7 of the key list).
 FP=$(sed -n 7p "$TSV" | cut -f2 | ssh-keygen -lf - | awk '{ print $2 }')
 [ "$(sed -n 7p "$TSV" | cut -f1)" = "$TARGET_USER" ] || die "line 7 of $TSV is not $TARGET_USER's"
-LOOKUP="$KEYS --config $CFG -- $TARGET_USER $FP"
-lines=$(as_nobody "$KEYS" --config "$CFG" -- "$TARGET_USER" "$FP" | wc -l)
-[ "$lines" -eq 1 ] || die "gatehouse-keys as nobody printed $lines lines for $TARGET_USER $FP (expected 1)"
+LOOKUP="$KEYS --config $CFG -- $TARGET_USER $TARGET_UID $FP"
+bench_check_lookup "$STORE_DIR" "$TARGET_USER" "$TARGET_UID" "$FP"
 
 TOKEN=$("$GH" --config "$CFG" token create --scope admin --label web-bench 2>/dev/null)
 INVITE=$("$GH" --config "$CFG" user invite "$TARGET_USER")
@@ -250,12 +240,8 @@ done
     echo "Load: \`wrk ${WRK_ARGS[*]}\` on the same machine, one run per target."
     echo "Lookups: \`$LOOKUP\` as nobody, hyperfine -N, $LOOKUPS runs after 20 warm-ups, started 2 s into each load; ratios are of medians."
     echo "Other load: 1-minute load average $LOAD_BEFORE before the first wrk run ($(nproc) CPUs: wrk, gatehoused and the lookups share them)."
-    echo
-    echo "| measure | value | target | result |"
-    echo "| --- | --- | --- | --- |"
-    printf '%s\n' "${ROWS[@]}"
-    echo
-    for n in "${NOTES[@]}"; do echo "- $n"; done
+    bench_table
+    bench_notes
     echo "- hyperfine's user and system times per lookup (web-lookup-*.json) against its wall time tell the work from the wait for a CPU."
     echo "Raw data in $DATA: web-wrk-api.txt, web-wrk-page.txt, web-lookup-*.json, web-gatehoused.log."
 } | tee "$DATA/web-summary.md"

@@ -2,16 +2,89 @@
 //!
 //! Only UTC is spoken anywhere (store, CLI, key options), so the proleptic Gregorian
 //! conversion below is all we need. Callers pass `now` in, so tests control time.
+//!
+//! A point in time is a [`Timestamp`]; a span of time (a lockout window, a key lifetime,
+//! how stale directory data may be) is a [`std::time::Duration`]. Spans are never
+//! negative here (configuration and options refuse zero and signs), and the only
+//! arithmetic between the two is a point moved by a span or the span between two points,
+//! which the methods below saturate instead of overflowing.
 
 use std::fmt;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// Seconds since the Unix epoch, UTC.
-pub type Timestamp = i64;
+/// A point in time: whole seconds since the Unix epoch, UTC. Shown as RFC 3339
+/// (`2023-11-14T22:13:20Z`); stored (SQLite) and serialized (JSON) as the plain number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[serde(transparent)]
+pub struct Timestamp(i64);
+
+/// The whole seconds of `span` as a signed number, at most `i64::MAX`; a fraction is dropped.
+fn whole_seconds(span: Duration) -> i64 {
+    i64::try_from(span.as_secs()).unwrap_or(i64::MAX)
+}
+
+impl Timestamp {
+    /// 1970-01-01T00:00:00Z.
+    pub const EPOCH: Timestamp = Timestamp(0);
+
+    pub const fn from_secs(secs: i64) -> Timestamp {
+        Timestamp(secs)
+    }
+
+    /// Seconds since the Unix epoch (negative before it).
+    pub const fn as_secs(self) -> i64 {
+        self.0
+    }
+
+    /// `span` later; `None` past the last representable second.
+    pub fn checked_add(self, span: Duration) -> Option<Timestamp> {
+        self.0.checked_add(i64::try_from(span.as_secs()).ok()?).map(Timestamp)
+    }
+
+    /// `span` earlier; `None` before the first representable second.
+    pub fn checked_sub(self, span: Duration) -> Option<Timestamp> {
+        self.0.checked_sub(i64::try_from(span.as_secs()).ok()?).map(Timestamp)
+    }
+
+    /// `span` later, or the last representable second.
+    pub fn saturating_add(self, span: Duration) -> Timestamp {
+        Timestamp(self.0.saturating_add(whole_seconds(span)))
+    }
+
+    /// `span` earlier, or the first representable second.
+    pub fn saturating_sub(self, span: Duration) -> Timestamp {
+        Timestamp(self.0.saturating_sub(whole_seconds(span)))
+    }
+
+    /// The time from `earlier` to `self`; zero when `earlier` is in fact later (a clock
+    /// set back), which every age check treats as young.
+    pub fn saturating_duration_since(self, earlier: Timestamp) -> Duration {
+        Duration::from_secs(self.0.saturating_sub(earlier.0).try_into().unwrap_or(0))
+    }
+
+    /// Seconds from `earlier` to `self`, negative when `earlier` is later: for reports that
+    /// show a lag as it is, clock skew included.
+    pub fn secs_since(self, earlier: Timestamp) -> i64 {
+        self.0.saturating_sub(earlier.0)
+    }
+
+    /// Whole days since the Unix epoch (the unit of `shadowExpire`).
+    pub fn days_since_epoch(self) -> i64 {
+        self.0.div_euclid(86_400)
+    }
+}
+
+impl fmt::Display for Timestamp {
+    /// RFC 3339, UTC; width and alignment apply, as to the string it is.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(&Civil::from_timestamp(*self).to_string())
+    }
+}
 
 /// The current time; the only place the clock is read.
 pub fn now() -> Timestamp {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+    let secs = SystemTime::now().duration_since(UNIX_EPOCH).map(whole_seconds).unwrap_or(0);
+    Timestamp(secs)
 }
 
 /// A UTC calendar time.
@@ -60,8 +133,8 @@ fn days_in_month(year: i64, month: u32) -> u32 {
 
 impl Civil {
     pub fn from_timestamp(t: Timestamp) -> Civil {
-        let (year, month, day) = civil_from_days(t.div_euclid(86_400));
-        let secs = t.rem_euclid(86_400);
+        let (year, month, day) = civil_from_days(t.days_since_epoch());
+        let secs = t.0.rem_euclid(86_400);
         Civil {
             year,
             month,
@@ -73,10 +146,12 @@ impl Civil {
     }
 
     pub fn timestamp(&self) -> Timestamp {
-        days_from_civil(self.year, self.month, self.day) * 86_400
-            + i64::from(self.hour) * 3600
-            + i64::from(self.minute) * 60
-            + i64::from(self.second)
+        Timestamp(
+            days_from_civil(self.year, self.month, self.day) * 86_400
+                + i64::from(self.hour) * 3600
+                + i64::from(self.minute) * 60
+                + i64::from(self.second),
+        )
     }
 
     /// The form sshd's `expiry-time=` option takes: `YYYYMMDDHHMMSSZ` (UTC).
@@ -94,11 +169,6 @@ impl fmt::Display for Civil {
             self.year, self.month, self.day, self.hour, self.minute, self.second
         )
     }
-}
-
-/// Formats a timestamp as RFC 3339 UTC.
-pub fn rfc3339(t: Timestamp) -> String {
-    Civil::from_timestamp(t).to_string()
 }
 
 fn number(text: &str, what: &str) -> Result<u32, String> {
@@ -146,12 +216,12 @@ pub fn parse_date(text: &str) -> Result<Timestamp, String> {
     Ok(Civil { year, month, day, hour, minute, second }.timestamp())
 }
 
-/// Parses a duration such as `90d`, `12h`, `2w`, `30m`, `45s` into seconds.
-pub fn parse_duration(text: &str) -> Result<i64, String> {
+/// Parses a duration such as `90d`, `12h`, `2w`, `30m`, `45s`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let bad = || format!("`{}`: expected a number and a unit (s, m, h, d, w), e.g. 90d", text.escape_debug());
     let unit_at = text.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
     let (digits, unit) = text.split_at(unit_at);
-    let value: i64 = number(digits, "duration").map_err(|_| bad())?.into();
+    let value = u64::from(number(digits, "duration").map_err(|_| bad())?);
     let scale = match unit {
         "s" => 1,
         "m" => 60,
@@ -163,7 +233,7 @@ pub fn parse_duration(text: &str) -> Result<i64, String> {
     if value == 0 {
         return Err(format!("`{}`: a duration must be positive", text.escape_debug()));
     }
-    Ok(value * scale)
+    Ok(Duration::from_secs(value * scale))
 }
 
 /// Parses a point in time given either absolutely (see [`parse_date`]) or as an age
@@ -172,7 +242,7 @@ pub fn parse_since(text: &str, now: Timestamp) -> Result<Timestamp, String> {
     if text.contains('-') {
         parse_date(text)
     } else {
-        Ok(now - parse_duration(text)?)
+        Ok(now.saturating_sub(parse_duration(text)?))
     }
 }
 
@@ -181,7 +251,7 @@ pub fn parse_expiry(text: &str, now: Timestamp) -> Result<Timestamp, String> {
     if text.contains('-') {
         parse_date(text)
     } else {
-        Ok(now + parse_duration(text.strip_prefix('+').unwrap_or(text))?)
+        Ok(now.saturating_add(parse_duration(text.strip_prefix('+').unwrap_or(text))?))
     }
 }
 
@@ -189,20 +259,50 @@ pub fn parse_expiry(text: &str, now: Timestamp) -> Result<Timestamp, String> {
 mod tests {
     use super::*;
 
+    const fn t(secs: i64) -> Timestamp {
+        Timestamp::from_secs(secs)
+    }
+
     #[test]
     fn round_trips_across_eras() {
-        for t in [-86_400 * 800_000, -1, 0, 1, 951_782_400, 1_700_000_000, 4_102_444_800, 253_402_300_799] {
-            assert_eq!(Civil::from_timestamp(t).timestamp(), t, "t={t}");
+        for secs in [-86_400 * 800_000, -1, 0, 1, 951_782_400, 1_700_000_000, 4_102_444_800, 253_402_300_799] {
+            assert_eq!(Civil::from_timestamp(t(secs)).timestamp(), t(secs), "t={secs}");
         }
     }
 
     #[test]
     fn known_dates() {
-        assert_eq!(parse_date("1970-01-01"), Ok(0));
-        assert_eq!(parse_date("2000-02-29"), Ok(951_782_400));
-        assert_eq!(parse_date("2023-11-14T22:13:20Z"), Ok(1_700_000_000));
-        assert_eq!(rfc3339(1_700_000_000), "2023-11-14T22:13:20Z");
-        assert_eq!(Civil::from_timestamp(1_700_000_000).ssh_timespec(), "20231114221320Z");
+        assert_eq!(parse_date("1970-01-01"), Ok(Timestamp::EPOCH));
+        assert_eq!(parse_date("2000-02-29"), Ok(t(951_782_400)));
+        assert_eq!(parse_date("2023-11-14T22:13:20Z"), Ok(t(1_700_000_000)));
+        assert_eq!(t(1_700_000_000).to_string(), "2023-11-14T22:13:20Z");
+        assert_eq!(format!("{:>22}", t(0)), "  1970-01-01T00:00:00Z", "formatting flags apply");
+        assert_eq!(Civil::from_timestamp(t(1_700_000_000)).ssh_timespec(), "20231114221320Z");
+    }
+
+    #[test]
+    fn arithmetic_saturates_or_says_so() {
+        let hour = Duration::from_secs(3600);
+        assert_eq!(t(10).saturating_add(hour), t(3610));
+        assert_eq!(t(10).saturating_sub(hour), t(-3590));
+        assert_eq!(t(i64::MAX - 1).saturating_add(hour), t(i64::MAX));
+        assert_eq!(t(i64::MIN + 1).saturating_sub(hour), t(i64::MIN));
+        assert_eq!(t(i64::MAX - 1).checked_add(hour), None);
+        assert_eq!(t(i64::MIN + 1).checked_sub(hour), None);
+        assert_eq!(t(0).checked_add(Duration::MAX), None);
+        assert_eq!(t(10).checked_add(Duration::from_millis(1999)), Some(t(11)), "whole seconds");
+        assert_eq!(t(3610).saturating_duration_since(t(10)), hour);
+        assert_eq!(t(10).saturating_duration_since(t(3610)), Duration::ZERO, "a clock set back");
+        assert_eq!(t(10).secs_since(t(3610)), -3600);
+        assert_eq!(t(i64::MAX).saturating_duration_since(t(i64::MIN)), Duration::from_secs(i64::MAX as u64));
+        assert_eq!(t(-1).days_since_epoch(), -1);
+        assert!(t(-1) < Timestamp::EPOCH);
+    }
+
+    #[test]
+    fn stored_and_serialized_as_the_number() {
+        assert_eq!(serde_json::to_string(&Some(t(1_700_000_000))).unwrap(), "1700000000");
+        assert_eq!(serde_json::to_string(&t(-5)).unwrap(), "-5");
     }
 
     #[test]
@@ -225,12 +325,12 @@ mod tests {
 
     #[test]
     fn durations() {
-        assert_eq!(parse_duration("90d"), Ok(90 * 86_400));
-        assert_eq!(parse_duration("2w"), Ok(14 * 86_400));
+        assert_eq!(parse_duration("90d"), Ok(Duration::from_secs(90 * 86_400)));
+        assert_eq!(parse_duration("2w"), Ok(Duration::from_secs(14 * 86_400)));
         for bad in ["", "d", "10", "10y", "-5d", "0d", "1.5d", "99999999999999999999d"] {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }
-        assert_eq!(parse_since("1d", 100_000), Ok(100_000 - 86_400));
-        assert_eq!(parse_expiry("+1h", 10), Ok(3610));
+        assert_eq!(parse_since("1d", t(100_000)), Ok(t(100_000 - 86_400)));
+        assert_eq!(parse_expiry("+1h", t(10)), Ok(t(3610)));
     }
 }

@@ -8,13 +8,14 @@
 
 use gatehouse::config::{Config, LdapConfig};
 use gatehouse::store::SyncReport;
+use gatehouse::time::Timestamp;
 use gatehouse_ldap::sync::{ad_expiry, dn_key, entry_enabled, map_entries, map_groups};
 use ldap3::SearchEntry;
 use libfuzzer_sys::fuzz_target;
 use std::collections::{HashMap, HashSet};
 use std::sync::LazyLock;
 
-const NOW: i64 = 1_700_000_000;
+const NOW: Timestamp = Timestamp::from_secs(1_700_000_000);
 
 /// OpenLDAP with the openssh-lpk schema, and Active Directory, as README.md sets them up.
 static CONFIGS: LazyLock<[Config; 2]> = LazyLock::new(|| {
@@ -89,7 +90,7 @@ fn check_users(config: &Config, cfg: &LdapConfig, entries: &[SearchEntry]) {
 
 fn check_entry(entry: &SearchEntry) {
     // Time only ever disables an account: enabled later means enabled earlier too.
-    let times = [i64::MIN, -1, 0, NOW, i64::MAX];
+    let times = [i64::MIN, -1, 0, NOW.as_secs(), i64::MAX].map(Timestamp::from_secs);
     let enabled: Vec<bool> = times.iter().map(|&t| entry_enabled(entry, t)).collect();
     assert!(enabled.windows(2).all(|w| w[0] || !w[1]), "{enabled:?} {entry:?}");
     for values in entry.attrs.values() {

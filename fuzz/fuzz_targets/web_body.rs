@@ -12,6 +12,7 @@ use gatehouse::domain::Scope;
 use gatehouse::log::Logger;
 use gatehouse::store::sqlite::SqliteStore;
 use gatehouse::store::{Actor, NewKey};
+use gatehouse::time::Timestamp;
 use gatehoused::handlers::{api, pages};
 use libfuzzer_sys::fuzz_target;
 use serde::de::DeserializeOwned;
@@ -20,7 +21,7 @@ use std::cell::RefCell;
 use std::path::Path;
 use std::sync::LazyLock;
 
-const NOW: i64 = 1_700_000_000;
+const NOW: Timestamp = Timestamp::from_secs(1_700_000_000);
 
 /// API: u users, c user change, k key, g grant, r grant (query), a audit (query).
 /// Pages: s sign-in, o sign-out, i invitation, K key, R key removal, n notice (query),
@@ -66,7 +67,7 @@ fn check_key(config: &Config, text: &str, options: &KeyOptions, source: &str) {
             assert!(gatehouse::keys::is_fingerprint(&new.key.fingerprint));
             assert!(new.expires.is_none_or(|t| t > NOW), "{new:?}");
             if let (Some(life), Some(t)) = (config.keys.max_lifetime, new.expires) {
-                assert!(t <= NOW + life, "{new:?}");
+                assert!(t <= NOW.saturating_add(life), "{new:?}");
             }
             assert!(new.from.as_deref().is_none_or(|f| gatehouse::keycmd::lines::valid_from_patterns(f).is_ok()));
             assert!(!new.key.comment.chars().any(|c| c.is_control() || gatehouse::keys::is_invisible(c)));

@@ -95,7 +95,7 @@ pub struct Directory {
 impl Directory {
     /// Connects without binding (for password checks, which bind as the user).
     pub fn connect_anonymous(cfg: &LdapConfig) -> Result<Directory, DirectoryError> {
-        let timeout = Duration::from_millis(cfg.timeout_ms);
+        let timeout = cfg.timeout;
         let mut settings = LdapConnSettings::new()
             .set_conn_timeout(timeout)
             .set_starttls(cfg.url.starts_with("ldap://") && cfg.starttls)

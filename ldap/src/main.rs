@@ -92,18 +92,21 @@ fn main() -> ExitCode {
                     return ExitCode::from(exit::STORE);
                 }
             };
-            let lag = state.as_ref().and_then(|s| s.last_success).map(|t| now - t);
-            let stale = lag.is_none_or(|l| l > ldap.staleness_max);
+            let last_success = state.as_ref().and_then(|s| s.last_success);
+            // Shown as it is (negative when the clock went back); a future success is fresh.
+            let lag = last_success.map(|t| now.secs_since(t));
+            let stale = last_success.is_none_or(|t| now.saturating_duration_since(t) > ldap.staleness_max);
+            let staleness_max = ldap.staleness_max.as_secs();
             if !rest.is_empty() {
-                let json = serde_json::json!({ "state": state, "lag_seconds": lag, "stale": stale, "staleness_max": ldap.staleness_max });
+                let json = serde_json::json!({ "state": state, "lag_seconds": lag, "stale": stale, "staleness_max": staleness_max });
                 println!("{json}");
             } else {
                 match &state {
                     None => println!("never synced"),
                     Some(s) => {
-                        let last = s.last_success.map(gatehouse::time::rfc3339).unwrap_or_else(|| "never".into());
+                        let last = s.last_success.map_or_else(|| "never".into(), |t| t.to_string());
                         println!("last successful sync: {last} (lag {} s)", lag.map_or("-".into(), |l| l.to_string()));
-                        println!("last attempt: {}", gatehouse::time::rfc3339(s.last_attempt));
+                        println!("last attempt: {}", s.last_attempt);
                         if let Some(e) = &s.last_error {
                             println!("last error: {e}");
                         }
@@ -112,8 +115,7 @@ fn main() -> ExitCode {
                 }
                 if stale {
                     println!(
-                        "STALE: directory users are refused until a sync succeeds (ldap.staleness_max {} s)",
-                        ldap.staleness_max
+                        "STALE: directory users are refused until a sync succeeds (ldap.staleness_max {staleness_max} s)"
                     );
                 }
             }

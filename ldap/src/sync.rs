@@ -6,9 +6,11 @@ use crate::client::{Directory, DirectoryError};
 use gatehouse::config::{Config, LdapConfig};
 use gatehouse::domain::UserState;
 use gatehouse::keys::parse_public_key;
-use gatehouse::store::{Actor, AdminStore, DirectorySnapshot, DirectoryUser, SyncReport};
+use gatehouse::store::{Actor, AdminStore, DirectorySnapshot, DirectoryUser, SyncAttempt, SyncReport};
+use gatehouse::time::Timestamp;
 use ldap3::SearchEntry;
 use std::collections::HashMap;
+use std::time::Duration;
 
 /// UIDs a directory may never give a managed account (names: `gatehouse::names`).
 const FIRST_USER_UID: i64 = 1000;
@@ -39,7 +41,7 @@ fn all_values(entry: &SearchEntry, attr: &str) -> Vec<Result<String, String>> {
 
 /// How long incremental syncs may go on before a full one: deletions in the directory
 /// show only in a full read.
-pub const FULL_SYNC_EVERY: i64 = 3600;
+pub const FULL_SYNC_EVERY: Duration = Duration::from_secs(3600);
 
 /// The attributes `entry_enabled` reads.
 pub const STATE_ATTRIBUTES: [&str; 5] =
@@ -48,18 +50,18 @@ pub const STATE_ATTRIBUTES: [&str; 5] =
 /// Active Directory's `accountExpires`: 100-ns intervals since 1601-01-01 UTC; 0 and the
 /// largest 64-bit value mean never. The Unix time it names, or `None` for never (or a value
 /// that is not a number).
-pub fn ad_expiry(value: &str) -> Option<i64> {
+pub fn ad_expiry(value: &str) -> Option<Timestamp> {
     const FROM_1601: i64 = 11_644_473_600;
     match value.parse::<i64>().ok()? {
         0 | i64::MAX => None,
-        ticks => Some(ticks.div_euclid(10_000_000) - FROM_1601),
+        ticks => Some(Timestamp::from_secs(ticks.div_euclid(10_000_000) - FROM_1601)),
     }
 }
 
 /// Whether the entry's account is usable at `now`, by the attributes OpenLDAP, 389/FreeIPA,
 /// the shadow schema and Active Directory use to lock or expire one.
-pub fn entry_enabled(entry: &SearchEntry, now: i64) -> bool {
-    let today_days = now.div_euclid(86_400);
+pub fn entry_enabled(entry: &SearchEntry, now: Timestamp) -> bool {
+    let today_days = now.days_since_epoch();
     let locked = first(entry, "nsAccountLock").is_some_and(|v| v.eq_ignore_ascii_case("true"));
     let pwd_locked = first(entry, "pwdAccountLockedTime").is_some();
     let expired =
@@ -84,7 +86,7 @@ pub fn map_entries(
     config: &Config,
     cfg: &LdapConfig,
     entries: &[SearchEntry],
-    now: i64,
+    now: Timestamp,
     report: &mut SyncReport,
 ) -> (Vec<DirectoryUser>, Option<String>) {
     let mut by_name: HashMap<String, Vec<usize>> = HashMap::new();
@@ -289,7 +291,7 @@ pub fn sync(
     store: &mut dyn AdminStore,
     force_full: bool,
     allow_mass_disable: bool,
-    now: i64,
+    now: Timestamp,
 ) -> Result<Outcome, SyncError> {
     let Some(cfg) = &config.ldap else {
         return Err(SyncError::NotConfigured);
@@ -299,7 +301,9 @@ pub fn sync(
     // Deletions show only in a full read: the first run, and then at least hourly.
     let full = force_full
         || high_water.is_none()
-        || previous.as_ref().is_none_or(|s| s.last_full.is_none_or(|t| now - t >= FULL_SYNC_EVERY));
+        || previous
+            .as_ref()
+            .is_none_or(|s| s.last_full.is_none_or(|t| now.saturating_duration_since(t) >= FULL_SYNC_EVERY));
     let result = (|| -> Result<Outcome, SyncError> {
         let mut dir = Directory::connect(cfg)?;
         let filter = match (&high_water, full) {
@@ -347,22 +351,30 @@ pub fn sync(
                 ))));
             }
         }
-        let snapshot = DirectorySnapshot { users, groups, high_water: new_high_water.or(high_water.clone()) };
+        let snapshot = DirectorySnapshot { users, groups, high_water: new_high_water.or(high_water.clone()), full };
         let actor = Actor { name: "ldap-sync".to_string(), now };
-        let applied = store.apply_directory(&actor, &snapshot, full, config.users.default_policy)?;
+        let applied = store.apply_directory(&actor, &snapshot, config.users.default_policy)?;
         report.users_added += applied.users_added;
         report.users_disabled += applied.users_disabled;
         report.users_enabled += applied.users_enabled;
         report.keys_added += applied.keys_added;
         report.keys_removed += applied.keys_removed;
         report.conflicts.extend(applied.conflicts);
-        store.record_sync("ldap", now, None, snapshot.high_water.as_deref(), full)?;
+        let high_water = snapshot.high_water.as_deref();
+        store.record_sync(&SyncAttempt { source: "ldap", at: now, error: None, high_water, full })?;
         Ok(Outcome { full, entries: entries.len(), report })
     })();
     match result {
         Ok(o) => Ok(o),
         Err(e) => {
-            let _ = store.record_sync("ldap", now, Some(&e.to_string()), None, full);
+            let error = e.to_string();
+            let _ = store.record_sync(&SyncAttempt {
+                source: "ldap",
+                at: now,
+                error: Some(&error),
+                high_water: None,
+                full,
+            });
             Err(e)
         }
     }
@@ -372,6 +384,7 @@ pub fn sync(
 mod tests {
     use super::{ad_expiry, dn_key, map_entries, too_many_gone};
     use gatehouse::store::SyncReport;
+    use gatehouse::time::Timestamp;
 
     /// Found by fuzzing (fuzz/fuzz_targets/ldap_entry.rs): a DN or a name with a control
     /// character went into the report as it was, and `gatehouse-ldap sync` prints a line
@@ -397,7 +410,7 @@ mod tests {
             entry("uid=Smith\\, John\u{1b}[2J,dc=org", &["Bad"]),
         ];
         let mut report = SyncReport::default();
-        let (users, _) = map_entries(&config, &cfg, &entries, 0, &mut report);
+        let (users, _) = map_entries(&config, &cfg, &entries, Timestamp::EPOCH, &mut report);
         assert!(users.is_empty());
         assert_eq!(report.conflicts.len(), 5, "{:?}", report.conflicts);
         for c in &report.conflicts {
@@ -418,11 +431,10 @@ mod tests {
     fn active_directory_expiry() {
         assert_eq!(ad_expiry("0"), None);
         assert_eq!(ad_expiry("9223372036854775807"), None);
-        assert_eq!(ad_expiry("116444736000000000"), Some(0));
-        // 2100-01-01T00:00:00Z
-        assert_eq!(ad_expiry("157469184000000000"), Some(4_102_444_800));
+        assert_eq!(ad_expiry("116444736000000000"), Some(Timestamp::EPOCH));
+        assert_eq!(ad_expiry("157469184000000000").map(|t| t.to_string()).as_deref(), Some("2100-01-01T00:00:00Z"));
         assert_eq!(ad_expiry("never"), None);
-        assert_eq!(ad_expiry("-1"), Some(-11_644_473_601));
+        assert_eq!(ad_expiry("-1"), Some(Timestamp::from_secs(-11_644_473_601)));
     }
 
     #[test]

@@ -179,13 +179,13 @@ pub fn diagnose(config: &Config, options: &DoctorOptions<'_>) -> Vec<Finding> {
                 let now = crate::time::now();
                 match store.sync_state("ldap") {
                     Ok(Some(s)) => match s.last_success {
-                        Some(t) if now - t <= ldap.staleness_max => {
-                            r.ok(format!("last directory sync {} ({} s ago)", crate::time::rfc3339(t), now - t))
+                        Some(t) if now.saturating_duration_since(t) <= ldap.staleness_max => {
+                            r.ok(format!("last directory sync {t} ({} s ago)", now.secs_since(t)))
                         }
                         last => r.fail(format!(
                             "directory data is stale (last success {}, ldap.staleness_max {} s): directory users are refused{}",
-                            last.map(crate::time::rfc3339).unwrap_or_else(|| "never".into()),
-                            ldap.staleness_max,
+                            last.map_or_else(|| "never".into(), |t| t.to_string()),
+                            ldap.staleness_max.as_secs(),
                             s.last_error.map(|e| format!("; last error: {e}")).unwrap_or_default()
                         )),
                     },

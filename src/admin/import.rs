@@ -1,7 +1,7 @@
 //! Bulk and migration imports: `import authorized-keys` and `import tsv`.
 
 use super::{Admin, AdminError, KeyOptions};
-use crate::store::{ImportCache, NewKey};
+use crate::store::{KeyImport, NewKey};
 use std::collections::HashMap;
 use std::io::{BufRead, IsTerminal, Write};
 use std::time::Instant;
@@ -88,9 +88,9 @@ impl Admin<'_> {
     ) -> Result<ImportSummary, AdminError> {
         let progress = std::io::stderr().is_terminal();
         let started = Instant::now();
-        let create = create_users.then_some(self.config.users.default_policy);
+        let mut import =
+            KeyImport::new(create_users.then_some(self.config.users.default_policy), self.config.keys.max_per_user);
         let mut summary = ImportSummary::default();
-        let mut cache = ImportCache::new();
         let mut names = HashMap::new();
         let mut batch: Vec<(String, NewKey)> = Vec::with_capacity(BATCH);
         let mut numbers: Vec<u64> = Vec::with_capacity(BATCH);
@@ -117,8 +117,7 @@ impl Admin<'_> {
                 }
             }
             if batch.len() >= BATCH || (read == 0 && !batch.is_empty()) {
-                let results =
-                    self.store.import_keys(&self.actor, &batch, create, self.config.keys.max_per_user, &mut cache)?;
+                let results = self.store.import_keys(&self.actor, &batch, &mut import)?;
                 for (result, n) in results.iter().zip(&numbers) {
                     match result {
                         Ok(()) => summary.imported += 1,

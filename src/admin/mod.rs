@@ -7,7 +7,7 @@ pub mod init;
 pub mod provision;
 
 use crate::config::Config;
-use crate::domain::{Scope, UserState};
+use crate::domain::{PolicyChange, Scope, UserState};
 use crate::keys::{parse_public_key, KeyError, MAX_COMMENT};
 use crate::log::{Level, Logger};
 use crate::store::{Actor, AdminStore, AuditQuery, Key, NewKey, StoreError, User};
@@ -106,8 +106,8 @@ struct KeyJson<'a> {
 fn key_json(key: &Key) -> KeyJson<'_> {
     KeyJson {
         key,
-        expires_at: key.expires.map(time::rfc3339),
-        created_at: time::rfc3339(key.created),
+        expires_at: key.expires.map(|t| t.to_string()),
+        created_at: key.created.to_string(),
         last_used_at: None,
     }
 }
@@ -206,24 +206,24 @@ impl Admin<'_> {
                 .iter()
                 .map(|k| {
                     let mut j = key_json(k);
-                    j.last_used_at = used.get(&k.fingerprint).map(|u| time::rfc3339(u.last_used));
+                    j.last_used_at = used.get(&k.fingerprint).map(|u| u.last_used.to_string());
                     j
                 })
                 .collect();
-            return print_json(out, &Show { user: &user, created_at: time::rfc3339(user.created), keys });
+            return print_json(out, &Show { user: &user, created_at: user.created.to_string(), keys });
         }
         writeln!(out, "name: {}", user.name).map_err(io)?;
         writeln!(out, "state: {}", user.state.as_str()).map_err(io)?;
         writeln!(out, "policy: {}", user.policy).map_err(io)?;
-        writeln!(out, "port forwarding: {}", if user.port_forwarding { "yes" } else { "no" }).map_err(io)?;
-        writeln!(out, "created: {} ({})", time::rfc3339(user.created), user.source).map_err(io)?;
+        writeln!(out, "port forwarding: {}", crate::domain::yes_no(user.port_forwarding)).map_err(io)?;
+        writeln!(out, "created: {} ({})", user.created, user.source).map_err(io)?;
         writeln!(out, "keys: {}", keys.len()).map_err(io)?;
         let used = key_use(self.config, name).unwrap_or_default();
         for k in &keys {
             write_key(out, k, self.actor.now)?;
             if let Some(u) = used.get(&k.fingerprint) {
                 let from = u.rhost.as_deref().unwrap_or("-");
-                writeln!(out, "  last used {} from {from}", time::rfc3339(u.last_used)).map_err(io)?;
+                writeln!(out, "  last used {} from {from}", u.last_used).map_err(io)?;
             }
         }
         Ok(())
@@ -244,23 +244,13 @@ impl Admin<'_> {
         Ok(changed)
     }
 
-    pub fn user_set(
-        &mut self,
-        name: &str,
-        policy: Option<Scope>,
-        port_forwarding: Option<bool>,
-    ) -> Result<(), AdminError> {
-        if policy.is_none() && port_forwarding.is_none() {
+    pub fn user_set(&mut self, name: &str, change: PolicyChange) -> Result<(), AdminError> {
+        if change.is_empty() {
             return Err(AdminError::Refused("nothing to change: give --policy or --port-forwarding".into()));
         }
-        self.store.set_user_policy(&self.actor, name, policy, port_forwarding)?;
+        self.store.set_user_policy(&self.actor, name, change)?;
         let mut pairs = vec![("user", name)];
-        if let Some(p) = policy {
-            pairs.push(("policy", p.as_str()));
-        }
-        if let Some(f) = port_forwarding {
-            pairs.push(("port_forwarding", if f { "yes" } else { "no" }));
-        }
+        pairs.extend(change.pairs());
         self.logged("user.set", &pairs);
         Ok(())
     }
@@ -301,17 +291,16 @@ impl Admin<'_> {
             key.comment = comment.trim().to_string();
         }
         let now = self.actor.now;
-        let latest = self.config.keys.max_lifetime.map(|life| now + life);
+        let latest = self.config.keys.max_lifetime.map(|life| now.saturating_add(life));
         let expires = match &options.expires {
             Some(text) => {
                 let t = time::parse_expiry(text, now).map_err(|e| AdminError::Refused(format!("--expires: {e}")))?;
                 if t <= now {
-                    return Err(AdminError::Refused(format!("--expires: {} is in the past", time::rfc3339(t))));
+                    return Err(AdminError::Refused(format!("--expires: {t} is in the past")));
                 }
                 if latest.is_some_and(|l| t > l) {
                     return Err(AdminError::Refused(format!(
-                        "--expires: {} is beyond the site's maximum key lifetime (keys.max_lifetime)",
-                        time::rfc3339(t)
+                        "--expires: {t} is beyond the site's maximum key lifetime (keys.max_lifetime)"
                     )));
                 }
                 Some(t)
@@ -384,16 +373,16 @@ impl Admin<'_> {
         )?)
     }
 
-    pub fn user_lock(&mut self, name: &str, duration: Option<&str>) -> Result<i64, AdminError> {
+    pub fn user_lock(&mut self, name: &str, duration: Option<&str>) -> Result<Timestamp, AdminError> {
         self.store.user(name)?;
-        let secs = match duration {
+        let span = match duration {
             Some(d) => time::parse_duration(d).map_err(|e| AdminError::Refused(format!("--for: {e}")))?,
             None => self.config.lockout.duration,
         };
-        let until = self.actor.now + secs;
+        let until = self.actor.now.saturating_add(span);
         self.state()?.lock(name, until, &format!("locked by {}", self.actor.name))?;
-        self.store.record_event(&self.actor, "user.lock", name, &format!("until={}", time::rfc3339(until)))?;
-        self.logged("user.lock", &[("user", name), ("until", &time::rfc3339(until))]);
+        self.store.record_event(&self.actor, "user.lock", name, &format!("until={until}"))?;
+        self.logged("user.lock", &[("user", name), ("until", &until.to_string())]);
         Ok(until)
     }
 
@@ -463,9 +452,9 @@ impl Admin<'_> {
             None => self.config.web.invite_lifetime,
         };
         let token = self.secrets()?.create_invite(name, self.actor.now, lifetime)?;
-        let expires = format!("expires={}", time::rfc3339(self.actor.now + lifetime));
-        self.store.record_event(&self.actor, "user.invite", name, &expires)?;
-        self.logged("user.invite", &[("user", name), ("expires", &time::rfc3339(self.actor.now + lifetime))]);
+        let expires = self.actor.now.saturating_add(lifetime).to_string();
+        self.store.record_event(&self.actor, "user.invite", name, &format!("expires={expires}"))?;
+        self.logged("user.invite", &[("user", name), ("expires", &expires)]);
         Ok(format!("{}/invite/{token}", self.config.web.public_url))
     }
 
@@ -490,10 +479,10 @@ impl Admin<'_> {
         }
         for t in &tokens {
             let state = match t.revoked {
-                Some(at) => format!("revoked {}", time::rfc3339(at)),
+                Some(at) => format!("revoked {at}"),
                 None => "live".to_string(),
             };
-            let used = t.last_used.map(time::rfc3339).unwrap_or_else(|| "never used".to_string());
+            let used = t.last_used.map_or_else(|| "never used".to_string(), |at| at.to_string());
             writeln!(out, "{}\t{}\t{}\t{}\t{}", t.id, t.scope, state, used, t.label).map_err(io)?;
         }
         Ok(())
@@ -561,13 +550,11 @@ impl Admin<'_> {
                 event: &'a crate::store::AuditEvent,
                 time_at: String,
             }
-            let events: Vec<_> =
-                events.iter().map(|e| EventJson { event: e, time_at: time::rfc3339(e.time) }).collect();
+            let events: Vec<_> = events.iter().map(|e| EventJson { event: e, time_at: e.time.to_string() }).collect();
             return print_json(out, &events);
         }
         for e in &events {
-            writeln!(out, "{} {} {} {} {}", time::rfc3339(e.time), e.actor, e.action, e.subject, e.detail)
-                .map_err(io)?;
+            writeln!(out, "{} {} {} {} {}", e.time, e.actor, e.action, e.subject, e.detail).map_err(io)?;
         }
         Ok(())
     }
@@ -592,8 +579,8 @@ fn banned_list(path: &std::path::Path) -> std::io::Result<std::sync::Arc<String>
 /// One key per line: fingerprint, type and size, scope, expiry, comment.
 fn write_key(out: &mut dyn Write, k: &Key, now: Timestamp) -> Result<(), AdminError> {
     let expiry = match k.expires {
-        Some(t) if t <= now => format!("expired {}", time::rfc3339(t)),
-        Some(t) => format!("expires {}", time::rfc3339(t)),
+        Some(t) if t <= now => format!("expired {t}"),
+        Some(t) => format!("expires {t}"),
         None => "no-expiry".to_string(),
     };
     let from = k.from.as_deref().map(|f| format!(" from={f}")).unwrap_or_default();

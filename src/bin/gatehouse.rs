@@ -2,7 +2,7 @@
 use clap::{Args, Parser, Subcommand};
 use gatehouse::admin::{self, doctor, exit, Admin, AdminError, KeyOptions};
 use gatehouse::config::Config;
-use gatehouse::domain::{Scope, UserState};
+use gatehouse::domain::{PolicyChange, Scope, UserState};
 use gatehouse::log::{Level, Logger};
 use gatehouse::store::sqlite::SqliteStore;
 use gatehouse::store::AuditQuery;
@@ -352,7 +352,7 @@ fn run(cli: Cli, config: &Config, log: &mut Logger) -> Result<u8, AdminError> {
                 say(&mut out, format!("user {name} {}", if changed { "enabled" } else { "was already enabled" }))?;
             }
             UserCommand::Set { name, policy, port_forwarding } => {
-                admin.user_set(&name, policy, port_forwarding)?;
+                admin.user_set(&name, PolicyChange { policy, port_forwarding })?;
                 say(&mut out, format!("updated user {name}"))?;
             }
             UserCommand::Remove { name } => {
@@ -361,7 +361,7 @@ fn run(cli: Cli, config: &Config, log: &mut Logger) -> Result<u8, AdminError> {
             }
             UserCommand::Lock { name, duration } => {
                 let until = admin.user_lock(&name, duration.as_deref())?;
-                say(&mut out, format!("user {name} locked until {}", gatehouse::time::rfc3339(until)))?;
+                say(&mut out, format!("user {name} locked until {until}"))?;
             }
             UserCommand::Unlock { name } => {
                 let was = admin.user_unlock(&name)?;
@@ -497,7 +497,7 @@ fn main() -> ExitCode {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("gatehouse: {e}");
-            let actor = admin::cli_actor(0).name;
+            let actor = admin::cli_actor(gatehouse::time::Timestamp::EPOCH).name;
             log.log(Level::Notice, &[("actor", &actor), ("verdict", "error"), ("error", &e.to_string())]);
             ExitCode::from(e.exit_code())
         }

@@ -45,8 +45,8 @@ pub struct KeysConfig {
     pub min_rsa_bits: u32,
     pub allowed_types: Vec<KeyFamily>,
     pub max_per_user: u32,
-    /// The longest a key may live, in seconds; also the expiry of keys added without one.
-    pub max_lifetime: Option<i64>,
+    /// The longest a key may live; also the expiry of keys added without one.
+    pub max_lifetime: Option<std::time::Duration>,
     /// A file of banned keys (fingerprints or key lines), checked when a key is added.
     pub banned: Option<PathBuf>,
 }

@@ -4,8 +4,11 @@ use super::located::{ConfigError, Located};
 use crate::time;
 use serde::Deserialize;
 use std::path::PathBuf;
+use std::time::Duration;
 use toml::Spanned;
 
+/// The section as written. A value keeps its place in the file (`Spanned`) where a check
+/// below may refuse it; the bind and base DNs are taken as they are.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct Raw {
@@ -13,9 +16,9 @@ pub(super) struct Raw {
     starttls: Option<bool>,
     insecure: Option<bool>,
     ca_file: Option<Spanned<String>>,
-    bind_dn: Option<Spanned<String>>,
+    bind_dn: Option<String>,
     bind_password_file: Option<Spanned<String>>,
-    base_dn: Spanned<String>,
+    base_dn: String,
     user_filter: Option<Spanned<String>>,
     user_attribute: Option<Spanned<String>>,
     key_attribute: Option<Spanned<String>>,
@@ -45,8 +48,10 @@ pub struct LdapConfig {
     pub key_attribute: String,
     pub group_filter: String,
     pub group_member_attribute: String,
-    pub timeout_ms: u64,
-    pub staleness_max: i64,
+    /// How long one directory request may take.
+    pub timeout: Duration,
+    /// How long after the last successful sync directory users are still served.
+    pub staleness_max: Duration,
     pub allow_web_keys: bool,
     /// A full sync that would disable more than this share of the enabled directory users
     /// is refused: a directory that answers with part of itself must not lock out the rest.
@@ -106,23 +111,19 @@ pub(super) fn parse(at: &Located<'_>, raw: Raw) -> Result<LdapConfig, ConfigErro
             }
         }
     }
-    let duration = |v: Option<Spanned<String>>, key: &str, default: i64| -> Result<i64, ConfigError> {
-        Ok(at.duration(v, key)?.unwrap_or(default))
-    };
-    let timeout_ms = match raw.timeout {
+    let timeout = match raw.timeout {
         Some(t) => {
             let text = t.get_ref();
-            let ms = if let Some(ms) = text.strip_suffix("ms") {
-                ms.parse::<u64>().ok()
-            } else {
-                time::parse_duration(text).ok().map(|s| s as u64 * 1000)
+            let parsed = match text.strip_suffix("ms") {
+                Some(ms) => ms.parse::<u64>().ok().map(Duration::from_millis),
+                None => time::parse_duration(text).ok(),
             };
-            match ms {
-                Some(ms) if (100..=60_000).contains(&ms) => ms,
+            match parsed {
+                Some(d) if (Duration::from_millis(100)..=Duration::from_secs(60)).contains(&d) => d,
                 _ => return at.error(&t.span(), "ldap.timeout", "must be between 100ms and 60s, e.g. 2s or 500ms"),
             }
         }
-        None => 2000,
+        None => Duration::from_secs(2),
     };
     if raw.bind_dn.is_some() != raw.bind_password_file.is_some() {
         return at.whole("ldap.bind_dn and ldap.bind_password_file go together (neither: anonymous searches)");
@@ -132,16 +133,16 @@ pub(super) fn parse(at: &Located<'_>, raw: Raw) -> Result<LdapConfig, ConfigErro
         starttls,
         insecure,
         ca_file: path(raw.ca_file, "ldap.ca_file")?,
-        bind_dn: raw.bind_dn.map(Spanned::into_inner),
+        bind_dn: raw.bind_dn,
         bind_password_file: path(raw.bind_password_file, "ldap.bind_password_file")?,
-        base_dn: raw.base_dn.into_inner(),
+        base_dn: raw.base_dn,
         user_filter: text(raw.user_filter, "(objectClass=posixAccount)"),
         user_attribute: text(raw.user_attribute, "uid"),
         key_attribute: text(raw.key_attribute, "sshPublicKey"),
         group_filter: text(raw.group_filter, "(objectClass=posixGroup)"),
         group_member_attribute: text(raw.group_member_attribute, "memberUid"),
-        timeout_ms,
-        staleness_max: duration(raw.staleness_max, "ldap.staleness_max", 24 * 3600)?,
+        timeout,
+        staleness_max: at.duration(raw.staleness_max, "ldap.staleness_max")?.unwrap_or(Duration::from_secs(24 * 3600)),
         allow_web_keys: raw.allow_web_keys.unwrap_or(false),
         program: match path(raw.program, "ldap.program")? {
             Some(p) => p,

@@ -73,8 +73,12 @@ impl Located<'_> {
         Ok(Some(PathBuf::from(p.into_inner())))
     }
 
-    /// A duration such as `90s`, `10m`, `24h` or `7d`, in seconds.
-    pub(crate) fn duration(&self, value: Option<Spanned<String>>, key: &str) -> Result<Option<i64>, ConfigError> {
+    /// A duration such as `90s`, `10m`, `24h` or `7d`.
+    pub(crate) fn duration(
+        &self,
+        value: Option<Spanned<String>>,
+        key: &str,
+    ) -> Result<Option<std::time::Duration>, ConfigError> {
         let Some(v) = value else { return Ok(None) };
         time::parse_duration(v.get_ref()).map(Some).or_else(|e| self.error(&v.span(), key, e))
     }

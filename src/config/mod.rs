@@ -303,12 +303,13 @@ mod tests {
     #[test]
     fn web_connection_limits() {
         let w = Config::parse("g.toml", "").unwrap().web;
-        assert_eq!((w.header_timeout, w.idle_timeout, w.request_timeout), (10, 60, 30));
+        let secs = |n| std::time::Duration::from_secs(n);
+        assert_eq!((w.header_timeout, w.idle_timeout, w.request_timeout), (secs(10), secs(60), secs(30)));
         assert_eq!((w.max_connections, w.max_connections_per_peer), (512, 32));
         let text = "[web]\nheader_timeout = \"1s\"\nidle_timeout = \"2m\"\nrequest_timeout = \"1h\"\n\
                     max_connections = 65536\nmax_connections_per_peer = 1\n";
         let w = Config::parse("g.toml", text).unwrap().web;
-        assert_eq!((w.header_timeout, w.idle_timeout, w.request_timeout), (1, 120, 3600));
+        assert_eq!((w.header_timeout, w.idle_timeout, w.request_timeout), (secs(1), secs(120), secs(3600)));
         assert_eq!((w.max_connections, w.max_connections_per_peer), (65_536, 1));
         assert_eq!(err("[web]\n\nheader_timeout = \"61m\"\n"), "g.toml:3: web.header_timeout: must be at most 1h");
         assert!(err("[web]\nidle_timeout = \"0s\"\n").starts_with("g.toml:2: web.idle_timeout: `0s`"));

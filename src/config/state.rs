@@ -3,6 +3,7 @@
 use super::located::{ConfigError, Located};
 use serde::Deserialize;
 use std::path::PathBuf;
+use std::time::Duration;
 use toml::Spanned;
 
 #[derive(Deserialize)]
@@ -46,16 +47,21 @@ impl StateConfig {
 #[derive(Debug, Clone)]
 pub struct LockoutConfig {
     pub threshold: u32,
-    /// Seconds in which `threshold` failures lock the user out.
-    pub window: i64,
-    /// Seconds a lockout lasts.
-    pub duration: i64,
+    /// The time in which `threshold` failures lock the user out.
+    pub window: Duration,
+    /// How long a lockout lasts.
+    pub duration: Duration,
     pub sessions_per_minute: u32,
 }
 
 impl Default for LockoutConfig {
     fn default() -> LockoutConfig {
-        LockoutConfig { threshold: 10, window: 600, duration: 900, sessions_per_minute: 600 }
+        LockoutConfig {
+            threshold: 10,
+            window: Duration::from_secs(600),
+            duration: Duration::from_secs(900),
+            sessions_per_minute: 600,
+        }
     }
 }
 

@@ -4,6 +4,7 @@ use super::located::{ConfigError, Located};
 use crate::time;
 use serde::Deserialize;
 use std::path::PathBuf;
+use std::time::Duration;
 use toml::Spanned;
 
 #[derive(Deserialize)]
@@ -45,9 +46,9 @@ pub struct WebConfig {
     pub public_url: String,
     pub public_keys: bool,
     pub cookie_secure: bool,
-    pub session_idle: i64,
-    pub session_max: i64,
-    pub invite_lifetime: i64,
+    pub session_idle: Duration,
+    pub session_max: Duration,
+    pub invite_lifetime: Duration,
     pub max_body: usize,
     pub signin_per_minute: u32,
     pub changes_per_minute: u32,
@@ -57,12 +58,12 @@ pub struct WebConfig {
     pub proxy_user_header: Option<String>,
     pub proxy_secret_file: Option<PathBuf>,
     pub trusted_proxies: Vec<std::net::IpAddr>,
-    /// Connection limits, in seconds and connections: the time to send a request's head,
-    /// to send the next one on a kept-alive connection, and to be answered in all; the
-    /// connections open at once in all, and from one address (other than a trusted proxy).
-    pub header_timeout: i64,
-    pub idle_timeout: i64,
-    pub request_timeout: i64,
+    /// Connection limits: the time to send a request's head, to send the next one on a
+    /// kept-alive connection, and to be answered in all; the connections open at once in
+    /// all, and from one address (other than a trusted proxy).
+    pub header_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub request_timeout: Duration,
     pub max_connections: usize,
     pub max_connections_per_peer: usize,
 }
@@ -75,18 +76,18 @@ impl Default for WebConfig {
             public_url: "http://127.0.0.1:8022".to_string(),
             public_keys: true,
             cookie_secure: true,
-            session_idle: 30 * 60,
-            session_max: 12 * 3600,
-            invite_lifetime: 48 * 3600,
+            session_idle: Duration::from_secs(30 * 60),
+            session_max: Duration::from_secs(12 * 3600),
+            invite_lifetime: Duration::from_secs(48 * 3600),
             max_body: 64 * 1024,
             signin_per_minute: 10,
             changes_per_minute: 30,
             proxy_user_header: None,
             proxy_secret_file: None,
             trusted_proxies: Vec::new(),
-            header_timeout: 10,
-            idle_timeout: 60,
-            request_timeout: 30,
+            header_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            request_timeout: Duration::from_secs(30),
             max_connections: 512,
             max_connections_per_peer: 32,
         }
@@ -128,8 +129,8 @@ pub(super) fn parse(at: &Located<'_>, raw: Raw, w: &mut WebConfig) -> Result<(),
         (raw.session_max, "web.session_max", &mut w.session_max),
         (raw.invite_lifetime, "web.invite_lifetime", &mut w.invite_lifetime),
     ] {
-        if let Some(v) = value {
-            *slot = time::parse_duration(v.get_ref()).or_else(|e| at.error(&v.span(), key, e))?;
+        if let Some(d) = at.duration(value, key)? {
+            *slot = d;
         }
     }
     if let Some(b) = raw.max_body {
@@ -183,7 +184,7 @@ pub(super) fn parse(at: &Located<'_>, raw: Raw, w: &mut WebConfig) -> Result<(),
     ] {
         if let Some(v) = value {
             match time::parse_duration(v.get_ref()) {
-                Ok(n) if n <= 3600 => *slot = n,
+                Ok(d) if d <= Duration::from_secs(3600) => *slot = d,
                 Ok(_) => return at.error(&v.span(), key, "must be at most 1h"),
                 Err(e) => return at.error(&v.span(), key, e),
             }

@@ -8,6 +8,7 @@ mod scope;
 pub use scope::{Scope, UserState};
 
 use crate::time::Timestamp;
+use std::time::Duration;
 
 /// A user as the store keeps it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -18,6 +19,41 @@ pub struct User {
     pub port_forwarding: bool,
     pub created: Timestamp,
     pub source: String,
+}
+
+/// A change to a user's policy; `None` leaves that part as it is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PolicyChange {
+    pub policy: Option<Scope>,
+    pub port_forwarding: Option<bool>,
+}
+
+impl PolicyChange {
+    /// Whether it changes nothing.
+    pub fn is_empty(&self) -> bool {
+        self.policy.is_none() && self.port_forwarding.is_none()
+    }
+
+    /// What it changes, as the audit trail and the log name it.
+    pub fn pairs(&self) -> Vec<(&'static str, &'static str)> {
+        let mut pairs = Vec::new();
+        if let Some(p) = self.policy {
+            pairs.push(("policy", p.as_str()));
+        }
+        if let Some(f) = self.port_forwarding {
+            pairs.push(("port_forwarding", yes_no(f)));
+        }
+        pairs
+    }
+}
+
+/// A flag as the audit trail and the log write it.
+pub fn yes_no(flag: bool) -> &'static str {
+    if flag {
+        "yes"
+    } else {
+        "no"
+    }
 }
 
 /// A stored key.
@@ -58,12 +94,12 @@ pub struct LoginView {
 impl LoginView {
     /// Whether the user's data may still be trusted: always for local users; for directory
     /// users only while the last successful sync is younger than `staleness_max`.
-    pub fn fresh(&self, staleness_max: Option<i64>, now: Timestamp) -> bool {
+    pub fn fresh(&self, staleness_max: Option<Duration>, now: Timestamp) -> bool {
         if self.user.source != "ldap" {
             return true;
         }
         match (staleness_max, self.synced) {
-            (Some(max), Some(at)) => now - at <= max,
+            (Some(max), Some(at)) => now.saturating_duration_since(at) <= max,
             // No [ldap] section any more, or never synced: fail closed.
             _ => false,
         }

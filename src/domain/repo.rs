@@ -263,7 +263,12 @@ mod tests {
 
     #[test]
     fn grants_and_patterns() {
-        let g = |s: &str, p: &str, a| Grant { subject: s.into(), pattern: p.into(), access: a, created: 0 };
+        let g = |s: &str, p: &str, a| Grant {
+            subject: s.into(),
+            pattern: p.into(),
+            access: a,
+            created: crate::time::Timestamp::EPOCH,
+        };
         let grants = vec![g("bob", "alice/*.git", Access::Read), g("@lab", "alice/shared.git", Access::Write)];
         assert_eq!(access("alice", &repo("alice", "x.git"), &[]), Some(Access::Write));
         assert_eq!(access("bob", &repo("alice", "x.git"), &grants), Some(Access::Read));

@@ -684,8 +684,8 @@ mod tests {
                         comment: String::new(),
                         scope: *scope,
                         from: None,
-                        expires: (i == 9).then_some(50),
-                        created: 0,
+                        expires: (i == 9).then_some(Timestamp::from_secs(50)),
+                        created: Timestamp::EPOCH,
                         source: "cli".into(),
                     })
                     .collect(),
@@ -706,7 +706,7 @@ mod tests {
             state,
             policy,
             port_forwarding: false,
-            created: 0,
+            created: Timestamp::EPOCH,
             source: source.into(),
         }
     }
@@ -769,7 +769,7 @@ mod tests {
             subject: subject.into(),
             pattern: pattern.into(),
             access,
-            created: 0,
+            created: Timestamp::EPOCH,
         };
         // alice's keys: 0 shell, 1 files, 2 git, 3 git-read, 9 shell but expired.
         let alice_keys = vec![
@@ -805,7 +805,7 @@ mod tests {
                 command,
                 groups: &groups,
                 env: &[],
-                now: 100,
+                now: Timestamp::from_secs(100),
                 account_shell: Path::new("/bin/bash"),
                 login_mode: key.is_none(),
             };
@@ -904,7 +904,7 @@ mod tests {
                 command: Some("ls"),
                 groups: &groups,
                 env: &[],
-                now: 100,
+                now: Timestamp::from_secs(100),
                 account_shell: Path::new(account_shell),
                 login_mode,
             };
@@ -947,7 +947,7 @@ mod tests {
                     command: None,
                     groups: &groups,
                     env: &[],
-                    now: 1,
+                    now: Timestamp::from_secs(1),
                     account_shell: Path::new("/bin/bash"),
                     login_mode: fingerprint == NO_KEY,
                 };

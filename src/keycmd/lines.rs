@@ -152,13 +152,17 @@ pub fn authorized_line(
 mod tests {
     use super::*;
 
+    const fn at(secs: i64) -> Timestamp {
+        Timestamp::from_secs(secs)
+    }
+
     fn user(policy: Scope, fwd: bool) -> User {
         User {
             name: "alice".into(),
             state: UserState::Enabled,
             policy,
             port_forwarding: fwd,
-            created: 0,
+            created: at(0),
             source: "cli".into(),
         }
     }
@@ -174,7 +178,7 @@ mod tests {
             scope,
             from: None,
             expires: None,
-            created: 0,
+            created: at(0),
             source: "cli".into(),
         }
     }
@@ -186,7 +190,7 @@ mod tests {
 
     #[test]
     fn shell_key_line() {
-        let (scope, line) = authorized_line(&ctx(), &user(Scope::Shell, false), &key(Scope::Shell), 0).unwrap();
+        let (scope, line) = authorized_line(&ctx(), &user(Scope::Shell, false), &key(Scope::Shell), at(0)).unwrap();
         assert_eq!(scope, Scope::Shell);
         assert_eq!(
             line,
@@ -201,15 +205,15 @@ mod tests {
         let c = LineContext { shell_path: "/s", config_path: Some("/etc/g.toml"), permit_open: &open };
         let mut k = key(Scope::Shell);
         k.from = Some("10.0.0.0/8,!10.1.2.3,*.example.org".into());
-        k.expires = Some(1_700_000_000);
-        let (_, line) = authorized_line(&c, &user(Scope::Shell, true), &k, 0).unwrap();
+        k.expires = Some(at(1_700_000_000));
+        let (_, line) = authorized_line(&c, &user(Scope::Shell, true), &k, at(0)).unwrap();
         assert!(line.starts_with(
             "restrict,command=\"exec /s --config /etc/g.toml --key SHA256:uNiVztksCsDhcc0u9e8BujQXVUpKZIDTMczCvj3tD2s\",pty,\
              port-forwarding,permitopen=\"localhost:*\",from=\"10.0.0.0/8,!10.1.2.3,*.example.org\",\
              expiry-time=\"20231114221320Z\" ssh-ed25519 "
         ), "{line}");
         // A git key never gets a pty or forwarding, whatever the user may do.
-        let (_, line) = authorized_line(&c, &user(Scope::Shell, true), &key(Scope::Git), 0).unwrap();
+        let (_, line) = authorized_line(&c, &user(Scope::Shell, true), &key(Scope::Git), at(0)).unwrap();
         assert!(!line.contains("pty") && !line.contains("forwarding"), "{line}");
     }
 
@@ -217,15 +221,18 @@ mod tests {
     fn refusals() {
         let mut u = user(Scope::Shell, false);
         let mut k = key(Scope::Shell);
-        k.expires = Some(100);
-        assert_eq!(authorized_line(&ctx(), &u, &k, 100).unwrap_err(), Refusal::Expired);
-        assert!(authorized_line(&ctx(), &u, &k, 99).is_ok());
+        k.expires = Some(at(100));
+        assert_eq!(authorized_line(&ctx(), &u, &k, at(100)).unwrap_err(), Refusal::Expired);
+        assert!(authorized_line(&ctx(), &u, &k, at(99)).is_ok());
         u.state = UserState::Disabled;
-        assert_eq!(authorized_line(&ctx(), &u, &key(Scope::Shell), 0).unwrap_err(), Refusal::UserDisabled);
+        assert_eq!(authorized_line(&ctx(), &u, &key(Scope::Shell), at(0)).unwrap_err(), Refusal::UserDisabled);
         let files_user = user(Scope::Files, false);
-        assert_eq!(authorized_line(&ctx(), &files_user, &key(Scope::Git), 0).unwrap_err(), Refusal::ScopeOutsidePolicy);
+        assert_eq!(
+            authorized_line(&ctx(), &files_user, &key(Scope::Git), at(0)).unwrap_err(),
+            Refusal::ScopeOutsidePolicy
+        );
         // A narrowed policy narrows the key.
-        assert_eq!(authorized_line(&ctx(), &files_user, &key(Scope::Shell), 0).unwrap().0, Scope::Files);
+        assert_eq!(authorized_line(&ctx(), &files_user, &key(Scope::Shell), at(0)).unwrap().0, Scope::Files);
     }
 
     #[test]
@@ -233,13 +240,13 @@ mod tests {
         let u = user(Scope::Shell, false);
         let mut k = key(Scope::Shell);
         k.from = Some("1.2.3.4\",command=\"sh".into());
-        assert_eq!(authorized_line(&ctx(), &u, &k, 0).unwrap_err(), Refusal::BadStoredField);
+        assert_eq!(authorized_line(&ctx(), &u, &k, at(0)).unwrap_err(), Refusal::BadStoredField);
         let mut k = key(Scope::Shell);
         k.algorithm = "command=\"x\" ssh-ed25519".into();
-        assert_eq!(authorized_line(&ctx(), &u, &k, 0).unwrap_err(), Refusal::BadStoredField);
+        assert_eq!(authorized_line(&ctx(), &u, &k, at(0)).unwrap_err(), Refusal::BadStoredField);
         let mut k = key(Scope::Shell);
         k.comment = "x\nssh-ed25519 AAAA evil".into();
-        let (_, line) = authorized_line(&ctx(), &u, &k, 0).unwrap();
+        let (_, line) = authorized_line(&ctx(), &u, &k, at(0)).unwrap();
         assert_eq!(line.lines().count(), 1);
     }
 

@@ -249,10 +249,7 @@ pub fn account(ctx: &mut dyn PamContext, b: &mut Backends, opts: &ModuleOptions,
     match locked {
         Ok(Some(until)) => {
             say(b, &login, Level::Notice, "account", "refuse", "locked-out");
-            ctx.tell(&format!(
-                "This account is locked until {} after too many failed attempts.",
-                crate::time::rfc3339(until)
-            ));
+            ctx.tell(&format!("This account is locked until {until} after too many failed attempts."));
             Verdict::PermissionDenied
         }
         Ok(None) => {

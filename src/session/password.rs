@@ -58,7 +58,7 @@ impl DirectoryProgram {
         DirectoryProgram {
             program: ldap.program.clone(),
             config: config.source.clone(),
-            timeout: Duration::from_millis(ldap.timeout_ms.saturating_mul(2)) + SLACK,
+            timeout: ldap.timeout.saturating_mul(2) + SLACK,
         }
     }
 }

@@ -13,7 +13,12 @@ use std::sync::{Arc, Mutex};
 /// The key sshd reports in `SSH_AUTH_INFO_0`, and its fingerprint.
 const KEY_BLOB: &str = "AAAAC3NzaC1lZDI1NTE5AAAAILM+rvN+ot98qgEN796jTiQfZfG1KaT0PtFDJ/XFSqti";
 const KEY_FP: &str = "SHA256:UCUiLr7Pjs9wFFJMDByLgc3NrtdU344OgUM45wZPcIQ";
-const NOW: Timestamp = 1_800_000_000;
+const NOW: Timestamp = Timestamp::from_secs(1_800_000_000);
+
+/// `secs` after [`NOW`].
+fn later(secs: u64) -> Timestamp {
+    NOW.saturating_add(std::time::Duration::from_secs(secs))
+}
 
 struct Ctx {
     user: Option<String>,
@@ -63,7 +68,7 @@ struct Store {
 }
 
 fn user(name: &str, policy: Scope, state: UserState, source: &str) -> User {
-    User { name: name.into(), state, policy, port_forwarding: false, created: 0, source: source.into() }
+    User { name: name.into(), state, policy, port_forwarding: false, created: Timestamp::EPOCH, source: source.into() }
 }
 
 impl LoginStore for Store {
@@ -83,7 +88,7 @@ impl LoginStore for Store {
                     scope: *scope,
                     from: None,
                     expires: None,
-                    created: 0,
+                    created: Timestamp::EPOCH,
                     source: "cli".into(),
                 }],
                 _ => vec![],
@@ -211,7 +216,7 @@ fn store() -> Store {
             (user("carol", Scope::Shell, UserState::Disabled, "cli"), None),
             (user("dora", Scope::Shell, UserState::Enabled, "ldap"), Some(Scope::Shell)),
         ],
-        synced: Some(NOW - 60),
+        synced: Some(NOW.saturating_sub(std::time::Duration::from_secs(60))),
         broken: false,
     }
 }
@@ -251,11 +256,11 @@ fn account_stage() {
     assert_eq!(account(&mut ctx("Not Valid"), b, &deny, NOW), Verdict::UserUnknown);
     assert_eq!(account(&mut Ctx { user: None, ..ctx("x") }, b, &none, NOW), Verdict::UserUnknown);
     // Locked out, whatever the method.
-    b.state().unwrap().lock("alice", NOW + 60, "test").unwrap();
+    b.state().unwrap().lock("alice", later(60), "test").unwrap();
     let mut c = ctx("alice");
     assert_eq!(account(&mut c, b, &none, NOW), Verdict::PermissionDenied);
     assert!(c.told[0].starts_with("This account is locked until"), "{:?}", c.told);
-    assert_eq!(account(&mut ctx("alice"), b, &none, NOW + 61), Verdict::Success, "the lockout ended");
+    assert_eq!(account(&mut ctx("alice"), b, &none, later(61)), Verdict::Success, "the lockout ended");
 }
 
 #[test]
@@ -265,7 +270,7 @@ fn stale_directory_users_and_a_broken_store() {
     assert_eq!(account(&mut ctx("dora"), &mut w.backends, &opts(&[]), NOW), Verdict::PermissionDenied);
     let mut w = world("fresh", LDAP, store(), GH_SHELL);
     assert_eq!(account(&mut ctx("dora"), &mut w.backends, &opts(&[]), NOW), Verdict::Success);
-    let old = NOW + 2 * 86_400;
+    let old = later(2 * 86_400);
     assert_eq!(account(&mut ctx("dora"), &mut w.backends, &opts(&[]), old), Verdict::PermissionDenied);
     let mut w = world("broken", "", Store { broken: true, ..store() }, GH_SHELL);
     for stage in [account as Stage, open_session] {
@@ -323,7 +328,7 @@ fn session_open_lays_out_and_records_the_login() {
     let mut w = world("session", "[users]\nquota = \"10M\"\n", store(), GH_SHELL);
     let b = &mut w.backends;
     assert_eq!(open_session(&mut ctx("alice").with_key(), b, &opts(&[]), NOW), Verdict::Success);
-    assert_eq!(open_session(&mut ctx("alice"), b, &opts(&[]), NOW + 1), Verdict::Success);
+    assert_eq!(open_session(&mut ctx("alice"), b, &opts(&[]), later(1)), Verdict::Success);
     let done = w.done.lock().unwrap();
     assert_eq!(done.folders, ["alice", "alice"]);
     assert_eq!(done.quotas, ["alice:10M"], "set once, then recorded");
@@ -331,8 +336,8 @@ fn session_open_lays_out_and_records_the_login() {
     drop(done);
     let used = b.state().unwrap().key_use("alice").unwrap();
     assert_eq!(used[KEY_FP].last_used, NOW, "the key that logged in");
-    assert_eq!(close_session(&mut ctx("alice"), b, &opts(&[]), NOW + 5), Verdict::Success);
-    assert_eq!(close_session(&mut ctx("Not Valid"), b, &opts(&[]), NOW + 5), Verdict::Ignore);
+    assert_eq!(close_session(&mut ctx("alice"), b, &opts(&[]), later(5)), Verdict::Success);
+    assert_eq!(close_session(&mut ctx("Not Valid"), b, &opts(&[]), later(5)), Verdict::Ignore);
     // Users outside the store are someone else's.
     assert_eq!(open_session(&mut ctx("zed"), b, &opts(&[]), NOW), Verdict::Ignore);
     assert_eq!(open_session(&mut ctx("zed"), b, &opts(&["unknown=deny"]), NOW), Verdict::UserUnknown);
@@ -344,10 +349,10 @@ fn session_refusals() {
     let b = &mut w.backends;
     // The rate limit: three a minute.
     for i in 0..3 {
-        assert_eq!(open_session(&mut ctx("alice"), b, &opts(&[]), NOW + i), Verdict::Success);
+        assert_eq!(open_session(&mut ctx("alice"), b, &opts(&[]), later(i)), Verdict::Success);
     }
     let mut c = ctx("alice");
-    assert_eq!(open_session(&mut c, b, &opts(&[]), NOW + 3), Verdict::SessionError);
+    assert_eq!(open_session(&mut c, b, &opts(&[]), later(3)), Verdict::SessionError);
     assert!(c.told[0].starts_with("Too many sessions"), "{:?}", c.told);
     // In the store, but no system account.
     let mut s = store();

@@ -11,11 +11,26 @@
 //! and empties the WAL as it closes. `synchronous=FULL`: a change the CLI reported is on disk.
 
 use super::StoreError;
+use crate::time::Timestamp;
 use rusqlite::config::DbConfig;
+use rusqlite::types::{FromSql, FromSqlResult, ToSql, ToSqlOutput, ValueRef};
 use rusqlite::{Connection, ErrorCode, OpenFlags};
 use std::fmt;
 use std::path::Path;
 use std::time::Duration;
+
+/// Every file keeps a point in time as its Unix seconds, an INTEGER column.
+impl ToSql for Timestamp {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(ToSqlOutput::from(self.as_secs()))
+    }
+}
+
+impl FromSql for Timestamp {
+    fn column_result(value: ValueRef<'_>) -> FromSqlResult<Timestamp> {
+        i64::column_result(value).map(Timestamp::from_secs)
+    }
+}
 
 /// What every writer of ours does as it closes: fold the WAL back in and empty it (but
 /// leave it in place). Readers that find no writer attached would otherwise rebuild their
@@ -73,6 +88,26 @@ pub fn writer_connection(path: &Path, busy_timeout_ms: u32, create: bool) -> Res
     Ok(conn)
 }
 
+/// Writes the row of `table` whose `key` column holds the first of `values`: inserted, or
+/// if one is there, its `others` columns set to the rest of `values`, in order.
+pub(crate) fn upsert(
+    conn: &Connection,
+    table: &str,
+    key: &str,
+    others: &[&str],
+    values: impl rusqlite::Params,
+) -> rusqlite::Result<()> {
+    conn.prepare_cached(&upsert_sql(table, key, others))?.execute(values)?;
+    Ok(())
+}
+
+fn upsert_sql(table: &str, key: &str, others: &[&str]) -> String {
+    let columns = [key].iter().chain(others).copied().collect::<Vec<_>>().join(", ");
+    let values = (1..=others.len() + 1).map(|i| format!("?{i}")).collect::<Vec<_>>().join(", ");
+    let updates = others.iter().map(|c| format!("{c} = excluded.{c}")).collect::<Vec<_>>().join(", ");
+    format!("INSERT INTO {table} ({columns}) VALUES ({values}) ON CONFLICT ({key}) DO UPDATE SET {updates}")
+}
+
 /// Brings `conn` up to `migrations.len()`, one transaction per step. A file already there
 /// is only read: the write lock, which every open would otherwise queue for behind other
 /// writers (each PAM stage opens state.db), is taken only when a step is due.
@@ -107,5 +142,32 @@ pub(crate) fn migrate_schema(
         tx.execute_batch(sql).map_err(fail)?;
         tx.pragma_update(Some(schema), "user_version", found + 1).map_err(fail)?;
         tx.commit().map_err(fail)?;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upsert_sets_the_other_columns_of_the_keyed_row() {
+        assert_eq!(
+            upsert_sql("lockouts", "user", &["until", "reason"]),
+            "INSERT INTO lockouts (user, until, reason) VALUES (?1, ?2, ?3) \
+             ON CONFLICT (user) DO UPDATE SET until = excluded.until, reason = excluded.reason"
+        );
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch("CREATE TABLE t (k TEXT PRIMARY KEY, a INTEGER, b TEXT) STRICT;").unwrap();
+        upsert(&conn, "t", "k", &["a", "b"], rusqlite::params!["x", 1, "one"]).unwrap();
+        upsert(&conn, "t", "k", &["a", "b"], rusqlite::params!["y", 2, "two"]).unwrap();
+        upsert(&conn, "t", "k", &["a", "b"], rusqlite::params!["x", 3, "three"]).unwrap();
+        let rows: Vec<(String, i64, String)> = conn
+            .prepare("SELECT k, a, b FROM t ORDER BY k")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        assert_eq!(rows, [("x".into(), 3, "three".into()), ("y".into(), 2, "two".into())]);
     }
 }

@@ -14,7 +14,7 @@ pub mod secrets;
 pub mod sqlite;
 pub mod state;
 
-pub use crate::domain::{Grant, Key, LoginView, User};
+pub use crate::domain::{Grant, Key, LoginView, PolicyChange, User};
 use crate::domain::{Scope, UserState};
 use crate::time::Timestamp;
 use std::fmt;
@@ -175,6 +175,23 @@ pub struct DirectorySnapshot {
     pub groups: Vec<(String, Vec<String>)>,
     /// The newest modification time seen, for the next incremental sync.
     pub high_water: Option<String>,
+    /// Whether this is the whole directory, so that users it lacks were removed from it;
+    /// an incremental snapshot holds only what changed.
+    pub full: bool,
+}
+
+/// One sync of a source, as the store records it for status and for the login path's
+/// staleness check.
+#[derive(Debug, Clone, Copy)]
+pub struct SyncAttempt<'a> {
+    pub source: &'a str,
+    pub at: Timestamp,
+    /// Why it failed; `None`: it succeeded.
+    pub error: Option<&'a str>,
+    /// The newest modification time it read; `None` keeps the one recorded before.
+    pub high_water: Option<&'a str>,
+    /// Whether it read the whole directory.
+    pub full: bool,
 }
 
 /// What a sync changed, and what it refused.
@@ -200,17 +217,21 @@ pub struct SyncState {
     pub last_full: Option<Timestamp>,
 }
 
-/// What a bulk import remembers about the users it met, from one batch to the next. What
-/// it holds is the backend's business (row ids, for SQLite): callers only make one and hand
-/// it back.
-#[derive(Debug, Default)]
-pub struct ImportCache {
+/// One bulk import of keys, handed to every batch of it: the rules each batch follows,
+/// and what the store learnt about the users it met, from one batch to the next. What it
+/// learns is the backend's business (row ids, for SQLite).
+#[derive(Debug)]
+pub struct KeyImport {
+    /// Users missing from the store are created with this policy; `None`: refused.
+    pub create_users: Option<Scope>,
+    /// The most keys a user may have.
+    pub max_keys: u32,
     pub(crate) users: std::collections::HashMap<String, ImportUser>,
 }
 
-impl ImportCache {
-    pub fn new() -> ImportCache {
-        ImportCache::default()
+impl KeyImport {
+    pub fn new(create_users: Option<Scope>, max_keys: u32) -> KeyImport {
+        KeyImport { create_users, max_keys, users: std::collections::HashMap::new() }
     }
 }
 
@@ -227,37 +248,22 @@ pub trait AdminStore: LoginStore {
     fn user(&self, name: &str) -> Result<User, StoreError>;
     fn users(&self) -> Result<Vec<User>, StoreError>;
     fn set_user_state(&mut self, actor: &Actor, name: &str, state: UserState) -> Result<bool, StoreError>;
-    fn set_user_policy(
-        &mut self,
-        actor: &Actor,
-        name: &str,
-        policy: Option<Scope>,
-        port_forwarding: Option<bool>,
-    ) -> Result<(), StoreError>;
+    fn set_user_policy(&mut self, actor: &Actor, name: &str, change: PolicyChange) -> Result<(), StoreError>;
     fn remove_user(&mut self, actor: &Actor, name: &str) -> Result<u64, StoreError>;
     fn add_key(&mut self, actor: &Actor, user: &str, key: &NewKey, max_keys: u32) -> Result<(), StoreError>;
     fn keys(&self, user: &str) -> Result<Vec<Key>, StoreError>;
     fn remove_key(&mut self, actor: &Actor, user: &str, fingerprint: &str) -> Result<(), StoreError>;
     fn audit(&self, query: &AuditQuery) -> Result<Vec<AuditEvent>, StoreError>;
-    /// Makes the directory's users, keys and groups the store's. `full`: users the
-    /// snapshot lacks were removed from the directory (an incremental snapshot holds only
-    /// what changed). Directory data never overrides local users of the same name.
+    /// Makes the directory's users, keys and groups the store's; users it adds get
+    /// `default_policy`. Directory data never overrides local users of the same name.
     fn apply_directory(
         &mut self,
         actor: &Actor,
         snapshot: &DirectorySnapshot,
-        full: bool,
         default_policy: Scope,
     ) -> Result<SyncReport, StoreError>;
-    /// Records a sync attempt of `source`.
-    fn record_sync(
-        &mut self,
-        source: &str,
-        now: Timestamp,
-        error: Option<&str>,
-        high_water: Option<&str>,
-        full: bool,
-    ) -> Result<(), StoreError>;
+    /// Records one sync, successful or not.
+    fn record_sync(&mut self, attempt: &SyncAttempt<'_>) -> Result<(), StoreError>;
     fn sync_state(&self, source: &str) -> Result<Option<SyncState>, StoreError>;
     /// (name, DN) of every user synced from a directory, for group members given as DNs.
     fn directory_dns(&self) -> Result<Vec<(String, String)>, StoreError>;
@@ -267,16 +273,12 @@ pub trait AdminStore: LoginStore {
     fn add_grant(&mut self, actor: &Actor, grant: &Grant) -> Result<bool, StoreError>;
     fn grants(&self) -> Result<Vec<Grant>, StoreError>;
     fn remove_grant(&mut self, actor: &Actor, subject: &str, pattern: &str) -> Result<(), StoreError>;
-    /// Adds many keys in one transaction, as bulk imports do. Returns one result per item;
-    /// a refused item does not stop the others. Users missing from the store are created
-    /// with policy `create_users` when given, refused otherwise. `known_users` carries what
-    /// was learnt about users from one batch to the next.
+    /// Adds one batch of `import`'s keys in one transaction. Returns one result per item; a
+    /// refused item does not stop the others.
     fn import_keys(
         &mut self,
         actor: &Actor,
         items: &[(String, NewKey)],
-        create_users: Option<Scope>,
-        max_keys: u32,
-        known_users: &mut ImportCache,
+        import: &mut KeyImport,
     ) -> Result<Vec<Result<(), StoreError>>, StoreError>;
 }

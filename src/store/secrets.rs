@@ -4,7 +4,7 @@
 //! key store is group-readable by every managed user (see docs/DESIGN.md). Only hashes of
 //! invitation links, session ids and tokens are stored: a copy of the file opens nothing.
 
-use crate::store::db::{db_error, migrate_connection, writer_connection};
+use crate::store::db::{db_error, migrate_connection, upsert, writer_connection};
 use crate::store::StoreError;
 use crate::time::Timestamp;
 use argon2::password_hash::{phc::PasswordHash, PasswordHasher, PasswordVerifier};
@@ -13,6 +13,7 @@ use base64ct::{Base64UrlUnpadded, Encoding};
 use rusqlite::{params, Connection, OptionalExtension};
 use sha2::{Digest, Sha256};
 use std::path::Path;
+use std::time::Duration;
 
 const MIGRATIONS: &[&str] = &["
     CREATE TABLE passwords (
@@ -108,9 +109,13 @@ pub struct Session {
 /// Session lifetimes.
 #[derive(Debug, Clone, Copy)]
 pub struct SessionLimits {
-    pub idle: i64,
-    pub absolute: i64,
+    pub idle: Duration,
+    pub absolute: Duration,
 }
+
+/// How often the last use of a session or token is written down, at most: a page view or
+/// an API call is not a write.
+const SEEN_EVERY: Duration = Duration::from_secs(60);
 
 pub struct Secrets {
     conn: Connection,
@@ -135,14 +140,8 @@ impl Secrets {
             .hash_password(password.as_bytes())
             .map_err(|e| StoreError::Unavailable { path: self.path.clone(), reason: format!("argon2: {e}") })?
             .to_string();
-        self.conn
-            .execute(
-                "INSERT INTO passwords (user, hash, updated) VALUES (?1, ?2, ?3) \
-                 ON CONFLICT (user) DO UPDATE SET hash = excluded.hash, updated = excluded.updated",
-                params![user, hash, now],
-            )
-            .map_err(|e| self.fail(e))?;
-        Ok(())
+        upsert(&self.conn, "passwords", "user", &["hash", "updated"], params![user, hash, now])
+            .map_err(|e| self.fail(e))
     }
 
     /// Whether `password` is `user`'s. A user without a password costs the same time as a
@@ -173,12 +172,12 @@ impl Secrets {
     }
 
     /// A one-time invitation for `user`; returns the secret for the link.
-    pub fn create_invite(&self, user: &str, now: Timestamp, lifetime: i64) -> Result<String, StoreError> {
+    pub fn create_invite(&self, user: &str, now: Timestamp, lifetime: Duration) -> Result<String, StoreError> {
         let token = random_secret().map_err(|e| StoreError::Unavailable { path: self.path.clone(), reason: e })?;
         self.conn
             .execute(
                 "INSERT INTO invites (token_hash, user, created, expires) VALUES (?1, ?2, ?3, ?4)",
-                params![digest(&token), user, now, now + lifetime],
+                params![digest(&token), user, now, now.saturating_add(lifetime)],
             )
             .map_err(|e| self.fail(e))?;
         Ok(token)
@@ -228,12 +227,12 @@ impl Secrets {
         let Some((user, csrf, created, last_seen)) = found else {
             return Ok(None);
         };
-        if now - last_seen > limits.idle || now - created > limits.absolute {
+        let idle = now.saturating_duration_since(last_seen);
+        if idle > limits.idle || now.saturating_duration_since(created) > limits.absolute {
             self.end_session(id)?;
             return Ok(None);
         }
-        // Written at most once a minute: a page view is not a write.
-        if now - last_seen >= 60 {
+        if idle >= SEEN_EVERY {
             self.conn
                 .execute("UPDATE sessions SET last_seen = ?2 WHERE id_hash = ?1", params![digest(id), now])
                 .map_err(|e| self.fail(e))?;
@@ -295,7 +294,7 @@ impl Secrets {
         let Some((id, scope, last_used)) = found else {
             return Ok(None);
         };
-        if last_used.is_none_or(|t| now - t >= 60) {
+        if last_used.is_none_or(|t| now.saturating_duration_since(t) >= SEEN_EVERY) {
             self.conn
                 .execute("UPDATE tokens SET last_used = ?2 WHERE id = ?1", params![id, now])
                 .map_err(|e| self.fail(e))?;
@@ -336,6 +335,10 @@ impl Secrets {
 mod tests {
     use super::*;
 
+    const fn at(secs: i64) -> Timestamp {
+        Timestamp::from_secs(secs)
+    }
+
     fn secrets() -> (std::path::PathBuf, Secrets) {
         let dir = std::env::temp_dir().join(format!("gh-secrets-{}-{}", std::process::id(), random_secret().unwrap()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -347,31 +350,31 @@ mod tests {
     fn passwords_invites_sessions_tokens() {
         let (dir, s) = secrets();
         assert!(!s.check_password("alice", "pw").unwrap());
-        s.set_password("alice", "correct horse", 0).unwrap();
+        s.set_password("alice", "correct horse", at(0)).unwrap();
         assert!(s.check_password("alice", "correct horse").unwrap());
         assert!(!s.check_password("alice", "wrong").unwrap());
 
-        let invite = s.create_invite("alice", 100, 50).unwrap();
-        assert_eq!(s.invite_user(&invite, 120).unwrap().as_deref(), Some("alice"));
-        assert_eq!(s.invite_user(&invite, 150).unwrap(), None, "expired");
-        assert_eq!(s.take_invite(&invite, 120).unwrap().as_deref(), Some("alice"));
-        assert_eq!(s.take_invite(&invite, 120).unwrap(), None, "used twice");
+        let invite = s.create_invite("alice", at(100), Duration::from_secs(50)).unwrap();
+        assert_eq!(s.invite_user(&invite, at(120)).unwrap().as_deref(), Some("alice"));
+        assert_eq!(s.invite_user(&invite, at(150)).unwrap(), None, "expired");
+        assert_eq!(s.take_invite(&invite, at(120)).unwrap().as_deref(), Some("alice"));
+        assert_eq!(s.take_invite(&invite, at(120)).unwrap(), None, "used twice");
 
-        let limits = SessionLimits { idle: 100, absolute: 1000 };
-        let (id, csrf) = s.create_session("alice", 0).unwrap();
-        assert_eq!(s.session(&id, 70, limits).unwrap(), Some(Session { user: "alice".into(), csrf: csrf.clone() }));
-        assert_eq!(s.session(&id, 151, limits).unwrap(), Some(Session { user: "alice".into(), csrf }));
-        assert_eq!(s.session(&id, 1001, limits).unwrap(), None, "absolute timeout");
-        let (id2, _) = s.create_session("alice", 0).unwrap();
-        assert_eq!(s.session(&id2, 101, limits).unwrap(), None, "idle timeout");
-        assert_eq!(s.session("forged", 1, limits).unwrap(), None);
+        let limits = SessionLimits { idle: Duration::from_secs(100), absolute: Duration::from_secs(1000) };
+        let (id, csrf) = s.create_session("alice", at(0)).unwrap();
+        assert_eq!(s.session(&id, at(70), limits).unwrap(), Some(Session { user: "alice".into(), csrf: csrf.clone() }));
+        assert_eq!(s.session(&id, at(151), limits).unwrap(), Some(Session { user: "alice".into(), csrf }));
+        assert_eq!(s.session(&id, at(1001), limits).unwrap(), None, "absolute timeout");
+        let (id2, _) = s.create_session("alice", at(0)).unwrap();
+        assert_eq!(s.session(&id2, at(101), limits).unwrap(), None, "idle timeout");
+        assert_eq!(s.session("forged", at(1), limits).unwrap(), None);
 
-        let (tid, token) = s.create_token(&TokenScope::User("alice".into()), "ci", 0).unwrap();
-        assert_eq!(s.use_token(&token, 5).unwrap(), Some((tid, TokenScope::User("alice".into()))));
-        assert_eq!(s.use_token("gatehouse_nope", 5).unwrap(), None);
-        assert!(s.revoke_token(tid, 6).unwrap());
-        assert_eq!(s.use_token(&token, 7).unwrap(), None);
-        assert_eq!(s.tokens().unwrap()[0].revoked, Some(6));
+        let (tid, token) = s.create_token(&TokenScope::User("alice".into()), "ci", at(0)).unwrap();
+        assert_eq!(s.use_token(&token, at(5)).unwrap(), Some((tid, TokenScope::User("alice".into()))));
+        assert_eq!(s.use_token("gatehouse_nope", at(5)).unwrap(), None);
+        assert!(s.revoke_token(tid, at(6)).unwrap());
+        assert_eq!(s.use_token(&token, at(7)).unwrap(), None);
+        assert_eq!(s.tokens().unwrap()[0].revoked, Some(at(6)));
         std::fs::remove_dir_all(dir).unwrap();
     }
 

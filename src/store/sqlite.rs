@@ -270,7 +270,7 @@ fn key_detail(new: &NewKey, scope: Scope) -> String {
         crate::log::push_pair(&mut detail, "from", from);
     }
     if let Some(expires) = new.expires {
-        crate::log::push_pair(&mut detail, "expires", &crate::time::rfc3339(expires));
+        crate::log::push_pair(&mut detail, "expires", &expires.to_string());
     }
     detail
 }
@@ -500,9 +500,9 @@ impl AdminStore for SqliteStore {
         &mut self,
         actor: &Actor,
         snapshot: &DirectorySnapshot,
-        full: bool,
         default_policy: Scope,
     ) -> Result<SyncReport, StoreError> {
+        let full = snapshot.full;
         let mut report = SyncReport::default();
         for batch in snapshot.users.chunks(SYNC_BATCH) {
             let path = self.path.clone();
@@ -548,14 +548,8 @@ impl AdminStore for SqliteStore {
         Ok(report)
     }
 
-    fn record_sync(
-        &mut self,
-        source: &str,
-        now: Timestamp,
-        error: Option<&str>,
-        high_water: Option<&str>,
-        full: bool,
-    ) -> Result<(), StoreError> {
+    fn record_sync(&mut self, attempt: &SyncAttempt<'_>) -> Result<(), StoreError> {
+        let SyncAttempt { source, at, error, high_water, full } = *attempt;
         let path = self.path.clone();
         self.write(|tx| {
             let db = |e| db_error(&path, e);
@@ -571,7 +565,7 @@ impl AdminStore for SqliteStore {
                    last_attempt = ?2, last_error = ?3, \
                    high_water = coalesce(?4, high_water), users = ?5, keys = ?6, \
                    last_full = CASE WHEN ?3 IS NULL AND ?7 THEN ?2 ELSE last_full END",
-                params![source, now, error, high_water, users, keys, full],
+                params![source, at, error, high_water, users, keys, full],
             )
             .map_err(db)?;
             Ok(())
@@ -664,16 +658,11 @@ impl AdminStore for SqliteStore {
         })
     }
 
-    /// Adds many keys in one transaction, as bulk imports do. Returns one result per item;
-    /// a refused item does not stop the others. Users missing from the store are created
-    /// with `create_users` (policy `default_policy`), refused otherwise.
     fn import_keys(
         &mut self,
         actor: &Actor,
         items: &[(String, NewKey)],
-        create_users: Option<Scope>,
-        max_keys: u32,
-        known_users: &mut ImportCache,
+        import: &mut KeyImport,
     ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
         let path = self.path.clone();
         self.write(|tx| {
@@ -693,10 +682,10 @@ impl AdminStore for SqliteStore {
             let mut audit = tx.prepare_cached(INSERT_AUDIT).map_err(db)?;
             let mut results = Vec::with_capacity(items.len());
             for (user, new) in items {
-                if !known_users.users.contains_key(user) {
+                if !import.users.contains_key(user) {
                     let found: Option<(i64, String)> =
                         find_user.query_row([user], |r| Ok((r.get(0)?, r.get(1)?))).optional().map_err(db)?;
-                    let found = match (found, create_users) {
+                    let found = match (found, import.create_users) {
                         (Some((id, policy)), _) => Some((id, parse_scope(policy).map_err(db)?)),
                         (None, Some(policy)) => {
                             insert_user.execute(params![user, policy.as_str(), actor.now]).map_err(db)?;
@@ -710,15 +699,15 @@ impl AdminStore for SqliteStore {
                     };
                     if let Some((id, policy)) = found {
                         let keys: u32 = count_keys.query_row([id], |r| r.get(0)).map_err(db)?;
-                        known_users.users.insert(user.clone(), ImportUser { id, policy, keys });
+                        import.users.insert(user.clone(), ImportUser { id, policy, keys });
                     }
                 }
-                let Some(entry) = known_users.users.get_mut(user) else {
+                let Some(entry) = import.users.get_mut(user) else {
                     results.push(Err(StoreError::NoSuchUser(user.clone())));
                     continue;
                 };
-                if entry.keys >= max_keys {
-                    results.push(Err(StoreError::TooManyKeys { user: user.clone(), max: max_keys }));
+                if entry.keys >= import.max_keys {
+                    results.push(Err(StoreError::TooManyKeys { user: user.clone(), max: import.max_keys }));
                     continue;
                 }
                 let scope = new.scope.unwrap_or(entry.policy);
@@ -765,7 +754,7 @@ impl AdminStore for SqliteStore {
             let mut detail = String::new();
             crate::log::push_pair(&mut detail, "state", user.state.as_str());
             crate::log::push_pair(&mut detail, "policy", user.policy.as_str());
-            crate::log::push_pair(&mut detail, "port_forwarding", if user.port_forwarding { "yes" } else { "no" });
+            crate::log::push_pair(&mut detail, "port_forwarding", crate::domain::yes_no(user.port_forwarding));
             audit(tx, actor, "user.add", &user.name, &detail).map_err(|e| db_error(&path, e))
         })
     }
@@ -807,13 +796,7 @@ impl AdminStore for SqliteStore {
         })
     }
 
-    fn set_user_policy(
-        &mut self,
-        actor: &Actor,
-        name: &str,
-        policy: Option<Scope>,
-        port_forwarding: Option<bool>,
-    ) -> Result<(), StoreError> {
+    fn set_user_policy(&mut self, actor: &Actor, name: &str, change: PolicyChange) -> Result<(), StoreError> {
         let path = self.path.clone();
         self.write(|tx| {
             let db = |e| db_error(&path, e);
@@ -821,18 +804,15 @@ impl AdminStore for SqliteStore {
                 .execute(
                     "UPDATE users SET policy = coalesce(?2, policy), port_forwarding = coalesce(?3, port_forwarding) \
                      WHERE name = ?1",
-                    params![name, policy.map(Scope::as_str), port_forwarding],
+                    params![name, change.policy.map(Scope::as_str), change.port_forwarding],
                 )
                 .map_err(db)?;
             if changed == 0 {
                 return Err(StoreError::NoSuchUser(name.to_string()));
             }
             let mut detail = String::new();
-            if let Some(p) = policy {
-                crate::log::push_pair(&mut detail, "policy", p.as_str());
-            }
-            if let Some(f) = port_forwarding {
-                crate::log::push_pair(&mut detail, "port_forwarding", if f { "yes" } else { "no" });
+            for (key, value) in change.pairs() {
+                crate::log::push_pair(&mut detail, key, value);
             }
             audit(tx, actor, "user.set", name, &detail).map_err(db)
         })
@@ -1023,13 +1003,13 @@ mod tests {
         let path = dir.join("store.db");
         let mut store = SqliteStore::create(&path, 1000).unwrap();
         store.migrate().unwrap();
-        let actor = Actor { name: "cli:test".into(), now: 5 };
+        let actor = Actor { name: "cli:test".into(), now: Timestamp::from_secs(5) };
         let user = User {
             name: "alice".into(),
             state: UserState::Enabled,
             policy: Scope::Shell,
             port_forwarding: false,
-            created: 5,
+            created: actor.now,
             source: "cli".into(),
         };
         store.add_user(&actor, &user).unwrap();

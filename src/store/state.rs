@@ -5,7 +5,7 @@
 //! service) open it read-only. Durability is `synchronous=NORMAL`: a power cut may lose the
 //! last moments of login history, never consistency; logins must not wait on fsync.
 
-use crate::store::db::{db_error, migrate_connection, truncate_wal, writer_connection};
+use crate::store::db::{db_error, migrate_connection, truncate_wal, upsert, writer_connection};
 use crate::store::StoreError;
 use crate::time::Timestamp;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
@@ -64,8 +64,17 @@ const MIGRATIONS: &[&str] = &[
     ",
 ];
 
-/// Login records kept per user, at most (besides the year's limit).
+/// Login records kept per user, at most (besides [`LOGINS_RETAINED`]).
 pub const LOGINS_KEPT: i64 = 10_000;
+
+/// How long login records are kept: a year.
+pub const LOGINS_RETAINED: Duration = Duration::from_secs(366 * 86_400);
+
+/// How long failed attempts are kept: a day, longer than any lockout window need be.
+pub const FAILURES_RETAINED: Duration = Duration::from_secs(86_400);
+
+/// The span [`StateStore::sessions_last_minute`] counts.
+const MINUTE: Duration = Duration::from_secs(60);
 
 /// When and from where a key last logged in.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -159,17 +168,13 @@ impl StateStore {
         .map_err(|e| self.fail(e))?;
         let id = tx.last_insert_rowid();
         if let Some(fp) = fingerprint {
-            tx.execute(
-                "INSERT INTO key_use (fingerprint, user, last_used, rhost) VALUES (?1, ?2, ?3, ?4) \
-                 ON CONFLICT (fingerprint) DO UPDATE SET user = excluded.user, last_used = excluded.last_used, \
-                 rhost = excluded.rhost",
-                params![fp, user, now, rhost],
-            )
-            .map_err(|e| self.fail(e))?;
+            upsert(&tx, "key_use", "fingerprint", &["user", "last_used", "rhost"], params![fp, user, now, rhost])
+                .map_err(|e| self.fail(e))?;
         }
         // Keep the history bounded: a year of logins, each user's latest LOGINS_KEPT (checked
         // at one login in 64, which is enough to hold the bound), a day of failures.
-        tx.execute("DELETE FROM logins WHERE opened < ?1", [now - 366 * 86_400]).map_err(|e| self.fail(e))?;
+        tx.execute("DELETE FROM logins WHERE opened < ?1", [now.saturating_sub(LOGINS_RETAINED)])
+            .map_err(|e| self.fail(e))?;
         if id % 64 == 0 {
             tx.execute(
                 "DELETE FROM logins WHERE user = ?1 AND opened < (SELECT opened FROM logins WHERE user = ?1 \
@@ -178,7 +183,8 @@ impl StateStore {
             )
             .map_err(|e| self.fail(e))?;
         }
-        tx.execute("DELETE FROM failures WHERE time < ?1", [now - 86_400]).map_err(|e| self.fail(e))?;
+        tx.execute("DELETE FROM failures WHERE time < ?1", [now.saturating_sub(FAILURES_RETAINED)])
+            .map_err(|e| self.fail(e))?;
         tx.commit().map_err(|e| self.fail(e))?;
         Ok(id)
     }
@@ -198,9 +204,11 @@ impl StateStore {
     /// Sessions the user opened in the minute before `now`.
     pub fn sessions_last_minute(&self, user: &str, now: Timestamp) -> Result<u32, StoreError> {
         self.conn
-            .query_row("SELECT count(*) FROM logins WHERE user = ?1 AND opened > ?2", params![user, now - 60], |r| {
-                r.get(0)
-            })
+            .query_row(
+                "SELECT count(*) FROM logins WHERE user = ?1 AND opened > ?2",
+                params![user, now.saturating_sub(MINUTE)],
+                |r| r.get(0),
+            )
             .map_err(|e| self.fail(e))
     }
 
@@ -212,8 +220,8 @@ impl StateStore {
         rhost: Option<&str>,
         now: Timestamp,
         threshold: u32,
-        window: i64,
-        duration: i64,
+        window: Duration,
+        duration: Duration,
     ) -> Result<Option<Timestamp>, StoreError> {
         let tx = self.conn.unchecked_transaction().map_err(|e| self.fail(e))?;
         tx.execute("INSERT INTO failures (user, rhost, time) VALUES (?1, ?2, ?3)", params![user, rhost, now])
@@ -221,17 +229,17 @@ impl StateStore {
         let recent: u32 = tx
             .query_row(
                 "SELECT count(*) FROM failures WHERE user = ?1 AND time > ?2",
-                params![user, now - window],
+                params![user, now.saturating_sub(window)],
                 |r| r.get(0),
             )
             .map_err(|e| self.fail(e))?;
         let mut locked = None;
         if recent >= threshold {
-            let until = now + duration;
+            let until = now.saturating_add(duration);
             tx.execute(
                 "INSERT INTO lockouts (user, until, reason) VALUES (?1, ?2, ?3) \
                  ON CONFLICT (user) DO UPDATE SET until = max(until, excluded.until), reason = excluded.reason",
-                params![user, until, format!("{recent} failures in {window} s")],
+                params![user, until, format!("{recent} failures in {} s", window.as_secs())],
             )
             .map_err(|e| self.fail(e))?;
             locked = Some(until);
@@ -250,14 +258,8 @@ impl StateStore {
 
     /// Locks a user out by hand.
     pub fn lock(&self, user: &str, until: Timestamp, reason: &str) -> Result<(), StoreError> {
-        self.conn
-            .execute(
-                "INSERT INTO lockouts (user, until, reason) VALUES (?1, ?2, ?3) \
-                 ON CONFLICT (user) DO UPDATE SET until = excluded.until, reason = excluded.reason",
-                params![user, until, reason],
-            )
-            .map_err(|e| self.fail(e))?;
-        Ok(())
+        upsert(&self.conn, "lockouts", "user", &["until", "reason"], params![user, until, reason])
+            .map_err(|e| self.fail(e))
     }
 
     /// Lifts a lockout and forgets the failures behind it; true when one was in force.
@@ -277,15 +279,8 @@ impl StateStore {
 
     /// Records that `quota` was set for the user on `filesystem`.
     pub fn record_quota(&self, user: &str, quota: &str, filesystem: &str, now: Timestamp) -> Result<(), StoreError> {
-        self.conn
-            .execute(
-                "INSERT INTO quotas (user, quota, filesystem, applied) VALUES (?1, ?2, ?3, ?4) \
-                 ON CONFLICT (user) DO UPDATE SET quota = excluded.quota, filesystem = excluded.filesystem, \
-                 applied = excluded.applied",
-                params![user, quota, filesystem, now],
-            )
-            .map_err(|e| self.fail(e))?;
-        Ok(())
+        upsert(&self.conn, "quotas", "user", &["quota", "filesystem", "applied"], params![user, quota, filesystem, now])
+            .map_err(|e| self.fail(e))
     }
 
     /// When each of the user's keys last logged in.
@@ -331,6 +326,13 @@ pub fn accepted_key(auth_info: &str) -> Option<String> {
 mod tests {
     use super::*;
 
+    const fn at(secs: i64) -> Timestamp {
+        Timestamp::from_secs(secs)
+    }
+
+    const MINUTE: Duration = Duration::from_secs(60);
+    const TEN_MINUTES: Duration = Duration::from_secs(600);
+
     #[test]
     fn lockout_after_threshold_and_unlock() {
         let dir = std::env::temp_dir().join(format!("gh-state-{}", std::process::id()));
@@ -339,27 +341,30 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(std::fs::metadata(dir.join("state.db")).unwrap().permissions().mode() & 0o777, 0o600);
         for i in 0..2 {
-            assert_eq!(s.record_failure("alice", Some("192.0.2.1"), 100 + i, 3, 60, 600).unwrap(), None);
+            assert_eq!(
+                s.record_failure("alice", Some("192.0.2.1"), at(100 + i), 3, MINUTE, TEN_MINUTES).unwrap(),
+                None
+            );
         }
-        assert_eq!(s.record_failure("alice", None, 102, 3, 60, 600).unwrap(), Some(702));
-        assert_eq!(s.locked_until("alice", 103).unwrap(), Some(702));
-        assert_eq!(s.locked_until("alice", 702).unwrap(), None, "over");
-        assert_eq!(s.locked_until("bob", 103).unwrap(), None);
+        assert_eq!(s.record_failure("alice", None, at(102), 3, MINUTE, TEN_MINUTES).unwrap(), Some(at(702)));
+        assert_eq!(s.locked_until("alice", at(103)).unwrap(), Some(at(702)));
+        assert_eq!(s.locked_until("alice", at(702)).unwrap(), None, "over");
+        assert_eq!(s.locked_until("bob", at(103)).unwrap(), None);
         assert!(s.unlock("alice").unwrap());
-        assert_eq!(s.locked_until("alice", 103).unwrap(), None);
+        assert_eq!(s.locked_until("alice", at(103)).unwrap(), None);
         // Old failures fall out of the window.
-        assert_eq!(s.record_failure("carol", None, 0, 2, 60, 600).unwrap(), None);
-        assert_eq!(s.record_failure("carol", None, 100, 2, 60, 600).unwrap(), None);
+        assert_eq!(s.record_failure("carol", None, at(0), 2, MINUTE, TEN_MINUTES).unwrap(), None);
+        assert_eq!(s.record_failure("carol", None, at(100), 2, MINUTE, TEN_MINUTES).unwrap(), None);
 
-        let id = s.record_login("alice", Some("SHA256:x"), Some("192.0.2.1"), Some("sshd"), 1000).unwrap();
+        let id = s.record_login("alice", Some("SHA256:x"), Some("192.0.2.1"), Some("sshd"), at(1000)).unwrap();
         assert!(id > 0);
-        assert_eq!(s.sessions_last_minute("alice", 1030).unwrap(), 1);
-        assert_eq!(s.sessions_last_minute("alice", 1061).unwrap(), 0);
-        assert_eq!(s.key_use("alice").unwrap()["SHA256:x"].last_used, 1000);
-        s.record_logout("alice", Some("192.0.2.1"), 1100).unwrap();
+        assert_eq!(s.sessions_last_minute("alice", at(1030)).unwrap(), 1);
+        assert_eq!(s.sessions_last_minute("alice", at(1061)).unwrap(), 0);
+        assert_eq!(s.key_use("alice").unwrap()["SHA256:x"].last_used, at(1000));
+        s.record_logout("alice", Some("192.0.2.1"), at(1100)).unwrap();
         assert_eq!(s.quota_applied("alice").unwrap(), None);
-        s.record_quota("alice", "10M", "/data", 1100).unwrap();
-        s.record_quota("alice", "20M", "/data", 1200).unwrap();
+        s.record_quota("alice", "10M", "/data", at(1100)).unwrap();
+        s.record_quota("alice", "20M", "/data", at(1200)).unwrap();
         assert_eq!(s.quota_applied("alice").unwrap(), Some(("20M".into(), "/data".into())));
         std::fs::remove_dir_all(dir).unwrap();
     }
@@ -371,7 +376,7 @@ mod tests {
         let path = dir.join("state.db");
         for i in 0..300 {
             let s = StateStore::open_writer(&path, 1000, None).unwrap();
-            s.record_login("alice", Some("SHA256:x"), None, None, 1000 + i).unwrap();
+            s.record_login("alice", Some("SHA256:x"), None, None, at(1000 + i)).unwrap();
         }
         let wal = std::fs::metadata(dir.join("state.db-wal")).unwrap().len();
         assert!(wal < 64 * 1024, "the WAL grew to {wal} bytes");
@@ -419,7 +424,7 @@ mod tests {
         }
         tx.commit().unwrap();
         for i in 0..64 {
-            s.record_login("ci", None, None, None, LOGINS_KEPT + 500 + i).unwrap();
+            s.record_login("ci", None, None, None, at(LOGINS_KEPT + 500 + i)).unwrap();
         }
         let kept: i64 = s.conn.query_row("SELECT count(*) FROM logins WHERE user = 'ci'", [], |r| r.get(0)).unwrap();
         assert!(kept <= LOGINS_KEPT + 64, "{kept} rows kept");

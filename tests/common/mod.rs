@@ -329,6 +329,18 @@ pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// The ssh client's options, as arguments: no user config, and those the benchmarks share
+/// (ssh_options: no prompts, no known_hosts, only the key given), no agent, and the one key
+/// exchange the private sshd offers.
+fn ssh_options() -> Vec<&'static str> {
+    let shared = include_str!("ssh_options").lines().filter(|l| !l.is_empty() && !l.starts_with('#'));
+    let mut args = vec!["-F", "/dev/null"];
+    for option in shared.chain(["IdentityAgent=none", "KexAlgorithms=curve25519-sha256"]) {
+        args.extend(["-o", option]);
+    }
+    args
+}
+
 /// A private sshd on 127.0.0.1, configured with the shipped drop-in
 /// (sshd_config.d/gatehouse.conf) pointed at this test's binaries, users and groups.
 pub struct Sshd {
@@ -379,16 +391,16 @@ impl Sshd {
             None => (extra, ""),
         };
         gh.share_store_with(&managed.name);
+        // The base the benchmarks share (benches/lib.sh), then the tests' own lines.
+        let base = include_str!("sshd_config.in")
+            .replace("@HOST_KEY@", host_key.to_str().unwrap())
+            .replace("@USE_PAM@", if use_pam { "yes" } else { "no" });
         // A port picked free may be taken before sshd binds it; try a few.
         for _ in 0..5 {
             let port = free_port();
             let text = format!(
-                "Port {port}\nListenAddress 127.0.0.1\nHostKey {}\nPidFile none\nUsePAM {}\n\
-                 KexAlgorithms curve25519-sha256\nLogLevel VERBOSE\nMaxStartups 300\nMaxSessions 50\n\
-                 PasswordAuthentication no\nKbdInteractiveAuthentication no\nStrictModes no\n\
-                 AuthenticationMethods publickey\nSubsystem sftp /usr/lib/openssh/sftp-server\n{global}\n{dropin}\n{matches}",
-                host_key.display(),
-                if use_pam { "yes" } else { "no" }
+                "Port {port}\n{base}LogLevel VERBOSE\nMaxStartups 300\nMaxSessions 50\nStrictModes no\n\
+                 AuthenticationMethods publickey\nSubsystem sftp /usr/lib/openssh/sftp-server\n{global}\n{dropin}\n{matches}"
             );
             std::fs::write(&config, text).unwrap();
             let mut child = Command::new(program)
@@ -428,20 +440,13 @@ impl Sshd {
     /// An `ssh` command line for git's GIT_SSH_COMMAND, rsync's `-e` and sftp's `-S`-less
     /// use: this server's port, only `key` offered, no host-key prompts.
     pub fn ssh_line(&self, key: &Path) -> String {
-        format!(
-            "ssh -F /dev/null -o BatchMode=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null \
-             -o IdentitiesOnly=yes -o IdentityAgent=none -o LogLevel=ERROR -o KexAlgorithms=curve25519-sha256 \
-             -i {} -p {}",
-            key.display(),
-            self.port
-        )
+        format!("ssh {} -i {} -p {}", ssh_options().join(" "), key.display(), self.port)
     }
 
     pub fn ssh_command(&self, user: &str, key: &Path, command: &[&str]) -> Command {
         let mut cmd = Command::new("ssh");
-        cmd.args(["-F", "/dev/null", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no"])
-            .args(["-o", "UserKnownHostsFile=/dev/null", "-o", "IdentitiesOnly=yes", "-o", "IdentityAgent=none"])
-            .args(["-o", "ConnectTimeout=20", "-o", "LogLevel=ERROR", "-o", "KexAlgorithms=curve25519-sha256"])
+        cmd.args(ssh_options())
+            .args(["-o", "ConnectTimeout=20"])
             .arg("-i")
             .arg(key)
             .args(["-p", &self.port.to_string()])

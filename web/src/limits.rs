@@ -1,5 +1,6 @@
 //! Fixed-window rate limits per key (an address for sign-in, a user for key changes).
 
+use gatehouse::time::Timestamp;
 use std::collections::HashMap;
 use std::sync::Mutex;
 
@@ -14,8 +15,8 @@ impl RateLimit {
     }
 
     /// Counts one event for `key` at `now`; false once the minute's allowance is spent.
-    pub fn allow(&self, key: &str, now: i64) -> bool {
-        let minute = now.div_euclid(60);
+    pub fn allow(&self, key: &str, now: Timestamp) -> bool {
+        let minute = now.as_secs().div_euclid(60);
         let mut windows = self.windows.lock().unwrap_or_else(|e| e.into_inner());
         if windows.len() > 100_000 {
             // Old windows are useless; drop them rather than grow without bound.
@@ -36,10 +37,11 @@ mod tests {
 
     #[test]
     fn allows_per_minute_then_refuses() {
+        let at = Timestamp::from_secs;
         let limit = RateLimit::new(3);
-        assert!((0..3).all(|_| limit.allow("a", 60)));
-        assert!(!limit.allow("a", 61));
-        assert!(limit.allow("b", 61), "keys are separate");
-        assert!(limit.allow("a", 120), "a new minute");
+        assert!((0..3).all(|_| limit.allow("a", at(60))));
+        assert!(!limit.allow("a", at(61)));
+        assert!(limit.allow("b", at(61)), "keys are separate");
+        assert!(limit.allow("a", at(120)), "a new minute");
     }
 }

@@ -355,12 +355,7 @@ async fn serve_connection<S>(
 /// in progress.
 pub async fn run(app: Arc<App>, listener: Listener, shutdown: impl Future<Output = ()>) {
     let web = &app.config.web;
-    let seconds = |n: i64| Duration::from_secs(u64::try_from(n).unwrap_or(1));
-    let timeouts = Timeouts {
-        header: seconds(web.header_timeout),
-        idle: seconds(web.idle_timeout),
-        request: seconds(web.request_timeout),
-    };
+    let timeouts = Timeouts { header: web.header_timeout, idle: web.idle_timeout, request: web.request_timeout };
     let slots = Slots::new(web.max_connections, web.max_connections_per_peer, web.trusted_proxies.clone());
     let router = crate::routes::router(app.clone());
     let refused = [Throttle::new(REPORT_EVERY), Throttle::new(REPORT_EVERY)];

@@ -13,7 +13,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use gatehouse::admin::{Admin, AdminError, KeyOptions};
 use gatehouse::domain::repo::Access;
-use gatehouse::domain::{Scope, UserState};
+use gatehouse::domain::{PolicyChange, Scope, UserState};
 use gatehouse::store::{AdminStore, AuditQuery, Key, User};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -58,7 +58,7 @@ pub struct UserJson {
 }
 
 fn user_json(user: User) -> UserJson {
-    let created_at = gatehouse::time::rfc3339(user.created);
+    let created_at = user.created.to_string();
     UserJson { user, created_at }
 }
 
@@ -71,8 +71,8 @@ pub struct KeyJson {
 }
 
 fn key_json(key: Key) -> KeyJson {
-    let created_at = gatehouse::time::rfc3339(key.created);
-    let expires_at = key.expires.map(gatehouse::time::rfc3339);
+    let created_at = key.created.to_string();
+    let expires_at = key.expires.map(|t| t.to_string());
     KeyJson { key, created_at, expires_at }
 }
 
@@ -159,7 +159,7 @@ pub async fn update_user(
                     a.user_set_state(&name, state)?;
                 }
                 if change.policy.is_some() || change.port_forwarding.is_some() {
-                    a.user_set(&name, change.policy, change.port_forwarding)?;
+                    a.user_set(&name, PolicyChange { policy: change.policy, port_forwarding: change.port_forwarding })?;
                 }
                 Ok(())
             })?;

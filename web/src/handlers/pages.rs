@@ -17,6 +17,7 @@ use gatehouse::admin::KeyOptions;
 use gatehouse::domain::{Scope, UserState};
 use gatehouse::log::Level;
 use gatehouse::store::{AdminStore, Key};
+use gatehouse::time::Timestamp;
 use maud::{html, Markup};
 use serde::Deserialize;
 use std::sync::Arc;
@@ -209,7 +210,7 @@ fn invite_page(user: &str, message: Option<&str>) -> Markup {
 }
 
 /// The user an invitation is for, while it is valid.
-async fn invited(app: &Arc<App>, token: &str, now: gatehouse::time::Timestamp) -> Result<String, WebError> {
+async fn invited(app: &Arc<App>, token: &str, now: Timestamp) -> Result<String, WebError> {
     let token = token.to_string();
     let user = app.blocking(move |db| db.secrets().invite_user(&token, now).map_err(|e| db.store_err(e))).await?;
     user.ok_or_else(|| WebError::BadRequest("This invitation link is not valid, or has expired.".into()))
@@ -350,15 +351,15 @@ fn scope_label(s: Scope) -> &'static str {
 }
 
 /// `used`: `None` when the service may not read the login state.
-fn key_row(k: &Key, now: i64, used: Option<Option<&gatehouse::store::state::KeyUse>>) -> Markup {
+fn key_row(k: &Key, now: Timestamp, used: Option<Option<&gatehouse::store::state::KeyUse>>) -> Markup {
     let last_used = match used {
-        Some(Some(u)) => gatehouse::time::rfc3339(u.last_used),
+        Some(Some(u)) => u.last_used.to_string(),
         Some(None) => "never".to_string(),
         None => "unknown".to_string(),
     };
     let expires = match k.expires {
-        Some(t) if t <= now => format!("expired {}", gatehouse::time::rfc3339(t)),
-        Some(t) => gatehouse::time::rfc3339(t),
+        Some(t) if t <= now => format!("expired {t}"),
+        Some(t) => t.to_string(),
         None => "never".to_string(),
     };
     html! {
@@ -367,7 +368,7 @@ fn key_row(k: &Key, now: i64, used: Option<Option<&gatehouse::store::state::KeyU
             td { code { (k.fingerprint) } }
             td { (k.comment) }
             td { (k.scope.as_str()) }
-            td { (gatehouse::time::rfc3339(k.created)) }
+            td { (k.created) }
             td { (expires) }
             td { (last_used) }
             td { a href={ "/keys/remove?fp=" (urlencode(&k.fingerprint)) } { "Remove" } }
