@@ -8,6 +8,7 @@
 //! - [`forced`]: the forced command (`gatehouse-shell`): what a session may run.
 //! - [`session`]: the root side of a login (PAM module, `gatehouse-session`).
 //! - [`admin`]: the admin CLI's operations, shared with the web service.
+//! - [`agent`]: the root daemon that makes the host follow the store (`gatehouse-agent`).
 //! - [`domain`]: users, keys, grants, scopes: the types every part speaks.
 //! - [`store`]: the SQLite files: the key store, the state file, the web secrets.
 //! - [`config`]: the configuration file, gatehouse.toml.
@@ -15,6 +16,8 @@
 
 #[cfg(feature = "admin")]
 pub mod admin;
+#[cfg(feature = "admin")]
+pub mod agent;
 pub mod config;
 pub mod domain;
 pub mod exit;

@@ -6,8 +6,9 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
-const PAGES: [&str; 8] = [
+const PAGES: [&str; 9] = [
     "man/gatehouse.8",
+    "man/gatehouse-agent.8",
     "man/gatehouse-keys.8",
     "man/gatehouse-ldap.8",
     "man/gatehouse-shell.8",
@@ -317,6 +318,51 @@ fn gatehouse_ldap_8_documents_commands_flags_and_exit_codes() {
     let documented: BTreeSet<String> =
         status.lines().filter_map(|l| l.strip_prefix(".It ")).map(str::to_string).collect();
     assert_eq!(documented, codes, "exit codes of man/gatehouse-ldap.8 and ldap/src/main.rs differ");
+}
+
+/// gatehouse-agent parses its arguments by hand in src/bin/gatehouse-agent.rs: its options
+/// are the literals of the `Some("--name" | "-x")` arms there, and its exit statuses every
+/// `exit::NAME` it names.
+#[test]
+fn gatehouse_agent_8_documents_flags_exit_codes_and_keys() {
+    let page = read("man/gatehouse-agent.8");
+    let source = read("src/bin/gatehouse-agent.rs");
+    let options: BTreeSet<String> =
+        literals(&source, &["Some(\"-"]).into_iter().filter(|o| o.starts_with('-')).collect();
+    for expected in ["--config", "--once", "--help", "-h", "--version", "-V"] {
+        assert!(options.contains(expected), "src/bin/gatehouse-agent.rs no longer parses {expected}: {options:?}");
+    }
+    // The usage line the binary prints names only options it parses.
+    let usage = run(env!("CARGO_BIN_EXE_gatehouse-agent"), &["--help"]);
+    assert!(usage.status.success(), "gatehouse-agent --help failed");
+    let unparsed: Vec<_> = long_flags(&String::from_utf8_lossy(&usage.stdout))
+        .into_iter()
+        .filter(|f| !options.contains(&format!("--{f}")))
+        .collect();
+    assert!(unparsed.is_empty(), "gatehouse-agent --help names options it does not parse: {unparsed:?}");
+    // `--name` is written `Fl -name` in the page, `-x` is `Fl x`.
+    let missing: Vec<_> =
+        options.iter().filter(|o| !mentions(&page, &format!("Fl {}", o.strip_prefix('-').unwrap_or(o)))).collect();
+    assert!(missing.is_empty(), "options missing from man/gatehouse-agent.8: {missing:?}");
+    let stale: Vec<_> = documented_flags(&page).into_iter().filter(|f| !options.contains(&format!("--{f}"))).collect();
+    assert!(stale.is_empty(), "man/gatehouse-agent.8 documents flags gatehouse-agent lacks: {stale:?}");
+
+    // Every `exit::NAME` it uses has its `.It N` in EXIT STATUS, and nothing more.
+    let codes = exit_names(&source);
+    let codes: Vec<&str> = codes.iter().map(String::as_str).collect();
+    assert!(codes.len() >= 5, "{codes:?}");
+    let status = section(&page, "EXIT STATUS");
+    let documented: BTreeSet<&str> = status.lines().filter_map(|l| l.strip_prefix(".It ")).collect();
+    let missing: Vec<_> = codes.iter().filter(|c| !documented.contains(*c)).collect();
+    assert!(missing.is_empty(), "exit codes missing from man/gatehouse-agent.8: {missing:?}");
+    let stale: Vec<_> = documented.iter().filter(|c| !codes.contains(c)).collect();
+    assert!(stale.is_empty(), "man/gatehouse-agent.8 documents exit codes gatehouse-agent lacks: {stale:?}");
+
+    // The [agent] keys, which gatehouse.toml(5) documents too, are named in the page.
+    let keys: Vec<String> = config_keys().into_iter().filter(|k| k.starts_with("agent.")).collect();
+    assert!(keys.len() >= 2, "{keys:?}");
+    let missing: Vec<_> = keys.iter().filter(|k| !mentions(&page, &format!("Cm {k}"))).collect();
+    assert!(missing.is_empty(), "[agent] keys missing from man/gatehouse-agent.8: {missing:?}");
 }
 
 /// The string literals on the lines of `text` that start with one of `starts`.

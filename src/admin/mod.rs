@@ -401,8 +401,9 @@ impl Admin<'_> {
     /// Brings system accounts in line with the store; returns how many steps failed.
     pub fn provision(&mut self, out: &mut dyn Write, dry_run: bool) -> Result<u32, AdminError> {
         let users = self.store.users()?;
+        let accounts = crate::admin::provision::Accounts::read(self.config);
         let mut failed = 0;
-        for step in crate::admin::provision::plan(self.config, &users) {
+        for step in crate::admin::provision::plan(self.config, &users, &accounts) {
             use crate::admin::provision::Step;
             let (what, user) = match &step {
                 Step::Create { user, shell } => (format!("create (shell {shell})"), user.clone()),

@@ -1,11 +1,13 @@
-//! `gatehouse provision`: system accounts follow the store. Accounts are created for
-//! enabled users and locked for disabled ones, only within the configured UID range;
-//! anything outside it, and reserved names, are never touched. Running it twice changes
-//! nothing the second time.
+//! `gatehouse provision` and the agent's account pass: system accounts follow the store.
+//! Accounts are created for enabled users and locked for disabled ones, and for members of
+//! `users.group` the store no longer knows, only within the configured UID range; anything
+//! outside it, and reserved names, are never touched. Running it twice changes nothing
+//! the second time.
 
 use crate::config::Config;
 use crate::domain::{Scope, UserState};
 use crate::store::User;
+use std::collections::{HashMap, HashSet};
 use std::process::Command;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -16,18 +18,111 @@ pub enum Step {
     Skip { user: String, reason: String },
 }
 
-/// Whether `usermod -L` locked the account: its password field starts with `!` (a bare
-/// `*`, as accounts for key-only logins have, is not a lock).
-fn locked(user: &str) -> bool {
-    Command::new("/usr/bin/getent")
-        .args(["shadow", user])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).split(':').nth(1).is_some_and(|p| p.starts_with('!')))
-        .unwrap_or(false)
+/// An account as provisioning sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Account {
+    pub uid: u32,
+    pub gid: u32,
 }
 
-/// What provisioning would do, given the store's users.
-pub fn plan(config: &Config, users: &[User]) -> Vec<Step> {
+/// The host's accounts, read once per pass: one enumeration of the password, shadow and
+/// group databases instead of a lookup (a linear scan of /etc/passwd) per store user.
+#[derive(Debug, Default, Clone)]
+pub struct Accounts {
+    by_name: HashMap<String, Account>,
+    /// Accounts whose password field starts with `!` (`usermod -L`; a bare `*`, as
+    /// accounts for key-only logins have, is not a lock).
+    locked: HashSet<String>,
+    /// Members of `users.group`.
+    pub members: Vec<String>,
+    /// Whether names missing from the enumeration are looked up one by one (a directory
+    /// through NSS may not enumerate); off in unit tests.
+    ask_nss: bool,
+}
+
+fn getent(args: &[&str]) -> String {
+    Command::new("/usr/bin/getent")
+        .args(args)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
+}
+
+impl Accounts {
+    /// This host's accounts.
+    pub fn read(config: &Config) -> Accounts {
+        let mut accounts =
+            Accounts::parse(&getent(&["passwd"]), &getent(&["shadow"]), &getent(&["group", &config.users.group]));
+        accounts.ask_nss = true;
+        accounts
+    }
+
+    /// From `getent passwd`, `getent shadow` and `getent group GROUP` output.
+    pub fn parse(passwd: &str, shadow: &str, group: &str) -> Accounts {
+        let mut by_name = HashMap::new();
+        for line in passwd.lines() {
+            let f: Vec<&str> = line.split(':').collect();
+            if let (Some(name), Some(Ok(uid)), Some(Ok(gid))) =
+                (f.first(), f.get(2).map(|u| u.parse()), f.get(3).map(|g| g.parse()))
+            {
+                by_name.entry((*name).to_string()).or_insert(Account { uid, gid });
+            }
+        }
+        let locked = shadow
+            .lines()
+            .filter_map(|l| l.split_once(':'))
+            .filter(|(_, rest)| rest.starts_with('!'))
+            .map(|(name, _)| name.to_string())
+            .collect();
+        let members = group
+            .lines()
+            .next()
+            .and_then(|l| l.split(':').nth(3))
+            .map(|m| m.split(',').filter(|n| !n.is_empty()).map(str::to_string).collect())
+            .unwrap_or_default();
+        Accounts { by_name, locked, members, ask_nss: false }
+    }
+
+    /// The account `name`, if there is one.
+    pub fn get(&self, name: &str) -> Result<Option<Account>, String> {
+        if let Some(a) = self.by_name.get(name) {
+            return Ok(Some(*a));
+        }
+        if !self.ask_nss {
+            return Ok(None);
+        }
+        nix::unistd::User::from_name(name)
+            .map(|u| u.map(|u| Account { uid: u.uid.as_raw(), gid: u.gid.as_raw() }))
+            .map_err(|e| format!("passwd lookup: {e}"))
+    }
+
+    fn is_locked(&self, name: &str) -> bool {
+        self.locked.contains(name)
+    }
+}
+
+/// Accounts in the UID range whose sessions must not run: their user is disabled in the
+/// store, or (a member of `users.group`) no longer in it. (name, uid) pairs.
+pub fn revoked(config: &Config, users: &[User], accounts: &Accounts) -> Vec<(String, u32)> {
+    let (min, max) = (config.users.uid_min, config.users.uid_max);
+    let known: HashMap<&str, UserState> = users.iter().map(|u| (u.name.as_str(), u.state)).collect();
+    let mut names: Vec<&str> =
+        users.iter().filter(|u| u.state != UserState::Enabled).map(|u| u.name.as_str()).collect();
+    names.extend(accounts.members.iter().map(String::as_str).filter(|m| !known.contains_key(m)));
+    names.sort_unstable();
+    names.dedup();
+    names
+        .into_iter()
+        .filter(|n| !crate::names::is_reserved(n))
+        .filter_map(|n| match accounts.get(n) {
+            Ok(Some(a)) if a.uid != 0 && (min..=max).contains(&a.uid) => Some((n.to_string(), a.uid)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// What provisioning would do, given the store's users and the host's accounts.
+pub fn plan(config: &Config, users: &[User], accounts: &Accounts) -> Vec<Step> {
     let (min, max) = (config.users.uid_min, config.users.uid_max);
     let mut steps = Vec::new();
     for u in users {
@@ -39,7 +134,7 @@ pub fn plan(config: &Config, users: &[User]) -> Vec<Step> {
             steps.push(Step::Skip { user: u.name.clone(), reason: "not a valid user name".into() });
             continue;
         }
-        match nix::unistd::User::from_name(&u.name) {
+        match accounts.get(&u.name) {
             Ok(None) if u.state == UserState::Enabled => {
                 let shell = if u.policy == Scope::Shell && config.shell.login_shell.is_none() {
                     crate::config::DEFAULT_LOGIN_SHELL.to_string()
@@ -54,7 +149,7 @@ pub fn plan(config: &Config, users: &[User]) -> Vec<Step> {
             }
             Ok(None) => {}
             Ok(Some(account)) => {
-                let uid = account.uid.as_raw();
+                let uid = account.uid;
                 if !(min..=max).contains(&uid) {
                     steps.push(Step::Skip {
                         user: u.name.clone(),
@@ -62,14 +157,24 @@ pub fn plan(config: &Config, users: &[User]) -> Vec<Step> {
                     });
                     continue;
                 }
-                let is_locked = locked(&u.name);
+                let is_locked = accounts.is_locked(&u.name);
                 match u.state {
                     UserState::Disabled if !is_locked => steps.push(Step::Lock(u.name.clone())),
                     UserState::Enabled if is_locked => steps.push(Step::Unlock(u.name.clone())),
                     _ => {}
                 }
             }
-            Err(e) => steps.push(Step::Skip { user: u.name.clone(), reason: format!("passwd lookup: {e}") }),
+            Err(reason) => steps.push(Step::Skip { user: u.name.clone(), reason }),
+        }
+    }
+    // Members of the managed group the store no longer knows: removed users keep their
+    // account (and their files) but can no longer log in.
+    let known: HashSet<&str> = users.iter().map(|u| u.name.as_str()).collect();
+    for member in accounts.members.iter().filter(|m| !known.contains(m.as_str())) {
+        if let Ok(Some(a)) = accounts.get(member) {
+            if (min..=max).contains(&a.uid) && !crate::names::is_reserved(member) && !accounts.is_locked(member) {
+                steps.push(Step::Lock(member.clone()));
+            }
         }
     }
     steps
@@ -105,5 +210,92 @@ pub fn apply(config: &Config, step: &Step) -> Result<(), String> {
         Step::Lock(user) => run(Command::new("/usr/sbin/usermod").args(["-L", "-e", "1", user])),
         Step::Unlock(user) => run(Command::new("/usr/sbin/usermod").args(["-U", "-e", "", user])),
         Step::Skip { .. } => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PASSWD: &str = "root:x:0:0:root:/root:/bin/bash\n\
+                          alice:x:20001:20001::/data/alice:/usr/bin/gatehouse-shell\n\
+                          bob:x:20002:20002::/data/bob:/usr/bin/gatehouse-shell\n\
+                          gone:x:20003:20003::/data/gone:/usr/bin/gatehouse-shell\n\
+                          legacy:x:1000:1000::/home/legacy:/bin/bash\n\
+                          sshd:x:105:65534::/run/sshd:/usr/sbin/nologin\n\
+                          broken:x:notanumber:1::/:/bin/sh\n";
+    const SHADOW: &str = "root:$y$hash:19000::::::\nalice:*:19000::::::\nbob:!*:19000::::::\ngone:*:19000::::::\n";
+    const GROUP: &str = "gatehouse-users:x:990:alice,bob,gone,legacy,sshd\n";
+
+    fn user(name: &str, state: UserState) -> User {
+        User {
+            name: name.into(),
+            state,
+            policy: Scope::Shell,
+            port_forwarding: false,
+            created: crate::time::Timestamp::EPOCH,
+            source: "cli".into(),
+        }
+    }
+
+    fn config() -> Config {
+        Config::parse("g.toml", "[users]\nuid_min = 20000\nuid_max = 29999\n").unwrap()
+    }
+
+    #[test]
+    fn accounts_from_getent_output() {
+        let a = Accounts::parse(PASSWD, SHADOW, GROUP);
+        assert_eq!(a.get("alice").unwrap(), Some(Account { uid: 20001, gid: 20001 }));
+        assert_eq!(a.get("broken").unwrap(), None, "a line with a bad uid is no account");
+        assert_eq!(a.get("nobody-here").unwrap(), None);
+        assert!(a.is_locked("bob") && !a.is_locked("alice") && !a.is_locked("root"));
+        assert_eq!(a.members, ["alice", "bob", "gone", "legacy", "sshd"]);
+        assert!(Accounts::parse("", "", "").members.is_empty());
+        assert!(Accounts::parse("", "", "g:x:1:\n").members.is_empty());
+    }
+
+    #[test]
+    fn plan_creates_locks_unlocks_within_the_range_only() {
+        let a = Accounts::parse(PASSWD, SHADOW, GROUP);
+        let users = vec![
+            user("alice", UserState::Disabled),
+            user("bob", UserState::Enabled),
+            user("carol", UserState::Enabled),
+            user("dave", UserState::Disabled),
+            user("root", UserState::Enabled),
+            user("legacy", UserState::Disabled),
+            user("-rf", UserState::Enabled),
+        ];
+        let steps = plan(&config(), &users, &a);
+        assert!(steps.contains(&Step::Lock("alice".into())));
+        assert!(steps.contains(&Step::Unlock("bob".into())));
+        assert!(steps.iter().any(|s| matches!(s, Step::Create { user, .. } if user == "carol")));
+        assert!(
+            !steps.iter().any(|s| matches!(s, Step::Create { user, .. } if user == "dave")),
+            "disabled: no account"
+        );
+        assert!(steps.contains(&Step::Skip { user: "root".into(), reason: "reserved name".into() }));
+        assert!(steps
+            .iter()
+            .any(|s| matches!(s, Step::Skip { user, reason } if user == "legacy" && reason.contains("outside"))));
+        assert!(steps.iter().any(|s| matches!(s, Step::Skip { user, .. } if user == "-rf")));
+        // A member the store no longer knows, in the range: locked. Outside it (legacy is
+        // known anyway; sshd is reserved and outside): never.
+        assert!(steps.contains(&Step::Lock("gone".into())));
+        assert!(!steps.iter().any(|s| *s == Step::Lock("sshd".into()) || *s == Step::Lock("legacy".into())));
+    }
+
+    #[test]
+    fn revoked_accounts_are_disabled_or_removed_users_in_the_range() {
+        let a = Accounts::parse(PASSWD, SHADOW, GROUP);
+        let users = vec![
+            user("alice", UserState::Disabled),
+            user("bob", UserState::Enabled),
+            user("root", UserState::Disabled),
+            user("legacy", UserState::Disabled),
+        ];
+        let mut r = revoked(&config(), &users, &a);
+        r.sort();
+        assert_eq!(r, vec![("alice".to_string(), 20001), ("gone".to_string(), 20003)]);
     }
 }

@@ -170,6 +170,11 @@ fn main() -> ExitCode {
             if login_mode {
                 // exec keeps the process ID: seeing it again means the shell led back here.
                 cmd.env(LOOP_MARK, std::process::id().to_string());
+                // Inherited (`su` from a key's session): not this session's key, and the
+                // agent would take it for a removed key of this user.
+                cmd.env_remove(gatehouse::forced::SESSION_KEY_VAR);
+            } else {
+                cmd.env(gatehouse::forced::SESSION_KEY_VAR, session.fingerprint);
             }
             // SHELL is the one the session runs (sshd set the account's), for the programs
             // that start a shell of their own.

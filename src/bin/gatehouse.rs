@@ -52,6 +52,13 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "ARGS")]
         args: Vec<std::ffi::OsString>,
     },
+    /// Make the host follow the store: sessions, accounts, data folders (root; the daemon
+    /// is gatehouse-agent)
+    Agent {
+        /// One pass, its changes printed, then exit
+        #[arg(long)]
+        once: bool,
+    },
     /// Create, lock and unlock system accounts to match the store (root)
     Provision {
         /// Print what would change, change nothing
@@ -307,6 +314,15 @@ fn run(cli: Cli, config: &Config, log: &mut Logger) -> Result<u8, AdminError> {
             }
             return Ok(exit::OK);
         }
+        Command::Agent { once } => {
+            let result = if once {
+                gatehouse::agent::once(config, log, &mut out)
+                    .map(|failed| if failed == 0 { exit::OK } else { exit::REFUSED })
+            } else {
+                gatehouse::agent::run(config, log).map(|()| exit::OK)
+            };
+            return Ok(result?);
+        }
         Command::Doctor { sshd, sshd_config, user } => {
             let options =
                 doctor::DoctorOptions { sshd: &sshd, sshd_config: sshd_config.as_deref(), user: user.as_deref() };
@@ -335,7 +351,7 @@ fn run(cli: Cli, config: &Config, log: &mut Logger) -> Result<u8, AdminError> {
     let mut admin = Admin { config, store: &mut store, actor, log };
     let say = |out: &mut dyn Write, text: String| writeln!(out, "{text}").map_err(|e| AdminError::Io(e.to_string()));
     match cli.command {
-        Command::Init { .. } | Command::Doctor { .. } | Command::Ldap { .. } => {}
+        Command::Init { .. } | Command::Doctor { .. } | Command::Ldap { .. } | Command::Agent { .. } => {}
         Command::User(cmd) => match cmd {
             UserCommand::Add { name, policy, port_forwarding, disabled } => {
                 admin.user_add(&name, policy, port_forwarding, disabled, "cli")?;

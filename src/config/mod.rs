@@ -4,6 +4,7 @@
 //! the checks they share (an integer in a range, a clean absolute path) are in
 //! `located.rs`.
 
+mod agent;
 mod forwarding;
 mod jail;
 mod keys;
@@ -17,6 +18,7 @@ mod store;
 mod users;
 mod web;
 
+pub use agent::AgentConfig;
 pub use forwarding::ForwardingConfig;
 pub use jail::JailConfig;
 pub use keys::{KeyFamily, KeysConfig};
@@ -53,6 +55,7 @@ struct RawConfig {
     lockout: Option<state::RawLockout>,
     jail: Option<jail::Raw>,
     ldap: Option<ldap::Raw>,
+    agent: Option<agent::Raw>,
 }
 
 /// The validated configuration every program works from.
@@ -74,6 +77,7 @@ pub struct Config {
     pub lockout: LockoutConfig,
     pub jail: JailConfig,
     pub ldap: Option<LdapConfig>,
+    pub agent: AgentConfig,
 }
 
 impl Default for Config {
@@ -94,6 +98,7 @@ impl Default for Config {
             lockout: LockoutConfig::default(),
             jail: JailConfig::default(),
             ldap: None,
+            agent: AgentConfig::default(),
         }
     }
 }
@@ -202,6 +207,9 @@ impl Config {
         }
         if let Some(r) = raw.log {
             log::parse(&at, r, &mut c.log)?;
+        }
+        if let Some(r) = raw.agent {
+            agent::parse(&at, r, &mut c.agent)?;
         }
         Ok(c)
     }

@@ -259,6 +259,10 @@ pub struct Session<'a> {
 /// The PATH served programs get.
 pub const SAFE_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 
+/// Set for everything a key's session starts: the key's fingerprint, by which the agent
+/// finds the sessions of a key that was removed (see `agent::sessions`).
+pub const SESSION_KEY_VAR: &str = "GATEHOUSE_KEY";
+
 fn printable(value: &str) -> bool {
     value.len() <= 256 && !value.chars().any(char::is_control)
 }
@@ -288,6 +292,9 @@ pub fn child_env(session: &Session<'_>) -> Vec<(String, String)> {
     // The user's own git configuration is not read by served git: it could point git at
     // programs to run, and the confinement would hide it anyway.
     env.push(("GIT_CONFIG_GLOBAL".to_string(), "/dev/null".to_string()));
+    if !session.login_mode {
+        env.push((SESSION_KEY_VAR.to_string(), session.fingerprint.to_string()));
+    }
     env
 }
 

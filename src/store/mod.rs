@@ -13,6 +13,8 @@ mod schema;
 pub mod secrets;
 pub mod sqlite;
 pub mod state;
+#[cfg(feature = "admin")]
+pub mod watch;
 
 pub use crate::domain::{Grant, Key, LoginView, PolicyChange, User};
 use crate::domain::{Scope, UserState};

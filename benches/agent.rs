@@ -1,0 +1,316 @@
+//! gatehouse-agent's benchmark, on the test harness (tests/common: the same private sshd,
+//! users and store as the end-to-end tests). Root; `cargo bench --bench agent` after
+//! `cargo build --workspace --release --bins` (gatehoused comes from the web package).
+//!
+//! 1. signup: the API call that adds a user, the one that adds their key, then `ssh … true`
+//!    tried every 20 ms until it works: p50/p99 over BENCH_AGENT_USERS (50) users (target:
+//!    p99 ≤ 1 s);
+//! 2. revocation: a running session, `gatehouse user disable`, the session's end (p50/p99
+//!    over BENCH_AGENT_SESSIONS, 20), and the same for `gatehouse key remove`;
+//! 3. a full pass over BENCH_AGENT_BIG (100,000) users who already have accounts and
+//!    folders (target ≤ 10 s), in a private mount namespace whose /etc/passwd, shadow and
+//!    group hold those accounts (the host's files are not touched);
+//! 4. idle: CPU seconds over BENCH_AGENT_IDLE (60) seconds of an agent with nothing to do,
+//!    scaled to an hour, and its resident memory.
+//!
+//! Prints a markdown table; exit status 1 when a target is missed.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+use common::*;
+use std::io::Write;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn env_or(name: &str, default: usize) -> usize {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[i]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.0} ms", d.as_secs_f64() * 1000.0)
+}
+
+/// The table's rows; each also goes to standard error as it is measured.
+struct Rows(Vec<(String, String, String)>);
+
+impl Rows {
+    fn push(&mut self, row: (String, String, String)) {
+        eprintln!("{}: {} ({})", row.0, row.1, row.2);
+        self.0.push(row);
+    }
+}
+
+struct Made(Vec<String>);
+
+impl Drop for Made {
+    fn drop(&mut self) {
+        for name in &self.0 {
+            let _ = Command::new("pkill").args(["-KILL", "-u", name]).output();
+            let _ = Command::new("userdel").arg(name).output();
+            let _ = Command::new("groupdel").arg(name).output();
+        }
+    }
+}
+
+struct Agent(Child);
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_agent(gh: &Gatehouse) -> Agent {
+    Agent(
+        Command::new(env!("CARGO_BIN_EXE_gatehouse-agent"))
+            .arg("--config")
+            .arg(&gh.config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+fn until(limit: Duration, step: Duration, mut done: impl FnMut() -> bool) -> Option<Duration> {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if done() {
+            return Some(start.elapsed());
+        }
+        std::thread::sleep(step);
+    }
+    None
+}
+
+fn api(url: &str, token: &str, path: &str, body: &str) {
+    let response = ureq::post(format!("{url}{path}"))
+        .header("Authorization", format!("Bearer {token}"))
+        .header("Content-Type", "application/json")
+        .send(body)
+        .unwrap();
+    assert!(response.status().is_success(), "{path}: {}", response.status());
+}
+
+/// CPU seconds (user + system) a process has used.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
+    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    ticks / 100.0 // USER_HZ, 100 on Linux
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status.lines().find_map(|l| l.strip_prefix("VmRSS:")).unwrap().trim().trim_end_matches(" kB").parse().unwrap()
+}
+
+fn main() {
+    if !is_root() {
+        eprintln!("benches/agent.rs: needs root (creates users, starts sshd and the agent)");
+        std::process::exit(2);
+    }
+    let users = env_or("BENCH_AGENT_USERS", 50);
+    let sessions = env_or("BENCH_AGENT_SESSIONS", 20);
+    let big = env_or("BENCH_AGENT_BIG", 100_000);
+    let idle = env_or("BENCH_AGENT_IDLE", 60);
+    let mut rows = Rows(Vec::new());
+    let mut missed = false;
+
+    let port = free_port();
+    let gh = Gatehouse::new("agentbench", &web_config(port));
+    gh.init(None);
+    let sshd = Sshd::start(&gh, "");
+    let cfg = std::fs::read_to_string(&gh.config)
+        .unwrap()
+        .replace(TEST_UID_RANGE, &format!("uid_min = 44000\nuid_max = 44999\ngroup = \"{}\"\n", sshd.managed.name));
+    std::fs::write(&gh.config, cfg).unwrap();
+    let web = Gatehoused::start(&gh, port);
+    let token = gh.ok(&["token", "create", "--scope", "admin", "--label", "bench"]).trim().to_string();
+    let agent = start_agent(&gh);
+    let keys = gh.dir.join("keys");
+    std::fs::create_dir(&keys).unwrap();
+    let mut made = Made(Vec::new());
+
+    // 1. signup -> first login.
+    let mut took = Vec::new();
+    for i in 0..users {
+        let name = unique("ghs");
+        made.0.push(name.clone());
+        let key = keygen(&keys, "ed25519");
+        let start = Instant::now();
+        api(&web.url, &token, "/api/v1/users", &format!("{{\"name\": \"{name}\"}}"));
+        api(
+            &web.url,
+            &token,
+            &format!("/api/v1/users/{name}/keys"),
+            &serde_json::json!({ "key": key.public }).to_string(),
+        );
+        let ok = until(Duration::from_secs(30), Duration::from_millis(20), || {
+            sshd.ssh(&name, &key.private, &["true"]).status.success()
+        });
+        assert!(ok.is_some(), "user {i} ({name}) could not log in within 30 s");
+        took.push(start.elapsed());
+    }
+    took.sort();
+    let p99 = percentile(&took, 0.99);
+    missed |= p99 > Duration::from_secs(1);
+    rows.push((
+        format!("API user + key → first `ssh true`, {users} users: p50 / p99"),
+        format!("{} / {}", ms(percentile(&took, 0.5)), ms(p99)),
+        format!("p99 ≤ 1000 ms {}", if p99 <= Duration::from_secs(1) { "PASS" } else { "FAIL" }),
+    ));
+
+    // 2. revocation -> session ended.
+    let hold = |name: &str, key: &Path| -> Child {
+        let child =
+            sshd.ssh_command(name, key, &["sleep", "600"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+        let up = until(Duration::from_secs(10), Duration::from_millis(10), || {
+            Command::new("pgrep").args(["-u", name, "-x", "sleep"]).output().unwrap().status.success()
+        });
+        assert!(up.is_some(), "the session of {name} did not start");
+        child
+    };
+    let mut disable = Vec::new();
+    let mut remove = Vec::new();
+    for _ in 0..sessions {
+        let name = unique("ghr");
+        made.0.push(name.clone());
+        let (a, b) = (keygen(&keys, "ed25519"), keygen(&keys, "ed25519"));
+        gh.ok(&["user", "add", &name]);
+        gh.cli_stdin(&["key", "add", &name, "-"], a.public.as_bytes());
+        gh.cli_stdin(&["key", "add", &name, "-"], b.public.as_bytes());
+        until(Duration::from_secs(30), Duration::from_millis(20), || {
+            sshd.ssh(&name, &a.private, &["true"]).status.success()
+        })
+        .expect("login");
+        let mut s = hold(&name, &a.private);
+        let start = Instant::now();
+        gh.ok(&["key", "remove", &name, &a.fingerprint]);
+        until(Duration::from_secs(30), Duration::from_millis(2), || s.try_wait().unwrap().is_some()).expect("key");
+        remove.push(start.elapsed());
+        let mut s = hold(&name, &b.private);
+        let start = Instant::now();
+        gh.ok(&["user", "disable", &name]);
+        until(Duration::from_secs(30), Duration::from_millis(2), || s.try_wait().unwrap().is_some()).expect("user");
+        disable.push(start.elapsed());
+    }
+    for (what, mut v) in [("`user disable`", disable), ("`key remove`", remove)] {
+        v.sort();
+        rows.push((
+            format!("{what} (CLI, includes its ~10 ms run) → session ended, {sessions} sessions: p50 / p99"),
+            format!("{} / {}", ms(percentile(&v, 0.5)), ms(percentile(&v, 0.99))),
+            "≤ 1000 ms info".to_string(),
+        ));
+    }
+
+    // 4. idle cost (before the big store, with this instance's users in place).
+    let pid = agent.0.id();
+    std::thread::sleep(Duration::from_secs(2));
+    let cpu0 = cpu_seconds(pid);
+    std::thread::sleep(Duration::from_secs(idle as u64));
+    let cpu = cpu_seconds(pid) - cpu0;
+    rows.push((
+        format!("idle agent: CPU over {idle} s, per hour"),
+        format!("{:.2} s ({:.1} s/h)", cpu, cpu * 3600.0 / idle as f64),
+        "info".into(),
+    ));
+    rows.push(("idle agent: resident memory".into(), format!("{} KiB", rss_kib(pid)), "info".into()));
+    drop(agent);
+    drop(web);
+    drop(sshd);
+
+    // 3. a full pass over a big store whose users already have accounts and folders.
+    let bigdir = TestDir::new("agentbig");
+    let (pass1, pass2) = big_pass(&bigdir, big);
+    missed |= pass2 > Duration::from_secs(10);
+    rows.push((format!("full pass, {big} users, folders made (first pass)"), ms(pass1), "info".into()));
+    rows.push((
+        format!("full pass, {big} users, host already follows"),
+        ms(pass2),
+        format!("≤ 10000 ms {}", if pass2 <= Duration::from_secs(10) { "PASS" } else { "FAIL" }),
+    ));
+
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "| measure | value | target |\n| --- | --- | --- |").unwrap();
+    for (m, v, t) in &rows.0 {
+        writeln!(out, "| {m} | {v} | {t} |").unwrap();
+    }
+    drop(made);
+    std::process::exit(if missed { 1 } else { 0 });
+}
+
+/// Two `gatehouse-agent --once` passes over `n` users whose accounts exist (in private
+/// copies of /etc/passwd, shadow and group bind-mounted in a mount namespace of their own)
+/// : the first makes their folders, the second finds nothing to do.
+fn big_pass(dir: &TestDir, n: usize) -> (Duration, Duration) {
+    let store = dir.join("store.db");
+    let data = dir.join("data");
+    std::fs::create_dir(&data).unwrap();
+    let config = dir.join("gatehouse.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[store]\npath = \"{}\"\n[users]\ndata_dir = \"{}/%u\"\nuid_min = 100000\nuid_max = {}\ngroup = \"ghbig\"\n\
+             [log]\nstderr = false\n",
+            store.display(),
+            data.display(),
+            100_000 + n + 10
+        ),
+    )
+    .unwrap();
+    let cli = |args: &[&str]| {
+        let out =
+            Command::new(env!("CARGO_BIN_EXE_gatehouse")).arg("--config").arg(&config).args(args).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    cli(&["init"]);
+    // The users, straight into the store in one transaction (the CLI would take an hour).
+    let mut sql = String::from(".dbconfig no_ckpt_on_close on\nBEGIN;\n");
+    let mut passwd = std::fs::read_to_string("/etc/passwd").unwrap();
+    let mut shadow = std::fs::read_to_string("/etc/shadow").unwrap();
+    let mut group = std::fs::read_to_string("/etc/group").unwrap();
+    let mut members = Vec::with_capacity(n);
+    for i in 0..n {
+        let name = format!("big{i}");
+        let uid = 100_000 + i;
+        sql.push_str(&format!(
+            "INSERT INTO users (name, state, policy, created, source) VALUES ('{name}', 'enabled', 'shell', 0, 'cli');\n"
+        ));
+        passwd.push_str(&format!("{name}:x:{uid}:{uid}::{}/{name}:/bin/sh\n", data.display()));
+        shadow.push_str(&format!("{name}:*:19000::::::\n"));
+        group.push_str(&format!("{name}:x:{uid}:\n"));
+        members.push(name);
+    }
+    group.push_str(&format!("ghbig:x:99999:{}\n", members.join(",")));
+    sql.push_str("COMMIT;\n");
+    let out = Command::new("sqlite3").arg(&store).stdin(Stdio::piped()).spawn().and_then(|mut c| {
+        c.stdin.take().unwrap().write_all(sql.as_bytes()).unwrap();
+        c.wait_with_output()
+    });
+    assert!(out.unwrap().status.success());
+    for (name, text) in [("passwd", &passwd), ("shadow", &shadow), ("group", &group)] {
+        std::fs::write(dir.join(name), text).unwrap();
+    }
+    let script = format!(
+        "set -e; for f in passwd shadow group; do mount --bind {d}/$f /etc/$f; done; \
+         a=$(date +%s%N); {agent} --config {c} --once >/dev/null; b=$(date +%s%N); \
+         {agent} --config {c} --once >/dev/null; e=$(date +%s%N); echo $((b - a)) $((e - b))",
+        d = dir.path.display(),
+        agent = env!("CARGO_BIN_EXE_gatehouse-agent"),
+        c = config.display()
+    );
+    let out = Command::new("unshare").args(["-m", "--propagation", "private", "sh", "-c", &script]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    let mut f = text.split_whitespace().map(|v| Duration::from_nanos(v.parse().unwrap()));
+    (f.next().unwrap(), f.next().unwrap())
+}

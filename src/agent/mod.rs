@@ -1,0 +1,235 @@
+//! `gatehouse-agent`: the root daemon that makes the host follow the store. It waits for a
+//! commit to the store ([`crate::store::watch`]) and then makes one pass:
+//!
+//! 1. sessions: every process of a user who was disabled or removed is killed, and the
+//!    connections that logged in with a key that was removed (see [`sessions`]);
+//! 2. accounts: created, locked and unlocked as `gatehouse provision` does (one rule, in
+//!    [`crate::admin::provision`]);
+//! 3. data folders: made for every enabled user with an account, as the session stage
+//!    would at first login, so sftp, rsync and git work without the PAM module.
+//!
+//! A pass only reads the store; everything it changes is on the host, and it logs each
+//! change. A pass changes nothing when the host already follows the store, so the agent
+//! can be killed and restarted at any point: the pass at start-up catches up.
+
+pub mod sessions;
+
+use crate::admin::provision::{self, Accounts, Step};
+use crate::config::Config;
+use crate::domain::UserState;
+use crate::log::{Level, Logger};
+use crate::session::datadir;
+use crate::store::sqlite::SqliteStore;
+use crate::store::watch::ChangeWatch;
+use crate::store::{AdminStore, StoreError};
+use std::cell::RefCell;
+use std::collections::{HashMap, HashSet};
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+/// A pass also runs this long after the last one when the store did not change, for what
+/// changes on the host alone (an account unlocked by hand, a folder removed).
+pub const RESWEEP: Duration = Duration::from_secs(600);
+
+/// What one pass did.
+#[derive(Debug, Default)]
+pub struct Pass {
+    /// One line per change, for `--once` and tests: `USER: WHAT`.
+    pub changes: Vec<String>,
+    /// Steps that failed (each logged, with the reason).
+    pub failures: u32,
+}
+
+struct Run<'a> {
+    config: &'a Config,
+    log: &'a mut Logger,
+    pass: Pass,
+}
+
+impl Run<'_> {
+    fn changed(&mut self, user: &str, action: &str, what: String, extra: &[(&str, &str)]) {
+        let mut pairs = vec![("action", action), ("user", user)];
+        pairs.extend_from_slice(extra);
+        self.log.log(Level::Info, &pairs);
+        self.pass.changes.push(format!("{user}: {what}"));
+    }
+
+    fn failed(&mut self, user: &str, action: &str, error: &str) {
+        self.log.log(Level::Error, &[("action", action), ("user", user), ("error", error)]);
+        self.pass.changes.push(format!("{user}: {action} FAILED: {error}"));
+        self.pass.failures += 1;
+    }
+}
+
+/// One pass over the whole store.
+pub fn reconcile(config: &Config, log: &mut Logger) -> Result<Pass, StoreError> {
+    let store = SqliteStore::open_reader(&config.store.path, config.store.busy_timeout_ms)?;
+    let users = store.users()?;
+    let mut run = Run { config, log, pass: Pass::default() };
+    let mut accounts = Accounts::read(config);
+    if config.agent.end_sessions {
+        end_revoked_sessions(&mut run, &store, &users, &accounts);
+    }
+    let steps = provision::plan(config, &users, &accounts);
+    let created = steps.iter().any(|s| matches!(s, Step::Create { .. }));
+    for step in steps {
+        apply_account_step(&mut run, &step);
+    }
+    if created {
+        accounts = Accounts::read(config);
+    }
+    make_folders(&mut run, &users, &accounts);
+    Ok(run.pass)
+}
+
+fn apply_account_step(run: &mut Run<'_>, step: &Step) {
+    let (user, what) = match step {
+        Step::Create { user, shell } => (user, format!("create (shell {shell})")),
+        Step::Lock(user) => (user, "lock".to_string()),
+        Step::Unlock(user) => (user, "unlock".to_string()),
+        // Said once by `gatehouse provision`; the agent would repeat it on every pass.
+        Step::Skip { .. } => return,
+    };
+    match provision::apply(run.config, step) {
+        Ok(()) => run.changed(user, "account", what.clone(), &[("step", &what)]),
+        Err(e) => run.failed(user, "account", &format!("{what}: {e}")),
+    }
+}
+
+/// Every enabled user with an account in the UID range gets a data folder.
+fn make_folders(run: &mut Run<'_>, users: &[crate::store::User], accounts: &Accounts) {
+    let (min, max) = (run.config.users.uid_min, run.config.users.uid_max);
+    for u in users.iter().filter(|u| u.state == UserState::Enabled) {
+        if crate::names::is_reserved(&u.name) || !run.config.valid_user_name(&u.name) {
+            continue;
+        }
+        let Ok(Some(account)) = accounts.get(&u.name) else { continue };
+        if !(min..=max).contains(&account.uid) || datadir::is_jailed(run.config, &u.name, account.gid) {
+            // A jailed user's folder is laid out with the jail, by the session stage.
+            continue;
+        }
+        match datadir::ensure(run.config, &u.name, account.uid, account.gid) {
+            Ok(datadir::Outcome::Created(path)) => {
+                let shown = path.display().to_string();
+                run.changed(&u.name, "folder", format!("folder {shown} made"), &[("folder", &shown)]);
+            }
+            Ok(datadir::Outcome::Existed(_)) => {}
+            Err(e) => run.failed(&u.name, "folder", &e),
+        }
+    }
+}
+
+fn end_revoked_sessions(run: &mut Run<'_>, store: &SqliteStore, users: &[crate::store::User], accounts: &Accounts) {
+    let known: HashMap<&str, UserState> = users.iter().map(|u| (u.name.as_str(), u.state)).collect();
+    for (name, uid) in provision::revoked(run.config, users, accounts) {
+        let reason = if known.contains_key(name.as_str()) { "user-disabled" } else { "user-removed" };
+        match sessions::end_user(uid) {
+            Ok(0) => {}
+            Ok(killed) => {
+                let n = killed.to_string();
+                let what = format!("{killed} processes ended ({reason})");
+                run.changed(&name, "sessions.end", what, &[("reason", reason), ("processes", &n)]);
+            }
+            Err(e) => run.failed(&name, "sessions.end", &format!("{reason}: {e}")),
+        }
+    }
+    // The connections of keys that are gone, for users who may still log in.
+    let (min, max) = (run.config.users.uid_min, run.config.users.uid_max);
+    let mut uids = HashMap::new();
+    for u in users.iter().filter(|u| u.state == UserState::Enabled && !crate::names::is_reserved(&u.name)) {
+        if let Ok(Some(a)) = accounts.get(&u.name) {
+            if a.uid != 0 && (min..=max).contains(&a.uid) {
+                uids.insert(a.uid, u.name.clone());
+            }
+        }
+    }
+    let keys: RefCell<HashMap<String, Option<HashSet<String>>>> = RefCell::new(HashMap::new());
+    let alive = |user: &str, fingerprint: &str| {
+        let mut keys = keys.borrow_mut();
+        let held = keys
+            .entry(user.to_string())
+            .or_insert_with(|| store.keys(user).ok().map(|ks| ks.into_iter().map(|k| k.fingerprint).collect()));
+        // A store that cannot be read now ends nothing.
+        held.as_ref().is_none_or(|h| h.contains(fingerprint))
+    };
+    for sessions::EndedKey { user, fingerprint, ended } in sessions::end_stale_keys(&uids, &alive) {
+        match ended {
+            Ok(pids) => {
+                let n = pids.len().to_string();
+                let what = format!("{n} processes of key {fingerprint} ended (key-removed)");
+                let pairs = [("reason", "key-removed"), ("fingerprint", fingerprint.as_str()), ("processes", &n)];
+                run.changed(&user, "sessions.end", what, &pairs);
+            }
+            Err(e) => run.failed(&user, "sessions.end", &format!("key-removed {fingerprint}: {e}")),
+        }
+    }
+}
+
+/// A pass with failed steps (useradd finding /etc/passwd locked, say) is run again this
+/// long after, doubling up to [`RETRY_MAX`], until one succeeds.
+pub const RETRY_FIRST: Duration = Duration::from_secs(1);
+pub const RETRY_MAX: Duration = Duration::from_secs(60);
+
+/// The daemon: a pass at start, then one after every commit to the store (or
+/// [`RESWEEP`] after the last, or a retry after a failure). Returns only when watching
+/// the store fails.
+pub fn run(config: &Config, log: &mut Logger) -> Result<(), StoreError> {
+    let busy_ms = config.store.busy_timeout_ms;
+    let mut watch = ChangeWatch::open(&config.store.path, busy_ms)?;
+    let store = config.store.path.display().to_string();
+    if watch.restored {
+        log.log(
+            Level::Warning,
+            &[("action", "store.restore"), ("store", &store), ("detail", "-wal/-shm were missing")],
+        );
+    }
+    log.log(Level::Info, &[("action", "agent.start"), ("store", &store)]);
+    let mut last = Instant::now();
+    let mut due = true;
+    let mut retry: Option<(Instant, Duration)> = None;
+    loop {
+        if due {
+            let started = Instant::now();
+            let failed = match reconcile(config, log) {
+                Ok(pass) => {
+                    if !pass.changes.is_empty() || pass.failures > 0 {
+                        let (n, failed, ms) = (
+                            pass.changes.len().to_string(),
+                            pass.failures.to_string(),
+                            started.elapsed().as_millis().to_string(),
+                        );
+                        log.log(
+                            Level::Info,
+                            &[("action", "agent.pass"), ("changes", &n), ("failures", &failed), ("ms", &ms)],
+                        );
+                    }
+                    pass.failures > 0
+                }
+                // Busy or briefly unreadable: logged, and tried again.
+                Err(e) => {
+                    log.log(Level::Error, &[("action", "agent.pass"), ("store", &store), ("error", &e.to_string())]);
+                    true
+                }
+            };
+            last = Instant::now();
+            retry = failed.then(|| {
+                let wait = retry.map_or(RETRY_FIRST, |(_, w)| (w * 2).min(RETRY_MAX));
+                (last + wait, wait)
+            });
+        }
+        let timeout = match retry {
+            Some((at, _)) => config.agent.poll_interval.min(at.saturating_duration_since(Instant::now())),
+            None => config.agent.poll_interval,
+        };
+        due = watch.wait(timeout)? || last.elapsed() >= RESWEEP || retry.is_some_and(|(at, _)| Instant::now() >= at);
+    }
+}
+
+/// `--once`: one pass, its changes printed; returns how many steps failed.
+pub fn once(config: &Config, log: &mut Logger, out: &mut dyn Write) -> Result<u32, StoreError> {
+    let pass = reconcile(config, log)?;
+    for line in &pass.changes {
+        let _ = writeln!(out, "{line}");
+    }
+    Ok(pass.failures)
+}

@@ -1,0 +1,247 @@
+//! gatehouse-agent against the real host: a real sshd with the shipped drop-in, accounts
+//! made by useradd, real ssh sessions ended by the agent, a foreign sqlite3 closing the
+//! store. Needs root (creates users, starts sshd, kills sessions).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+use common::*;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// This test's own uid range: the harness's accounts (the key command's user, uid 1000
+/// and up) stay outside it, so the agent never sees them as managed accounts.
+const RANGE: &str = "uid_min = 42000\nuid_max = 42999\n";
+
+/// gatehouse-agent, killed on drop.
+struct Agent(Child);
+
+impl Agent {
+    fn start(gh: &Gatehouse) -> Agent {
+        let child = Command::new(env!("CARGO_BIN_EXE_gatehouse-agent"))
+            .arg("--config")
+            .arg(&gh.config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        Agent(child)
+    }
+
+    fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Removes the accounts the agent made (and their sessions), whatever the test did.
+struct Made(Vec<String>);
+
+impl Drop for Made {
+    fn drop(&mut self) {
+        for name in &self.0 {
+            let _ = Command::new("pkill").args(["-KILL", "-u", name]).output();
+            let _ = Command::new("userdel").arg(name).output();
+            let _ = Command::new("groupdel").arg(name).output();
+        }
+    }
+}
+
+/// Waits up to `limit` for `done`; returns how long it took.
+fn within(limit: Duration, mut done: impl FnMut() -> bool) -> Option<Duration> {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if done() {
+            return Some(start.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
+
+/// A session that stays open until it is ended.
+fn hold_session(sshd: &Sshd, user: &str, key: &Path) -> Child {
+    let child =
+        sshd.ssh_command(user, key, &["sleep", "120"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    // Up when the user's sleep runs.
+    let up = within(Duration::from_secs(10), || {
+        Command::new("pgrep").args(["-u", user, "-x", "sleep"]).output().unwrap().status.success()
+    });
+    assert!(up.is_some(), "the session of {user} did not start");
+    child
+}
+
+fn ended(child: &mut Child, limit: Duration) -> Option<Duration> {
+    within(limit, || child.try_wait().unwrap().is_some())
+}
+
+/// The log lines received until one holds every word of `words` (at most 5 s).
+fn log_until(gh: &Gatehouse, words: &[&str]) -> String {
+    let mut seen = Vec::new();
+    within(Duration::from_secs(5), || {
+        seen.extend(gh.log.drain());
+        seen.iter().any(|l| words.iter().all(|w| l.contains(w)))
+    });
+    seen.join("\n")
+}
+
+fn wal_files(store: &Path) -> bool {
+    ["-wal", "-shm"].iter().all(|s| Path::new(&format!("{}{s}", store.display())).exists())
+}
+
+#[test]
+fn the_host_follows_the_store_within_a_second() {
+    require_root!();
+    let gh = Gatehouse::new("agent", "");
+    gh.init(None);
+    let sshd = Sshd::start(&gh, "");
+    let cfg = std::fs::read_to_string(&gh.config)
+        .unwrap()
+        .replace(TEST_UID_RANGE, &format!("{RANGE}group = \"{}\"\n", sshd.managed.name));
+    std::fs::write(&gh.config, cfg).unwrap();
+    let (alice, bob, carol) = (unique("gha"), unique("ghb"), unique("ghc"));
+    let _made = Made(vec![alice.clone(), bob.clone(), carol.clone()]);
+    let mut agent = Agent::start(&gh);
+    let keys = gh.dir.join("keys");
+    std::fs::create_dir(&keys).unwrap();
+    let (a_key, b_key, b_other) = (keygen(&keys, "ed25519"), keygen(&keys, "ed25519"), keygen(&keys, "ed25519"));
+
+    // A user and a key added: the account and the data folder follow, and ssh works at once.
+    let start = Instant::now();
+    gh.ok(&["user", "add", &alice]);
+    gh.cli_stdin(&["key", "add", &alice, "-"], a_key.public.as_bytes());
+    let first = within(Duration::from_secs(10), || sshd.ssh(&alice, &a_key.private, &["true"]).status.success());
+    let Some(first) = first.map(|_| start.elapsed()) else {
+        let out = sshd.ssh(&alice, &a_key.private, &["true"]);
+        panic!(
+            "alice could not log in within 10 s of being added: {}\nlog: {:?}\nsshd: {}",
+            stderr(&out),
+            gh.log.drain(),
+            sshd.log_text()
+        );
+    };
+    eprintln!("user add -> first ssh: {} ms", first.as_millis());
+    let account = nix::unistd::User::from_name(&alice).unwrap().expect("the agent made the account");
+    assert!((42000..=42999).contains(&account.uid.as_raw()), "uid {}", account.uid);
+    assert_eq!(account.shell, gh.shell_bin, "accounts get gatehouse-shell as their login shell");
+    let folder = std::fs::metadata(gh.data.join(&alice)).expect("the agent made the data folder");
+    assert_eq!(std::os::unix::fs::MetadataExt::uid(&folder), account.uid.as_raw());
+    let out = sshd.ssh(&alice, &a_key.private, &["pwd"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    // Disabled: her running session is ended, within a second.
+    let mut session = hold_session(&sshd, &alice, &a_key.private);
+    gh.ok(&["user", "disable", &alice]);
+    let took = ended(&mut session, Duration::from_secs(5)).expect("alice's session outlived her account by 5 s");
+    eprintln!("user disable -> session ended: {} ms", took.as_millis());
+    assert!(took < Duration::from_secs(2), "took {took:?}");
+    let lines = log_until(&gh, &["action=sessions.end", "reason=user-disabled", &alice]);
+    assert!(lines.contains("reason=user-disabled"), "{lines}");
+    assert!(!sshd.ssh(&alice, &a_key.private, &["true"]).status.success(), "a disabled user logged in");
+
+    // A key removed: the sessions of that key end, the user's other key keeps its session.
+    gh.ok(&["user", "add", &bob]);
+    gh.cli_stdin(&["key", "add", &bob, "-"], b_key.public.as_bytes());
+    gh.cli_stdin(&["key", "add", &bob, "-"], b_other.public.as_bytes());
+    within(Duration::from_secs(10), || sshd.ssh(&bob, &b_key.private, &["true"]).status.success()).expect("bob");
+    let mut doomed = hold_session(&sshd, &bob, &b_key.private);
+    let mut kept = sshd.ssh_command(&bob, &b_other.private, &["sleep", "120"]).spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    gh.ok(&["key", "remove", &bob, &b_key.fingerprint]);
+    let took = ended(&mut doomed, Duration::from_secs(5)).expect("the removed key's session outlived it by 5 s");
+    eprintln!("key remove -> session ended: {} ms", took.as_millis());
+    assert!(kept.try_wait().unwrap().is_none(), "the session of bob's other key was ended too");
+    let lines = log_until(&gh, &["action=sessions.end", "reason=key-removed", &b_key.fingerprint]);
+    assert!(lines.contains("reason=key-removed"), "{lines}");
+    let _ = kept.kill();
+    let _ = kept.wait();
+
+    // A foreign sqlite3 that closes the store while the agent runs: the -wal and -shm files
+    // stay (the agent's connection is open), and key logins keep working.
+    let sqlite = |sql: &str| Command::new("sqlite3").arg(&gh.store).arg(sql).output().unwrap();
+    assert!(sqlite("SELECT count(*) FROM users;").status.success());
+    assert!(wal_files(&gh.store), "the store's -wal/-shm went while the agent held it open");
+    assert!(sshd.ssh(&bob, &b_other.private, &["true"]).status.success(), "logins failed after sqlite3 closed");
+
+    // Killed, a user added meanwhile, restarted: it catches up. The foreign sqlite3 that
+    // closed last while no agent ran took the -wal/-shm files along; the agent brings them back.
+    agent.kill();
+    gh.ok(&["user", "add", &carol]);
+    assert!(sqlite("SELECT count(*) FROM users;").status.success());
+    assert!(!wal_files(&gh.store), "sqlite3 closing last is expected to remove -wal/-shm");
+    let _agent = Agent::start(&gh);
+    within(Duration::from_secs(10), || nix::unistd::User::from_name(&carol).unwrap().is_some())
+        .expect("the restarted agent did not catch up");
+    assert!(wal_files(&gh.store), "the agent did not bring back -wal/-shm");
+    assert!(sshd.ssh(&bob, &b_other.private, &["true"]).status.success(), "logins failed after the restore");
+}
+
+#[test]
+fn once_makes_one_pass_and_refuses_hostile_names() {
+    require_root!();
+    let group = SystemGroup::new("ghag");
+    let gh = Gatehouse::new("agent1", "");
+    let cfg = std::fs::read_to_string(&gh.config)
+        .unwrap()
+        .replace(TEST_UID_RANGE, &format!("uid_min = 43000\nuid_max = 43999\ngroup = \"{}\"\n", group.name));
+    std::fs::write(&gh.config, cfg).unwrap();
+    gh.init(None);
+    let dave = unique("ghd");
+    let _made = Made(vec![dave.clone()]);
+    gh.ok(&["user", "add", &dave]);
+    // Names no writer accepts, put into the store behind the writers' back.
+    let outside = SystemUser::new("ghao", &gh.dir.path, &[&group.name]);
+    let out = Command::new("sqlite3")
+        .arg(&gh.store)
+        .arg(".dbconfig no_ckpt_on_close on")
+        .arg(format!(
+            "INSERT INTO users (name, state, policy, created, source) VALUES ('root', 'disabled', 'shell', 0, 'cli'), \
+             ('{}', 'disabled', 'shell', 0, 'cli'), ('-rf', 'enabled', 'shell', 0, 'cli');",
+            outside.name
+        ))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let shadow = |name: &str| stdout(&Command::new("getent").args(["shadow", name]).output().unwrap());
+    let (root_before, outside_before) = (shadow("root"), shadow(&outside.name));
+    let mut sleeper = Command::new("setpriv")
+        .args(["--reuid", &outside.name, "--regid", &outside.name, "--clear-groups", "sleep", "60"])
+        .spawn()
+        .unwrap();
+
+    let out = Command::new(env!("CARGO_BIN_EXE_gatehouse-agent"))
+        .arg("--config")
+        .arg(&gh.config)
+        .arg("--once")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report = stdout(&out);
+    assert!(report.contains(&format!("{dave}: create")), "{report}");
+    assert!(report.contains(&format!("{dave}: folder")), "{report}");
+    assert!(nix::unistd::User::from_name(&dave).unwrap().is_some());
+    assert!(nix::unistd::User::from_name("-rf").unwrap().is_none());
+    // root and an account outside the range: not locked, not killed.
+    assert_eq!(shadow("root"), root_before);
+    assert_eq!(shadow(&outside.name), outside_before);
+    assert!(sleeper.try_wait().unwrap().is_none(), "a process outside the uid range was killed");
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+
+    // A second pass changes nothing; `gatehouse agent --once` is the same pass.
+    let again = gh.ok(&["agent", "--once"]);
+    assert_eq!(again, "", "a second pass changed something");
+
+    // A user removed from the store: the account stays (and its files), locked.
+    gh.ok(&["user", "remove", &dave]);
+    let report = gh.ok(&["agent", "--once"]);
+    assert!(report.contains(&format!("{dave}: lock")), "{report}");
+    assert!(shadow(&dave).split(':').nth(1).unwrap().starts_with('!'), "{}", shadow(&dave));
+    assert!(gh.data.join(&dave).is_dir(), "a removed user's folder must be kept");
+}
