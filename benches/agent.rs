@@ -20,8 +20,7 @@
 mod common;
 use common::*;
 use std::io::Write;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 fn env_or(name: &str, default: usize) -> usize {
@@ -45,50 +44,6 @@ impl Rows {
         eprintln!("{}: {} ({})", row.0, row.1, row.2);
         self.0.push(row);
     }
-}
-
-struct Made(Vec<String>);
-
-impl Drop for Made {
-    fn drop(&mut self) {
-        for name in &self.0 {
-            let _ = Command::new("pkill").args(["-KILL", "-u", name]).output();
-            let _ = Command::new("userdel").arg(name).output();
-            let _ = Command::new("groupdel").arg(name).output();
-        }
-    }
-}
-
-struct Agent(Child);
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_agent(gh: &Gatehouse) -> Agent {
-    Agent(
-        Command::new(env!("CARGO_BIN_EXE_gatehouse-agent"))
-            .arg("--config")
-            .arg(&gh.config)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap(),
-    )
-}
-
-fn until(limit: Duration, step: Duration, mut done: impl FnMut() -> bool) -> Option<Duration> {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if done() {
-            return Some(start.elapsed());
-        }
-        std::thread::sleep(step);
-    }
-    None
 }
 
 fn api(url: &str, token: &str, path: &str, body: &str) {
@@ -129,16 +84,13 @@ fn main() {
     let gh = Gatehouse::new("agentbench", &web_config(port));
     gh.init(None);
     let sshd = Sshd::start(&gh, "");
-    let cfg = std::fs::read_to_string(&gh.config)
-        .unwrap()
-        .replace(TEST_UID_RANGE, &format!("uid_min = 44000\nuid_max = 44999\ngroup = \"{}\"\n", sshd.managed.name));
-    std::fs::write(&gh.config, cfg).unwrap();
+    gh.own_accounts(44000, 44999, &sshd.managed.name);
     let web = Gatehoused::start(&gh, port);
     let token = gh.ok(&["token", "create", "--scope", "admin", "--label", "bench"]).trim().to_string();
-    let agent = start_agent(&gh);
+    let agent = AgentProcess::start(&gh.config);
     let keys = gh.dir.join("keys");
     std::fs::create_dir(&keys).unwrap();
-    let mut made = Made(Vec::new());
+    let mut made = MadeAccounts(Vec::new());
 
     // 1. signup -> first login.
     let mut took = Vec::new();
@@ -154,9 +106,7 @@ fn main() {
             &format!("/api/v1/users/{name}/keys"),
             &serde_json::json!({ "key": key.public }).to_string(),
         );
-        let ok = until(Duration::from_secs(30), Duration::from_millis(20), || {
-            sshd.ssh(&name, &key.private, &["true"]).status.success()
-        });
+        let ok = sshd.wait_for_login(&name, &key.private, Duration::from_secs(30));
         assert!(ok.is_some(), "user {i} ({name}) could not log in within 30 s");
         took.push(start.elapsed());
     }
@@ -170,15 +120,6 @@ fn main() {
     ));
 
     // 2. revocation -> session ended.
-    let hold = |name: &str, key: &Path| -> Child {
-        let child =
-            sshd.ssh_command(name, key, &["sleep", "600"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
-        let up = until(Duration::from_secs(10), Duration::from_millis(10), || {
-            Command::new("pgrep").args(["-u", name, "-x", "sleep"]).output().unwrap().status.success()
-        });
-        assert!(up.is_some(), "the session of {name} did not start");
-        child
-    };
     let mut disable = Vec::new();
     let mut remove = Vec::new();
     for _ in 0..sessions {
@@ -188,19 +129,17 @@ fn main() {
         gh.ok(&["user", "add", &name]);
         gh.cli_stdin(&["key", "add", &name, "-"], a.public.as_bytes());
         gh.cli_stdin(&["key", "add", &name, "-"], b.public.as_bytes());
-        until(Duration::from_secs(30), Duration::from_millis(20), || {
-            sshd.ssh(&name, &a.private, &["true"]).status.success()
-        })
-        .expect("login");
-        let mut s = hold(&name, &a.private);
+        sshd.wait_for_login(&name, &a.private, Duration::from_secs(30)).expect("login");
+        let mut s = sshd.hold_session(&name, &a.private);
         let start = Instant::now();
         gh.ok(&["key", "remove", &name, &a.fingerprint]);
-        until(Duration::from_secs(30), Duration::from_millis(2), || s.try_wait().unwrap().is_some()).expect("key");
+        wait_until(Duration::from_millis(2), Duration::from_secs(30), || s.try_wait().unwrap().is_some()).expect("key");
         remove.push(start.elapsed());
-        let mut s = hold(&name, &b.private);
+        let mut s = sshd.hold_session(&name, &b.private);
         let start = Instant::now();
         gh.ok(&["user", "disable", &name]);
-        until(Duration::from_secs(30), Duration::from_millis(2), || s.try_wait().unwrap().is_some()).expect("user");
+        wait_until(Duration::from_millis(2), Duration::from_secs(30), || s.try_wait().unwrap().is_some())
+            .expect("user");
         disable.push(start.elapsed());
     }
     for (what, mut v) in [("`user disable`", disable), ("`key remove`", remove)] {

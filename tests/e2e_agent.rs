@@ -6,85 +6,17 @@
 mod common;
 use common::*;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-/// This test's own uid range: the harness's accounts (the key command's user, uid 1000
-/// and up) stay outside it, so the agent never sees them as managed accounts.
-const RANGE: &str = "uid_min = 42000\nuid_max = 42999\n";
-
-/// gatehouse-agent, killed on drop.
-struct Agent(Child);
-
-impl Agent {
-    fn start(gh: &Gatehouse) -> Agent {
-        let child = Command::new(env!("CARGO_BIN_EXE_gatehouse-agent"))
-            .arg("--config")
-            .arg(&gh.config)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        Agent(child)
-    }
-
-    fn kill(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-/// Removes the accounts the agent made (and their sessions), whatever the test did.
-struct Made(Vec<String>);
-
-impl Drop for Made {
-    fn drop(&mut self) {
-        for name in &self.0 {
-            let _ = Command::new("pkill").args(["-KILL", "-u", name]).output();
-            let _ = Command::new("userdel").arg(name).output();
-            let _ = Command::new("groupdel").arg(name).output();
-        }
-    }
-}
-
-/// Waits up to `limit` for `done`; returns how long it took.
-fn within(limit: Duration, mut done: impl FnMut() -> bool) -> Option<Duration> {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if done() {
-            return Some(start.elapsed());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    None
-}
-
-/// A session that stays open until it is ended.
-fn hold_session(sshd: &Sshd, user: &str, key: &Path) -> Child {
-    let child =
-        sshd.ssh_command(user, key, &["sleep", "120"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
-    // Up when the user's sleep runs.
-    let up = within(Duration::from_secs(10), || {
-        Command::new("pgrep").args(["-u", user, "-x", "sleep"]).output().unwrap().status.success()
-    });
-    assert!(up.is_some(), "the session of {user} did not start");
-    child
-}
-
 fn ended(child: &mut Child, limit: Duration) -> Option<Duration> {
-    within(limit, || child.try_wait().unwrap().is_some())
+    wait_until(Duration::from_millis(20), limit, || child.try_wait().unwrap().is_some())
 }
 
 /// The log lines received until one holds every word of `words` (at most 5 s).
 fn log_until(gh: &Gatehouse, words: &[&str]) -> String {
     let mut seen = Vec::new();
-    within(Duration::from_secs(5), || {
+    wait_until(Duration::from_millis(20), Duration::from_secs(5), || {
         seen.extend(gh.log.drain());
         seen.iter().any(|l| words.iter().all(|w| l.contains(w)))
     });
@@ -101,13 +33,11 @@ fn the_host_follows_the_store_within_a_second() {
     let gh = Gatehouse::new("agent", "");
     gh.init(None);
     let sshd = Sshd::start(&gh, "");
-    let cfg = std::fs::read_to_string(&gh.config)
-        .unwrap()
-        .replace(TEST_UID_RANGE, &format!("{RANGE}group = \"{}\"\n", sshd.managed.name));
-    std::fs::write(&gh.config, cfg).unwrap();
+    // The key command's user (uid 1000 and up) stays outside the range: never managed.
+    gh.own_accounts(42000, 42999, &sshd.managed.name);
     let (alice, bob, carol) = (unique("gha"), unique("ghb"), unique("ghc"));
-    let _made = Made(vec![alice.clone(), bob.clone(), carol.clone()]);
-    let mut agent = Agent::start(&gh);
+    let _made = MadeAccounts(vec![alice.clone(), bob.clone(), carol.clone()]);
+    let mut agent = AgentProcess::start(&gh.config);
     let keys = gh.dir.join("keys");
     std::fs::create_dir(&keys).unwrap();
     let (a_key, b_key, b_other) = (keygen(&keys, "ed25519"), keygen(&keys, "ed25519"), keygen(&keys, "ed25519"));
@@ -116,7 +46,7 @@ fn the_host_follows_the_store_within_a_second() {
     let start = Instant::now();
     gh.ok(&["user", "add", &alice]);
     gh.cli_stdin(&["key", "add", &alice, "-"], a_key.public.as_bytes());
-    let first = within(Duration::from_secs(10), || sshd.ssh(&alice, &a_key.private, &["true"]).status.success());
+    let first = sshd.wait_for_login(&alice, &a_key.private, Duration::from_secs(10));
     let Some(first) = first.map(|_| start.elapsed()) else {
         let out = sshd.ssh(&alice, &a_key.private, &["true"]);
         panic!(
@@ -136,7 +66,7 @@ fn the_host_follows_the_store_within_a_second() {
     assert!(out.status.success(), "{}", stderr(&out));
 
     // Disabled: her running session is ended, within a second.
-    let mut session = hold_session(&sshd, &alice, &a_key.private);
+    let mut session = sshd.hold_session(&alice, &a_key.private);
     gh.ok(&["user", "disable", &alice]);
     let took = ended(&mut session, Duration::from_secs(5)).expect("alice's session outlived her account by 5 s");
     eprintln!("user disable -> session ended: {} ms", took.as_millis());
@@ -149,8 +79,8 @@ fn the_host_follows_the_store_within_a_second() {
     gh.ok(&["user", "add", &bob]);
     gh.cli_stdin(&["key", "add", &bob, "-"], b_key.public.as_bytes());
     gh.cli_stdin(&["key", "add", &bob, "-"], b_other.public.as_bytes());
-    within(Duration::from_secs(10), || sshd.ssh(&bob, &b_key.private, &["true"]).status.success()).expect("bob");
-    let mut doomed = hold_session(&sshd, &bob, &b_key.private);
+    sshd.wait_for_login(&bob, &b_key.private, Duration::from_secs(10)).expect("bob could not log in");
+    let mut doomed = sshd.hold_session(&bob, &b_key.private);
     let mut kept = sshd.ssh_command(&bob, &b_other.private, &["sleep", "120"]).spawn().unwrap();
     std::thread::sleep(Duration::from_millis(500));
     gh.ok(&["key", "remove", &bob, &b_key.fingerprint]);
@@ -175,9 +105,11 @@ fn the_host_follows_the_store_within_a_second() {
     gh.ok(&["user", "add", &carol]);
     assert!(sqlite("SELECT count(*) FROM users;").status.success());
     assert!(!wal_files(&gh.store), "sqlite3 closing last is expected to remove -wal/-shm");
-    let _agent = Agent::start(&gh);
-    within(Duration::from_secs(10), || nix::unistd::User::from_name(&carol).unwrap().is_some())
-        .expect("the restarted agent did not catch up");
+    let _agent = AgentProcess::start(&gh.config);
+    wait_until(Duration::from_millis(20), Duration::from_secs(10), || {
+        nix::unistd::User::from_name(&carol).unwrap().is_some()
+    })
+    .expect("the restarted agent did not catch up");
     assert!(wal_files(&gh.store), "the agent did not bring back -wal/-shm");
     assert!(sshd.ssh(&bob, &b_other.private, &["true"]).status.success(), "logins failed after the restore");
 }
@@ -185,15 +117,9 @@ fn the_host_follows_the_store_within_a_second() {
 #[test]
 fn once_makes_one_pass_and_refuses_hostile_names() {
     require_root!();
-    let group = SystemGroup::new("ghag");
-    let gh = Gatehouse::new("agent1", "");
-    let cfg = std::fs::read_to_string(&gh.config)
-        .unwrap()
-        .replace(TEST_UID_RANGE, &format!("uid_min = 43000\nuid_max = 43999\ngroup = \"{}\"\n", group.name));
-    std::fs::write(&gh.config, cfg).unwrap();
-    gh.init(None);
+    let (gh, group) = Gatehouse::with_own_accounts("agent1", 43000, 43999);
     let dave = unique("ghd");
-    let _made = Made(vec![dave.clone()]);
+    let _made = MadeAccounts(vec![dave.clone()]);
     gh.ok(&["user", "add", &dave]);
     // Names no writer accepts, put into the store behind the writers' back.
     let outside = SystemUser::new("ghao", &gh.dir.path, &[&group.name]);

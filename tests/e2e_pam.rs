@@ -211,34 +211,16 @@ fn sshd_with_use_pam_records_the_key_that_logged_in() {
     assert_eq!(stdout(&out).trim(), "still here");
 }
 
-/// Deletes accounts `gatehouse provision` made.
-struct Provisioned(Vec<String>);
-
-impl Drop for Provisioned {
-    fn drop(&mut self) {
-        for name in &self.0 {
-            let _ = Command::new("userdel").arg(name).output();
-            let _ = Command::new("groupdel").arg(name).output();
-        }
-    }
-}
-
 #[test]
 fn provision_follows_the_store_within_its_uid_range_only() {
     require_root!();
-    let group = SystemGroup::new("ghpg");
-    let gh = Gatehouse::new("prov", "");
-    let cfg = std::fs::read_to_string(&gh.config)
-        .unwrap()
-        .replace(TEST_UID_RANGE, &format!("uid_min = 41000\nuid_max = 41999\ngroup = \"{}\"\n", group.name));
-    std::fs::write(&gh.config, cfg).unwrap();
-    gh.init(None);
+    let (gh, group) = Gatehouse::with_own_accounts("prov", 41000, 41999);
     let fresh = unique("ghpn");
     let disabled = unique("ghpd");
     let files_only = unique("ghpf");
     let later = unique("ghpl");
     let outside = SystemUser::new("ghpo", &gh.dir.path, &[]);
-    let _cleanup = Provisioned(vec![fresh.clone(), disabled.clone(), files_only.clone(), later.clone()]);
+    let _cleanup = MadeAccounts(vec![fresh.clone(), disabled.clone(), files_only.clone(), later.clone()]);
     gh.ok(&["user", "add", &fresh]);
     gh.ok(&["user", "add", &disabled, "--disabled"]);
     gh.ok(&["user", "add", &files_only, "--policy", "files"]);

@@ -117,13 +117,19 @@ mod tests {
     use super::*;
     use crate::store::sqlite::SqliteStore;
 
-    #[test]
-    fn a_commit_wakes_the_watch_and_nothing_else_does() {
-        let dir = std::env::temp_dir().join(format!("gh-watch-{}", std::process::id()));
+    /// A new, empty store in a folder of its own: (folder, store path).
+    fn fresh_store(name: &str) -> (PathBuf, PathBuf) {
+        let dir = std::env::temp_dir().join(format!("gh-watch-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("store.db");
         SqliteStore::create(&path, 1000).unwrap().migrate().unwrap();
+        (dir, path)
+    }
+
+    #[test]
+    fn a_commit_wakes_the_watch_and_nothing_else_does() {
+        let (dir, path) = fresh_store("wake");
         let mut watch = ChangeWatch::open(&path, 1000).unwrap();
         assert!(!watch.wait(Duration::from_millis(30)).unwrap(), "woke without a commit");
         // Another file in the folder is written: no commit to the store.
@@ -150,11 +156,7 @@ mod tests {
 
     #[test]
     fn missing_wal_files_are_brought_back() {
-        let dir = std::env::temp_dir().join(format!("gh-watch-restore-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("store.db");
-        SqliteStore::create(&path, 1000).unwrap().migrate().unwrap();
+        let (dir, path) = fresh_store("restore");
         for suffix in ["-wal", "-shm"] {
             let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
         }

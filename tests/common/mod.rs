@@ -117,6 +117,60 @@ impl Drop for SystemUser {
     }
 }
 
+/// Asks `done` every `step` until it says yes (how long that took) or `limit` has passed.
+pub fn wait_until(step: Duration, limit: Duration, mut done: impl FnMut() -> bool) -> Option<Duration> {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if done() {
+            return Some(start.elapsed());
+        }
+        std::thread::sleep(step);
+    }
+    None
+}
+
+/// Accounts made by something under test (`gatehouse provision`, the agent), by name:
+/// their processes killed and the accounts deleted on drop, whatever the test did.
+pub struct MadeAccounts(pub Vec<String>);
+
+impl Drop for MadeAccounts {
+    fn drop(&mut self) {
+        let _guard = ACCOUNTS.lock().unwrap_or_else(|e| e.into_inner());
+        for name in &self.0 {
+            let _ = Command::new("pkill").args(["-KILL", "-u", name]).output();
+            let _ = Command::new("userdel").arg(name).output();
+            let _ = Command::new("groupdel").arg(name).output();
+        }
+    }
+}
+
+/// gatehouse-agent with a `Gatehouse`'s config, killed on drop.
+pub struct AgentProcess(pub Child);
+
+impl AgentProcess {
+    pub fn start(config: &Path) -> AgentProcess {
+        let child = Command::new(env!("CARGO_BIN_EXE_gatehouse-agent"))
+            .arg("--config")
+            .arg(config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        AgentProcess(child)
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
 /// Collects syslog lines sent to a private socket (the config's `[log] socket`), reading
 /// continuously like a syslog daemon would.
 pub struct LogSink {
@@ -229,6 +283,26 @@ impl Gatehouse {
         .unwrap();
         std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).unwrap();
         Gatehouse { dir, config, store, keys_bin, shell_bin, cli_bin, log, data }
+    }
+
+    /// Gives this instance a uid range of its own and `users.group`, for tests in which
+    /// accounts are made by provisioning or the agent (whose range the harness's own
+    /// accounts, uid 1000 and up, stay outside of).
+    pub fn own_accounts(&self, uid_min: u32, uid_max: u32, group: &str) {
+        let config = std::fs::read_to_string(&self.config)
+            .unwrap()
+            .replace(TEST_UID_RANGE, &format!("uid_min = {uid_min}\nuid_max = {uid_max}\ngroup = \"{group}\"\n"));
+        std::fs::write(&self.config, config).unwrap();
+    }
+
+    /// An initialised instance whose accounts are made by provisioning or the agent: its
+    /// own uid range and a fresh `users.group` (see [`Gatehouse::own_accounts`]).
+    pub fn with_own_accounts(name: &str, uid_min: u32, uid_max: u32) -> (Gatehouse, SystemGroup) {
+        let group = SystemGroup::new("ghog");
+        let gh = Gatehouse::new(name, "");
+        gh.own_accounts(uid_min, uid_max, &group.name);
+        gh.init(None);
+        (gh, group)
     }
 
     /// Creates `user`'s data folder, owned by them, mode 0750.
@@ -454,6 +528,24 @@ impl Sshd {
             .args(command)
             .stdin(Stdio::null());
         cmd
+    }
+
+    /// Tries `ssh user@… true` every 20 ms until it works (how long that took) or `limit`
+    /// has passed.
+    pub fn wait_for_login(&self, user: &str, key: &Path, limit: Duration) -> Option<Duration> {
+        wait_until(Duration::from_millis(20), limit, || self.ssh(user, key, &["true"]).status.success())
+    }
+
+    /// `ssh user@… sleep 600`, returned once the user's `sleep` runs: a session that stays
+    /// open until something ends it.
+    pub fn hold_session(&self, user: &str, key: &Path) -> Child {
+        let child =
+            self.ssh_command(user, key, &["sleep", "600"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+        let up = wait_until(Duration::from_millis(10), Duration::from_secs(10), || {
+            Command::new("pgrep").args(["-u", user, "-x", "sleep"]).output().unwrap().status.success()
+        });
+        assert!(up.is_some(), "the session of {user} did not start");
+        child
     }
 
     pub fn log_text(&self) -> String {

@@ -1558,6 +1558,12 @@ fn via_proxy(path: &str, user: &str, secret: &str) -> Req {
     proxied("GET", path, user, secret)
 }
 
+/// `[web]` settings for a proxy that signs users in with X-Remote-User from the addresses
+/// in `trusted` (a TOML array).
+fn proxy_settings<'a>(secret_file: &'a str, trusted: &'a str) -> [(&'static str, &'a str); 3] {
+    [("proxy_user_header", "\"X-Remote-User\""), ("proxy_secret_file", secret_file), ("trusted_proxies", trusted)]
+}
+
 #[test]
 fn proxy_sign_in_needs_the_secret_and_a_trusted_address() {
     // Without proxy configuration the headers mean nothing.
@@ -1567,12 +1573,7 @@ fn proxy_sign_in_needs_the_secret_and_a_trusted_address() {
     drop(s);
 
     let (_secret_dir, secret_file) = proxy_secret_file();
-    let proxy = [
-        ("proxy_user_header", "\"X-Remote-User\""),
-        ("proxy_secret_file", secret_file.as_str()),
-        ("trusted_proxies", "[\"127.0.0.1\"]"),
-    ];
-    let (s, t) = alice_and_bob(&proxy);
+    let (s, t) = alice_and_bob(&proxy_settings(&secret_file, r#"["127.0.0.1"]"#));
     let r = s.send(via_proxy("/keys", "alice", PROXY_SECRET));
     assert_eq!(r.status, 200, "{r:?}");
     assert!(r.body.contains("Signed in as <strong>alice</strong>"), "{}", r.body);
@@ -1599,12 +1600,7 @@ fn proxy_sign_in_needs_the_secret_and_a_trusted_address() {
     drop(s);
 
     // From an address that is not the proxy's, the headers are ignored.
-    let elsewhere = [
-        ("proxy_user_header", "\"X-Remote-User\""),
-        ("proxy_secret_file", secret_file.as_str()),
-        ("trusted_proxies", "[\"192.0.2.1\"]"),
-    ];
-    let (s, _) = alice_and_bob(&elsewhere);
+    let (s, _) = alice_and_bob(&proxy_settings(&secret_file, r#"["192.0.2.1"]"#));
     let r = s.send(via_proxy("/keys", "alice", PROXY_SECRET));
     assert_eq!((r.status, r.header("location")), (303, Some("/signin")), "{r:?}");
 }
@@ -1612,12 +1608,7 @@ fn proxy_sign_in_needs_the_secret_and_a_trusted_address() {
 #[test]
 fn proxy_sign_in_of_a_disabled_user_changes_nothing() {
     let (_secret_dir, secret_file) = proxy_secret_file();
-    let proxy = [
-        ("proxy_user_header", "\"X-Remote-User\""),
-        ("proxy_secret_file", secret_file.as_str()),
-        ("trusted_proxies", "[\"127.0.0.1\"]"),
-    ];
-    let (s, t) = alice_and_bob(&proxy);
+    let (s, t) = alice_and_bob(&proxy_settings(&secret_file, r#"["127.0.0.1"]"#));
     let csrf = s.send(via_proxy("/keys", "alice", PROXY_SECRET)).csrf();
     s.ok(&["user", "disable", "alice"]);
     let (key, _) = fresh_key("");
