@@ -62,6 +62,8 @@ fn the_host_follows_the_store_within_a_second() {
     assert_eq!(account.shell, gh.shell_bin, "accounts get gatehouse-shell as their login shell");
     let folder = std::fs::metadata(gh.data.join(&alice)).expect("the agent made the data folder");
     assert_eq!(std::os::unix::fs::MetadataExt::uid(&folder), account.uid.as_raw());
+    let doctor = stdout(&gh.cli(&["doctor"]));
+    assert!(doctor.contains("ok   gatehouse-agent runs (pid"), "{doctor}");
     let out = sshd.ssh(&alice, &a_key.private, &["pwd"]);
     assert!(out.status.success(), "{}", stderr(&out));
 

@@ -71,6 +71,24 @@ fn served_names(r: &mut Report, config: &Config, store: &crate::store::sqlite::S
 /// Accounts looked up for the login-shell check: each is an NSS lookup.
 const LOGIN_SHELL_SAMPLE: usize = 1000;
 
+/// Whether gatehouse-agent runs on this host (a process of that name; the kernel keeps 15
+/// characters of a name, which is exactly its length).
+fn agent_running(r: &mut Report) {
+    let agents: Vec<String> = crate::agent::sessions::processes()
+        .into_iter()
+        .filter(|p| p.comm == "gatehouse-agent")
+        .map(|p| p.pid.to_string())
+        .collect();
+    if agents.is_empty() {
+        r.warn(
+            "gatehouse-agent is not running: accounts and data folders follow the store only through \
+             `gatehouse provision` and the PAM module, and the sessions of disabled users and removed keys go on",
+        );
+    } else {
+        r.ok(format!("gatehouse-agent runs (pid {})", agents.join(", ")));
+    }
+}
+
 /// Whether enabled users' accounts have gatehouse-shell as their login shell: with another
 /// shell, sshd starts that shell, and its startup files, before every session.
 fn login_shells(r: &mut Report, config: &Config, store: &crate::store::sqlite::SqliteStore) {
@@ -170,6 +188,7 @@ pub fn diagnose(config: &Config, options: &DoctorOptions<'_>) -> Vec<Finding> {
         Ok(meta) => r.ok(format!("{} is its owner's alone (uid {}, mode {:04o})", trail.display(), meta.uid(), meta.mode() & 0o7777)),
         Err(e) => r.warn(format!("{}: {e}; the next change to the store makes it", trail.display())),
     }
+    agent_running(&mut r);
     let mut sample_user = options.user.map(str::to_string);
     match crate::store::sqlite::SqliteStore::open_reader(&config.store.path, config.store.busy_timeout_ms) {
         Ok(store) => {
