@@ -401,7 +401,7 @@ impl Admin<'_> {
     /// Brings system accounts in line with the store; returns how many steps failed.
     pub fn provision(&mut self, out: &mut dyn Write, dry_run: bool) -> Result<u32, AdminError> {
         let users = self.store.users()?;
-        let accounts = crate::admin::provision::Accounts::read(self.config);
+        let accounts = crate::admin::provision::Accounts::read(self.config).map_err(AdminError::Refused)?;
         let mut failed = 0;
         for step in crate::admin::provision::plan(self.config, &users, &accounts) {
             use crate::admin::provision::Step;

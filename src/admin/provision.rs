@@ -40,21 +40,25 @@ pub struct Accounts {
     ask_nss: bool,
 }
 
-fn getent(args: &[&str]) -> String {
-    Command::new("/usr/bin/getent")
-        .args(args)
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-        .unwrap_or_default()
+/// `getent DATABASE [KEY]`'s output. Status 2 is "no such key" (a group that does not
+/// exist: no members); any other failure fails the whole read, so that a database that
+/// could not be read is never taken for one without the account.
+fn getent(args: &[&str]) -> Result<String, String> {
+    let out = Command::new("/usr/bin/getent").args(args).output().map_err(|e| format!("getent {}: {e}", args[0]))?;
+    match out.status.code() {
+        Some(0) => Ok(String::from_utf8_lossy(&out.stdout).into_owned()),
+        Some(2) if args.len() > 1 => Ok(String::new()),
+        _ => Err(format!("getent {} failed ({})", args.join(" "), out.status)),
+    }
 }
 
 impl Accounts {
     /// This host's accounts.
-    pub fn read(config: &Config) -> Accounts {
+    pub fn read(config: &Config) -> Result<Accounts, String> {
         let mut accounts =
-            Accounts::parse(&getent(&["passwd"]), &getent(&["shadow"]), &getent(&["group", &config.users.group]));
+            Accounts::parse(&getent(&["passwd"])?, &getent(&["shadow"])?, &getent(&["group", &config.users.group])?);
         accounts.ask_nss = true;
-        accounts
+        Ok(accounts)
     }
 
     /// From `getent passwd`, `getent shadow` and `getent group GROUP` output.
@@ -91,8 +95,9 @@ impl Accounts {
         if !self.ask_nss {
             return Ok(None);
         }
+        // The entry must be the one asked for: NSS modules may fold case or aliases.
         nix::unistd::User::from_name(name)
-            .map(|u| u.map(|u| Account { uid: u.uid.as_raw(), gid: u.gid.as_raw() }))
+            .map(|u| u.filter(|u| u.name == name).map(|u| Account { uid: u.uid.as_raw(), gid: u.gid.as_raw() }))
             .map_err(|e| format!("passwd lookup: {e}"))
     }
 

@@ -66,17 +66,24 @@ pub fn reconcile(config: &Config, log: &mut Logger) -> Result<Pass, StoreError> 
     let store = SqliteStore::open_reader(&config.store.path, config.store.busy_timeout_ms)?;
     let users = store.users()?;
     let mut run = Run { config, log, pass: Pass::default() };
-    let mut accounts = Accounts::read(config);
-    if config.agent.end_sessions {
-        end_revoked_sessions(&mut run, &store, &users, &accounts);
-    }
+    let mut accounts = Accounts::read(config).map_err(|e| StoreError::Unavailable {
+        path: "the account databases".into(),
+        reason: format!("{e}; nothing changed in this pass"),
+    })?;
+    // Accounts first: a revoked account is locked before its processes go, so nothing
+    // (cron) starts again in between.
     let steps = provision::plan(config, &users, &accounts);
     let created = steps.iter().any(|s| matches!(s, Step::Create { .. }));
     for step in steps {
         apply_account_step(&mut run, &step);
     }
+    if config.agent.end_sessions {
+        end_revoked_sessions(&mut run, &store, &users, &accounts);
+    }
     if created {
-        accounts = Accounts::read(config);
+        if let Ok(now) = Accounts::read(config) {
+            accounts = now;
+        }
     }
     make_folders(&mut run, &users, &accounts);
     Ok(run.pass)
@@ -121,16 +128,19 @@ fn make_folders(run: &mut Run<'_>, users: &[crate::store::User], accounts: &Acco
 
 fn end_revoked_sessions(run: &mut Run<'_>, store: &SqliteStore, users: &[crate::store::User], accounts: &Accounts) {
     let known: HashMap<&str, UserState> = users.iter().map(|u| (u.name.as_str(), u.state)).collect();
-    for (name, uid) in provision::revoked(run.config, users, accounts) {
+    let revoked = provision::revoked(run.config, users, accounts);
+    let uids: Vec<u32> = revoked.iter().map(|(_, uid)| *uid).collect();
+    let mut ended = sessions::end_users(&uids);
+    for (name, uid) in revoked {
         let reason = if known.contains_key(name.as_str()) { "user-disabled" } else { "user-removed" };
-        match sessions::end_user(uid) {
-            Ok(0) => {}
-            Ok(killed) => {
+        match ended.remove(&uid) {
+            None | Some(Ok(0)) => {}
+            Some(Ok(killed)) => {
                 let n = killed.to_string();
                 let what = format!("{killed} processes ended ({reason})");
                 run.changed(&name, "sessions.end", what, &[("reason", reason), ("processes", &n)]);
             }
-            Err(e) => run.failed(&name, "sessions.end", &format!("{reason}: {e}")),
+            Some(Err(e)) => run.failed(&name, "sessions.end", &format!("{reason}: {e}")),
         }
     }
     // The connections of keys that are gone, for users who may still log in.

@@ -29,8 +29,10 @@ pub struct Process {
 }
 
 impl Process {
+    /// Whether the process is the user's: its real uid. A root daemon that acts as the
+    /// user for a while (effective uid only) is not, and is never killed for them.
     fn runs_as(&self, uid: u32) -> bool {
-        !self.zombie && (self.uids.0 == uid || self.uids.1 == uid)
+        !self.zombie && self.uids.0 == uid
     }
 }
 
@@ -79,8 +81,14 @@ pub fn session_key(environ: &[u8]) -> Option<String> {
         .map(str::to_string)
 }
 
+/// The key a process of a key's session carries, if it is a fingerprint (the user may
+/// have set anything); at most the first 64 KiB of its environment are read.
 fn read_session_key(pid: i32) -> Option<String> {
-    session_key(&std::fs::read(Path::new("/proc").join(pid.to_string()).join("environ")).ok()?)
+    use std::io::Read;
+    let file = std::fs::File::open(Path::new("/proc").join(pid.to_string()).join("environ")).ok()?;
+    let mut environ = Vec::new();
+    file.take(64 * 1024).read_to_end(&mut environ).ok()?;
+    session_key(&environ).filter(|k| crate::keys::is_fingerprint(k))
 }
 
 /// SIGKILL; whether the process is gone (ESRCH: it was already).
@@ -91,25 +99,40 @@ fn kill(pid: i32) -> Result<(), nix::errno::Errno> {
     }
 }
 
-/// Kills every process of `uid` (never root's), again while new ones appear (a fork
-/// between a scan and the kills); how many were killed, or why not (without CAP_KILL).
-pub fn end_user(uid: u32) -> Result<usize, String> {
-    if uid == 0 {
-        return Ok(0);
-    }
-    let mut killed = 0;
+/// Kills every process of each of `uids` (never root's), again while new ones appear (a
+/// fork between a scan and the kills), with one scan of /proc per round for all of them:
+/// for each uid, how many were killed, or why not (no CAP_KILL, or still running after 20
+/// rounds).
+pub fn end_users(uids: &[u32]) -> HashMap<u32, Result<usize, String>> {
+    let mut left: Vec<u32> = uids.iter().copied().filter(|&u| u != 0).collect();
+    let mut done: HashMap<u32, Result<usize, String>> = HashMap::new();
+    let mut killed: HashMap<u32, usize> = HashMap::new();
     for _ in 0..20 {
-        let mine: Vec<i32> = processes().into_iter().filter(|p| p.runs_as(uid)).map(|p| p.pid).collect();
-        if mine.is_empty() {
-            return Ok(killed);
+        if left.is_empty() {
+            break;
         }
-        for &pid in &mine {
-            kill(pid).map_err(|e| format!("kill {pid}: {e}"))?;
+        let all = processes();
+        left.retain(|&uid| {
+            let mine: Vec<i32> = all.iter().filter(|p| p.runs_as(uid)).map(|p| p.pid).collect();
+            if mine.is_empty() {
+                done.insert(uid, Ok(killed.get(&uid).copied().unwrap_or(0)));
+                return false;
+            }
+            if let Err(e) = mine.iter().try_for_each(|&pid| kill(pid).map_err(|e| format!("kill {pid}: {e}"))) {
+                done.insert(uid, Err(e));
+                return false;
+            }
+            *killed.entry(uid).or_default() += mine.len();
+            true
+        });
+        if !left.is_empty() {
+            std::thread::sleep(Duration::from_millis(10));
         }
-        killed += mine.len();
-        std::thread::sleep(Duration::from_millis(10));
     }
-    Err(format!("processes of uid {uid} still running after 20 rounds of kills"))
+    for uid in left {
+        done.insert(uid, Err(format!("processes of uid {uid} still running after 20 rounds of kills")));
+    }
+    done
 }
 
 /// The sessions to end for keys that are no longer valid: for each process of one of
@@ -130,20 +153,24 @@ pub fn stale_key_sessions(
         if alive(user, &fingerprint) {
             continue;
         }
-        let pids = found.entry((user.clone(), fingerprint)).or_default();
-        pids.push(p.pid);
+        // Only a process of a connection: below an sshd process of the same user. An
+        // environment inherited elsewhere (`su` to another user, an `at` job, a daemon
+        // left behind by the session) is not a session of that key.
+        let mut connection = None;
         let mut up = by_pid.get(&p.ppid);
-        for _ in 0..8 {
+        for _ in 0..16 {
             let Some(parent) = up else { break };
             if !parent.runs_as(p.uids.0) {
                 break;
             }
             if parent.comm.starts_with("sshd") {
-                pids.push(parent.pid);
+                connection = Some(parent.pid);
                 break;
             }
             up = by_pid.get(&parent.ppid);
         }
+        let Some(sshd) = connection else { continue };
+        found.entry((user.clone(), fingerprint)).or_default().extend([p.pid, sshd]);
     }
     for pids in found.values_mut() {
         pids.sort_unstable();
@@ -202,8 +229,10 @@ mod tests {
     fn a_removed_key_ends_its_process_and_its_connection_only() {
         // sshd (root) -> sshd (root monitor) -> sshd (alice's connection) -> git (key A)
         //                                       sshd (alice, another connection) -> sh (key B)
-        // bob's process carries key A too (a copied environment) but bob is not alice.
+        // bob's process carries key A too (`su bob` from alice's session), and so does a
+        // daemon alice left behind (reparented to init): neither is a connection of key A.
         let all = vec![
+            p(40, 1, 20001, "daemon"),
             p(1, 0, 0, "sshd"),
             p(10, 1, 0, "sshd"),
             p(11, 10, 20001, "sshd"),
@@ -215,14 +244,22 @@ mod tests {
         ];
         let uids = HashMap::from([(20001, "alice".to_string()), (20002, "bob".to_string())]);
         let key_of = |pid: i32| match pid {
-            12 | 30 => Some("SHA256:A".to_string()),
+            12 | 30 | 40 => Some("SHA256:A".to_string()),
             22 => Some("SHA256:B".to_string()),
             _ => None,
         };
-        let alive = |user: &str, fp: &str| !(user == "alice" && fp == "SHA256:A");
+        let alive = |_: &str, fp: &str| fp != "SHA256:A";
         let found = stale_key_sessions(&all, &uids, &key_of, &alive);
         assert_eq!(found.len(), 1, "{found:?}");
         assert_eq!(found[&("alice".to_string(), "SHA256:A".to_string())], vec![11, 12]);
+    }
+
+    #[test]
+    fn a_root_daemon_acting_as_the_user_is_not_theirs() {
+        let acting = Process { pid: 7, ppid: 1, uids: (0, 20001), comm: "smbd".into(), zombie: false };
+        assert!(!acting.runs_as(20001) && acting.runs_as(0));
+        let setuid = Process { pid: 8, ppid: 1, uids: (20001, 0), comm: "passwd".into(), zombie: false };
+        assert!(setuid.runs_as(20001), "a setuid program the user started is the user's");
     }
 
     #[test]
@@ -231,6 +268,6 @@ mod tests {
         let uids = HashMap::from([(0, "root".to_string())]);
         let found = stale_key_sessions(&all, &uids, &|_| Some("SHA256:A".into()), &|_, _| false);
         assert!(found.is_empty());
-        assert_eq!(end_user(0), Ok(0));
+        assert!(end_users(&[0]).is_empty(), "uid 0 is never even looked at");
     }
 }
