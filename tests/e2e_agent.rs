@@ -173,3 +173,141 @@ fn once_makes_one_pass_and_refuses_hostile_names() {
     assert!(shadow(&dave).split(':').nth(1).unwrap().starts_with('!'), "{}", shadow(&dave));
     assert!(gh.data.join(&dave).is_dir(), "a removed user's folder must be kept");
 }
+
+fn git_as(sshd: &Sshd, key: &Path, cwd: &Path, args: &[&str]) -> std::process::Output {
+    Command::new("timeout")
+        .arg("30")
+        .arg("git")
+        .args(["-c", "user.name=t", "-c", "user.email=t@example.org"])
+        .args(args)
+        .current_dir(cwd)
+        .env("GIT_SSH_COMMAND", sshd.ssh_line(key))
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap()
+}
+
+/// Commits a new file in the clone `dir` (after taking in what others pushed) and pushes it.
+fn commit_and_push(sshd: &Sshd, key: &Path, dir: &Path, file: &str) -> std::process::Output {
+    let pull = git_as(sshd, key, dir, &["pull", "--quiet", "--ff-only", "origin", "main"]);
+    if !pull.status.success() {
+        return pull;
+    }
+    std::fs::write(dir.join(file), format!("{file}\n")).unwrap();
+    assert!(git_as(sshd, key, dir, &["add", "."]).status.success());
+    assert!(git_as(sshd, key, dir, &["commit", "--quiet", "-m", file]).status.success());
+    git_as(sshd, key, dir, &["push", "--quiet", "origin", "main"])
+}
+
+fn acl_of(path: &Path) -> String {
+    stdout(&Command::new("getfacl").args(["-R", "-P", "-p", "-c"]).arg(path).output().unwrap())
+}
+
+#[test]
+fn grants_become_file_access() {
+    require_root!();
+    let gh = Gatehouse::new("agentacl", "");
+    gh.init(None);
+    let sshd = Sshd::start(&gh, "");
+    gh.own_accounts(45000, 45999, &sshd.managed.name);
+    let (alice, bob) = (unique("gha"), unique("ghb"));
+    let _made = MadeAccounts(vec![alice.clone(), bob.clone()]);
+    let _agent = AgentProcess::start(&gh.config);
+    let keys = gh.dir.join("keys");
+    std::fs::create_dir(&keys).unwrap();
+    let (a_key, b_key) = (keygen(&keys, "ed25519"), keygen(&keys, "ed25519"));
+    for (user, key) in [(&alice, &a_key), (&bob, &b_key)] {
+        gh.ok(&["user", "add", user]);
+        gh.cli_stdin(&["key", "add", user, "-"], key.public.as_bytes());
+        sshd.wait_for_login(user, &key.private, Duration::from_secs(10)).expect("no login within 10 s");
+    }
+    // Alice's repository, made by alice, and her first commit pushed over ssh.
+    let repo = gh.data.join(&alice).join("shared.git");
+    let out = Command::new("setpriv")
+        .args(["--reuid", &alice, "--regid", &alice, "--init-groups", "git", "init", "--quiet", "--bare", "-b", "main"])
+        .arg(&repo)
+        .env("HOME", "/")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let work = gh.dir.join("work");
+    std::fs::create_dir(&work).unwrap();
+    let url = |who: &str| format!("ssh://{who}@127.0.0.1:{}/{alice}/shared.git", sshd.port);
+    let out = git_as(&sshd, &a_key.private, &work, &["clone", "--quiet", &url(&alice), "a"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let a_dir = work.join("a");
+    let out = git_as(&sshd, &a_key.private, &a_dir, &["checkout", "--quiet", "-b", "main"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    std::fs::write(a_dir.join("first"), "first\n").unwrap();
+    assert!(git_as(&sshd, &a_key.private, &a_dir, &["add", "."]).status.success());
+    assert!(git_as(&sshd, &a_key.private, &a_dir, &["commit", "--quiet", "-m", "first"]).status.success());
+    let out = git_as(&sshd, &a_key.private, &a_dir, &["push", "--quiet", "origin", "main"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let doctor = stdout(&gh.cli(&["doctor"]));
+    assert!(doctor.contains("takes POSIX ACLs: grants become file access"), "{doctor}");
+    let clone = |dest: &str| git_as(&sshd, &b_key.private, &work, &["clone", "--quiet", &url(&bob), dest]);
+    assert!(!clone("refused").status.success(), "bob cloned without a grant");
+
+    // Read: bob clones within a few seconds, and cannot push.
+    gh.ok(&["grant", "add", &bob, &format!("{alice}/shared.git"), "read"]);
+    let mut n = 0;
+    let took = wait_until(Duration::from_millis(100), Duration::from_secs(10), || {
+        n += 1;
+        clone(&format!("b{n}")).status.success()
+    });
+    let took = took.unwrap_or_else(|| {
+        panic!("bob could not clone within 10 s: {}\nacl: {}", stderr(&clone("x")), acl_of(&gh.data.join(&alice)))
+    });
+    eprintln!("grant read -> clone: {} ms", took.as_millis());
+    let b_dir = work.join(format!("b{n}"));
+    let folder = stdout(&Command::new("getfacl").args(["-c", "-p"]).arg(gh.data.join(&alice)).output().unwrap());
+    assert!(folder.contains(&format!("user:{bob}:--x")), "the owner's folder: traverse only\n{folder}");
+
+    // Write: bob, alice, bob push in turn to the shared repository.
+    gh.ok(&["grant", "add", &bob, &format!("{alice}/shared.git"), "write"]);
+    let mut last = None;
+    let pushed = wait_until(Duration::from_millis(200), Duration::from_secs(10), || {
+        std::fs::write(b_dir.join("bob1"), "bob1\n").unwrap();
+        let _ = git_as(&sshd, &b_key.private, &b_dir, &["add", "."]);
+        let _ = git_as(&sshd, &b_key.private, &b_dir, &["commit", "--quiet", "-m", "bob1"]);
+        let out = git_as(&sshd, &b_key.private, &b_dir, &["push", "--quiet", "origin", "main"]);
+        let ok = out.status.success();
+        last = Some(out);
+        ok
+    });
+    assert!(pushed.is_some(), "bob could not push within 10 s: {}", stderr(last.as_ref().unwrap()));
+    let shared = || {
+        let out = Command::new("git")
+            .args(["config", "--file"])
+            .arg(repo.join("config"))
+            .arg("core.sharedRepository")
+            .output()
+            .unwrap();
+        stdout(&out).trim().to_string()
+    };
+    let set = wait_until(Duration::from_millis(100), Duration::from_secs(10), || shared() == "group");
+    assert!(set.is_some(), "core.sharedRepository is {:?}; log: {:?}", shared(), gh.log.drain());
+    let out = commit_and_push(&sshd, &a_key.private, &a_dir, "alice2");
+    assert!(out.status.success(), "alice's push after bob's: {}\nacl: {}", stderr(&out), acl_of(&repo));
+    let out = commit_and_push(&sshd, &b_key.private, &b_dir, "bob3");
+    assert!(out.status.success(), "bob's push after alice's: {}\nacl: {}", stderr(&out), acl_of(&repo));
+    let out = commit_and_push(&sshd, &a_key.private, &a_dir, "alice4");
+    assert!(out.status.success(), "alice's second push: {}\nacl: {}", stderr(&out), acl_of(&repo));
+
+    // Revoked: bob's clone fails again, and no entry of bob's is left.
+    gh.ok(&["grant", "remove", &bob, &format!("{alice}/shared.git")]);
+    let gone = wait_until(Duration::from_millis(100), Duration::from_secs(10), || {
+        !acl_of(&gh.data.join(&alice)).contains(&format!("user:{bob}:"))
+    });
+    assert!(gone.is_some(), "bob's entries stayed: {}", acl_of(&gh.data.join(&alice)));
+    assert!(!clone("after").status.success(), "bob cloned after the grant was removed");
+    assert!(!acl_of(&repo).contains(&format!("user:{alice}:")), "the owner's entry stayed: {}", acl_of(&repo));
+    assert_eq!(shared(), "", "core.sharedRepository stayed");
+    // Alice still owns a working repository.
+    let out = commit_and_push(&sshd, &a_key.private, &a_dir, "alice5");
+    assert!(out.status.success(), "alice's push after the revocation: {}", stderr(&out));
+    let record = gh.store.parent().unwrap().join("agent-acl.json");
+    let meta = std::fs::metadata(&record).expect("the agent records what it applied");
+    assert_eq!(std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o777, 0o600);
+}

@@ -68,6 +68,22 @@ fn served_names(r: &mut Report, config: &Config, store: &crate::store::sqlite::S
     }
 }
 
+/// Whether `git.root` takes POSIX ACLs, which gatehouse-agent turns grants into: a probe
+/// file there gets an entry and goes (root only; others cannot write there).
+fn git_root_acls(r: &mut Report, config: &Config) {
+    let root = &config.git.root;
+    if !std::fs::symlink_metadata(root).is_ok_and(|m| m.is_dir()) {
+        return r.warn(format!("git.root {} is not a folder: grants give no file access", root.display()));
+    }
+    if !nix::unistd::geteuid().is_root() {
+        return r.warn(format!("not root: cannot probe whether git.root {} takes POSIX ACLs", root.display()));
+    }
+    match crate::agent::grants::probe(root) {
+        Ok(()) => r.ok(format!("git.root {} takes POSIX ACLs: grants become file access", root.display())),
+        Err(e) => r.warn(format!("{e}; grants are decided by gatehouse-shell but give grantees no file access")),
+    }
+}
+
 /// Accounts looked up for the login-shell check: each is an NSS lookup.
 const LOGIN_SHELL_SAMPLE: usize = 1000;
 
@@ -260,6 +276,9 @@ pub fn diagnose(config: &Config, options: &DoctorOptions<'_>) -> Vec<Finding> {
     } else {
         r.warn("Landlock is not available on this kernel: sessions without shell scope rely on the argument allow-lists alone")
     }
+
+    // Grants become ACLs on the repositories (gatehouse-agent): the file system must take them.
+    git_root_acls(&mut r, config);
 
     // The jail, as sshd will check it at every jailed login.
     if config.jail.group.is_some() {

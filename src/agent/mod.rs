@@ -6,12 +6,14 @@
 //! 2. accounts: created, locked and unlocked as `gatehouse provision` does (one rule, in
 //!    [`crate::admin::provision`]);
 //! 3. data folders: made for every enabled user with an account, as the session stage
-//!    would at first login, so sftp, rsync and git work without the PAM module.
+//!    would at first login, so sftp, rsync and git work without the PAM module;
+//! 4. grants: turned into POSIX ACLs on the repositories they cover (see [`grants`]).
 //!
 //! A pass only reads the store; everything it changes is on the host, and it logs each
 //! change. A pass changes nothing when the host already follows the store, so the agent
 //! can be killed and restarted at any point: the pass at start-up catches up.
 
+pub mod grants;
 pub mod sessions;
 
 use crate::admin::provision::{self, Accounts, Step};
@@ -86,6 +88,13 @@ pub fn reconcile(config: &Config, log: &mut Logger) -> Result<Pass, StoreError> 
         }
     }
     make_folders(&mut run, &users, &accounts);
+    match store.grants() {
+        Ok(all) => {
+            let enabled = users.iter().filter(|u| u.state == UserState::Enabled).map(|u| u.name.as_str()).collect();
+            grants::sync(&mut run, &all, &enabled);
+        }
+        Err(e) => run.failed("-", "acl", &format!("cannot read the grants: {e}")),
+    }
     Ok(run.pass)
 }
 

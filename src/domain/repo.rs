@@ -144,6 +144,35 @@ pub fn access(user: &str, repo: &RepoPath, grants: &[Grant]) -> Option<Access> {
     grants.iter().filter(|g| pattern_matches(&g.pattern, repo)).map(|g| g.access).max()
 }
 
+/// The bare repositories under `root`: `OWNER/NAME.git` folders holding a `HEAD` file, the
+/// paths [`parse_repo_path`] accepts. Symbolic links are never followed, at either level:
+/// a link in an owner's folder is no repository of theirs. Sorted; an unreadable folder
+/// lists nothing.
+pub fn list_repositories(root: &std::path::Path, valid_owner: impl Fn(&str) -> bool) -> Vec<RepoPath> {
+    let real_dirs = |dir: &std::path::Path| -> Vec<String> {
+        let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
+        entries
+            .flatten()
+            // The entry's own type: a symbolic link is a link here, not what it points to.
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .filter_map(|e| e.file_name().into_string().ok())
+            .collect()
+    };
+    let mut found = Vec::new();
+    for owner in real_dirs(root) {
+        for name in real_dirs(&root.join(&owner)) {
+            let Ok(repo) = parse_repo_path(&format!("{owner}/{name}"), &valid_owner) else { continue };
+            let dir = root.join(&owner).join(&name);
+            let head = std::fs::symlink_metadata(dir.join("HEAD")).is_ok_and(|m| m.is_file());
+            if repo.owner == owner && repo.name == name && head {
+                found.push(repo);
+            }
+        }
+    }
+    found.sort_by(|a, b| (&a.owner, &a.name).cmp(&(&b.owner, &b.name)));
+    found
+}
+
 /// How long a push's quarantine may sit unchanged before it counts as left by a push that
 /// was killed: far longer than receiving a pack and running hooks takes.
 pub const STALE_QUARANTINE: std::time::Duration = std::time::Duration::from_secs(3600);
@@ -289,6 +318,23 @@ mod tests {
         assert_eq!(valid_pattern(&longest), Ok(format!("{longest}.git")));
         assert_eq!(valid_pattern(&format!("{longest}.git")), Ok(format!("{longest}.git")));
         assert!(valid_pattern(&format!("{longest}n")).is_err());
+    }
+
+    #[test]
+    fn repositories_are_listed_without_following_links() {
+        let root = std::env::temp_dir().join(format!("gh-repos-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        for dir in ["alice/a.git", "alice/notbare.git", "alice/plain", "bob/b.git", "-x/c.git", "carol"] {
+            std::fs::create_dir_all(root.join(dir)).unwrap();
+        }
+        for head in ["alice/a.git/HEAD", "bob/b.git/HEAD", "-x/c.git/HEAD", "alice/plain/HEAD"] {
+            std::fs::write(root.join(head), "ref: refs/heads/main\n").unwrap();
+        }
+        std::os::unix::fs::symlink(root.join("bob/b.git"), root.join("alice/link.git")).unwrap();
+        std::os::unix::fs::symlink(root.join("bob"), root.join("dave")).unwrap();
+        let found = list_repositories(&root, owner_ok);
+        assert_eq!(found, vec![repo("alice", "a.git"), repo("bob", "b.git")]);
+        let _ = std::fs::remove_dir_all(&root);
     }
 
     #[test]
