@@ -68,10 +68,10 @@ fn rss_kib(pid: u32) -> u64 {
     status.lines().find_map(|l| l.strip_prefix("VmRSS:")).unwrap().trim().trim_end_matches(" kB").parse().unwrap()
 }
 
-fn main() {
+fn main() -> std::process::ExitCode {
     if !is_root() {
         eprintln!("benches/agent.rs: needs root (creates users, starts sshd and the agent)");
-        std::process::exit(2);
+        return std::process::ExitCode::from(2);
     }
     let users = env_or("BENCH_AGENT_USERS", 50);
     let sessions = env_or("BENCH_AGENT_SESSIONS", 20);
@@ -183,8 +183,9 @@ fn main() {
     for (m, v, t) in &rows.0 {
         writeln!(out, "| {m} | {v} | {t} |").unwrap();
     }
+    // Returned, not exit(): the accounts, folders and processes made here go on drop.
     drop(made);
-    std::process::exit(if missed { 1 } else { 0 });
+    std::process::ExitCode::from(u8::from(missed))
 }
 
 /// Two `gatehouse-agent --once` passes over `n` users whose accounts exist (in private
