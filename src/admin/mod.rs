@@ -405,12 +405,8 @@ impl Admin<'_> {
         let mut failed = 0;
         for step in crate::admin::provision::plan(self.config, &users, &accounts) {
             use crate::admin::provision::Step;
-            let (what, user) = match &step {
-                Step::Create { user, shell } => (format!("create (shell {shell})"), user.clone()),
-                Step::Lock(u) => ("lock".to_string(), u.clone()),
-                Step::Unlock(u) => ("unlock".to_string(), u.clone()),
-                Step::Skip { user, reason } => (format!("skip: {reason}"), user.clone()),
-            };
+            let (user, what) = step.describe();
+            let user = user.to_string();
             if dry_run || matches!(step, Step::Skip { .. }) {
                 writeln!(out, "{user}: {what}{}", if dry_run { " (dry run)" } else { "" }).map_err(io)?;
                 continue;

@@ -18,6 +18,18 @@ pub enum Step {
     Skip { user: String, reason: String },
 }
 
+impl Step {
+    /// The user the step is for, and what it does, as reports and logs say it.
+    pub fn describe(&self) -> (&str, String) {
+        match self {
+            Step::Create { user, shell } => (user, format!("create (shell {shell})")),
+            Step::Lock(user) => (user, "lock".to_string()),
+            Step::Unlock(user) => (user, "unlock".to_string()),
+            Step::Skip { user, reason } => (user, format!("skip: {reason}")),
+        }
+    }
+}
+
 /// An account as provisioning sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Account {
@@ -104,26 +116,27 @@ impl Accounts {
     fn is_locked(&self, name: &str) -> bool {
         self.locked.contains(name)
     }
+
+    /// The account `name` if Gatehouse may act on it: not a reserved name, and its uid
+    /// managed ([`crate::config::UsersConfig::manages_uid`]).
+    pub fn managed(&self, config: &Config, name: &str) -> Option<Account> {
+        if crate::names::is_reserved(name) {
+            return None;
+        }
+        self.get(name).ok().flatten().filter(|a| config.users.manages_uid(a.uid))
+    }
 }
 
 /// Accounts in the UID range whose sessions must not run: their user is disabled in the
 /// store, or (a member of `users.group`) no longer in it. (name, uid) pairs.
 pub fn revoked(config: &Config, users: &[User], accounts: &Accounts) -> Vec<(String, u32)> {
-    let (min, max) = (config.users.uid_min, config.users.uid_max);
     let known: HashMap<&str, UserState> = users.iter().map(|u| (u.name.as_str(), u.state)).collect();
     let mut names: Vec<&str> =
         users.iter().filter(|u| u.state != UserState::Enabled).map(|u| u.name.as_str()).collect();
     names.extend(accounts.members.iter().map(String::as_str).filter(|m| !known.contains_key(m)));
     names.sort_unstable();
     names.dedup();
-    names
-        .into_iter()
-        .filter(|n| !crate::names::is_reserved(n))
-        .filter_map(|n| match accounts.get(n) {
-            Ok(Some(a)) if a.uid != 0 && (min..=max).contains(&a.uid) => Some((n.to_string(), a.uid)),
-            _ => None,
-        })
-        .collect()
+    names.into_iter().filter_map(|n| accounts.managed(config, n).map(|a| (n.to_string(), a.uid))).collect()
 }
 
 /// What provisioning would do, given the store's users and the host's accounts.
@@ -176,10 +189,8 @@ pub fn plan(config: &Config, users: &[User], accounts: &Accounts) -> Vec<Step> {
     // account (and their files) but can no longer log in.
     let known: HashSet<&str> = users.iter().map(|u| u.name.as_str()).collect();
     for member in accounts.members.iter().filter(|m| !known.contains(m.as_str())) {
-        if let Ok(Some(a)) = accounts.get(member) {
-            if (min..=max).contains(&a.uid) && !crate::names::is_reserved(member) && !accounts.is_locked(member) {
-                steps.push(Step::Lock(member.clone()));
-            }
+        if accounts.managed(config, member).is_some() && !accounts.is_locked(member) {
+            steps.push(Step::Lock(member.clone()));
         }
     }
     steps

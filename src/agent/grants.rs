@@ -19,6 +19,7 @@
 //! neither as the argument nor in the walk).
 
 use super::Run;
+use crate::admin::provision::Accounts;
 use crate::domain::repo::{self, Access, RepoPath};
 use crate::store::Grant;
 use std::collections::{BTreeMap, HashSet};
@@ -297,9 +298,10 @@ fn remove(config: &crate::config::Config, entry: &Entry) -> Result<Done, Failure
     Ok(Done::Applied)
 }
 
-/// Whether a grant subject may get entries: no reserved name, a valid name, known to NSS,
-/// and for a user, enabled in the store (a disabled or removed user's entries go).
-fn subject_ok(config: &crate::config::Config, enabled: &HashSet<&str>, subject: &str) -> bool {
+/// Whether a grant subject may get entries: no reserved name, a valid name, an account (the
+/// pass's snapshot) or a group (NSS), and for a user, enabled in the store (a disabled or
+/// removed user's entries go).
+fn subject_ok(config: &crate::config::Config, accounts: &Accounts, enabled: &HashSet<&str>, subject: &str) -> bool {
     match subject.strip_prefix('@') {
         Some(group) => {
             !group.is_empty()
@@ -310,14 +312,14 @@ fn subject_ok(config: &crate::config::Config, enabled: &HashSet<&str>, subject: 
             config.valid_user_name(subject)
                 && enabled.contains(subject)
                 && !crate::names::is_reserved(subject)
-                && matches!(nix::unistd::User::from_name(subject), Ok(Some(u)) if u.uid.as_raw() != 0)
+                && matches!(accounts.get(subject), Ok(Some(a)) if a.uid != 0)
         }
     }
 }
 
 /// One pass over the grants: adds what is missing, removes what is stale, records it.
 /// `enabled`: the store's enabled users.
-pub(super) fn sync(run: &mut Run<'_>, grants: &[Grant], enabled: &HashSet<&str>) {
+pub(super) fn sync(run: &mut Run<'_>, grants: &[Grant], accounts: &Accounts, enabled: &HashSet<&str>) {
     let config = run.config;
     let root = &config.git.root;
     let record = record_path(config);
@@ -327,7 +329,7 @@ pub(super) fn sync(run: &mut Run<'_>, grants: &[Grant], enabled: &HashSet<&str>)
         Err(e) => return run.failed("-", "acl", &format!("cannot read the record: {e}")),
     };
     let repos = if is_real_dir(root) { repo::list_repositories(root, |o| config.valid_user_name(o)) } else { vec![] };
-    let want = desired(grants, &repos, root, |s| subject_ok(config, enabled, s));
+    let want = desired(grants, &repos, root, |s| subject_ok(config, accounts, enabled, s));
     let actions = plan(&want, &recorded);
     if actions.is_empty() {
         return;

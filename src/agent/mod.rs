@@ -91,7 +91,7 @@ pub fn reconcile(config: &Config, log: &mut Logger) -> Result<Pass, StoreError> 
     match store.grants() {
         Ok(all) => {
             let enabled = users.iter().filter(|u| u.state == UserState::Enabled).map(|u| u.name.as_str()).collect();
-            grants::sync(&mut run, &all, &enabled);
+            grants::sync(&mut run, &all, &accounts, &enabled);
         }
         Err(e) => run.failed("-", "acl", &format!("cannot read the grants: {e}")),
     }
@@ -99,13 +99,11 @@ pub fn reconcile(config: &Config, log: &mut Logger) -> Result<Pass, StoreError> 
 }
 
 fn apply_account_step(run: &mut Run<'_>, step: &Step) {
-    let (user, what) = match step {
-        Step::Create { user, shell } => (user, format!("create (shell {shell})")),
-        Step::Lock(user) => (user, "lock".to_string()),
-        Step::Unlock(user) => (user, "unlock".to_string()),
+    if matches!(step, Step::Skip { .. }) {
         // Said once by `gatehouse provision`; the agent would repeat it on every pass.
-        Step::Skip { .. } => return,
-    };
+        return;
+    }
+    let (user, what) = step.describe();
     match provision::apply(run.config, step) {
         Ok(()) => run.changed(user, "account", what.clone(), &[("step", &what)]),
         Err(e) => run.failed(user, "account", &format!("{what}: {e}")),
@@ -114,13 +112,12 @@ fn apply_account_step(run: &mut Run<'_>, step: &Step) {
 
 /// Every enabled user with an account in the UID range gets a data folder.
 fn make_folders(run: &mut Run<'_>, users: &[crate::store::User], accounts: &Accounts) {
-    let (min, max) = (run.config.users.uid_min, run.config.users.uid_max);
     for u in users.iter().filter(|u| u.state == UserState::Enabled) {
-        if crate::names::is_reserved(&u.name) || !run.config.valid_user_name(&u.name) {
+        if !run.config.valid_user_name(&u.name) {
             continue;
         }
-        let Ok(Some(account)) = accounts.get(&u.name) else { continue };
-        if !(min..=max).contains(&account.uid) || datadir::is_jailed(run.config, &u.name, account.gid) {
+        let Some(account) = accounts.managed(run.config, &u.name) else { continue };
+        if datadir::is_jailed(run.config, &u.name, account.gid) {
             // A jailed user's folder is laid out with the jail, by the session stage.
             continue;
         }
@@ -153,15 +150,11 @@ fn end_revoked_sessions(run: &mut Run<'_>, store: &SqliteStore, users: &[crate::
         }
     }
     // The connections of keys that are gone, for users who may still log in.
-    let (min, max) = (run.config.users.uid_min, run.config.users.uid_max);
-    let mut uids = HashMap::new();
-    for u in users.iter().filter(|u| u.state == UserState::Enabled && !crate::names::is_reserved(&u.name)) {
-        if let Ok(Some(a)) = accounts.get(&u.name) {
-            if a.uid != 0 && (min..=max).contains(&a.uid) {
-                uids.insert(a.uid, u.name.clone());
-            }
-        }
-    }
+    let uids: HashMap<u32, String> = users
+        .iter()
+        .filter(|u| u.state == UserState::Enabled)
+        .filter_map(|u| accounts.managed(run.config, &u.name).map(|a| (a.uid, u.name.clone())))
+        .collect();
     let keys: RefCell<HashMap<String, Option<HashSet<String>>>> = RefCell::new(HashMap::new());
     let alive = |user: &str, fingerprint: &str| {
         let mut keys = keys.borrow_mut();

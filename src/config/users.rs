@@ -84,6 +84,12 @@ impl Default for UsersConfig {
 }
 
 impl UsersConfig {
+    /// Whether provisioning and the agent may create, lock and end the sessions of the
+    /// account with `uid`: inside `uid_min..=uid_max`, and never root.
+    pub fn manages_uid(&self, uid: u32) -> bool {
+        uid != 0 && (self.uid_min..=self.uid_max).contains(&uid)
+    }
+
     /// Whether `name` is acceptable as a user name.
     pub fn valid_name(&self, name: &str) -> bool {
         name.len() <= 256
