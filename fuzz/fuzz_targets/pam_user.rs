@@ -1,6 +1,9 @@
 //! The user name a client asks for (`ssh NAME@host`): sshd hands it to gatehouse-keys as an
 //! argument and to pam_gatehouse.so as the PAM user, both check it against the name rule
 //! and log it; the PAM module also reads its own arguments and sshd's `SSH_AUTH_INFO_0`.
+//! The same bytes are also a session's environment as gatehouse-agent reads it from
+//! /proc (`GATEHOUSE_KEY`, set by the user's own processes) and a /proc status text whose
+//! `Name:` the user chooses.
 #![no_main]
 
 use gatehouse::config::{Config, DEFAULT_NAME_PATTERN};
@@ -77,8 +80,23 @@ fn key_command_args(data: &[u8]) {
     }
 }
 
+/// What the root agent reads from a user's processes: any value, but only a fingerprint
+/// is ever taken as a key, and a status without uids is no process.
+fn agent_process_views(data: &[u8]) {
+    use gatehouse::agent::sessions::{parse_status, session_key};
+    if let Some(key) = session_key(data) {
+        assert!(!key.contains('\0'), "{key:?}");
+    }
+    if let Ok(text) = std::str::from_utf8(data) {
+        if let Some(p) = parse_status(1, text) {
+            assert!(text.contains("Uid:") && text.contains("PPid:"), "{p:?}");
+        }
+    }
+}
+
 fuzz_target!(|data: &[u8]| {
     key_command_args(data);
+    agent_process_views(data);
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
