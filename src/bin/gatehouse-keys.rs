@@ -34,10 +34,12 @@ fn main() -> ExitCode {
     };
     // Nothing on the login path may wait past store.login_timeout_ms, not even SQLite's
     // own retries: then the answer is no key, and the log says why.
+    // Every error line names whose login it refused, whichever step failed.
+    let user = request.user.clone().unwrap_or_else(|| "<not utf-8>".to_string());
+    let fingerprint = request.fingerprint.clone().unwrap_or_else(|| "-".to_string());
     let watchdog = {
         let (socket, stderr) = (config.log.socket.clone(), config.log.stderr);
-        let user = request.user.clone().unwrap_or_else(|| "<not utf-8>".to_string());
-        let fingerprint = request.fingerprint.clone().unwrap_or_else(|| "-".to_string());
+        let (user, fingerprint) = (user.clone(), fingerprint.clone());
         let ms = config.store.login_timeout_ms;
         Watchdog::start(Duration::from_millis(u64::from(ms)), move || {
             let error = format!("no answer from the store within store.login_timeout_ms ({ms} ms)");
@@ -56,7 +58,10 @@ fn main() -> ExitCode {
     let store = match SqliteStore::open_reader(&config.store.path, config.store.login_timeout_ms) {
         Ok(s) => s,
         Err(e) => {
-            log.log(Level::Error, &[("error", &e.to_string())]);
+            log.log(
+                Level::Error,
+                &[("user", &user), ("fingerprint", &fingerprint), ("verdict", "refuse"), ("error", &e.to_string())],
+            );
             return ExitCode::from(exit::STORE);
         }
     };
@@ -70,7 +75,10 @@ fn main() -> ExitCode {
     match result {
         Ok(_) => ExitCode::SUCCESS,
         Err(e) => {
-            log.log(Level::Error, &[("error", &e.to_string())]);
+            log.log(
+                Level::Error,
+                &[("user", &user), ("fingerprint", &fingerprint), ("verdict", "refuse"), ("error", &e.to_string())],
+            );
             ExitCode::from(match e {
                 keycmd::AnswerError::Config(_) => exit::CONFIG,
                 keycmd::AnswerError::Store(_) | keycmd::AnswerError::Output(_) => exit::STORE,
