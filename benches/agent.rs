@@ -200,7 +200,7 @@ fn big_pass(dir: &TestDir, n: usize) -> (Duration, Duration) {
         &config,
         format!(
             "[store]\npath = \"{}\"\n[users]\ndata_dir = \"{}/%u\"\nuid_min = 100000\nuid_max = {}\ngroup = \"ghbig\"\n\
-             [log]\nstderr = false\n",
+             [log]\nstderr = false\n[agent]\naccounts = \"useradd\"\n",
             store.display(),
             data.display(),
             100_000 + n + 10
@@ -223,7 +223,8 @@ fn big_pass(dir: &TestDir, n: usize) -> (Duration, Duration) {
         let name = format!("big{i}");
         let uid = 100_000 + i;
         sql.push_str(&format!(
-            "INSERT INTO users (name, state, policy, created, source) VALUES ('{name}', 'enabled', 'shell', 0, 'cli');\n"
+            "INSERT INTO users (name, state, policy, created, source, uid) \
+             VALUES ('{name}', 'enabled', 'shell', 0, 'cli', {uid});\n"
         ));
         passwd.push_str(&format!("{name}:x:{uid}:{uid}::{}/{name}:/bin/sh\n", data.display()));
         shadow.push_str(&format!("{name}:*:19000::::::\n"));

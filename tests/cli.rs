@@ -186,11 +186,17 @@ fn user_add_list_and_show_in_text_and_json() {
     assert_eq!(gh.ok(&["user", "add", "carol", "--disabled"]), "added user carol\n");
     gh.ok(&["user", "add", "alice"]);
     gh.ok(&["user", "add", "bob", "--policy", "git", "--port-forwarding"]);
+    let text = gh.ok(&["user", "list"]);
+    let rows: Vec<Vec<&str>> = text.lines().map(|l| l.split('\t').collect()).collect();
     assert_eq!(
-        gh.ok(&["user", "list"]),
-        "alice\tenabled\tshell\t-\nbob\tenabled\tgit\tforwarding\ncarol\tdisabled\tshell\t-\n"
+        rows.iter().map(|r| r[..4].join("\t")).collect::<Vec<_>>(),
+        ["alice\tenabled\tshell\t-", "bob\tenabled\tgit\tforwarding", "carol\tdisabled\tshell\t-"]
     );
+    // The store gives each a uid as it is added: carol first, then alice, then bob.
+    let uid = |row: usize| rows[row][4].parse::<u32>().unwrap();
+    assert!(uid(2) < uid(0) && uid(0) < uid(1), "{text}");
     let list = json(&gh.ok(&["user", "list", "--json"]));
+    assert_eq!(list[1]["uid"], uid(1));
     let list = list.as_array().unwrap();
     let names: Vec<&str> = list.iter().map(|u| u["name"].as_str().unwrap()).collect();
     assert_eq!(names, ["alice", "bob", "carol"]);
@@ -203,7 +209,8 @@ fn user_add_list_and_show_in_text_and_json() {
     let key = keygen(&gh.dir.path, "ed25519");
     add_ok(&gh, "bob", &key, &["--scope", "git-read"]);
     let show = gh.ok(&["user", "show", "bob"]);
-    for want in ["name: bob\n", "state: enabled\n", "policy: git\n", "port forwarding: yes\n", "keys: 1\n"] {
+    let bob_uid = format!("uid: {}\n", uid(1));
+    for want in ["name: bob\n", "state: enabled\n", &bob_uid, "policy: git\n", "port forwarding: yes\n", "keys: 1\n"] {
         assert!(show.contains(want), "want {want:?} in {show}");
     }
     assert!(show.contains(&format!("{} ssh-ed25519 256 git-read no-expiry test@gatehouse", key.fingerprint)));
@@ -289,8 +296,9 @@ fn a_user_cannot_be_added_twice() {
     let gh = setup("twice", "");
     gh.ok(&["user", "add", "alice", "--policy", "git"]);
     assert_fails(&gh.cli(&["user", "add", "alice"]), 1, "user alice already exists");
-    // The first one is unchanged.
-    assert_eq!(gh.ok(&["user", "list"]), "alice\tenabled\tgit\t-\n");
+    // The first one is unchanged, its uid too.
+    let list = gh.ok(&["user", "list"]);
+    assert!(list.starts_with("alice\tenabled\tgit\t-\t") && list.lines().count() == 1, "{list}");
 }
 
 // ---- keys ----
@@ -562,10 +570,16 @@ fn import_tsv_creates_users_and_attaches_keys_to_the_right_ones() {
     assert_eq!(served(&gh, "tsv_a"), blobs(&keys[0]));
     assert_eq!(served(&gh, "tsv_b"), blobs(keys[1].iter().chain([&old])));
     assert_eq!(served(&gh, "tsv_c"), blobs(&keys[2]));
+    // Each user the import made has a uid of its own.
+    let list = gh.ok(&["user", "list"]);
+    let rows: Vec<Vec<&str>> = list.lines().map(|l| l.split('\t').collect()).collect();
     assert_eq!(
-        gh.ok(&["user", "list"]),
-        "tsv_a\tenabled\tshell\t-\ntsv_b\tenabled\tshell\t-\ntsv_c\tenabled\tshell\t-\n"
+        rows.iter().map(|r| r[..4].join("\t")).collect::<Vec<_>>(),
+        ["tsv_a\tenabled\tshell\t-", "tsv_b\tenabled\tshell\t-", "tsv_c\tenabled\tshell\t-"]
     );
+    let mut uids: Vec<u32> = rows.iter().map(|r| r[4].parse().unwrap()).collect();
+    uids.dedup();
+    assert_eq!(uids.len(), 3, "{list}");
     assert_eq!(json(&gh.ok(&["user", "show", "tsv_c", "--json"]))["source"], "import");
 }
 

@@ -244,13 +244,16 @@ fn provision_follows_the_store_within_its_uid_range_only() {
     let plan = gh.ok(&["provision", "--dry-run"]);
     // Everyone gets gatehouse-shell, which starts shell.login_shell (bash) for shell users.
     let ours = gh.shell_bin.display();
-    assert!(plan.contains(&format!("{fresh}: create (shell {ours}) (dry run)")), "{plan}");
+    let fresh_uid = gh.ok(&["user", "show", &fresh]).lines().find_map(|l| l.strip_prefix("uid: ").map(str::to_string));
+    let fresh_uid = fresh_uid.expect("user show has the uid");
+    assert!(plan.contains(&format!("{fresh}: create (uid {fresh_uid}, shell {ours}) (dry run)")), "{plan}");
     assert!(nix::unistd::User::from_name(&fresh).unwrap().is_none(), "a dry run created an account");
 
     let report = gh.ok(&["provision"]);
     assert!(report.contains("root: skip: reserved name"), "{report}");
     assert!(report.contains(&format!("{}: skip: uid", outside.name)), "{report}");
     let account = nix::unistd::User::from_name(&fresh).unwrap().expect("account created");
+    assert_eq!(account.uid.as_raw().to_string(), fresh_uid, "the account has the uid the store gave");
     assert!((41000..=41999).contains(&account.uid.as_raw()), "uid {} outside the range", account.uid);
     assert_eq!(account.shell, gh.shell_bin);
     assert_eq!(account.dir, gh.data.join(&fresh));

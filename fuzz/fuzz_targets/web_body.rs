@@ -47,7 +47,7 @@ thread_local! {
     static SCRATCH: RefCell<Scratch> = RefCell::new({
         let dir = std::env::temp_dir().join(format!("gatehouse-fuzz-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("a scratch folder");
-        let store = SqliteStore::create(&dir.join("store.db"), 1000).expect("a scratch store");
+        let store = SqliteStore::create(&dir.join("store.db"), 1000, gatehouse::config::UsersConfig::default().uid_range()).expect("a scratch store");
         let _ = std::fs::remove_dir_all(&dir);
         Scratch { store, log: Logger::open_at("gatehouse-fuzz", Path::new("/nonexistent"), false) }
     });

@@ -32,7 +32,11 @@ fn main() -> ExitCode {
     let now = gatehouse::time::now();
     match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
         ["sync", rest @ ..] if rest.iter().all(|a| ["--full", "--allow-mass-disable"].contains(a)) => {
-            let mut store = match SqliteStore::open_writer(&config.store.path, config.store.busy_timeout_ms) {
+            let mut store = match SqliteStore::open_writer(
+                &config.store.path,
+                config.store.busy_timeout_ms,
+                config.users.uid_range(),
+            ) {
                 Ok(s) => s,
                 Err(e) => {
                     eprintln!("gatehouse-ldap: {e}");

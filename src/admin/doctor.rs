@@ -105,11 +105,48 @@ fn agent_running(r: &mut Report) {
     }
 }
 
+/// How the agent makes accounts here, and whether that can work.
+fn accounts_mode(r: &mut Report, config: &Config) {
+    let dir = &config.agent.userdb_dir;
+    if !crate::agent::userdb::in_force(config) {
+        r.ok(
+            "accounts: useradd (agent.accounts, or nss-systemd not in the passwd and group lines of              /etc/nsswitch.conf): accounts are lines in /etc/passwd",
+        );
+        return;
+    }
+    let shown = dir.display().to_string();
+    if !crate::agent::userdb::NSS_SYSTEMD_DIRS.contains(&shown.as_str()) {
+        r.warn(format!(
+            "accounts: userdb, but agent.userdb_dir {shown} is not a folder nss-systemd reads ({}):              the records made there serve no one",
+            crate::agent::userdb::NSS_SYSTEMD_DIRS.join(", ")
+        ));
+    } else if !crate::agent::userdb::nss_systemd_serves(
+        &std::fs::read_to_string("/etc/nsswitch.conf").unwrap_or_default(),
+    ) {
+        r.fail("accounts: userdb (agent.accounts), but /etc/nsswitch.conf does not ask systemd for passwd and group:                 add `systemd` to both lines (Debian: apt install libnss-systemd)");
+    } else {
+        r.ok(format!("accounts: userdb (systemd user records in {shown}, served by nss-systemd)"));
+    }
+}
+
+/// Users the store has not given a uid (stores from before uids were allocated).
+fn users_without_uid(r: &mut Report, users: &[crate::store::User]) {
+    let missing: Vec<&str> = users.iter().filter(|u| u.uid.is_none()).map(|u| u.name.as_str()).take(5).collect();
+    if !missing.is_empty() {
+        r.warn(format!(
+            "users without a uid in the store (first {}: {}): run `gatehouse init` to give them one",
+            missing.len(),
+            missing.join(", ")
+        ));
+    }
+}
+
 /// Whether enabled users' accounts have gatehouse-shell as their login shell: with another
 /// shell, sshd starts that shell, and its startup files, before every session.
 fn login_shells(r: &mut Report, config: &Config, store: &crate::store::sqlite::SqliteStore) {
     use crate::store::AdminStore;
     let users = store.users().unwrap_or_default();
+    users_without_uid(r, &users);
     let mut checked = 0;
     let mut others: Vec<String> = Vec::new();
     for u in users.iter().filter(|u| u.state == crate::domain::UserState::Enabled).take(LOGIN_SHELL_SAMPLE) {
@@ -205,6 +242,7 @@ pub fn diagnose(config: &Config, options: &DoctorOptions<'_>) -> Vec<Finding> {
         Err(e) => r.warn(format!("{}: {e}; the next change to the store makes it", trail.display())),
     }
     agent_running(&mut r);
+    accounts_mode(&mut r, config);
     let mut sample_user = options.user.map(str::to_string);
     match crate::store::sqlite::SqliteStore::open_reader(&config.store.path, config.store.busy_timeout_ms) {
         Ok(store) => {

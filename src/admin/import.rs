@@ -62,6 +62,7 @@ impl Admin<'_> {
                 Err(AdminError::Store(
                     e @ (crate::store::StoreError::Unavailable { .. }
                     | crate::store::StoreError::Busy { .. }
+                    | crate::store::StoreError::UidsExhausted { .. }
                     | crate::store::StoreError::Corrupt { .. }),
                 )) => return Err(AdminError::Store(e)),
                 Err(e) => {

@@ -64,10 +64,22 @@ pub fn init(
             }
         }
     }
-    let mut store = SqliteStore::create(path, config.store.busy_timeout_ms)?;
+    let mut store = SqliteStore::create(path, config.store.busy_timeout_ms, config.users.uid_range())?;
     let before = store.version()?;
     let version = store.migrate()?;
+    // Users from before the store allocated uids keep the account they have here.
+    let account_uid = |name: &str| {
+        nix::unistd::User::from_name(name).ok().flatten().filter(|u| u.name == name).map(|u| u.uid.as_raw())
+    };
+    let given = store.assign_missing_uids(&account_uid)?;
     drop(store);
+    for (user, uid) in &given {
+        let said = match uid {
+            Some(uid) => format!("user {user}: uid {uid}"),
+            None => format!("user {user}: no uid left in users.uid_min..uid_max; widen the range and run init again"),
+        };
+        writeln!(out, "{said}").map_err(|e| AdminError::Io(e.to_string()))?;
+    }
     for file in store_files(path) {
         if !file.exists() {
             return Err(refused(format!(
@@ -110,7 +122,7 @@ pub fn init(
         _ => None,
     };
     if let Some(action) = action {
-        let mut store = SqliteStore::open_writer(path, config.store.busy_timeout_ms)?;
+        let mut store = SqliteStore::open_writer(path, config.store.busy_timeout_ms, config.users.uid_range())?;
         store.record(actor, action, &format!("from={before} to={version}"))?;
     }
     let said = match before {

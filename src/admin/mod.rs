@@ -165,6 +165,7 @@ impl Admin<'_> {
             port_forwarding,
             created: self.actor.now,
             source: source.to_string(),
+            uid: None,
         };
         self.store.add_user(&self.actor, &user)?;
         self.logged("user.add", &[("user", name), ("policy", user.policy.as_str())]);
@@ -179,11 +180,12 @@ impl Admin<'_> {
         for u in &users {
             writeln!(
                 out,
-                "{}\t{}\t{}\t{}",
+                "{}\t{}\t{}\t{}\t{}",
                 u.name,
                 u.state.as_str(),
                 u.policy,
-                if u.port_forwarding { "forwarding" } else { "-" }
+                if u.port_forwarding { "forwarding" } else { "-" },
+                u.uid.map_or("-".to_string(), |uid| uid.to_string())
             )
             .map_err(io)?;
         }
@@ -214,6 +216,11 @@ impl Admin<'_> {
         }
         writeln!(out, "name: {}", user.name).map_err(io)?;
         writeln!(out, "state: {}", user.state.as_str()).map_err(io)?;
+        match user.uid {
+            Some(uid) => writeln!(out, "uid: {uid}"),
+            None => writeln!(out, "uid: none yet (run `gatehouse init`)"),
+        }
+        .map_err(io)?;
         writeln!(out, "policy: {}", user.policy).map_err(io)?;
         writeln!(out, "port forwarding: {}", crate::domain::yes_no(user.port_forwarding)).map_err(io)?;
         writeln!(out, "created: {} ({})", user.created, user.source).map_err(io)?;

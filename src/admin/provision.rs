@@ -12,17 +12,26 @@ use std::process::Command;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Step {
-    Create { user: String, shell: String },
+    /// `uid`: the store's (`None` for stores from before uids were allocated: useradd picks).
+    Create {
+        user: String,
+        shell: String,
+        uid: Option<u32>,
+    },
     Lock(String),
     Unlock(String),
-    Skip { user: String, reason: String },
+    Skip {
+        user: String,
+        reason: String,
+    },
 }
 
 impl Step {
     /// The user the step is for, and what it does, as reports and logs say it.
     pub fn describe(&self) -> (&str, String) {
         match self {
-            Step::Create { user, shell } => (user, format!("create (shell {shell})")),
+            Step::Create { user, shell, uid: Some(uid) } => (user, format!("create (uid {uid}, shell {shell})")),
+            Step::Create { user, shell, uid: None } => (user, format!("create (shell {shell})")),
             Step::Lock(user) => (user, "lock".to_string()),
             Step::Unlock(user) => (user, "unlock".to_string()),
             Step::Skip { user, reason } => (user, format!("skip: {reason}")),
@@ -42,6 +51,11 @@ pub struct Account {
 #[derive(Debug, Default, Clone)]
 pub struct Accounts {
     by_name: HashMap<String, Account>,
+    /// The first name of each uid.
+    by_uid: HashMap<u32, String>,
+    /// Groups: name by gid, and the gids of names.
+    group_names: HashMap<u32, String>,
+    group_gids: HashMap<String, u32>,
     /// Accounts whose password field starts with `!` (`usermod -L`; a bare `*`, as
     /// accounts for key-only logins have, is not a lock).
     locked: HashSet<String>,
@@ -68,20 +82,36 @@ impl Accounts {
     /// This host's accounts.
     pub fn read(config: &Config) -> Result<Accounts, String> {
         let mut accounts =
-            Accounts::parse(&getent(&["passwd"])?, &getent(&["shadow"])?, &getent(&["group", &config.users.group])?);
+            Accounts::parse(&getent(&["passwd"])?, &getent(&["shadow"])?, &getent(&["group"])?, &config.users.group);
         accounts.ask_nss = true;
         Ok(accounts)
     }
 
-    /// From `getent passwd`, `getent shadow` and `getent group GROUP` output.
-    pub fn parse(passwd: &str, shadow: &str, group: &str) -> Accounts {
+    /// From `getent passwd`, `getent shadow` and `getent group` output; `managed` is
+    /// users.group.
+    pub fn parse(passwd: &str, shadow: &str, groups: &str, managed: &str) -> Accounts {
         let mut by_name = HashMap::new();
+        let mut by_uid = HashMap::new();
         for line in passwd.lines() {
             let f: Vec<&str> = line.split(':').collect();
             if let (Some(name), Some(Ok(uid)), Some(Ok(gid))) =
                 (f.first(), f.get(2).map(|u| u.parse()), f.get(3).map(|g| g.parse()))
             {
                 by_name.entry((*name).to_string()).or_insert(Account { uid, gid });
+                by_uid.entry(uid).or_insert_with(|| (*name).to_string());
+            }
+        }
+        let (mut group_names, mut group_gids) = (HashMap::new(), HashMap::new());
+        let mut members = Vec::new();
+        for line in groups.lines() {
+            let f: Vec<&str> = line.split(':').collect();
+            let (Some(name), Some(Ok(gid))) = (f.first(), f.get(2).map(|g| g.parse::<u32>())) else { continue };
+            group_names.entry(gid).or_insert_with(|| (*name).to_string());
+            group_gids.entry((*name).to_string()).or_insert(gid);
+            if *name == managed && members.is_empty() {
+                members = f
+                    .get(3)
+                    .map_or(Vec::new(), |m| m.split(',').filter(|n| !n.is_empty()).map(str::to_string).collect());
             }
         }
         let locked = shadow
@@ -90,13 +120,21 @@ impl Accounts {
             .filter(|(_, rest)| rest.starts_with('!'))
             .map(|(name, _)| name.to_string())
             .collect();
-        let members = group
-            .lines()
-            .next()
-            .and_then(|l| l.split(':').nth(3))
-            .map(|m| m.split(',').filter(|n| !n.is_empty()).map(str::to_string).collect())
-            .unwrap_or_default();
-        Accounts { by_name, locked, members, ask_nss: false }
+        Accounts { by_name, by_uid, group_names, group_gids, locked, members, ask_nss: false }
+    }
+
+    /// The name of the account with `uid`, if the enumeration had one.
+    pub fn name_of_uid(&self, uid: u32) -> Option<&str> {
+        self.by_uid.get(&uid).map(String::as_str)
+    }
+
+    /// The group with `gid`, and the gid of the group `name`, if the enumeration had them.
+    pub fn group_name(&self, gid: u32) -> Option<&str> {
+        self.group_names.get(&gid).map(String::as_str)
+    }
+
+    pub fn group_gid(&self, name: &str) -> Option<u32> {
+        self.group_gids.get(name).copied()
     }
 
     /// The account `name`, if there is one.
@@ -154,16 +192,7 @@ pub fn plan(config: &Config, users: &[User], accounts: &Accounts) -> Vec<Step> {
         }
         match accounts.get(&u.name) {
             Ok(None) if u.state == UserState::Enabled => {
-                let shell = if u.policy == Scope::Shell && config.shell.login_shell.is_none() {
-                    crate::config::DEFAULT_LOGIN_SHELL.to_string()
-                } else if u.policy == Scope::Shell {
-                    // gatehouse-shell starts shell.login_shell for them: no shell, and no
-                    // startup file, runs before gatehouse-shell for any of their keys.
-                    config.shell.path.clone()
-                } else {
-                    config.users.shell.display().to_string()
-                };
-                steps.push(Step::Create { user: u.name.clone(), shell });
+                steps.push(Step::Create { user: u.name.clone(), shell: login_shell(config, u), uid: u.uid });
             }
             Ok(None) => {}
             Ok(Some(account)) => {
@@ -196,6 +225,19 @@ pub fn plan(config: &Config, users: &[User], accounts: &Accounts) -> Vec<Step> {
     steps
 }
 
+/// The login shell an account of `user` gets.
+pub fn login_shell(config: &Config, user: &User) -> String {
+    if user.policy == Scope::Shell && config.shell.login_shell.is_none() {
+        crate::config::DEFAULT_LOGIN_SHELL.to_string()
+    } else if user.policy == Scope::Shell {
+        // gatehouse-shell starts shell.login_shell for them: no shell, and no startup
+        // file, runs before gatehouse-shell for any of their keys.
+        config.shell.path.clone()
+    } else {
+        config.users.shell.display().to_string()
+    }
+}
+
 fn run(cmd: &mut Command) -> Result<(), String> {
     let out = cmd.output().map_err(|e| format!("{cmd:?}: {e}"))?;
     if out.status.success() {
@@ -209,13 +251,17 @@ fn run(cmd: &mut Command) -> Result<(), String> {
 pub fn apply(config: &Config, step: &Step) -> Result<(), String> {
     let (min, max) = (config.users.uid_min, config.users.uid_max);
     match step {
-        Step::Create { user, shell } => {
+        Step::Create { user, shell, uid } => {
             let home = config.data_dir_of(user);
             let mut cmd = Command::new("/usr/sbin/useradd");
             cmd.args(["-K", &format!("UID_MIN={min}"), "-K", &format!("UID_MAX={max}"), "-M", "-U", "-p", "*"])
                 .arg("-d")
                 .arg(&home)
                 .args(["-s", shell]);
+            if let Some(uid) = uid {
+                // The store's uid, and the same number for the user's own group.
+                cmd.args(["-u", &uid.to_string(), "-K", &format!("GID_MIN={uid}"), "-K", &format!("GID_MAX={uid}")]);
+            }
             if nix::unistd::Group::from_name(&config.users.group).ok().flatten().is_some() {
                 cmd.args(["-G", &config.users.group]);
             } else {
@@ -241,7 +287,7 @@ mod tests {
                           sshd:x:105:65534::/run/sshd:/usr/sbin/nologin\n\
                           broken:x:notanumber:1::/:/bin/sh\n";
     const SHADOW: &str = "root:$y$hash:19000::::::\nalice:*:19000::::::\nbob:!*:19000::::::\ngone:*:19000::::::\n";
-    const GROUP: &str = "gatehouse-users:x:990:alice,bob,gone,legacy,sshd\n";
+    const GROUP: &str = "users:x:100:\ngatehouse-users:x:990:alice,bob,gone,legacy,sshd\n";
 
     fn user(name: &str, state: UserState) -> User {
         User {
@@ -251,6 +297,7 @@ mod tests {
             port_forwarding: false,
             created: crate::time::Timestamp::EPOCH,
             source: "cli".into(),
+            uid: None,
         }
     }
 
@@ -260,19 +307,19 @@ mod tests {
 
     #[test]
     fn accounts_from_getent_output() {
-        let a = Accounts::parse(PASSWD, SHADOW, GROUP);
+        let a = Accounts::parse(PASSWD, SHADOW, GROUP, "gatehouse-users");
         assert_eq!(a.get("alice").unwrap(), Some(Account { uid: 20001, gid: 20001 }));
         assert_eq!(a.get("broken").unwrap(), None, "a line with a bad uid is no account");
         assert_eq!(a.get("nobody-here").unwrap(), None);
         assert!(a.is_locked("bob") && !a.is_locked("alice") && !a.is_locked("root"));
         assert_eq!(a.members, ["alice", "bob", "gone", "legacy", "sshd"]);
-        assert!(Accounts::parse("", "", "").members.is_empty());
-        assert!(Accounts::parse("", "", "g:x:1:\n").members.is_empty());
+        assert!(Accounts::parse("", "", "", "g").members.is_empty());
+        assert!(Accounts::parse("", "", "g:x:1:\n", "g").members.is_empty());
     }
 
     #[test]
     fn plan_creates_locks_unlocks_within_the_range_only() {
-        let a = Accounts::parse(PASSWD, SHADOW, GROUP);
+        let a = Accounts::parse(PASSWD, SHADOW, GROUP, "gatehouse-users");
         let users = vec![
             user("alice", UserState::Disabled),
             user("bob", UserState::Enabled),
@@ -303,7 +350,7 @@ mod tests {
 
     #[test]
     fn revoked_accounts_are_disabled_or_removed_users_in_the_range() {
-        let a = Accounts::parse(PASSWD, SHADOW, GROUP);
+        let a = Accounts::parse(PASSWD, SHADOW, GROUP, "gatehouse-users");
         let users = vec![
             user("alice", UserState::Disabled),
             user("bob", UserState::Enabled),

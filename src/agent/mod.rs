@@ -15,6 +15,7 @@
 
 pub mod grants;
 pub mod sessions;
+pub mod userdb;
 
 use crate::admin::provision::{self, Accounts, Step};
 use crate::config::Config;
@@ -74,8 +75,18 @@ pub fn reconcile(config: &Config, log: &mut Logger) -> Result<Pass, StoreError> 
     })?;
     // Accounts first: a revoked account is locked before its processes go, so nothing
     // (cron) starts again in between.
-    let steps = provision::plan(config, &users, &accounts);
-    let created = steps.iter().any(|s| matches!(s, Step::Create { .. }));
+    let mut steps = provision::plan(config, &users, &accounts);
+    let mut created = steps.iter().any(|s| matches!(s, Step::Create { .. }));
+    if userdb::in_force(config) {
+        let (held, wrote) = sync_records(&mut run, &users, &mut accounts);
+        created |= wrote;
+        // Records carry their own lock; accounts from /etc/passwd keep usermod's.
+        steps.retain(|s| match s {
+            Step::Create { .. } => false,
+            Step::Lock(u) | Step::Unlock(u) => !held.contains(u.as_str()),
+            Step::Skip { .. } => true,
+        });
+    }
     for step in steps {
         apply_account_step(&mut run, &step);
     }
@@ -96,6 +107,32 @@ pub fn reconcile(config: &Config, log: &mut Logger) -> Result<Pass, StoreError> 
         Err(e) => run.failed("-", "acl", &format!("cannot read the grants: {e}")),
     }
     Ok(run.pass)
+}
+
+/// userdb mode: the records follow the store. Returns the names that had or have a
+/// record of ours, and whether a record was written (accounts to be read again).
+fn sync_records(run: &mut Run<'_>, users: &[crate::store::User], accounts: &mut Accounts) -> (HashSet<String>, bool) {
+    match userdb::sync(run.config, users, accounts) {
+        Ok(out) => {
+            for (user, what) in &out.written {
+                run.changed(user, "account", what.clone(), &[("step", what.as_str()), ("mode", "userdb")]);
+            }
+            for user in &out.removed {
+                let what = "user record removed (uid retired, folder kept)".to_string();
+                run.changed(user, "account", what.clone(), &[("step", &what), ("mode", "userdb")]);
+            }
+            for (user, why) in &out.refused {
+                run.failed(user, "account", &format!("no user record: {why}"));
+            }
+            // Members of users.group the store no longer knows include our removed records.
+            accounts.members.extend(out.before.iter().cloned());
+            (out.held.into_iter().chain(out.before).collect(), !out.written.is_empty())
+        }
+        Err(e) => {
+            run.failed("-", "account", &format!("user records in {}: {e}", run.config.agent.userdb_dir.display()));
+            (HashSet::new(), false)
+        }
+    }
 }
 
 fn apply_account_step(run: &mut Run<'_>, step: &Step) {

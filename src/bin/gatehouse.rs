@@ -346,7 +346,7 @@ fn run(cli: Cli, config: &Config, log: &mut Logger) -> Result<u8, AdminError> {
     let mut store = if reads_only {
         SqliteStore::open_reader(store_path, config.store.busy_timeout_ms)?
     } else {
-        SqliteStore::open_writer(store_path, config.store.busy_timeout_ms)?
+        SqliteStore::open_writer(store_path, config.store.busy_timeout_ms, config.users.uid_range())?
     };
     let mut admin = Admin { config, store: &mut store, actor, log };
     let say = |out: &mut dyn Write, text: String| writeln!(out, "{text}").map_err(|e| AdminError::Io(e.to_string()));

@@ -18,7 +18,7 @@ mod store;
 mod users;
 mod web;
 
-pub use agent::AgentConfig;
+pub use agent::{AccountsMode, AgentConfig};
 pub use forwarding::ForwardingConfig;
 pub use jail::JailConfig;
 pub use keys::{KeyFamily, KeysConfig};

@@ -84,6 +84,11 @@ impl Default for UsersConfig {
 }
 
 impl UsersConfig {
+    /// The uids the store gives new users: `uid_min..=uid_max` (uid_min is at least 1000).
+    pub fn uid_range(&self) -> crate::store::uids::UidRange {
+        crate::store::uids::UidRange { min: self.uid_min, max: self.uid_max }
+    }
+
     /// Whether provisioning and the agent may create, lock and end the sessions of the
     /// account with `uid`: inside `uid_min..=uid_max`, and never root.
     pub fn manages_uid(&self, uid: u32) -> bool {

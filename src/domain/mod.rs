@@ -19,6 +19,9 @@ pub struct User {
     pub port_forwarding: bool,
     pub created: Timestamp,
     pub source: String,
+    /// The account's uid, allocated by the store (`None`: the store was made before
+    /// uids were, and `gatehouse init` has not run since).
+    pub uid: Option<u32>,
 }
 
 /// A change to a user's policy; `None` leaves that part as it is.

@@ -715,6 +715,7 @@ mod tests {
             port_forwarding: false,
             created: Timestamp::EPOCH,
             source: source.into(),
+            uid: None,
         }
     }
 

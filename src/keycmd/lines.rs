@@ -164,6 +164,7 @@ mod tests {
             port_forwarding: fwd,
             created: at(0),
             source: "cli".into(),
+            uid: None,
         }
     }
 

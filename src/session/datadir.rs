@@ -217,7 +217,14 @@ pub fn is_jailed(config: &Config, user: &str, gid: u32) -> bool {
         return false;
     };
     match nix::unistd::Group::from_name(group) {
-        Ok(Some(g)) => g.gid.as_raw() == gid || g.mem.iter().any(|m| m == user),
+        Ok(Some(g)) if g.gid.as_raw() == gid || g.mem.iter().any(|m| m == user) => true,
+        // Memberships that are not in the group's own entry (systemd user records'
+        // membership files, a directory's) are found by asking for the user's groups.
+        Ok(Some(g)) => match std::ffi::CString::new(user) {
+            Ok(name) => nix::unistd::getgrouplist(&name, nix::unistd::Gid::from_raw(gid))
+                .map_or(true, |groups| groups.contains(&g.gid)),
+            Err(_) => true,
+        },
         Ok(None) => false,
         Err(_) => true,
     }

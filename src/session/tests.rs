@@ -68,7 +68,15 @@ struct Store {
 }
 
 fn user(name: &str, policy: Scope, state: UserState, source: &str) -> User {
-    User { name: name.into(), state, policy, port_forwarding: false, created: Timestamp::EPOCH, source: source.into() }
+    User {
+        name: name.into(),
+        state,
+        policy,
+        port_forwarding: false,
+        created: Timestamp::EPOCH,
+        source: source.into(),
+        uid: None,
+    }
 }
 
 impl LoginStore for Store {

@@ -13,6 +13,7 @@ mod schema;
 pub mod secrets;
 pub mod sqlite;
 pub mod state;
+pub mod uids;
 #[cfg(feature = "admin")]
 pub mod watch;
 
@@ -94,6 +95,11 @@ pub enum StoreError {
     Busy {
         path: String,
     },
+    /// Every uid in users.uid_min..uid_max is in use or retired.
+    UidsExhausted {
+        min: u32,
+        max: u32,
+    },
     /// The file is not a SQLite database, or is damaged: waiting will not help.
     Corrupt {
         path: String,
@@ -127,6 +133,10 @@ impl fmt::Display for StoreError {
             StoreError::ScopeOutsidePolicy { scope, policy } => {
                 write!(f, "scope {scope} is wider than the user's policy {policy}")
             }
+            StoreError::UidsExhausted { min, max } => write!(
+                f,
+                "no uid left in users.uid_min..uid_max ({min}..{max}): every one is in use or retired; widen the range"
+            ),
             StoreError::Busy { path } => {
                 write!(f, "store {path}: still locked by another writer after the busy timeout")
             }
@@ -246,7 +256,8 @@ pub(crate) struct ImportUser {
 
 /// The writers' side.
 pub trait AdminStore: LoginStore {
-    fn add_user(&mut self, actor: &Actor, user: &User) -> Result<(), StoreError>;
+    /// Adds a user (its `uid` field is ignored) and returns the uid the store gave it.
+    fn add_user(&mut self, actor: &Actor, user: &User) -> Result<u32, StoreError>;
     fn user(&self, name: &str) -> Result<User, StoreError>;
     fn users(&self) -> Result<Vec<User>, StoreError>;
     fn set_user_state(&mut self, actor: &Actor, name: &str, state: UserState) -> Result<bool, StoreError>;

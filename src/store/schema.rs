@@ -85,6 +85,18 @@ pub const MIGRATIONS: &[&str] = &[
         SELECT time, actor, action, subject, detail FROM main.audit ORDER BY id;
     DROP TABLE main.audit;
     ",
+    // 6: every user's uid, allocated by the store in users.uid_min..uid_max (or the
+    // directory's uidNumber), unique, and retired with the user: never handed out again.
+    // Users from before get theirs from `gatehouse init` (store::uids::backfill).
+    "
+    ALTER TABLE users ADD COLUMN uid INTEGER;
+    CREATE UNIQUE INDEX users_by_uid ON users (uid);
+    CREATE TABLE retired_uids (
+        uid     INTEGER PRIMARY KEY,
+        name    TEXT NOT NULL,
+        retired INTEGER NOT NULL
+    ) STRICT;
+    ",
 ];
 
 /// The audit trail's own file, readable by the store's owner alone.

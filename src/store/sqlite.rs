@@ -3,6 +3,7 @@
 //! database shares (WAL, busy timeouts, migrations, error mapping) is in [`super::db`].
 
 use super::db::{db_error, migrate_connection, migrate_schema, truncate_wal, unavailable, writer_connection};
+use super::uids::{self, AccountCheck, Allocator, HostCheck, UidRange};
 use super::*;
 use crate::keys::ValidKey;
 use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension, Transaction};
@@ -16,6 +17,10 @@ pub struct SqliteStore {
     /// Whether the audit trail is attached as `trail` (always for writers; for readers
     /// only once the trail is asked for: the login path never reads it).
     trail: std::cell::Cell<bool>,
+    /// Where new users' uids come from (writers only).
+    uids: Option<UidRange>,
+    host_check: HostCheck,
+    host_account: AccountCheck,
 }
 
 impl Drop for SqliteStore {
@@ -88,7 +93,9 @@ fn parse_state(text: String) -> rusqlite::Result<UserState> {
         .map_err(|e: String| rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, e.into()))
 }
 
-const USER_COLUMNS: &str = "u.name, u.state, u.policy, u.port_forwarding, u.created, u.source";
+const USER_COLUMNS: &str = "u.name, u.state, u.policy, u.port_forwarding, u.created, u.source, u.uid";
+/// How many columns USER_COLUMNS names: where the key's columns start after them.
+const USER_COLUMN_COUNT: usize = 7;
 
 fn user_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<User> {
     Ok(User {
@@ -98,11 +105,13 @@ fn user_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<User> {
         port_forwarding: row.get(3)?,
         created: row.get(4)?,
         source: row.get(5)?,
+        uid: row.get(6)?,
     })
 }
 
 const KEY_COLUMNS: &str = "k.algorithm, k.blob, k.fingerprint, k.bits, k.comment, k.scope, k.from_patterns, \
                            k.expires, k.created, k.source";
+const KEY_COLUMN_COUNT: usize = 10;
 
 fn key_from_row(user: &str, row: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<Key> {
     Ok(Key {
@@ -133,7 +142,15 @@ impl SqliteStore {
             }
             _ => db_error(&shown, e),
         })?;
-        let store = SqliteStore { conn, path: shown, writable: false, trail: std::cell::Cell::new(false) };
+        let store = SqliteStore {
+            conn,
+            path: shown,
+            writable: false,
+            trail: std::cell::Cell::new(false),
+            uids: None,
+            host_check: uids::held_on_this_host,
+            host_account: uids::account_on_this_host,
+        };
         store.prepare_connection(busy_timeout_ms)?;
         store.check_version().map_err(|e| store.explain_missing_wal(e))?;
         Ok(store)
@@ -156,24 +173,37 @@ impl SqliteStore {
     }
 
     /// Opens the store for writing; it must already exist (see [`SqliteStore::create`]).
-    pub fn open_writer(path: &Path, busy_timeout_ms: u32) -> Result<SqliteStore, StoreError> {
-        Self::open_writable(path, busy_timeout_ms, false)
+    /// New users get their uid from `uids`.
+    pub fn open_writer(path: &Path, busy_timeout_ms: u32, uids: UidRange) -> Result<SqliteStore, StoreError> {
+        Self::open_writable(path, busy_timeout_ms, uids, false)
     }
 
     /// Opens the store for writing, creating an empty file if missing, without checking or
     /// changing its schema: follow with [`SqliteStore::migrate`].
-    pub fn create(path: &Path, busy_timeout_ms: u32) -> Result<SqliteStore, StoreError> {
-        Self::open_writable(path, busy_timeout_ms, true)
+    pub fn create(path: &Path, busy_timeout_ms: u32, uids: UidRange) -> Result<SqliteStore, StoreError> {
+        Self::open_writable(path, busy_timeout_ms, uids, true)
     }
 
-    fn open_writable(path: &Path, busy_timeout_ms: u32, create: bool) -> Result<SqliteStore, StoreError> {
+    fn open_writable(
+        path: &Path,
+        busy_timeout_ms: u32,
+        uids: UidRange,
+        create: bool,
+    ) -> Result<SqliteStore, StoreError> {
         let mut conn = writer_connection(path, busy_timeout_ms, create)?;
         // Deleted rows (a revoked key, the audit table moved out) are zeroed, not left in
         // free pages of a file every managed user may read.
         conn.execute_batch("PRAGMA main.secure_delete = ON;").map_err(|e| db_error(&path.display().to_string(), e))?;
         attach_trail(&mut conn, path)?;
-        let store =
-            SqliteStore { conn, path: path.display().to_string(), writable: true, trail: std::cell::Cell::new(true) };
+        let store = SqliteStore {
+            conn,
+            path: path.display().to_string(),
+            writable: true,
+            trail: std::cell::Cell::new(true),
+            uids: Some(uids),
+            host_check: uids::held_on_this_host,
+            host_account: uids::account_on_this_host,
+        };
         if !create {
             store.check_version()?;
         }
@@ -209,6 +239,30 @@ impl SqliteStore {
     pub fn migrate(&mut self) -> Result<i64, StoreError> {
         let path = self.path.clone();
         migrate_connection(&mut self.conn, &path, schema::MIGRATIONS)
+    }
+
+    /// Gives a uid to every user without one (stores from before uids were allocated);
+    /// `account_uid` is the uid of this host's account of that name, if any. Returns
+    /// (user, uid given; `None` when the range is full).
+    pub fn assign_missing_uids(
+        &mut self,
+        account_uid: &dyn Fn(&str) -> Option<u32>,
+    ) -> Result<Vec<(String, Option<u32>)>, StoreError> {
+        let (range, host) = (self.allocation()?, self.host_check);
+        let path = self.path.clone();
+        self.write(|tx| uids::backfill(tx, range, host, account_uid).map_err(|e| db_error(&path, e)))
+    }
+
+    fn allocation(&self) -> Result<UidRange, StoreError> {
+        self.uids.ok_or_else(|| unavailable(&self.path, "opened read-only: cannot add users"))
+    }
+
+    /// Uses `uid_held` and `account_of` instead of this host's accounts to tell which
+    /// uids are taken and which names have an account (tests).
+    pub fn with_host(mut self, uid_held: HostCheck, account_of: AccountCheck) -> Self {
+        self.host_check = uid_held;
+        self.host_account = account_of;
+        self
     }
 
     /// Records an event that is not a change to users or keys (init, upgrade).
@@ -307,6 +361,7 @@ const SYNC_BATCH: usize = 2000;
 
 fn sync_user(
     tx: &Transaction<'_>,
+    allocator: &mut Allocator,
     actor: &Actor,
     u: &DirectoryUser,
     default_policy: Scope,
@@ -320,11 +375,32 @@ fn sync_user(
     let state = if u.enabled { "enabled" } else { "disabled" };
     let id = match found {
         None => {
+            // Directory users keep their uidNumber; one another user holds (or held) is
+            // refused, so nobody inherits someone else's files.
+            let uid = match u.uid_number.map(u32::try_from) {
+                Some(Ok(n)) => match uids::reclaim(tx, n, &u.name).and_then(|()| uids::holder(tx, n))? {
+                    None => Some(n),
+                    Some(holder) => {
+                        report.conflicts.push(format!("{}: uidNumber {n} is already {holder}'s; skipped", u.name));
+                        return Ok(());
+                    }
+                },
+                Some(Err(_)) => {
+                    let n = u.uid_number.unwrap_or_default();
+                    report.conflicts.push(format!("{}: uidNumber {n} is not a uid; skipped", u.name));
+                    return Ok(());
+                }
+                None => allocator.for_user(tx, &u.name)?,
+            };
+            let Some(uid) = uid else {
+                report.conflicts.push(format!("{}: no uid left in users.uid_min..uid_max; skipped", u.name));
+                return Ok(());
+            };
             tx.prepare_cached(
-                "INSERT INTO users (name, state, policy, port_forwarding, created, source, uid_number, directory_dn) \
-                 VALUES (?1, ?2, ?3, 0, ?4, 'ldap', ?5, ?6)",
+                "INSERT INTO users (name, state, policy, port_forwarding, created, source, uid_number, directory_dn, uid) \
+                 VALUES (?1, ?2, ?3, 0, ?4, 'ldap', ?5, ?6, ?7)",
             )?
-            .execute(params![u.name, state, default_policy.as_str(), actor.now, u.uid_number, u.dn])?;
+            .execute(params![u.name, state, default_policy.as_str(), actor.now, u.uid_number, u.dn, uid])?;
             let id = tx.last_insert_rowid();
             audit(tx, actor, "user.add", &u.name, "source=ldap")?;
             report.users_added += 1;
@@ -460,12 +536,12 @@ impl SqliteStore {
                 None => view.insert(LoginView {
                     user: user_from_row(row).map_err(|e| self.error(e))?,
                     keys: Vec::new(),
-                    synced: row.get(16).map_err(|e| self.error(e))?,
+                    synced: row.get(USER_COLUMN_COUNT + KEY_COLUMN_COUNT).map_err(|e| self.error(e))?,
                 }),
             };
-            let has_key: Option<String> = row.get(6).map_err(|e| self.error(e))?;
+            let has_key: Option<String> = row.get(USER_COLUMN_COUNT).map_err(|e| self.error(e))?;
             if has_key.is_some() {
-                v.keys.push(key_from_row(user, row, 6).map_err(|e| self.error(e))?);
+                v.keys.push(key_from_row(user, row, USER_COLUMN_COUNT).map_err(|e| self.error(e))?);
             }
         }
         Ok(view)
@@ -504,11 +580,14 @@ impl AdminStore for SqliteStore {
     ) -> Result<SyncReport, StoreError> {
         let full = snapshot.full;
         let mut report = SyncReport::default();
+        let (range, host, account) = (self.allocation()?, self.host_check, self.host_account);
         for batch in snapshot.users.chunks(SYNC_BATCH) {
             let path = self.path.clone();
             self.write(|tx| {
+                let db = |e| db_error(&path, e);
+                let mut allocator = Allocator::start(tx, range, host, account).map_err(db)?;
                 for u in batch {
-                    sync_user(tx, actor, u, default_policy, full, &mut report).map_err(|e| db_error(&path, e))?;
+                    sync_user(tx, &mut allocator, actor, u, default_policy, full, &mut report).map_err(db)?;
                 }
                 Ok(())
             })?;
@@ -665,14 +744,16 @@ impl AdminStore for SqliteStore {
         import: &mut KeyImport,
     ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
         let path = self.path.clone();
+        let (range, host, account) = (self.allocation()?, self.host_check, self.host_account);
         self.write(|tx| {
             let db = |e: rusqlite::Error| db_error(&path, e);
+            let mut allocator: Option<Allocator> = None;
             let mut find_user = tx.prepare_cached("SELECT id, policy FROM users WHERE name = ?1").map_err(db)?;
             let mut count_keys = tx.prepare_cached("SELECT count(*) FROM keys WHERE user_id = ?1").map_err(db)?;
             let mut insert_user = tx
                 .prepare_cached(
-                    "INSERT INTO users (name, state, policy, port_forwarding, created, source) \
-                     VALUES (?1, 'enabled', ?2, 0, ?3, 'import')",
+                    "INSERT INTO users (name, state, policy, port_forwarding, created, source, uid) \
+                     VALUES (?1, 'enabled', ?2, 0, ?3, 'import', ?4)",
                 )
                 .map_err(db)?;
             let mut insert_key_stmt = tx.prepare_cached(INSERT_KEY).map_err(db)?;
@@ -688,7 +769,15 @@ impl AdminStore for SqliteStore {
                     let found = match (found, import.create_users) {
                         (Some((id, policy)), _) => Some((id, parse_scope(policy).map_err(db)?)),
                         (None, Some(policy)) => {
-                            insert_user.execute(params![user, policy.as_str(), actor.now]).map_err(db)?;
+                            let allocator = match &mut allocator {
+                                Some(a) => a,
+                                None => allocator.insert(Allocator::start(tx, range, host, account).map_err(db)?),
+                            };
+                            let uid = allocator
+                                .for_user(tx, user)
+                                .map_err(db)?
+                                .ok_or(StoreError::UidsExhausted { min: range.min, max: range.max })?;
+                            insert_user.execute(params![user, policy.as_str(), actor.now, uid]).map_err(db)?;
                             let id = tx.last_insert_rowid();
                             audit
                                 .execute(params![actor.now, actor.name, "user.add", user, "source=import"])
@@ -738,24 +827,41 @@ impl AdminStore for SqliteStore {
         })
     }
 
-    fn add_user(&mut self, actor: &Actor, user: &User) -> Result<(), StoreError> {
+    fn add_user(&mut self, actor: &Actor, user: &User) -> Result<u32, StoreError> {
         let path = self.path.clone();
+        let (range, host, account) = (self.allocation()?, self.host_check, self.host_account);
         self.write(|tx| {
-            let inserted = tx.execute(
-                "INSERT INTO users (name, state, policy, port_forwarding, created, source) VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
-                 ON CONFLICT (name) DO NOTHING",
-                params![user.name, user.state.as_str(), user.policy.as_str(), user.port_forwarding, actor.now, user.source],
-            );
-            match inserted {
-                Ok(0) => return Err(StoreError::UserExists(user.name.clone())),
-                Ok(_) => {}
-                Err(e) => return Err(db_error(&path, e)),
+            let db = |e| db_error(&path, e);
+            let exists: bool =
+                tx.query_row("SELECT count(*) FROM users WHERE name = ?1", [&user.name], |r| r.get(0)).map_err(db)?;
+            if exists {
+                return Err(StoreError::UserExists(user.name.clone()));
             }
+            let uid = Allocator::start(tx, range, host, account)
+                .and_then(|mut a| a.for_user(tx, &user.name))
+                .map_err(db)?
+                .ok_or(StoreError::UidsExhausted { min: range.min, max: range.max })?;
+            tx.execute(
+                "INSERT INTO users (name, state, policy, port_forwarding, created, source, uid) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![
+                    user.name,
+                    user.state.as_str(),
+                    user.policy.as_str(),
+                    user.port_forwarding,
+                    actor.now,
+                    user.source,
+                    uid
+                ],
+            )
+            .map_err(db)?;
             let mut detail = String::new();
+            crate::log::push_pair(&mut detail, "uid", &uid.to_string());
             crate::log::push_pair(&mut detail, "state", user.state.as_str());
             crate::log::push_pair(&mut detail, "policy", user.policy.as_str());
             crate::log::push_pair(&mut detail, "port_forwarding", crate::domain::yes_no(user.port_forwarding));
-            audit(tx, actor, "user.add", &user.name, &detail).map_err(|e| db_error(&path, e))
+            audit(tx, actor, "user.add", &user.name, &detail).map_err(db)?;
+            Ok(uid)
         })
     }
 
@@ -829,6 +935,7 @@ impl AdminStore for SqliteStore {
                     |r| r.get(0),
                 )
                 .map_err(db)?;
+            uids::retire(tx, name, actor.now).map_err(db)?;
             if tx.execute("DELETE FROM users WHERE name = ?1", [name]).map_err(db)? == 0 {
                 return Err(StoreError::NoSuchUser(name.to_string()));
             }
@@ -975,7 +1082,7 @@ mod tests {
             )
             .unwrap();
         }
-        let mut store = SqliteStore::create(&path, 1000).unwrap();
+        let mut store = SqliteStore::create(&path, 1000, crate::config::UsersConfig::default().uid_range()).unwrap();
         assert_eq!(store.migrate().unwrap(), current_version());
         let events = store.audit(&AuditQuery::default()).unwrap();
         let actors: Vec<&str> = events.iter().map(|e| e.actor.as_str()).collect();
@@ -1001,7 +1108,7 @@ mod tests {
     fn changes_and_their_audit_events_are_written_together() {
         let dir = temp_dir("audit-write");
         let path = dir.join("store.db");
-        let mut store = SqliteStore::create(&path, 1000).unwrap();
+        let mut store = SqliteStore::create(&path, 1000, crate::config::UsersConfig::default().uid_range()).unwrap();
         store.migrate().unwrap();
         let actor = Actor { name: "cli:test".into(), now: Timestamp::from_secs(5) };
         let user = User {
@@ -1011,6 +1118,7 @@ mod tests {
             port_forwarding: false,
             created: actor.now,
             source: "cli".into(),
+            uid: None,
         };
         store.add_user(&actor, &user).unwrap();
         drop(store);
@@ -1023,10 +1131,98 @@ mod tests {
             .collect::<rusqlite::Result<_>>()
             .unwrap();
         assert!(!tables.contains(&"audit".to_string()), "{tables:?}");
-        let store = SqliteStore::open_writer(&path, 1000).unwrap();
+        let store = SqliteStore::open_writer(&path, 1000, crate::config::UsersConfig::default().uid_range()).unwrap();
         let events = store.audit(&AuditQuery::default()).unwrap();
         assert_eq!(events.len(), 1);
         assert_eq!((events[0].action.as_str(), events[0].subject.as_str()), ("user.add", "alice"));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn no_host_account(_: u32) -> bool {
+        false
+    }
+
+    fn no_account(_: &str) -> Option<u32> {
+        None
+    }
+
+    #[test]
+    fn uids_are_given_kept_retired_and_taken_over_by_no_one() {
+        let dir = temp_dir("uids");
+        let path = dir.join("store.db");
+        let range = UidRange { min: 30000, max: 30002 };
+        let mut store = SqliteStore::create(&path, 1000, range).unwrap().with_host(no_host_account, no_account);
+        store.migrate().unwrap();
+        let actor = Actor { name: "cli:test".into(), now: Timestamp::from_secs(5) };
+        let user = |name: &str| User {
+            name: name.into(),
+            state: UserState::Enabled,
+            policy: Scope::Shell,
+            port_forwarding: false,
+            created: actor.now,
+            source: "cli".into(),
+            uid: Some(1),
+        };
+        assert_eq!(store.add_user(&actor, &user("alice")).unwrap(), 30000, "the uid asked for is ignored");
+        assert!(matches!(store.add_user(&actor, &user("alice")), Err(StoreError::UserExists(_))));
+        assert_eq!(store.user("alice").unwrap().uid, Some(30000));
+        store.remove_user(&actor, "alice").unwrap();
+        assert_eq!(store.add_user(&actor, &user("alice")).unwrap(), 30001, "the old uid is retired");
+        // A directory user with a retired uid (not theirs) or a held one: refused.
+        let entry = |name: &str, uid: i64| DirectoryUser {
+            name: name.into(),
+            dn: format!("uid={name},dc=test"),
+            uid_number: Some(uid),
+            enabled: true,
+            keys: Vec::new(),
+        };
+        let snapshot = DirectorySnapshot {
+            users: vec![entry("mallory", 30000), entry("trudy", 30001), entry("dora", 30002)],
+            groups: Vec::new(),
+            high_water: None,
+            full: false,
+        };
+        let report = store.apply_directory(&actor, &snapshot, Scope::Shell).unwrap();
+        assert_eq!(report.users_added, 1, "{:?}", report.conflicts);
+        assert!(report.conflicts.iter().any(|c| c.contains("mallory: uidNumber 30000 is already alice (retired)'s")));
+        assert!(report.conflicts.iter().any(|c| c.contains("trudy: uidNumber 30001 is already alice's")));
+        assert_eq!(store.user("dora").unwrap().uid, Some(30002));
+        // The range is full.
+        let err = store.add_user(&actor, &user("zoe")).unwrap_err();
+        assert!(err.to_string().contains("no uid left in users.uid_min..uid_max (30000..30002)"), "{err}");
+        // dora removed from the store and met again in the directory: the same person.
+        store.remove_user(&actor, "dora").unwrap();
+        let again = DirectorySnapshot { users: vec![entry("dora", 30002)], ..snapshot };
+        let report = store.apply_directory(&actor, &again, Scope::Shell).unwrap();
+        assert!(report.conflicts.is_empty(), "{:?}", report.conflicts);
+        assert_eq!(store.user("dora").unwrap().uid, Some(30002));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn users_from_before_uids_get_one_at_init() {
+        let dir = temp_dir("uid-backfill");
+        let path = dir.join("store.db");
+        let range = UidRange { min: 30000, max: 30999 };
+        let mut store = SqliteStore::create(&path, 1000, range).unwrap().with_host(no_host_account, no_account);
+        store.migrate().unwrap();
+        store
+            .conn
+            .execute_batch(
+                "INSERT INTO users (name, state, policy, created, source) VALUES ('old', 'enabled', 'shell', 0, 'cli');
+                 INSERT INTO users (name, state, policy, created, source) VALUES ('local', 'enabled', 'shell', 0, 'cli');
+                 INSERT INTO users (name, state, policy, created, source, uid_number)
+                     VALUES ('dir', 'enabled', 'shell', 0, 'ldap', 30500);",
+            )
+            .unwrap();
+        let accounts = |name: &str| (name == "local").then_some(30007);
+        let mut given = store.assign_missing_uids(&accounts).unwrap();
+        given.sort();
+        assert_eq!(
+            given,
+            [("dir".to_string(), Some(30500)), ("local".to_string(), Some(30007)), ("old".to_string(), Some(30501))]
+        );
+        assert!(store.assign_missing_uids(&accounts).unwrap().is_empty(), "a second run changes nothing");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

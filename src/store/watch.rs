@@ -122,7 +122,7 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("store.db");
-        SqliteStore::create(&path, 1000).unwrap().migrate().unwrap();
+        SqliteStore::create(&path, 1000, crate::config::UsersConfig::default().uid_range()).unwrap().migrate().unwrap();
         (dir, path)
     }
 

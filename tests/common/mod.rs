@@ -287,11 +287,14 @@ impl Gatehouse {
 
     /// Gives this instance a uid range of its own and `users.group`, for tests in which
     /// accounts are made by provisioning or the agent (whose range the harness's own
-    /// accounts, uid 1000 and up, stay outside of).
+    /// accounts, uid 1000 and up, stay outside of). The agent makes them with useradd:
+    /// user records would land in the host's /run/userdb (tests/e2e_userdb.rs makes
+    /// them in a mount namespace of its own, see [`AGENT_USERADD`]).
     pub fn own_accounts(&self, uid_min: u32, uid_max: u32, group: &str) {
-        let config = std::fs::read_to_string(&self.config)
+        let mut config = std::fs::read_to_string(&self.config)
             .unwrap()
             .replace(TEST_UID_RANGE, &format!("uid_min = {uid_min}\nuid_max = {uid_max}\ngroup = \"{group}\"\n"));
+        config.push_str(AGENT_USERADD);
         std::fs::write(&self.config, config).unwrap();
     }
 
@@ -373,6 +376,9 @@ impl Gatehouse {
 /// The `[users]` uid range of test instances: the accounts `useradd` makes for tests
 /// (uid 1000 and up) are served, as the accounts of a real site are within its range.
 pub const TEST_UID_RANGE: &str = "uid_min = 1000\nuid_max = 59999\n";
+
+/// The `[agent]` section [`Gatehouse::own_accounts`] appends.
+pub const AGENT_USERADD: &str = "\n[agent]\naccounts = \"useradd\"\n";
 
 /// A uid inside [`TEST_UID_RANGE`], passed as `%U` where no real account is involved.
 pub const SERVED_UID: &str = "30000";

@@ -67,6 +67,7 @@ impl From<StoreError> for WebError {
                 WebError::BadRequest(format!("scope {scope} is wider than the account allows ({policy})"))
             }
             StoreError::Busy { .. }
+            | StoreError::UidsExhausted { .. }
             | StoreError::Unavailable { .. }
             | StoreError::IndexRace { .. }
             | StoreError::Version { .. } => WebError::Unavailable,

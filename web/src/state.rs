@@ -57,7 +57,7 @@ impl App {
         let mut secrets = Vec::new();
         for _ in 0..CONNECTIONS {
             stores.push(
-                SqliteStore::open_writer(&config.store.path, config.store.busy_timeout_ms)
+                SqliteStore::open_writer(&config.store.path, config.store.busy_timeout_ms, config.users.uid_range())
                     .map_err(|e| e.to_string())?,
             );
             secrets.push(
@@ -107,6 +107,7 @@ impl App {
         if matches!(
             e,
             StoreError::Busy { .. }
+                | StoreError::UidsExhausted { .. }
                 | StoreError::Unavailable { .. }
                 | StoreError::IndexRace { .. }
                 | StoreError::Corrupt { .. }

@@ -1,0 +1,175 @@
+//! Accounts as systemd user records (agent.accounts = "userdb"), through the system's own
+//! nsswitch.conf and nss-systemd: getent, id, a real sshd with the shipped drop-in and
+//! real ssh sessions. Needs root and nss-systemd (Debian's libnss-systemd). The test runs
+//! itself again inside a mount namespace of its own (unshare(1)) with empty tmpfs over
+//! /run/userdb and /etc/userdb, so the host's accounts are never touched.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+use common::*;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+/// Set in the copy of the test that runs inside the namespace.
+const INSIDE: &str = "GATEHOUSE_TEST_USERDB_NAMESPACE";
+const DIRS: [&str; 2] = ["/run/userdb", "/etc/userdb"];
+
+/// Outside: runs `test` again in a private mount namespace and returns false. Inside:
+/// mounts the private record folders and returns true.
+fn in_private_namespace(test: &str) -> bool {
+    if std::env::var_os(INSIDE).is_some() {
+        for dir in DIRS {
+            let status = Command::new("mount").args(["-t", "tmpfs", "-o", "mode=0755", "tmpfs", dir]).status();
+            assert!(status.is_ok_and(|s| s.success()), "mount tmpfs on {dir}");
+        }
+        return true;
+    }
+    // The mount points, where the host has none: made for the test, removed after it.
+    let made: Vec<&str> = DIRS.into_iter().filter(|d| !Path::new(d).exists()).collect();
+    for dir in &made {
+        std::fs::create_dir(dir).unwrap();
+    }
+    let status = Command::new("unshare")
+        .args(["--mount", "--propagation", "private"])
+        .arg(std::env::current_exe().unwrap())
+        .args(["--exact", test, "--nocapture", "--test-threads=1"])
+        .env(INSIDE, "1")
+        .status();
+    for dir in &made {
+        let _ = std::fs::remove_dir(dir);
+    }
+    assert!(status.as_ref().is_ok_and(|s| s.success()), "the test inside its namespace failed: {status:?}");
+    false
+}
+
+fn nss_systemd_configured() -> bool {
+    let nsswitch = std::fs::read_to_string("/etc/nsswitch.conf").unwrap_or_default();
+    gatehouse::agent::userdb::nss_systemd_serves(&nsswitch)
+}
+
+fn getent(args: &[&str]) -> Option<String> {
+    let out = Command::new("getent").args(args).output().unwrap();
+    out.status.success().then(|| stdout(&out))
+}
+
+fn store_uid(gh: &Gatehouse, user: &str) -> u32 {
+    let shown: serde_json::Value = serde_json::from_str(&gh.ok(&["user", "show", user, "--json"])).unwrap();
+    shown["uid"].as_u64().expect("user show --json has the uid") as u32
+}
+
+#[test]
+fn accounts_are_user_records_served_by_nss_systemd() {
+    require_root!();
+    if !nss_systemd_configured() {
+        assert!(std::env::var_os("CI").is_none(), "CI installs libnss-systemd: nsswitch.conf must name systemd");
+        eprintln!("SKIPPED: /etc/nsswitch.conf does not ask systemd for passwd and group (apt install libnss-systemd)");
+        return;
+    }
+    if !in_private_namespace("accounts_are_user_records_served_by_nss_systemd") {
+        return;
+    }
+    let gh = Gatehouse::new("userdb", "");
+    gh.init(None);
+    let sshd = Sshd::start(&gh, "");
+    gh.own_accounts(43000, 43999, &sshd.managed.name);
+    let config = std::fs::read_to_string(&gh.config)
+        .unwrap()
+        .replace(AGENT_USERADD, "\n[agent]\naccounts = \"userdb\"\nuserdb_dir = \"/run/userdb\"\n");
+    std::fs::write(&gh.config, config).unwrap();
+    let doctor = stdout(&gh.cli(&["doctor"]));
+    assert!(doctor.contains("accounts: userdb (systemd user records in /run/userdb"), "{doctor}");
+    let keys = gh.dir.join("keys");
+    std::fs::create_dir(&keys).unwrap();
+    let (a_key, d_key) = (keygen(&keys, "ed25519"), keygen(&keys, "ed25519"));
+    let (alice, carol, dave) = (unique("gua"), unique("guc"), unique("gud"));
+    let passwd_before = std::fs::read_to_string("/etc/passwd").unwrap();
+    let mut agent = AgentProcess::start(&gh.config);
+
+    // Added: a record with the store's uid, in users.group, and ssh works at once.
+    gh.ok(&["user", "add", &alice]);
+    gh.cli_stdin(&["key", "add", &alice, "-"], a_key.public.as_bytes());
+    let uid = store_uid(&gh, &alice);
+    assert!((43000..=43999).contains(&uid), "the store gave uid {uid}");
+    let login = sshd.wait_for_login(&alice, &a_key.private, Duration::from_secs(10));
+    assert!(login.is_some(), "alice could not log in: {:?}", gh.log.drain());
+    let entry = getent(&["passwd", &alice]).expect("nss-systemd serves alice");
+    assert!(entry.starts_with(&format!("{alice}:x:{uid}:{uid}:")), "{entry}");
+    assert!(entry.trim_end().ends_with(&format!(":{}", gh.shell_bin.display())), "{entry}");
+    assert_eq!(getent(&["passwd", &uid.to_string()]).as_deref(), Some(entry.as_str()), "by uid too");
+    let groups = stdout(&Command::new("id").args(["-nG", &alice]).output().unwrap());
+    assert!(groups.split_whitespace().any(|g| g == sshd.managed.name), "id -nG {alice}: {groups}");
+    assert_eq!(std::fs::read_to_string("/etc/passwd").unwrap(), passwd_before, "/etc/passwd is never edited");
+    let out = sshd.ssh(&alice, &a_key.private, &["id", "-u"]);
+    assert_eq!(stdout(&out).trim(), uid.to_string(), "{}", stderr(&out));
+    let folder = std::fs::metadata(gh.data.join(&alice)).expect("the agent made the data folder");
+    assert_eq!(std::os::unix::fs::MetadataExt::uid(&folder), uid);
+
+    // Disabled: the record is locked (expired for PAM), the session ends.
+    let mut session = sshd.hold_session(&alice, &a_key.private);
+    gh.ok(&["user", "disable", &alice]);
+    let ended = wait_until(Duration::from_millis(20), Duration::from_secs(5), || session.try_wait().unwrap().is_some());
+    assert!(ended.is_some(), "alice's session outlived her account by 5 s");
+    let locked = wait_until(Duration::from_millis(20), Duration::from_secs(5), || {
+        getent(&["shadow", &alice]).is_some_and(|s| s.trim_end().ends_with(":1:"))
+    });
+    assert!(locked.is_some(), "locked record: {:?}", getent(&["shadow", &alice]));
+
+    // Removed: the record goes; the name re-added gets a new uid and not the old files.
+    gh.ok(&["user", "remove", &alice]);
+    let gone = wait_until(Duration::from_millis(20), Duration::from_secs(5), || getent(&["passwd", &alice]).is_none());
+    assert!(gone.is_some(), "alice's record outlived her by 5 s");
+    gh.ok(&["user", "add", &alice]);
+    let again = store_uid(&gh, &alice);
+    assert_ne!(again, uid, "a removed user's uid is retired");
+    let back = wait_until(Duration::from_millis(20), Duration::from_secs(5), || {
+        getent(&["passwd", &alice]).is_some_and(|e| e.contains(&format!(":{again}:")))
+    });
+    assert!(back.is_some(), "{:?}", getent(&["passwd", &alice]));
+    let folder = std::fs::metadata(gh.data.join(&alice)).unwrap();
+    assert_eq!(std::os::unix::fs::MetadataExt::uid(&folder), uid, "the old folder stays the old uid's");
+
+    // A uid held by another account, and a hostile name in the store: refused, logged.
+    agent.kill();
+    gh.ok(&["user", "add", &carol]);
+    let carol_uid = store_uid(&gh, &carol);
+    std::fs::write(
+        "/etc/userdb/squatter.user",
+        format!(r#"{{"userName":"squatter","uid":{carol_uid},"gid":{carol_uid}}}"#),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink("squatter.user", format!("/etc/userdb/{carol_uid}.user")).unwrap();
+    let conn = rusqlite::Connection::open(&gh.store).unwrap();
+    conn.execute(
+        "INSERT INTO users (name, state, policy, created, source, uid) VALUES ('../evil', 'enabled', 'shell', 0, 'cli', 43990)",
+        [],
+    )
+    .unwrap();
+    drop(conn);
+    let out = gh.cli(&["agent", "--once"]);
+    assert_eq!(out.status.code(), Some(1), "a refused record is a failed step: {}", stdout(&out));
+    let said = stdout(&out);
+    assert!(
+        said.contains(&format!(
+            "{carol}: account FAILED: no user record: uid {carol_uid} is held by the account squatter"
+        )),
+        "{said}"
+    );
+    assert!(getent(&["passwd", &carol]).is_none());
+    assert!(!Path::new("/run/evil.user").exists() && !said.contains("evil"), "{said}");
+    let records: Vec<String> =
+        std::fs::read_dir("/run/userdb").unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    assert!(!records.iter().any(|r| r.contains("evil")), "{records:?}");
+    assert!(
+        std::fs::read_to_string("/etc/userdb/squatter.user").unwrap().contains("squatter"),
+        "a record not ours is never touched"
+    );
+
+    // The agent down: a user added meanwhile can log in once it is back.
+    gh.ok(&["user", "add", &dave]);
+    gh.cli_stdin(&["key", "add", &dave, "-"], d_key.public.as_bytes());
+    assert!(getent(&["passwd", &dave]).is_none());
+    let _agent = AgentProcess::start(&gh.config);
+    let login = sshd.wait_for_login(&dave, &d_key.private, Duration::from_secs(10));
+    assert!(login.is_some(), "dave could not log in after the agent came back: {}", sshd.log_text());
+}
