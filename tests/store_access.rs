@@ -39,7 +39,7 @@ impl Fixture {
             .arg(&self.gh.keys_bin)
             .arg("--config")
             .arg(&self.gh.config)
-            .args(["--", user, SERVED_UID, fingerprint])
+            .args(["--", user, &self.gh.store_uid(user), fingerprint])
             .output()
             .unwrap()
     }

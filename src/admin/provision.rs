@@ -250,6 +250,18 @@ pub fn plan(config: &Config, users: &[User], accounts: &Accounts) -> Vec<Step> {
             Ok(None) => {}
             Ok(Some(account)) => {
                 let uid = account.uid;
+                if let Some(given) = u.uid.filter(|given| *given != uid) {
+                    // A former user's account under a name added again: unlocking it
+                    // would hand the new user the old one's files.
+                    steps.push(Step::Skip {
+                        user: u.name.clone(),
+                        reason: format!(
+                            "the account has uid {uid}, the store gave {given}: a former user's; \
+                             remove it (userdel) and its files are kept, owned by {uid}"
+                        ),
+                    });
+                    continue;
+                }
                 if !(min..=max).contains(&uid) {
                     steps.push(Step::Skip {
                         user: u.name.clone(),
@@ -392,6 +404,13 @@ mod tests {
             user("legacy", UserState::Disabled),
             user("-rf", UserState::Enabled),
         ];
+        let mut readded = user("gone", UserState::Enabled);
+        readded.uid = Some(20099);
+        let skipped = plan(&config(), &[readded], &a);
+        assert!(
+            matches!(&skipped[0], Step::Skip { user, reason } if user == "gone" && reason.contains("a former user's")),
+            "{skipped:?}"
+        );
         let steps = plan(&config(), &users, &a);
         assert!(steps.contains(&Step::Lock("alice".into())));
         assert!(steps.contains(&Step::Unlock("bob".into())));

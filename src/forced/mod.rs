@@ -32,6 +32,7 @@ pub use crate::exit;
 pub enum Reason {
     BadUserName,
     SystemAccount,
+    UidMismatch,
     KeyNotValid,
     UserDisabled,
     Expired,
@@ -55,9 +56,10 @@ pub enum Reason {
 }
 
 impl Reason {
-    pub const ALL: [Reason; 22] = [
+    pub const ALL: [Reason; 23] = [
         Reason::BadUserName,
         Reason::SystemAccount,
+        Reason::UidMismatch,
         Reason::KeyNotValid,
         Reason::UserDisabled,
         Reason::Expired,
@@ -84,6 +86,7 @@ impl Reason {
         match self {
             Reason::BadUserName => "bad-user-name",
             Reason::SystemAccount => "system-account",
+            Reason::UidMismatch => "uid-mismatch",
             Reason::KeyNotValid => "key-not-valid",
             Reason::UserDisabled => "user-disabled",
             Reason::Expired => "expired",
@@ -385,6 +388,16 @@ fn not_served(config: &Config, session: &Session<'_>) -> Option<Action> {
     None
 }
 
+/// A refusal when the account is not the one the store gave the user (its uid differs):
+/// a former user's, under a name that was added again (the old uid is retired), or one
+/// made by hand.
+fn other_account(view: &crate::store::LoginView, session: &Session<'_>) -> Option<Action> {
+    view.user
+        .uid
+        .is_some_and(|uid| uid != session.uid)
+        .then(|| refuse("This account is not the one Gatehouse made for you.", Reason::UidMismatch))
+}
+
 /// Decides what the session may do, from the store alone.
 pub fn decide(config: &Config, store: &dyn LoginStore, session: &Session<'_>) -> Result<Action, StoreError> {
     let revoked =
@@ -395,6 +408,9 @@ pub fn decide(config: &Config, store: &dyn LoginStore, session: &Session<'_>) ->
     let Some(view) = store.login_view(session.user, Some(session.fingerprint))? else {
         return Ok(revoked());
     };
+    if let Some(refusal) = other_account(&view, session) {
+        return Ok(refusal);
+    }
     let Some(key) = view.keys.first() else {
         return Ok(revoked());
     };
@@ -515,6 +531,9 @@ pub fn decide_login_shell(
     let Some(view) = store.login_view(session.user, None)? else {
         return Ok(refuse("This account is not served by Gatehouse.", Reason::NotInStore));
     };
+    if let Some(refusal) = other_account(&view, session) {
+        return Ok(refusal);
+    }
     if !view.fresh(config.ldap.as_ref().map(|l| l.staleness_max), session.now) {
         return Ok(stale());
     }
@@ -965,6 +984,37 @@ mod tests {
                     decide(&config, &store, &session)
                 };
                 assert_eq!(outcome(&action.unwrap()), "system-account", "{name} uid {uid}");
+            }
+        }
+    }
+
+    #[test]
+    fn an_account_with_another_uid_than_the_stores_is_refused() {
+        let config = Config::parse("g.toml", "[users]\nuid_min = 2000\nuid_max = 2999\n").unwrap();
+        let mut erin = user("erin", Scope::Shell, UserState::Enabled, "cli");
+        erin.uid = Some(2500);
+        let store = Store { users: vec![(erin, vec![Scope::Shell])], ..Store::default() };
+        let groups = Vec::new;
+        let key = fp(0);
+        for (uid, want) in [(2501, true), (2500, false)] {
+            for fingerprint in [NO_KEY, key.as_str()] {
+                let session = Session {
+                    user: "erin",
+                    uid,
+                    fingerprint,
+                    command: Some("id"),
+                    groups: &groups,
+                    env: &[],
+                    now: Timestamp::from_secs(1),
+                    account_shell: Path::new("/bin/bash"),
+                    login_mode: fingerprint == NO_KEY,
+                };
+                let action = if fingerprint == NO_KEY {
+                    decide_login_shell(&config, &store, &session)
+                } else {
+                    decide(&config, &store, &session)
+                };
+                assert_eq!(outcome(&action.unwrap()) == "uid-mismatch", want, "uid {uid}");
             }
         }
     }

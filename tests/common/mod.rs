@@ -339,10 +339,22 @@ impl Gatehouse {
     /// `args` are the user and what follows the uid (`%u [%f %t %k]`); [`SERVED_UID`] is
     /// passed as `%U`.
     pub fn keys(&self, args: &[&str]) -> Output {
+        let uid = args.first().map_or(SERVED_UID.to_string(), |user| self.store_uid(user));
         let mut all: Vec<&str> = args.iter().take(1).copied().collect();
-        all.push(SERVED_UID);
+        all.push(&uid);
         all.extend(args.iter().skip(1));
         Command::new(&self.keys_bin).arg("--config").arg(&self.config).arg("--").args(all).output().unwrap()
+    }
+
+    /// The uid the store gave `user`, as sshd would pass it for their account (%U);
+    /// [`SERVED_UID`] for a user the store does not have.
+    pub fn store_uid(&self, user: &str) -> String {
+        let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY;
+        let uid: Option<u32> = rusqlite::Connection::open_with_flags(&self.store, flags)
+            .and_then(|c| c.query_row("SELECT uid FROM users WHERE name = ?1", [user], |r| r.get(0)))
+            .ok()
+            .flatten();
+        uid.map_or(SERVED_UID.to_string(), |u| u.to_string())
     }
 
     /// Runs gatehouse-keys with exactly `args` after `--`, the uid included.
