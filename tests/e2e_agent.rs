@@ -319,7 +319,7 @@ fn a_fork_storm_does_not_outrun_the_end_of_a_disabled_users_sessions() {
     gh.init(None);
     let sshd = Sshd::start(&gh, "");
     // A range of its own: the other tests of this file make accounts at the same time.
-    gh.own_accounts(45000, 45099, &sshd.managed.name);
+    gh.own_accounts(46000, 46099, &sshd.managed.name);
     let user = unique("ghs");
     let _made = MadeAccounts(vec![user.clone()]);
     let _agent = AgentProcess::start(&gh.config);
