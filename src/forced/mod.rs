@@ -398,7 +398,7 @@ pub fn decide(config: &Config, store: &dyn LoginStore, session: &Session<'_>) ->
     let Some(key) = view.keys.first() else {
         return Ok(revoked());
     };
-    if !view.fresh(config.ldap.as_ref().map(|l| l.staleness_max), session.now) {
+    if !view.fresh(config.staleness_max(&view.user.source), session.now) {
         return Ok(stale());
     }
     let scope = match usable_scope(&view.user, key, session.now) {
@@ -515,7 +515,7 @@ pub fn decide_login_shell(
     let Some(view) = store.login_view(session.user, None)? else {
         return Ok(refuse("This account is not served by Gatehouse.", Reason::NotInStore));
     };
-    if !view.fresh(config.ldap.as_ref().map(|l| l.staleness_max), session.now) {
+    if !view.fresh(config.staleness_max(&view.user.source), session.now) {
         return Ok(stale());
     }
     if view.user.state != UserState::Enabled {
