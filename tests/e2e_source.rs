@@ -88,6 +88,9 @@ fn two_nodes_follow_postgresql_and_refuse_once_it_is_stale() {
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&mirrored.stdout), "postgres\n", "node B's copy is from the source");
 
+    let doctor = stdout(&b.gh.cli(&["doctor"]));
+    assert!(doctor.contains("last mirror of the source") && doctor.contains("answers, schema version 1"), "{doctor}");
+
     // Removed through node B's CLI: refused on both within a second.
     let removed = Instant::now();
     b.gh.ok(&["key", "remove", &user.name, &fp]);
@@ -110,6 +113,8 @@ fn two_nodes_follow_postgresql_and_refuse_once_it_is_stale() {
     eprintln!("source stopped -> refused on both nodes: {took:?}");
     let took = took.expect("nodes kept serving a stale copy");
     assert!(took >= Duration::from_secs(2), "refused too early ({took:?}): staleness_max is 4s");
+    let doctor = stdout(&b.gh.cli(&["doctor"]));
+    assert!(doctor.contains("the copy of the source is stale") && doctor.contains("source: "), "{doctor}");
     let log = a.gh.log.drain().join("\n");
     assert!(log.contains("reason=source-stale"), "{log}");
 
