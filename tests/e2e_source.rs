@@ -125,3 +125,114 @@ fn two_nodes_follow_postgresql_and_refuse_once_it_is_stale() {
     eprintln!("source back -> login on both nodes: {took:?}");
     assert!(took.is_some(), "nodes did not recover when the source came back");
 }
+
+fn user(name: &str) -> gatehouse::store::User {
+    gatehouse::store::User {
+        name: name.into(),
+        state: gatehouse::domain::UserState::Enabled,
+        policy: gatehouse::domain::Scope::Shell,
+        port_forwarding: false,
+        created: gatehouse::time::Timestamp::from_secs(1),
+        source: "cli".into(),
+        uid: None,
+    }
+}
+
+fn no_host_uid(_: u32) -> bool {
+    false
+}
+
+fn no_account(_: &str) -> Option<u32> {
+    None
+}
+
+/// The PostgreSQL store's own rules, and the mirror's batches, without sshd: uids given
+/// and retired, a fingerprint registered once, every write numbered with no gaps even with
+/// two writers at once, and a local store that follows (changes, then everything when the
+/// source goes back).
+#[test]
+fn the_postgresql_store_numbers_its_changes_and_a_local_store_follows() {
+    use gatehouse::store::postgres::PgStore;
+    use gatehouse::store::sqlite::SqliteStore;
+    use gatehouse::store::{Actor, AdminStore, LoginStore, NewKey, StoreError};
+    require_root!();
+    let Some(pg) = start_postgres() else { return };
+    let text = format!("[users]\nuid_min = 40000\nuid_max = 40999\n{}", pg.source_config("1h"));
+    let config = gatehouse::config::Config::parse("t.toml", &text).unwrap();
+    let shared = config.shared.clone().unwrap();
+    let range = config.users.uid_range();
+    let open = || PgStore::open_unchecked(&shared, range).unwrap().with_host(no_host_uid, no_account);
+    let mut store = open();
+    assert_eq!(store.migrate().unwrap(), 1);
+    assert_eq!(store.migrate().unwrap(), 1, "a second migration changes nothing");
+    let mut store = PgStore::open(&shared, range).unwrap().with_host(no_host_uid, no_account);
+    let actor = Actor { name: "cli:test".into(), now: gatehouse::time::Timestamp::from_secs(10) };
+
+    assert_eq!(store.add_user(&actor, &user("alice")).unwrap(), 40000);
+    assert!(matches!(store.add_user(&actor, &user("alice")), Err(StoreError::UserExists(_))));
+    assert_eq!(store.add_user(&actor, &user("bob")).unwrap(), 40001);
+    let dir = TestDir::new("pgunit");
+    let pair = keygen(&dir.path, "ed25519");
+    let key = gatehouse::keys::parse_public_key(&pair.public, &config).unwrap();
+    let new = NewKey { key, scope: None, from: None, expires: None, source: "cli".into() };
+    store.add_key(&actor, "alice", &new, 10).unwrap();
+    match store.add_key(&actor, "bob", &new, 10) {
+        Err(StoreError::KeyTaken { owner, .. }) => assert_eq!(owner, "alice"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(store.login_view("alice", None).unwrap().unwrap().keys.len(), 1);
+
+    // A local store follows: everything first, then the changes.
+    let local_path = dir.join("store.db");
+    let mut local = SqliteStore::create(&local_path, 1000, range).unwrap();
+    local.migrate().unwrap();
+    let mut client = gatehouse::store::postgres::connect(&shared).unwrap();
+    let batch = gatehouse::store::mirror::read_batch(&mut client, &shared.url, None).unwrap().unwrap();
+    assert!(batch.full);
+    local.apply_mirror(&batch, actor.now).unwrap();
+    let seen = local.login_view("alice", None).unwrap().unwrap();
+    assert_eq!((seen.user.source.as_str(), seen.user.uid, seen.keys.len()), ("postgres", Some(40000), 1));
+    assert_eq!(seen.synced, Some(actor.now), "the success is recorded with the batch");
+    let top = batch.seq;
+    assert!(gatehouse::store::mirror::read_batch(&mut client, &shared.url, Some(top)).unwrap().is_none());
+
+    store.remove_user(&actor, "alice").unwrap();
+    assert_eq!(store.add_user(&actor, &user("alice")).unwrap(), 40002, "the old uid is retired");
+    let batch = gatehouse::store::mirror::read_batch(&mut client, &shared.url, Some(top)).unwrap().unwrap();
+    assert!(!batch.full);
+    assert_eq!(batch.users.len(), 1, "{:?}", batch.users);
+    local.apply_mirror(&batch, actor.now).unwrap();
+    let seen = local.login_view("alice", None).unwrap().unwrap();
+    assert_eq!((seen.user.uid, seen.keys.len()), (Some(40002), 0));
+    assert_eq!(local.mirrored_seq().unwrap(), Some(batch.seq));
+
+    // Two writers at once: every write gets its own number, none is skipped.
+    let before: i64 = pg.query("SELECT seq FROM change_seq").trim().parse().unwrap();
+    let writers: Vec<_> = (0..2)
+        .map(|w| {
+            let shared = shared.clone();
+            std::thread::spawn(move || {
+                let mut s = PgStore::open(&shared, range).unwrap().with_host(no_host_uid, no_account);
+                let actor = Actor { name: format!("cli:w{w}"), now: gatehouse::time::Timestamp::from_secs(20) };
+                for i in 0..20 {
+                    s.add_user(&actor, &user(&format!("w{w}u{i}"))).unwrap();
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.join().unwrap();
+    }
+    let after: i64 = pg.query("SELECT seq FROM change_seq").trim().parse().unwrap();
+    assert_eq!(after - before, 40);
+    let numbers = pg.query(&format!("SELECT count(DISTINCT seq) FROM changes WHERE seq > {before}"));
+    assert_eq!(numbers.trim(), "40");
+    let uids = pg.query("SELECT count(DISTINCT uid) = count(*) FROM users");
+    assert_eq!(uids.trim(), "t", "no uid given twice");
+
+    // The source went back (restored from an older backup): the node copies it all.
+    let batch = gatehouse::store::mirror::read_batch(&mut client, &shared.url, Some(after + 1000)).unwrap().unwrap();
+    assert!(batch.full);
+    local.apply_mirror(&batch, actor.now).unwrap();
+    assert_eq!(local.users().unwrap().len(), 42);
+}
