@@ -10,6 +10,8 @@
 mod common;
 #[path = "common/postgres.rs"]
 mod postgres;
+#[path = "common/slapd.rs"]
+mod slapd;
 
 use common::*;
 use std::time::{Duration, Instant};
@@ -235,4 +237,40 @@ fn the_postgresql_store_numbers_its_changes_and_a_local_store_follows() {
     assert!(batch.full);
     local.apply_mirror(&batch, actor.now).unwrap();
     assert_eq!(local.users().unwrap().len(), 42);
+}
+
+/// TLS with the site's CA: the server's certificate is checked against `source.ca_file`
+/// and its address; another CA's is refused, and so is a password file others may read.
+#[test]
+fn the_source_is_reached_over_tls_with_the_sites_ca_only() {
+    use gatehouse::store::postgres::PgStore;
+    require_root!();
+    if postgres::bin_dir().is_none() {
+        start_postgres();
+        return;
+    }
+    let certs = TestDir::new("pgcerts");
+    slapd::make_certificates(&certs.path);
+    let pg = postgres::Postgres::start_tls(&certs.path).unwrap();
+    let config = |ca: &str| {
+        let text = format!("{}ca_file = \"{}\"\n", pg.source_config("1h"), certs.join(ca).display());
+        gatehouse::config::Config::parse("t.toml", &text).unwrap()
+    };
+    let good = config("ca.pem");
+    let shared = good.shared.clone().unwrap();
+    assert_eq!(shared.tls, gatehouse::config::SourceTls::Verified);
+    let mut store = PgStore::open_unchecked(&shared, good.users.uid_range()).unwrap();
+    assert_eq!(store.migrate().unwrap(), 1);
+    let ssl = pg.query("SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) WHERE a.application_name = 'gatehouse' AND s.ssl");
+    assert_eq!(ssl.trim(), "1", "the connection uses TLS");
+    drop(store);
+    let wrong = config("wrong-ca.pem");
+    let err =
+        PgStore::open_unchecked(wrong.shared.as_ref().unwrap(), wrong.users.uid_range()).err().unwrap().to_string();
+    assert!(err.contains("certificate") || err.contains("Certificate") || err.contains("UnknownIssuer"), "{err}");
+    // A password file others may read is refused before anything is sent.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&pg.password_file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let err = PgStore::open_unchecked(&shared, good.users.uid_range()).err().unwrap().to_string();
+    assert!(err.contains("readable by its owner alone"), "{err}");
 }

@@ -21,9 +21,7 @@ use ::postgres::{Client, GenericClient};
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-fn pg_error(at: &str, e: ::postgres::Error) -> StoreError {
-    StoreError::Unavailable { path: at.to_string(), reason: e.to_string() }
-}
+use super::postgres::pg_error;
 
 const USER_COLUMNS: &str = "u.id, u.name, u.state, u.policy, u.port_forwarding, u.created, u.source, u.uid";
 

@@ -123,10 +123,21 @@ fn shown(cfg: &SourceConfig) -> String {
     cfg.url.clone()
 }
 
-fn pg_error(at: &str, e: ::postgres::Error) -> StoreError {
+pub(crate) fn pg_error(at: &str, e: ::postgres::Error) -> StoreError {
     let reason = match e.as_db_error() {
         Some(db) => format!("{}: {}", db.code().code(), db.message()),
-        None => e.to_string(),
+        None => {
+            // "error performing TLS handshake" alone does not say that the certificate
+            // was refused: the causes do.
+            let mut text = e.to_string();
+            let mut cause = std::error::Error::source(&e);
+            while let Some(c) = cause {
+                text.push_str(": ");
+                text.push_str(&c.to_string());
+                cause = c.source();
+            }
+            text
+        }
     };
     StoreError::Unavailable { path: at.to_string(), reason }
 }

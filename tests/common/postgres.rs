@@ -36,6 +36,9 @@ pub struct Postgres {
     pub log: PathBuf,
     /// The password of role `gatehouse`, root's and mode 0600.
     pub password_file: PathBuf,
+    /// Server settings beyond the harness's own (`-c name=value`).
+    extra: Vec<String>,
+    cert_dir: Option<TestDir>,
 }
 
 fn as_postgres(program: &std::path::Path, args: &[&str]) -> std::process::Output {
@@ -51,6 +54,27 @@ fn as_postgres(program: &std::path::Path, args: &[&str]) -> std::process::Output
 impl Postgres {
     /// `None` when PostgreSQL is not installed.
     pub fn start() -> Option<Postgres> {
+        Postgres::start_with(&[])
+    }
+
+    /// With TLS: `server.pem` and `server.key` from `certs` (see slapd.rs's
+    /// make_certificates), copied for the postgres account.
+    pub fn start_tls(certs: &std::path::Path) -> Option<Postgres> {
+        bin_dir()?;
+        let dir = TestDir::new("pgtls");
+        for f in ["server.pem", "server.key"] {
+            std::fs::copy(certs.join(f), dir.join(f)).unwrap();
+            std::fs::set_permissions(dir.join(f), std::fs::Permissions::from_mode(0o600)).unwrap();
+            Command::new("chown").args(["postgres:postgres", dir.join(f).to_str().unwrap()]).status().unwrap();
+        }
+        let cert = format!("ssl_cert_file={}", dir.join("server.pem").display());
+        let key = format!("ssl_key_file={}", dir.join("server.key").display());
+        let mut pg = Postgres::start_with(&["ssl=on", &cert, &key])?;
+        pg.cert_dir = Some(dir);
+        Some(pg)
+    }
+
+    fn start_with(extra: &[&str]) -> Option<Postgres> {
         let bin = bin_dir()?;
         let dir = TestDir::new("pg");
         let data = dir.join("data");
@@ -84,7 +108,9 @@ impl Postgres {
         let password_file = dir.join("pg-password");
         std::fs::write(&password_file, format!("{PASSWORD}\n")).unwrap();
         std::fs::set_permissions(&password_file, std::fs::Permissions::from_mode(0o600)).unwrap();
-        let mut pg = Postgres { child: None, dir, port: free_port(), bin, data, log, password_file };
+        let extra = extra.iter().map(|s| s.to_string()).collect();
+        let mut pg =
+            Postgres { child: None, dir, port: free_port(), bin, data, log, password_file, extra, cert_dir: None };
         pg.run();
         pg.psql(&format!("CREATE ROLE gatehouse LOGIN PASSWORD '{PASSWORD}'"));
         pg.psql("CREATE DATABASE gatehouse OWNER gatehouse");
@@ -102,6 +128,7 @@ impl Postgres {
             .args(["-D", self.data.to_str().unwrap(), "-p", &self.port.to_string()])
             .args(["-c", "listen_addresses=127.0.0.1", "-c", &format!("unix_socket_directories={}", socket.display())])
             .args(["-c", "fsync=off"])
+            .args(self.extra.iter().flat_map(|e| ["-c", e.as_str()]))
             .stdin(Stdio::null())
             .stdout(logfile.try_clone().unwrap())
             .stderr(logfile)
