@@ -37,6 +37,9 @@ inner() {
     cp "$keys/bob.pub" "$root/home/bob/.ssh/authorized_keys"
     in_tree chown -R bob:bob /home/bob/.ssh
     check_files_installed
+    # Before any user: what doctor says (not checked: with no store user that has an
+    # account, it evaluates sshd's Match blocks for nobody).
+    in_tree gatehouse doctor 2>&1 | grep -viE '^ok' | sed 's/^/packages:   doctor, no users yet: /' || true
     add_user alice
     logs_in alice
     logs_in bob
