@@ -32,6 +32,15 @@ fn main() -> ExitCode {
     let now = gatehouse::time::now();
     match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
         ["sync", rest @ ..] if rest.iter().all(|a| ["--full", "--allow-mass-disable"].contains(a)) => {
+            if config.shared.is_some() {
+                // The local store is the agent's mirror of [source]; a second writer there
+                // would be undone by its next full copy. Syncing into PostgreSQL is to come.
+                eprintln!(
+                    "gatehouse-ldap: [source] is set: this host's store mirrors PostgreSQL and takes no directory \
+                     sync; run the sync on a host without [source]"
+                );
+                return ExitCode::from(exit::CONFIG);
+            }
             let mut store = match SqliteStore::open_writer(
                 &config.store.path,
                 config.store.busy_timeout_ms,

@@ -277,6 +277,39 @@ pub fn diagnose(config: &Config, options: &DoctorOptions<'_>) -> Vec<Finding> {
                     Err(e) => r.fail(e.to_string()),
                 }
             }
+            if let Some(shared) = &config.shared {
+                use crate::store::AdminStore;
+                let now = crate::time::now();
+                match store.sync_state(crate::domain::SOURCE_SHARED) {
+                    Ok(Some(s)) => match s.last_success {
+                        Some(t) if now.saturating_duration_since(t) <= shared.staleness_max => r.ok(format!(
+                            "last mirror of the source {t} ({} s ago, change {})",
+                            now.secs_since(t),
+                            s.high_water.unwrap_or_default()
+                        )),
+                        last => r.fail(format!(
+                            "the copy of the source is stale (last success {}, source.staleness_max {} s): its users \
+                             are refused{}",
+                            last.map_or_else(|| "never".into(), |t| t.to_string()),
+                            shared.staleness_max.as_secs(),
+                            s.last_error.map(|e| format!("; last error: {e}")).unwrap_or_default()
+                        )),
+                    },
+                    Ok(None) => {
+                        r.fail("[source] is configured but nothing was mirrored yet: is gatehouse-agent running?")
+                    }
+                    Err(e) => r.fail(e.to_string()),
+                }
+                #[cfg(feature = "postgres")]
+                match crate::store::postgres::PgStore::open(shared, config.users.uid_range()) {
+                    Ok(_) => r.ok(format!(
+                        "source {} answers, schema version {}",
+                        shared.url,
+                        crate::store::postgres::current_version()
+                    )),
+                    Err(e) => r.fail(format!("source: {e}")),
+                }
+            }
             served_names(&mut r, config, &store);
             login_shells(&mut r, config, &store);
             if sample_user.is_none() {

@@ -125,6 +125,18 @@ pub fn init(
         let mut store = SqliteStore::open_writer(path, config.store.busy_timeout_ms, config.users.uid_range())?;
         store.record(actor, action, &format!("from={before} to={version}"))?;
     }
+    #[cfg(feature = "postgres")]
+    if let Some(shared) = &config.shared {
+        // The shared source's schema; the local store above is this node's mirror.
+        let mut pg = crate::store::postgres::PgStore::open_unchecked(shared, config.users.uid_range())?;
+        let was = pg.version()?;
+        let now = pg.migrate()?;
+        if was < now {
+            pg.record(actor, if was == 0 { "store.init" } else { "store.upgrade" }, &format!("from={was} to={now}"))?;
+        }
+        writeln!(out, "source {} at schema version {now} (was {was})", pg.path())
+            .map_err(|e| AdminError::Io(e.to_string()))?;
+    }
     let said = match before {
         0 => "created".to_string(),
         v if v < version => format!("upgraded from schema version {v}"),

@@ -243,6 +243,10 @@ pub fn run(config: &Config, log: &mut Logger) -> Result<(), StoreError> {
         );
     }
     log.log(Level::Info, &[("action", "agent.start"), ("store", &store)]);
+    // With [source], the local store follows the shared PostgreSQL (on a thread of its
+    // own); its commits wake the passes below like any other writer's.
+    #[cfg(feature = "postgres")]
+    let _source = crate::store::mirror::spawn(config);
     let mut last = Instant::now();
     let mut due = true;
     let mut retry: Option<(Instant, Duration)> = None;
@@ -286,6 +290,11 @@ pub fn run(config: &Config, log: &mut Logger) -> Result<(), StoreError> {
 
 /// `--once`: one pass, its changes printed; returns how many steps failed.
 pub fn once(config: &Config, log: &mut Logger, out: &mut dyn Write) -> Result<u32, StoreError> {
+    #[cfg(feature = "postgres")]
+    if let Some(shared) = &config.shared {
+        let step = crate::store::mirror::Mirror::open(config, shared)?.step(crate::time::now())?;
+        let _ = writeln!(out, "source: {step:?}");
+    }
     let pass = reconcile(config, log)?;
     for line in &pass.changes {
         let _ = writeln!(out, "{line}");

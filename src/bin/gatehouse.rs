@@ -343,12 +343,17 @@ fn run(cli: Cli, config: &Config, log: &mut Logger) -> Result<u8, AdminError> {
             | Command::Audit { .. }
             | Command::Provision { .. }
     );
-    let mut store = if reads_only {
-        SqliteStore::open_reader(store_path, config.store.busy_timeout_ms)?
-    } else {
-        SqliteStore::open_writer(store_path, config.store.busy_timeout_ms, config.users.uid_range())?
+    // With [source], every change goes to the shared PostgreSQL (the local store is the
+    // agent's mirror, never written here); `provision` follows the local store, as the
+    // agent does.
+    let mut store: Box<dyn gatehouse::store::AdminStore> = match &config.shared {
+        Some(shared) if !matches!(cli.command, Command::Provision { .. }) => {
+            Box::new(gatehouse::store::postgres::PgStore::open(shared, config.users.uid_range())?)
+        }
+        _ if reads_only => Box::new(SqliteStore::open_reader(store_path, config.store.busy_timeout_ms)?),
+        _ => Box::new(SqliteStore::open_writer(store_path, config.store.busy_timeout_ms, config.users.uid_range())?),
     };
-    let mut admin = Admin { config, store: &mut store, actor, log };
+    let mut admin = Admin { config, store: store.as_mut(), actor, log };
     let say = |out: &mut dyn Write, text: String| writeln!(out, "{text}").map_err(|e| AdminError::Io(e.to_string()));
     match cli.command {
         Command::Init { .. } | Command::Doctor { .. } | Command::Ldap { .. } | Command::Agent { .. } => {}

@@ -13,6 +13,7 @@ mod located;
 mod log;
 mod programs;
 mod shell;
+mod source;
 mod state;
 mod store;
 mod users;
@@ -27,6 +28,7 @@ pub use located::ConfigError;
 pub use log::{LogConfig, DEFAULT_LOG_SOCKET};
 pub use programs::{GitConfig, ProgramConfig};
 pub use shell::{is_gatehouse_shell, is_plain_path, ShellConfig, DEFAULT_LOGIN_SHELL, DEFAULT_SHELL};
+pub use source::{SourceConfig, SourceTls};
 pub use state::{LockoutConfig, StateConfig};
 pub use store::{StoreConfig, DEFAULT_STORE};
 pub use users::{NamePattern, UsersConfig, DEFAULT_NAME_PATTERN, MAX_UID};
@@ -56,6 +58,7 @@ struct RawConfig {
     jail: Option<jail::Raw>,
     ldap: Option<ldap::Raw>,
     agent: Option<agent::Raw>,
+    source: Option<source::Raw>,
 }
 
 /// The validated configuration every program works from.
@@ -78,6 +81,9 @@ pub struct Config {
     pub jail: JailConfig,
     pub ldap: Option<LdapConfig>,
     pub agent: AgentConfig,
+    /// The shared PostgreSQL database of several login nodes; `None`: this host's store is
+    /// the source.
+    pub shared: Option<SourceConfig>,
 }
 
 impl Default for Config {
@@ -99,6 +105,7 @@ impl Default for Config {
             jail: JailConfig::default(),
             ldap: None,
             agent: AgentConfig::default(),
+            shared: None,
         }
     }
 }
@@ -211,7 +218,21 @@ impl Config {
         if let Some(r) = raw.agent {
             agent::parse(&at, r, &mut c.agent)?;
         }
+        if let Some(r) = raw.source {
+            c.shared = Some(source::parse(&at, r)?);
+        }
         Ok(c)
+    }
+
+    /// How long after its last successful sync a user of `source` (a user's source column)
+    /// is still served; `None`: always (users written on this host), or never, when the
+    /// section of a synced source is gone (see [`crate::domain::LoginView::fresh`]).
+    pub fn staleness_max(&self, source: &str) -> Option<std::time::Duration> {
+        match source {
+            crate::domain::SOURCE_LDAP => self.ldap.as_ref().map(|l| l.staleness_max),
+            crate::domain::SOURCE_SHARED => self.shared.as_ref().map(|s| s.staleness_max),
+            _ => None,
+        }
     }
 
     /// Whether `name` is acceptable as a user name (`users.name_pattern`).

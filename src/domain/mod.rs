@@ -85,26 +85,42 @@ pub struct Grant {
     pub created: Timestamp,
 }
 
+/// The `source` of users synced from a directory.
+pub const SOURCE_LDAP: &str = "ldap";
+/// The `source` of users a login node mirrors from the shared PostgreSQL database (`[source]`).
+pub const SOURCE_SHARED: &str = "postgres";
+
 /// What the login path needs: the user and the keys asked for.
 #[derive(Debug, Clone)]
 pub struct LoginView {
     pub user: User,
     pub keys: Vec<Key>,
-    /// For a user synced from a directory: when that sync last succeeded.
+    /// For a user synced from a directory or mirrored from the shared source: when that
+    /// sync last succeeded.
     pub synced: Option<Timestamp>,
 }
 
 impl LoginView {
     /// Whether the user's data may still be trusted: always for local users; for directory
-    /// users only while the last successful sync is younger than `staleness_max`.
+    /// users and users mirrored from the shared source only while the last successful sync
+    /// is younger than `staleness_max` (the one of their source: [`crate::config::Config::staleness_max`]).
     pub fn fresh(&self, staleness_max: Option<Duration>, now: Timestamp) -> bool {
-        if self.user.source != "ldap" {
+        if self.user.source != SOURCE_LDAP && self.user.source != SOURCE_SHARED {
             return true;
         }
         match (staleness_max, self.synced) {
             (Some(max), Some(at)) => now.saturating_duration_since(at) <= max,
-            // No [ldap] section any more, or never synced: fail closed.
+            // No [ldap] or [source] section any more, or never synced: fail closed.
             _ => false,
+        }
+    }
+
+    /// The reason logged when [`LoginView::fresh`] refuses.
+    pub fn stale_reason(&self) -> &'static str {
+        if self.user.source == SOURCE_SHARED {
+            "source-stale"
+        } else {
+            "directory-stale"
         }
     }
 }

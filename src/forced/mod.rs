@@ -414,7 +414,7 @@ pub fn decide(config: &Config, store: &dyn LoginStore, session: &Session<'_>) ->
     let Some(key) = view.keys.first() else {
         return Ok(revoked());
     };
-    if !view.fresh(config.ldap.as_ref().map(|l| l.staleness_max), session.now) {
+    if !view.fresh(config.staleness_max(&view.user.source), session.now) {
         return Ok(stale());
     }
     let scope = match usable_scope(&view.user, key, session.now) {
@@ -534,7 +534,7 @@ pub fn decide_login_shell(
     if let Some(refusal) = other_account(&view, session) {
         return Ok(refusal);
     }
-    if !view.fresh(config.ldap.as_ref().map(|l| l.staleness_max), session.now) {
+    if !view.fresh(config.staleness_max(&view.user.source), session.now) {
         return Ok(stale());
     }
     if view.user.state != UserState::Enabled {

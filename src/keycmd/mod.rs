@@ -211,10 +211,12 @@ pub fn answer(
         record(log, Level::Notice, "refuse", "unknown-user");
         return Ok(refuse("unknown-user"));
     };
-    if !view.fresh(config.ldap.as_ref().map(|l| l.staleness_max), now) {
-        // Synced from a directory that has been out of reach for longer than we trust it.
-        record(log, Level::Warning, "refuse", "directory-stale");
-        return Ok(refuse("directory-stale"));
+    if !view.fresh(config.staleness_max(&view.user.source), now) {
+        // Synced from a directory, or mirrored from the shared source, that has been out
+        // of reach for longer than we trust it.
+        let reason = view.stale_reason();
+        record(log, Level::Warning, "refuse", reason);
+        return Ok(refuse(reason));
     }
     if view.user.uid.is_some_and(|uid| Some(uid) != request.uid) {
         // Not the account the store gave this user: a former user's, under a name that

@@ -213,8 +213,8 @@ fn store_view(
         let view = b.store().and_then(|s| s.login_view(&login.user, fingerprint));
         match view {
             Err(e) => return Err(failed(b, login, stage, &e)),
-            Ok(Some(v)) if !v.fresh(b.config.ldap.as_ref().map(|l| l.staleness_max), now) => {
-                say(b, login, Level::Warning, stage, "refuse", "directory-stale");
+            Ok(Some(v)) if !v.fresh(b.config.staleness_max(&v.user.source), now) => {
+                say(b, login, Level::Warning, stage, "refuse", v.stale_reason());
                 return Err(Verdict::PermissionDenied);
             }
             Ok(Some(v)) => return Ok(Some(v)),

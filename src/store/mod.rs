@@ -8,6 +8,10 @@
 //! synced replica, PostgreSQL) can stand beside it by implementing the same traits.
 
 pub mod db;
+#[cfg(feature = "postgres")]
+pub mod mirror;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 mod schema;
 #[cfg(feature = "admin")]
 pub mod secrets;
@@ -294,4 +298,28 @@ pub trait AdminStore: LoginStore {
         items: &[(String, NewKey)],
         import: &mut KeyImport,
     ) -> Result<Vec<Result<(), StoreError>>, StoreError>;
+}
+
+/// A user as a login node mirrors it from the shared source, with every key.
+#[derive(Debug, Clone)]
+pub struct MirroredUser {
+    pub user: User,
+    pub keys: Vec<Key>,
+}
+
+/// One batch of changes from the shared source, applied to a node's local store in one
+/// transaction, with the change number it brings the store up to.
+#[derive(Debug, Clone, Default)]
+pub struct MirrorBatch {
+    /// The local store becomes exactly this (first start, or the source was replaced):
+    /// every user not in `users` goes.
+    pub full: bool,
+    /// Users changed since the last batch: their rows now, or `None` when removed.
+    pub users: Vec<(String, Option<MirroredUser>)>,
+    /// Every grant, when one changed.
+    pub grants: Option<Vec<Grant>>,
+    /// Every (group, member), when one changed.
+    pub groups: Option<Vec<(String, String)>>,
+    /// The source's change number this batch is complete up to.
+    pub seq: i64,
 }

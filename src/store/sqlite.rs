@@ -1052,6 +1052,132 @@ impl AdminStore for SqliteStore {
     }
 }
 
+impl SqliteStore {
+    /// Applies one batch mirrored from the shared source in one transaction, and records
+    /// it as the source's last successful sync (`sync_state`, source
+    /// [`crate::domain::SOURCE_SHARED`], the change number as high water), so the login
+    /// path never sees half a batch and judges staleness by it. Mirrored users keep their
+    /// uid and get the source `postgres`; nothing is audited here (the source audits the
+    /// change itself).
+    pub fn apply_mirror(&mut self, batch: &MirrorBatch, now: Timestamp) -> Result<(), StoreError> {
+        let path = self.path.clone();
+        self.write(|tx| {
+            let db = |e| db_error(&path, e);
+            let shared = crate::domain::SOURCE_SHARED;
+            if batch.full {
+                tx.execute_batch("DELETE FROM keys; DELETE FROM users; DELETE FROM grants; DELETE FROM group_members;")
+                    .map_err(db)?;
+            } else {
+                let mut remove = tx.prepare_cached("DELETE FROM users WHERE name = ?1").map_err(db)?;
+                for (name, _) in &batch.users {
+                    remove.execute([name]).map_err(db)?;
+                }
+            }
+            let mut add_user = tx
+                .prepare_cached(
+                    "INSERT INTO users (name, state, policy, port_forwarding, created, source, uid) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                )
+                .map_err(db)?;
+            let mut add_key = tx
+                .prepare_cached(
+                    "INSERT INTO keys (user_id, algorithm, blob, fingerprint, bits, comment, scope, from_patterns, \
+                     expires, created, source) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                )
+                .map_err(db)?;
+            for m in batch.users.iter().filter_map(|(_, m)| m.as_ref()) {
+                let u = &m.user;
+                add_user
+                    .execute(params![
+                        u.name,
+                        u.state.as_str(),
+                        u.policy.as_str(),
+                        u.port_forwarding,
+                        u.created,
+                        shared,
+                        u.uid
+                    ])
+                    .map_err(db)?;
+                let id = tx.last_insert_rowid();
+                for k in &m.keys {
+                    add_key
+                        .execute(params![
+                            id,
+                            k.algorithm,
+                            k.blob,
+                            k.fingerprint,
+                            k.bits,
+                            k.comment,
+                            k.scope.as_str(),
+                            k.from,
+                            k.expires,
+                            k.created,
+                            k.source
+                        ])
+                        .map_err(db)?;
+                }
+            }
+            if let Some(grants) = &batch.grants {
+                tx.execute("DELETE FROM grants", []).map_err(db)?;
+                let mut add = tx
+                    .prepare_cached("INSERT INTO grants (subject, pattern, access, created) VALUES (?1, ?2, ?3, ?4)")
+                    .map_err(db)?;
+                for g in grants {
+                    add.execute(params![g.subject, g.pattern, g.access.as_str(), g.created]).map_err(db)?;
+                }
+            }
+            if let Some(groups) = &batch.groups {
+                tx.execute("DELETE FROM group_members", []).map_err(db)?;
+                let mut add = tx
+                    .prepare_cached("INSERT OR IGNORE INTO group_members (grp, user, source) VALUES (?1, ?2, ?3)")
+                    .map_err(db)?;
+                for (group, member) in groups {
+                    add.execute(params![group, member, shared]).map_err(db)?;
+                }
+            }
+            record_success(tx, shared, now, &batch.seq.to_string(), batch.full).map_err(db)
+        })
+    }
+
+    /// Records that the shared source was reached and had nothing new: the heartbeat that
+    /// keeps mirrored users fresh.
+    pub fn mirror_heartbeat(&mut self, seq: i64, now: Timestamp) -> Result<(), StoreError> {
+        let path = self.path.clone();
+        self.write(|tx| {
+            record_success(tx, crate::domain::SOURCE_SHARED, now, &seq.to_string(), false)
+                .map_err(|e| db_error(&path, e))
+        })
+    }
+
+    /// The change number the local store is mirrored up to; `None`: never mirrored.
+    pub fn mirrored_seq(&self) -> Result<Option<i64>, StoreError> {
+        Ok(self.sync_state(crate::domain::SOURCE_SHARED)?.and_then(|s| s.high_water).and_then(|h| h.parse().ok()))
+    }
+}
+
+fn record_success(
+    tx: &Transaction<'_>,
+    source: &str,
+    at: Timestamp,
+    high_water: &str,
+    full: bool,
+) -> rusqlite::Result<()> {
+    let users: i64 = tx.query_row("SELECT count(*) FROM users WHERE source = ?1", [source], |r| r.get(0))?;
+    let keys: i64 = tx.query_row(
+        "SELECT count(*) FROM keys WHERE user_id IN (SELECT id FROM users WHERE source = ?1)",
+        [source],
+        |r| r.get(0),
+    )?;
+    tx.execute(
+        "INSERT INTO sync_state (source, last_success, last_attempt, last_error, high_water, users, keys, last_full) \
+         VALUES (?1, ?2, ?2, NULL, ?3, ?4, ?5, CASE WHEN ?6 THEN ?2 END) \
+         ON CONFLICT (source) DO UPDATE SET last_success = ?2, last_attempt = ?2, last_error = NULL, \
+           high_water = ?3, users = ?4, keys = ?5, last_full = CASE WHEN ?6 THEN ?2 ELSE last_full END",
+        params![source, at, high_water, users, keys, full],
+    )?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

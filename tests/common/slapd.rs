@@ -78,7 +78,7 @@ fn need(program: &str) {
 
 /// A CA and a server certificate for 127.0.0.1 and localhost signed by it, plus a second
 /// CA that signed nothing.
-fn make_certificates(dir: &Path) {
+pub fn make_certificates(dir: &Path) {
     let openssl = |args: &[&str]| {
         ok(Command::new("openssl").args(args).current_dir(dir), b"");
     };

@@ -162,7 +162,7 @@ impl FromRequestParts<Arc<App>> for SignedIn {
 
 /// Whether `user` is in the store and enabled.
 pub fn user_enabled(db: &Db<'_>, user: &str) -> bool {
-    let found = gatehouse::store::AdminStore::user(&*db.store(), user);
+    let found = gatehouse::store::AdminStore::user(&**db.store(), user);
     matches!(found, Ok(u) if u.state == gatehouse::domain::UserState::Enabled)
 }
 

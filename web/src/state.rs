@@ -9,7 +9,11 @@ use gatehouse::config::Config;
 use gatehouse::log::{Level, Logger};
 use gatehouse::store::secrets::Secrets;
 use gatehouse::store::sqlite::SqliteStore;
-use gatehouse::store::StoreError;
+use gatehouse::store::{AdminStore, StoreError};
+
+/// The key store the service writes: this host's SQLite file, or the shared PostgreSQL
+/// with `[source]` (several instances may then run side by side).
+pub type Store = Box<dyn AdminStore + Send>;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -40,7 +44,7 @@ impl<T> Pool<T> {
 pub struct App {
     pub config: Config,
     /// Reached through [`Db`] only, that is inside [`App::blocking`].
-    stores: Pool<SqliteStore>,
+    stores: Pool<Store>,
     secrets: Pool<Secrets>,
     log: Mutex<Logger>,
     pub signin_limit: RateLimit,
@@ -56,10 +60,21 @@ impl App {
         let mut stores = Vec::new();
         let mut secrets = Vec::new();
         for _ in 0..CONNECTIONS {
-            stores.push(
-                SqliteStore::open_writer(&config.store.path, config.store.busy_timeout_ms, config.users.uid_range())
+            let store: Store = match &config.shared {
+                Some(shared) => Box::new(
+                    gatehouse::store::postgres::PgStore::open(shared, config.users.uid_range())
+                        .map_err(|e| e.to_string())?,
+                ),
+                None => Box::new(
+                    SqliteStore::open_writer(
+                        &config.store.path,
+                        config.store.busy_timeout_ms,
+                        config.users.uid_range(),
+                    )
                     .map_err(|e| e.to_string())?,
-            );
+                ),
+            };
+            stores.push(store);
             secrets.push(
                 Secrets::open(&config.web.secrets, config.store.busy_timeout_ms, false).map_err(|e| e.to_string())?,
             );
@@ -144,7 +159,7 @@ impl std::ops::Deref for Db<'_> {
 
 impl Db<'_> {
     /// A connection to the key store.
-    pub fn store(&self) -> MutexGuard<'_, SqliteStore> {
+    pub fn store(&self) -> MutexGuard<'_, Store> {
         self.app.stores.get()
     }
 
@@ -162,7 +177,7 @@ impl Db<'_> {
         let mut store = self.store();
         let mut log = self.app.log.lock().unwrap_or_else(|e| e.into_inner());
         let actor = gatehouse::store::Actor { name: actor, now: gatehouse::time::now() };
-        let mut admin = gatehouse::admin::Admin { config: &self.config, store: &mut *store, actor, log: &mut log };
+        let mut admin = gatehouse::admin::Admin { config: &self.config, store: &mut **store, actor, log: &mut log };
         f(&mut admin).map_err(Into::into)
     }
 }

@@ -14,7 +14,7 @@ use axum::Json;
 use gatehouse::admin::{Admin, AdminError, KeyOptions};
 use gatehouse::domain::repo::Access;
 use gatehouse::domain::{PolicyChange, Scope, UserState};
-use gatehouse::store::{AdminStore, AuditQuery, Key, User};
+use gatehouse::store::{AuditQuery, Key, User};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 

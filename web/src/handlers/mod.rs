@@ -7,7 +7,6 @@ pub mod pages;
 
 use crate::error::WebError;
 use crate::state::Db;
-use gatehouse::store::AdminStore;
 
 /// Keys of directory accounts live in the directory, unless `ldap.allow_web_keys`.
 fn directory_keys_guard(db: &Db<'_>, user: &str) -> Result<(), WebError> {

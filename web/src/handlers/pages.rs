@@ -16,7 +16,7 @@ use axum_extra::extract::cookie::{Cookie, CookieJar};
 use gatehouse::admin::KeyOptions;
 use gatehouse::domain::{Scope, UserState};
 use gatehouse::log::Level;
-use gatehouse::store::{AdminStore, Key};
+use gatehouse::store::Key;
 use gatehouse::time::Timestamp;
 use maud::{html, Markup};
 use serde::Deserialize;
