@@ -963,43 +963,22 @@ mod tests {
             ],
             ..Store::default()
         };
-        let groups = Vec::new;
-        let key = fp(0);
         for (name, uid) in [("root", 0), ("root", 2500), ("erin", 0), ("erin", 1999)] {
-            for fingerprint in [NO_KEY, key.as_str()] {
-                let session = Session {
-                    user: name,
-                    uid,
-                    fingerprint,
-                    command: None,
-                    groups: &groups,
-                    env: &[],
-                    now: Timestamp::from_secs(1),
-                    account_shell: Path::new("/bin/bash"),
-                    login_mode: fingerprint == NO_KEY,
-                };
-                let action = if fingerprint == NO_KEY {
-                    decide_login_shell(&config, &store, &session)
-                } else {
-                    decide(&config, &store, &session)
-                };
-                assert_eq!(outcome(&action.unwrap()), "system-account", "{name} uid {uid}");
+            for reason in reasons_in_both_modes(&config, &store, name, uid) {
+                assert_eq!(reason, "system-account", "{name} uid {uid}");
             }
         }
     }
 
-    #[test]
-    fn an_account_with_another_uid_than_the_stores_is_refused() {
-        let config = Config::parse("g.toml", "[users]\nuid_min = 2000\nuid_max = 2999\n").unwrap();
-        let mut erin = user("erin", Scope::Shell, UserState::Enabled, "cli");
-        erin.uid = Some(2500);
-        let store = Store { users: vec![(erin, vec![Scope::Shell])], ..Store::default() };
+    /// The outcome of a session of `name` with `uid`, through a key and as a login shell.
+    fn reasons_in_both_modes(config: &Config, store: &Store, name: &str, uid: u32) -> Vec<&'static str> {
         let groups = Vec::new;
         let key = fp(0);
-        for (uid, want) in [(2501, true), (2500, false)] {
-            for fingerprint in [NO_KEY, key.as_str()] {
+        [NO_KEY, key.as_str()]
+            .into_iter()
+            .map(|fingerprint| {
                 let session = Session {
-                    user: "erin",
+                    user: name,
                     uid,
                     fingerprint,
                     command: Some("id"),
@@ -1010,11 +989,24 @@ mod tests {
                     login_mode: fingerprint == NO_KEY,
                 };
                 let action = if fingerprint == NO_KEY {
-                    decide_login_shell(&config, &store, &session)
+                    decide_login_shell(config, store, &session)
                 } else {
-                    decide(&config, &store, &session)
+                    decide(config, store, &session)
                 };
-                assert_eq!(outcome(&action.unwrap()) == "uid-mismatch", want, "uid {uid}");
+                outcome(&action.unwrap())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn an_account_with_another_uid_than_the_stores_is_refused() {
+        let config = Config::parse("g.toml", "[users]\nuid_min = 2000\nuid_max = 2999\n").unwrap();
+        let mut erin = user("erin", Scope::Shell, UserState::Enabled, "cli");
+        erin.uid = Some(2500);
+        let store = Store { users: vec![(erin, vec![Scope::Shell])], ..Store::default() };
+        for (uid, want) in [(2501, true), (2500, false)] {
+            for reason in reasons_in_both_modes(&config, &store, "erin", uid) {
+                assert_eq!(reason == "uid-mismatch", want, "uid {uid}: {reason}");
             }
         }
     }
