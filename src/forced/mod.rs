@@ -38,6 +38,7 @@ pub enum Reason {
     ScopeOutsidePolicy,
     BadStoredField,
     DirectoryStale,
+    SourceStale,
     CommandTooLong,
     BadCommand,
     CommandNotUtf8,
@@ -55,7 +56,7 @@ pub enum Reason {
 }
 
 impl Reason {
-    pub const ALL: [Reason; 22] = [
+    pub const ALL: [Reason; 23] = [
         Reason::BadUserName,
         Reason::SystemAccount,
         Reason::KeyNotValid,
@@ -64,6 +65,7 @@ impl Reason {
         Reason::ScopeOutsidePolicy,
         Reason::BadStoredField,
         Reason::DirectoryStale,
+        Reason::SourceStale,
         Reason::CommandTooLong,
         Reason::BadCommand,
         Reason::CommandNotUtf8,
@@ -90,6 +92,7 @@ impl Reason {
             Reason::ScopeOutsidePolicy => "scope-outside-policy",
             Reason::BadStoredField => "bad-stored-field",
             Reason::DirectoryStale => "directory-stale",
+            Reason::SourceStale => "source-stale",
             Reason::CommandTooLong => "command-too-long",
             Reason::BadCommand => "bad-command",
             Reason::CommandNotUtf8 => "command-not-utf-8",
@@ -302,11 +305,18 @@ fn refuse(message: impl Into<String>, reason: Reason) -> Action {
     Action::Refuse { message: message.into(), reason, code: exit::REFUSED }
 }
 
-fn stale() -> Action {
-    refuse(
-        "Your account comes from the directory, which has been out of reach too long; try again later.",
-        Reason::DirectoryStale,
-    )
+fn stale(view: &crate::store::LoginView) -> Action {
+    if view.user.source == crate::domain::SOURCE_SHARED {
+        refuse(
+            "Your account comes from the shared database, which has been out of reach too long; try again later.",
+            Reason::SourceStale,
+        )
+    } else {
+        refuse(
+            "Your account comes from the directory, which has been out of reach too long; try again later.",
+            Reason::DirectoryStale,
+        )
+    }
 }
 
 fn greeting(session: &Session<'_>) -> Action {
@@ -399,7 +409,7 @@ pub fn decide(config: &Config, store: &dyn LoginStore, session: &Session<'_>) ->
         return Ok(revoked());
     };
     if !view.fresh(config.staleness_max(&view.user.source), session.now) {
-        return Ok(stale());
+        return Ok(stale(&view));
     }
     let scope = match usable_scope(&view.user, key, session.now) {
         Ok(scope) => scope,
@@ -516,7 +526,7 @@ pub fn decide_login_shell(
         return Ok(refuse("This account is not served by Gatehouse.", Reason::NotInStore));
     };
     if !view.fresh(config.staleness_max(&view.user.source), session.now) {
-        return Ok(stale());
+        return Ok(stale(&view));
     }
     if view.user.state != UserState::Enabled {
         return Ok(refuse(format!("Account {} is disabled.", session.user), Reason::UserDisabled));
