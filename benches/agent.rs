@@ -73,6 +73,16 @@ fn main() -> std::process::ExitCode {
         eprintln!("benches/agent.rs: needs root (creates users, starts sshd and the agent)");
         return std::process::ExitCode::from(2);
     }
+    // BENCH_AGENT_ACCOUNTS=userdb: accounts as systemd user records, in a mount namespace
+    // of the bench's own (the host's /run/userdb is not touched).
+    let userdb = std::env::var("BENCH_AGENT_ACCOUNTS").is_ok_and(|v| v == "userdb");
+    if userdb {
+        let args: Vec<String> = std::env::args().skip(1).collect();
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        if let Some(status) = in_userdb_namespace(&args) {
+            return std::process::ExitCode::from(status.code().unwrap_or(1) as u8);
+        }
+    }
     let users = env_or("BENCH_AGENT_USERS", 50);
     let sessions = env_or("BENCH_AGENT_SESSIONS", 20);
     let big = env_or("BENCH_AGENT_BIG", 100_000);
@@ -85,6 +95,9 @@ fn main() -> std::process::ExitCode {
     gh.init(None);
     let sshd = Sshd::start(&gh, "");
     gh.own_accounts(44000, 44999, &sshd.managed.name);
+    if userdb {
+        gh.use_userdb();
+    }
     let web = Gatehoused::start(&gh, port);
     let token = gh.ok(&["token", "create", "--scope", "admin", "--label", "bench"]).trim().to_string();
     let agent = AgentProcess::start(&gh.config);

@@ -311,3 +311,53 @@ fn grants_become_file_access() {
     let meta = std::fs::metadata(&record).expect("the agent records what it applied");
     assert_eq!(std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o777, 0o600);
 }
+
+#[test]
+fn a_fork_storm_does_not_outrun_the_end_of_a_disabled_users_sessions() {
+    require_root!();
+    let gh = Gatehouse::new("storm", "");
+    gh.init(None);
+    let sshd = Sshd::start(&gh, "");
+    // A range of its own: the other tests of this file make accounts at the same time.
+    gh.own_accounts(46000, 46099, &sshd.managed.name);
+    let user = unique("ghs");
+    let _made = MadeAccounts(vec![user.clone()]);
+    let _agent = AgentProcess::start(&gh.config);
+    let keys = gh.dir.join("keys");
+    std::fs::create_dir(&keys).unwrap();
+    let key = keygen(&keys, "ed25519");
+    gh.ok(&["user", "add", &user]);
+    gh.cli_stdin(&["key", "add", &user, "-"], key.public.as_bytes());
+    sshd.wait_for_login(&user, &key.private, Duration::from_secs(10)).expect("could not log in");
+    let uid = nix::unistd::User::from_name(&user).unwrap().unwrap().uid.as_raw();
+    let of_user = || gatehouse::agent::sessions::processes().iter().filter(|p| p.uids.0 == uid && !p.zombie).count();
+    // A fork bomb, its size capped by RLIMIT_NPROC: every process starts two more and
+    // ends, so the processes seen by one scan of /proc are mostly gone, and their
+    // children running, by the time they are sent a signal each.
+    let storm = "ulimit -u 400; b() { (b &) ; (b &) ; sleep 0.05; }; b; sleep 60";
+    let mut session = sshd.ssh_command(&user, &key.private, &[storm]).spawn().unwrap();
+    // Whatever happens below, nothing of the storm outlives the test.
+    struct Sweep(u32);
+    impl Drop for Sweep {
+        fn drop(&mut self) {
+            for _ in 0..10 {
+                let _ = Command::new("setpriv")
+                    .args(["--reuid", &self.0.to_string(), "--regid", "65534", "--clear-groups", "kill", "-KILL", "-1"])
+                    .output();
+            }
+        }
+    }
+    let _sweep = Sweep(uid);
+    wait_until(Duration::from_millis(20), Duration::from_secs(10), || of_user() > 100)
+        .expect("the storm did not start");
+    std::thread::sleep(Duration::from_millis(500));
+    gh.ok(&["user", "disable", &user]);
+    let gone = wait_until(Duration::from_millis(20), Duration::from_secs(5), || of_user() == 0);
+    let left = of_user();
+    let _ = session.kill();
+    let _ = session.wait();
+    assert!(gone.is_some(), "{left} processes of the disabled user still ran 5 s later");
+    eprintln!("fork storm ended {} ms after the disable", gone.unwrap().as_millis());
+    let lines = log_until(&gh, &["action=sessions.end", "reason=user-disabled", &user]);
+    assert!(lines.contains("reason=user-disabled"), "{lines}");
+}

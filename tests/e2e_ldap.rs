@@ -813,7 +813,10 @@ fn ssh_password_logins_check_the_directory_and_follow_the_policy() {
     let sshd = Sshd::start_as(&gh, &matches, &link, true);
     let ann = SystemUser::new("ghl", &gh.dir.path, &[&sshd.managed.name, &probe.name]);
     let bea = SystemUser::new("ghl", &gh.dir.path, &[&sshd.managed.name, &probe.name]);
-    s.add(&[user_ldif(&ann.name, "people", 22001, &[], ""), user_ldif(&bea.name, "people", 22002, &[], "")].concat());
+    // Their uidNumber is their account's uid, as where NSS serves the directory.
+    s.add(
+        &[user_ldif(&ann.name, "people", ann.uid, &[], ""), user_ldif(&bea.name, "people", bea.uid, &[], "")].concat(),
+    );
     sync(&gh, &[]);
     gh.ok(&["user", "set", &bea.name, "--policy", "files"]);
     // gatehouse-shell as their login shell, with this instance's configuration: a wrapper

@@ -11,38 +11,6 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-/// Set in the copy of the test that runs inside the namespace.
-const INSIDE: &str = "GATEHOUSE_TEST_USERDB_NAMESPACE";
-const DIRS: [&str; 2] = ["/run/userdb", "/etc/userdb"];
-
-/// Outside: runs `test` again in a private mount namespace and returns false. Inside:
-/// mounts the private record folders and returns true.
-fn in_private_namespace(test: &str) -> bool {
-    if std::env::var_os(INSIDE).is_some() {
-        for dir in DIRS {
-            let status = Command::new("mount").args(["-t", "tmpfs", "-o", "mode=0755", "tmpfs", dir]).status();
-            assert!(status.is_ok_and(|s| s.success()), "mount tmpfs on {dir}");
-        }
-        return true;
-    }
-    // The mount points, where the host has none: made for the test, removed after it.
-    let made: Vec<&str> = DIRS.into_iter().filter(|d| !Path::new(d).exists()).collect();
-    for dir in &made {
-        std::fs::create_dir(dir).unwrap();
-    }
-    let status = Command::new("unshare")
-        .args(["--mount", "--propagation", "private"])
-        .arg(std::env::current_exe().unwrap())
-        .args(["--exact", test, "--nocapture", "--test-threads=1"])
-        .env(INSIDE, "1")
-        .status();
-    for dir in &made {
-        let _ = std::fs::remove_dir(dir);
-    }
-    assert!(status.as_ref().is_ok_and(|s| s.success()), "the test inside its namespace failed: {status:?}");
-    false
-}
-
 fn nss_systemd_configured() -> bool {
     let nsswitch = std::fs::read_to_string("/etc/nsswitch.conf").unwrap_or_default();
     gatehouse::agent::userdb::nss_systemd_serves(&nsswitch)
@@ -66,17 +34,16 @@ fn accounts_are_user_records_served_by_nss_systemd() {
         eprintln!("SKIPPED: /etc/nsswitch.conf does not ask systemd for passwd and group (apt install libnss-systemd)");
         return;
     }
-    if !in_private_namespace("accounts_are_user_records_served_by_nss_systemd") {
+    let test = "accounts_are_user_records_served_by_nss_systemd";
+    if let Some(status) = in_userdb_namespace(&["--exact", test, "--nocapture", "--test-threads=1"]) {
+        assert!(status.success(), "the test inside its namespace failed: {status:?}");
         return;
     }
     let gh = Gatehouse::new("userdb", "");
     gh.init(None);
     let sshd = Sshd::start(&gh, "");
     gh.own_accounts(43000, 43999, &sshd.managed.name);
-    let config = std::fs::read_to_string(&gh.config)
-        .unwrap()
-        .replace(AGENT_USERADD, "\n[agent]\naccounts = \"userdb\"\nuserdb_dir = \"/run/userdb\"\n");
-    std::fs::write(&gh.config, config).unwrap();
+    gh.use_userdb();
     let doctor = stdout(&gh.cli(&["doctor"]));
     assert!(doctor.contains("accounts: userdb (systemd user records in /run/userdb"), "{doctor}");
     let keys = gh.dir.join("keys");

@@ -50,9 +50,10 @@ fn run_raw(gh: &Gatehouse, args: &[&OsStr]) -> Output {
 /// The form sshd uses: `--config FILE -- USER UID ARGS…`, for an account with a served
 /// uid; `args` are the user and what follows the uid.
 fn lookup(gh: &Gatehouse, args: &[&str]) -> Output {
+    let uid = args.first().map_or(SERVED_UID.to_string(), |user| gh.store_uid(user));
     let mut all: Vec<&OsStr> = vec![OsStr::new("--")];
     all.extend(args.iter().take(1).map(OsStr::new));
-    all.push(OsStr::new(SERVED_UID));
+    all.push(OsStr::new(&uid));
     all.extend(args.iter().skip(1).map(OsStr::new));
     run_raw(gh, &all)
 }
@@ -289,8 +290,9 @@ fn wrong_number_of_operands_is_a_usage_error() {
     let (kind, blob) = parts(&keys[0]);
     let fp = keys[0].fingerprint.as_str();
     let none: Vec<&OsStr> = vec![OsStr::new("--")];
-    let short: Vec<&OsStr> = ["--", "alice", SERVED_UID, fp, kind].into_iter().map(OsStr::new).collect();
-    let long: Vec<&OsStr> = ["--", "alice", SERVED_UID, fp, kind, blob, "extra"].into_iter().map(OsStr::new).collect();
+    let uid = gh.store_uid("alice");
+    let short: Vec<&OsStr> = ["--", "alice", &uid, fp, kind].into_iter().map(OsStr::new).collect();
+    let long: Vec<&OsStr> = ["--", "alice", &uid, fp, kind, blob, "extra"].into_iter().map(OsStr::new).collect();
     let legacy: Vec<&OsStr> = ["--", "alice", fp, kind].into_iter().map(OsStr::new).collect();
     for args in [none, short, long, legacy] {
         let out = run_raw(&gh, &args);
@@ -424,7 +426,8 @@ fn config_path_that_cannot_reach_the_forced_command_exits_3() {
 #[test]
 fn closed_stdout_is_not_an_error() {
     let (gh, keys) = with_alice("closed", 5);
-    let args = ["--", "alice", SERVED_UID].map(OsStr::new);
+    let uid = gh.store_uid("alice");
+    let args = ["--", "alice", &uid].map(OsStr::new);
     let mut child = command(&gh, &gh.config, &args).spawn().unwrap();
     drop(child.stdout.take());
     let out = wait_bounded(child);
@@ -438,7 +441,8 @@ fn closed_stdout_is_not_an_error() {
 fn unwritable_stdout_exits_4() {
     let (gh, _) = with_alice("devfull", 2);
     let full = std::fs::OpenOptions::new().write(true).open("/dev/full").unwrap();
-    let args = ["--", "alice", SERVED_UID].map(OsStr::new);
+    let uid = gh.store_uid("alice");
+    let args = ["--", "alice", &uid].map(OsStr::new);
     let child = command(&gh, &gh.config, &args).stdout(full).spawn().unwrap();
     let out = wait_bounded(child);
     assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
@@ -485,8 +489,9 @@ fn a_stalled_syslog_does_not_hang_lookups() {
     std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).unwrap();
 
     let (kind, blob) = parts(&keys[0]);
+    let uid = gh.store_uid("alice");
     for _ in 0..20 {
-        let args = ["--", "alice", SERVED_UID, &keys[0].fingerprint, kind, blob].map(OsStr::new);
+        let args = ["--", "alice", &uid, &keys[0].fingerprint, kind, blob].map(OsStr::new);
         let out = wait_bounded(command(&gh, &config, &args).spawn().unwrap());
         assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
         let printed = lines(&out);
@@ -655,7 +660,8 @@ fn non_utf8_fingerprint_and_blob_get_nothing() {
     let (gh, keys) = with_alice("nonutf8", 1);
     let (kind, blob) = parts(&keys[0]);
     let bad = OsStr::from_bytes(b"SHA256:\xff\xfe");
-    let uid = OsStr::new(SERVED_UID);
+    let alice_uid = gh.store_uid("alice");
+    let uid = OsStr::new(&alice_uid);
     let args = [OsStr::new("--"), OsStr::new("alice"), uid, bad, OsStr::new(kind), OsStr::new(blob)];
     assert_refused(&gh, &run_raw(&gh, &args), "bad-fingerprint");
     let fp = OsStr::new(keys[0].fingerprint.as_str());
@@ -698,11 +704,26 @@ fn accounts_below_uid_min_get_no_key() {
             ["--", "alice", uid, keys[0].fingerprint.as_str(), kind, blob].into_iter().map(OsStr::new).collect();
         assert_refused(&gh, &run_raw(&gh, &args), "system-account");
     }
+    let uid = gh.store_uid("alice");
     let args: Vec<&OsStr> =
-        ["--", "alice", "1000", keys[0].fingerprint.as_str(), kind, blob].into_iter().map(OsStr::new).collect();
+        ["--", "alice", &uid, keys[0].fingerprint.as_str(), kind, blob].into_iter().map(OsStr::new).collect();
     let out = run_raw(&gh, &args);
-    assert_eq!(lines(&out).len(), 1, "uid 1000 is served: {}", stderr(&out));
+    assert_eq!(lines(&out).len(), 1, "uid {uid} (the store's) is served: {}", stderr(&out));
     gh.log.drain();
+}
+
+#[test]
+fn an_account_with_another_uid_than_the_stores_gets_no_key() {
+    // The store gave alice a uid; an account of her name with another one (a former
+    // user's, the name added again, or one made by hand) is not hers.
+    let (gh, keys) = with_alice("uidmismatch", 1);
+    let (kind, blob) = parts(&keys[0]);
+    let other = (gh.store_uid("alice").parse::<u32>().unwrap() + 1).to_string();
+    for args in [vec!["--", "alice", &other], vec!["--", "alice", &other, keys[0].fingerprint.as_str(), kind, blob]] {
+        let args: Vec<&OsStr> = args.into_iter().map(OsStr::new).collect();
+        let line = assert_refused(&gh, &run_raw(&gh, &args), "uid-mismatch");
+        assert!(line.contains("user=alice "), "{line}");
+    }
 }
 
 #[test]

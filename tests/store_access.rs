@@ -16,6 +16,8 @@ struct Fixture {
     group: SystemGroup,
     reader: SystemUser,
     key: KeyPair,
+    /// alice's uid (%U), read once: asking the store while a test holds it locked would wait.
+    uid: String,
 }
 
 fn fixture(name: &str) -> Fixture {
@@ -27,19 +29,20 @@ fn fixture(name: &str) -> Fixture {
     gh.ok(&["user", "add", "alice"]);
     let key = keygen(&gh.dir.path, "ed25519");
     gh.cli_stdin(&["key", "add", "alice", "-"], key.public.as_bytes());
-    Fixture { gh, group, reader, key }
+    let uid = gh.store_uid("alice");
+    Fixture { gh, group, reader, key, uid }
 }
 
 impl Fixture {
-    /// gatehouse-keys as the unprivileged reader, with the groups sshd would give it.
-    fn lookup(&self, user: &str, fingerprint: &str) -> Output {
+    /// gatehouse-keys for alice as the unprivileged reader, with the groups sshd would give it.
+    fn lookup(&self, fingerprint: &str) -> Output {
         let gid = nix::unistd::User::from_name(&self.reader.name).unwrap().unwrap().gid.to_string();
         Command::new("setpriv")
             .args(["--reuid", &self.reader.name, "--regid", &gid, "--init-groups", "--"])
             .arg(&self.gh.keys_bin)
             .arg("--config")
             .arg(&self.gh.config)
-            .args(["--", user, SERVED_UID, fingerprint])
+            .args(["--", "alice", &self.uid, fingerprint])
             .output()
             .unwrap()
     }
@@ -47,12 +50,12 @@ impl Fixture {
     /// Like [`Fixture::lookup`], also saying how long it took.
     fn timed_lookup(&self) -> (Output, Duration) {
         let started = Instant::now();
-        let out = self.lookup("alice", &self.key.fingerprint);
+        let out = self.lookup(&self.key.fingerprint);
         (out, started.elapsed())
     }
 
     fn assert_served(&self, context: &str) {
-        let out = self.lookup("alice", &self.key.fingerprint);
+        let out = self.lookup(&self.key.fingerprint);
         assert!(out.status.success(), "{context}: exit {:?}, log: {:?}", out.status, self.gh.log.drain());
         let text = stdout(&out);
         let blob = self.key.public.split(' ').nth(1).unwrap();
@@ -142,7 +145,7 @@ fn many_readers_of_another_uid_never_fail_while_commits_land() {
             s.spawn(|| {
                 let mut runs = 0;
                 while !done.load(std::sync::atomic::Ordering::SeqCst) && runs < 400 {
-                    let out = f.lookup("alice", &f.key.fingerprint);
+                    let out = f.lookup(&f.key.fingerprint);
                     if !out.status.success() || out.stdout.is_empty() {
                         failures.lock().unwrap().push(f.gh.log.drain().join("\n"));
                     }

@@ -66,11 +66,36 @@ pub struct Accounts {
     ask_nss: bool,
 }
 
-/// `getent DATABASE [KEY]`'s output. Status 2 is "no such key" (a group that does not
-/// exist: no members); any other failure fails the whole read, so that a database that
-/// could not be read is never taken for one without the account.
+/// The services of `database` in an nsswitch.conf, without `systemd` and actions
+/// (`[NOTFOUND=return]`): what to enumerate. nss-systemd serves the agent's own user
+/// records, which it reads from their folder instead: enumerated through NSS, 100,000 of
+/// them take seconds for passwd, and for group far longer (every group's members are a
+/// scan of every membership file).
+pub fn enumerated_services(nsswitch: &str, database: &str) -> String {
+    let services: Vec<&str> = nsswitch
+        .lines()
+        .map(|l| l.split('#').next().unwrap_or(""))
+        .find_map(|l| l.split_once(':').filter(|(db, _)| db.trim() == database).map(|(_, s)| s))
+        .map(|s| s.split_whitespace().filter(|w| *w != "systemd" && !w.starts_with('[')).collect())
+        .unwrap_or_default();
+    if services.is_empty() {
+        "files".to_string()
+    } else {
+        services.join(" ")
+    }
+}
+
+/// `getent -s SERVICES DATABASE [KEY]`'s output. Status 2 is "no such key" (a group that
+/// does not exist: no members); any other failure fails the whole read, so that a
+/// database that could not be read is never taken for one without the account.
 fn getent(args: &[&str]) -> Result<String, String> {
-    let out = Command::new("/usr/bin/getent").args(args).output().map_err(|e| format!("getent {}: {e}", args[0]))?;
+    let nsswitch = std::fs::read_to_string("/etc/nsswitch.conf").unwrap_or_default();
+    let services = enumerated_services(&nsswitch, args[0]);
+    let out = Command::new("/usr/bin/getent")
+        .args(["-s", &services])
+        .args(args)
+        .output()
+        .map_err(|e| format!("getent {}: {e}", args[0]))?;
     match out.status.code() {
         Some(0) => Ok(String::from_utf8_lossy(&out.stdout).into_owned()),
         Some(2) if args.len() > 1 => Ok(String::new()),
@@ -121,6 +146,34 @@ impl Accounts {
             .map(|(name, _)| name.to_string())
             .collect();
         Accounts { by_name, by_uid, group_names, group_gids, locked, members, ask_nss: false }
+    }
+
+    /// Accounts of the agent's own user records (name, uid; each with a group of its own,
+    /// gid = uid, and a member of users.group), which the enumeration leaves out.
+    pub fn add_records(&mut self, records: impl IntoIterator<Item = (String, u32)>) {
+        // A record rewritten in this pass (a name added again, with a new uid) replaces
+        // what was read before it.
+        for (name, uid) in records {
+            let known = self.by_name.insert(name.clone(), Account { uid, gid: uid }).is_some();
+            self.by_uid.insert(uid, name.clone());
+            self.group_names.insert(uid, name.clone());
+            self.group_gids.insert(name.clone(), uid);
+            if !known {
+                self.members.push(name);
+            }
+        }
+    }
+
+    /// An account or a group from a source the enumeration left out (another program's
+    /// systemd user records).
+    pub fn add_account(&mut self, name: &str, uid: u32, gid: u32) {
+        self.by_name.entry(name.to_string()).or_insert(Account { uid, gid });
+        self.by_uid.entry(uid).or_insert_with(|| name.to_string());
+    }
+
+    pub fn add_group(&mut self, name: &str, gid: u32) {
+        self.group_names.entry(gid).or_insert_with(|| name.to_string());
+        self.group_gids.entry(name.to_string()).or_insert(gid);
     }
 
     /// The name of the account with `uid`, if the enumeration had one.
@@ -197,6 +250,18 @@ pub fn plan(config: &Config, users: &[User], accounts: &Accounts) -> Vec<Step> {
             Ok(None) => {}
             Ok(Some(account)) => {
                 let uid = account.uid;
+                if let Some(given) = u.uid.filter(|given| *given != uid) {
+                    // A former user's account under a name added again: unlocking it
+                    // would hand the new user the old one's files.
+                    steps.push(Step::Skip {
+                        user: u.name.clone(),
+                        reason: format!(
+                            "the account has uid {uid}, the store gave {given}: a former user's; \
+                             remove it (userdel) and its files are kept, owned by {uid}"
+                        ),
+                    });
+                    continue;
+                }
                 if !(min..=max).contains(&uid) {
                     steps.push(Step::Skip {
                         user: u.name.clone(),
@@ -306,6 +371,16 @@ mod tests {
     }
 
     #[test]
+    fn enumeration_leaves_nss_systemd_out() {
+        let conf = "passwd: files systemd\ngroup: files [SUCCESS=merge] sss systemd # x\nshadow: files\n";
+        assert_eq!(enumerated_services(conf, "passwd"), "files");
+        assert_eq!(enumerated_services(conf, "group"), "files sss");
+        assert_eq!(enumerated_services(conf, "shadow"), "files");
+        assert_eq!(enumerated_services("passwd: systemd\n", "passwd"), "files");
+        assert_eq!(enumerated_services("", "group"), "files");
+    }
+
+    #[test]
     fn accounts_from_getent_output() {
         let a = Accounts::parse(PASSWD, SHADOW, GROUP, "gatehouse-users");
         assert_eq!(a.get("alice").unwrap(), Some(Account { uid: 20001, gid: 20001 }));
@@ -329,6 +404,13 @@ mod tests {
             user("legacy", UserState::Disabled),
             user("-rf", UserState::Enabled),
         ];
+        let mut readded = user("gone", UserState::Enabled);
+        readded.uid = Some(20099);
+        let skipped = plan(&config(), &[readded], &a);
+        assert!(
+            matches!(&skipped[0], Step::Skip { user, reason } if user == "gone" && reason.contains("a former user's")),
+            "{skipped:?}"
+        );
         let steps = plan(&config(), &users, &a);
         assert!(steps.contains(&Step::Lock("alice".into())));
         assert!(steps.contains(&Step::Unlock("bob".into())));

@@ -75,11 +75,16 @@ pub fn reconcile(config: &Config, log: &mut Logger) -> Result<Pass, StoreError> 
     })?;
     // Accounts first: a revoked account is locked before its processes go, so nothing
     // (cron) starts again in between.
+    let records = userdb::in_force(config).then(|| userdb::existing(&config.agent.userdb_dir));
+    if let Some(Ok(found)) = &records {
+        accounts.add_records(found.users.iter().map(|(name, uid)| (name.clone(), *uid)));
+        userdb::add_foreign_records(&config.agent.userdb_dir, &mut accounts);
+    }
     let mut steps = provision::plan(config, &users, &accounts);
-    let mut created = steps.iter().any(|s| matches!(s, Step::Create { .. }));
-    if userdb::in_force(config) {
-        let (held, wrote) = sync_records(&mut run, &users, &mut accounts);
-        created |= wrote;
+    if let Some(found) = records {
+        let (held, now) = sync_records(&mut run, &users, &accounts, found);
+        // New records are accounts from now on (no NSS enumeration: see Accounts::read).
+        accounts.add_records(now);
         // Records carry their own lock; accounts from /etc/passwd keep usermod's.
         steps.retain(|s| match s {
             Step::Create { .. } => false,
@@ -87,6 +92,7 @@ pub fn reconcile(config: &Config, log: &mut Logger) -> Result<Pass, StoreError> 
             Step::Skip { .. } => true,
         });
     }
+    let created = steps.iter().any(|s| matches!(s, Step::Create { .. }));
     for step in steps {
         apply_account_step(&mut run, &step);
     }
@@ -110,9 +116,14 @@ pub fn reconcile(config: &Config, log: &mut Logger) -> Result<Pass, StoreError> 
 }
 
 /// userdb mode: the records follow the store. Returns the names that had or have a
-/// record of ours, and whether a record was written (accounts to be read again).
-fn sync_records(run: &mut Run<'_>, users: &[crate::store::User], accounts: &mut Accounts) -> (HashSet<String>, bool) {
-    match userdb::sync(run.config, users, accounts) {
+/// record of ours, and the records there are after the pass (name, uid).
+fn sync_records(
+    run: &mut Run<'_>,
+    users: &[crate::store::User],
+    accounts: &Accounts,
+    found: Result<userdb::Existing, String>,
+) -> (HashSet<String>, Vec<(String, u32)>) {
+    match found.and_then(|found| userdb::sync(run.config, users, accounts, &found)) {
         Ok(out) => {
             for (user, what) in &out.written {
                 run.changed(user, "account", what.clone(), &[("step", what.as_str()), ("mode", "userdb")]);
@@ -124,13 +135,12 @@ fn sync_records(run: &mut Run<'_>, users: &[crate::store::User], accounts: &mut 
             for (user, why) in &out.refused {
                 run.failed(user, "account", &format!("no user record: {why}"));
             }
-            // Members of users.group the store no longer knows include our removed records.
-            accounts.members.extend(out.before.iter().cloned());
-            (out.held.into_iter().chain(out.before).collect(), !out.written.is_empty())
+            let now = out.now;
+            (out.held.into_iter().chain(out.before).collect(), now)
         }
         Err(e) => {
             run.failed("-", "account", &format!("user records in {}: {e}", run.config.agent.userdb_dir.display()));
-            (HashSet::new(), false)
+            (HashSet::new(), Vec::new())
         }
     }
 }

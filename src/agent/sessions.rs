@@ -1,10 +1,13 @@
 //! Ending running sessions: every process of a revoked user's uid, or the connections that
 //! logged in with a removed key.
 //!
-//! Which processes: a revoked user's are all processes whose real or effective uid is the
-//! account's (sshd's per-connection process runs as the user after authentication, so its
-//! connection ends with it), found in /proc and sent SIGKILL, repeated until none is left
-//! (a process forked between the scan and the kill is found by the next scan). A key's
+//! Which processes: a revoked user's are all processes whose real uid is the account's
+//! (sshd's per-connection process runs as the user after authentication, so its
+//! connection ends with it). They are found in /proc and ended by `kill(-1, SIGKILL)` from
+//! a process running as that uid (setpriv(1) and kill(1)): the kernel signals every
+//! process of the uid under one lock that fork also takes, so a fork storm cannot outrun
+//! it, and a pid reused by another uid's process between the scan and the kill is out of
+//! reach. Kills are repeated, after a new scan, until none is left. A key's
 //! sessions are the processes that carry `GATEHOUSE_KEY=<fingerprint>` in their initial
 //! environment (gatehouse-shell sets it for everything it starts), with the sshd process
 //! of their connection above them. A process that wiped its environment before the key
@@ -91,17 +94,31 @@ fn read_session_key(pid: i32) -> Option<String> {
     session_key(&environ).filter(|k| crate::keys::is_fingerprint(k))
 }
 
-/// SIGKILL; whether the process is gone (ESRCH: it was already).
-fn kill(pid: i32) -> Result<(), nix::errno::Errno> {
-    match nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL) {
-        Ok(()) | Err(nix::errno::Errno::ESRCH) => Ok(()),
-        Err(e) => Err(e),
+/// SIGKILL to `targets` (pids, or `-1`: every process the uid may signal) from a
+/// process running as `uid` alone, so that nothing of another uid can be hit, whatever
+/// became of a pid since it was read. kill(1)'s status is not asked: it fails when a
+/// target is already gone, and the next scan says what is left.
+fn kill_as(uid: u32, targets: &[String]) -> Result<(), String> {
+    let kill = ["/usr/bin/kill", "/bin/kill"].into_iter().find(|k| Path::new(k).exists()).ok_or("no kill(1)")?;
+    let out = std::process::Command::new("/usr/bin/setpriv")
+        .args(["--reuid", &uid.to_string(), "--regid", "65534", "--clear-groups", "--"])
+        .args([kill, "-KILL"])
+        .args(targets)
+        .env_clear()
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| format!("setpriv: {e}"))?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // setpriv's own failures (no CAP_SETUID) say so; kill(1)'s "No such process" is fine.
+    match stderr.lines().find(|l| l.starts_with("setpriv")) {
+        Some(line) => Err(line.to_string()),
+        None => Ok(()),
     }
 }
 
 /// Kills every process of each of `uids` (never root's), again while new ones appear (a
 /// fork between a scan and the kills), with one scan of /proc per round for all of them:
-/// for each uid, how many were killed, or why not (no CAP_KILL, or still running after 20
+/// for each uid, how many were killed, or why not (no CAP_SETUID, or still running after 20
 /// rounds).
 pub fn end_users(uids: &[u32]) -> HashMap<u32, Result<usize, String>> {
     let mut left: Vec<u32> = uids.iter().copied().filter(|&u| u != 0).collect();
@@ -118,8 +135,8 @@ pub fn end_users(uids: &[u32]) -> HashMap<u32, Result<usize, String>> {
                 done.insert(uid, Ok(killed.get(&uid).copied().unwrap_or(0)));
                 return false;
             }
-            if let Err(e) = mine.iter().try_for_each(|&pid| kill(pid).map_err(|e| format!("kill {pid}: {e}"))) {
-                done.insert(uid, Err(e));
+            if let Err(e) = kill_as(uid, &["-1".to_string()]) {
+                done.insert(uid, Err(format!("kill as uid {uid}: {e}")));
                 return false;
             }
             *killed.entry(uid).or_default() += mine.len();
@@ -193,7 +210,14 @@ pub fn end_stale_keys(uids: &HashMap<u32, String>, alive: &dyn Fn(&str, &str) ->
     found
         .into_iter()
         .map(|((user, fingerprint), pids)| {
-            let ended = pids.iter().try_for_each(|&pid| kill(pid).map_err(|e| format!("kill {pid}: {e}")));
+            let uid = uids.iter().find(|(_, name)| **name == user).map(|(uid, _)| *uid);
+            let targets: Vec<String> = pids.iter().map(i32::to_string).collect();
+            let ended = match uid {
+                Some(uid) => {
+                    kill_as(uid, &targets).map_err(|e| format!("kill {} as uid {uid}: {e}", targets.join(" ")))
+                }
+                None => Err("no uid".to_string()),
+            };
             EndedKey { user, fingerprint, ended: ended.map(|()| pids) }
         })
         .collect()

@@ -106,12 +106,20 @@ fn records_of(config: &Config, user: &User, uid: u32) -> Records {
     Records { files }
 }
 
-/// The users whose records the folder holds now (name → uid), from `NAME.user` files
-/// that carry our service; and every file that belongs to them.
-fn ours(dir: &Path) -> Result<(BTreeMap<String, u32>, Vec<String>), String> {
+/// The records of ours a folder holds.
+#[derive(Debug, Default)]
+pub struct Existing {
+    /// Users (name → uid), from `NAME.user` files that carry our service.
+    pub users: BTreeMap<String, u32>,
+    /// Every file that belongs to them.
+    files: Vec<String>,
+}
+
+/// The records of ours in `dir` now.
+pub fn existing(dir: &Path) -> Result<Existing, String> {
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((BTreeMap::new(), Vec::new())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Existing::default()),
         Err(e) => return Err(format!("{}: {e}", dir.display())),
     };
     let mut users = BTreeMap::new();
@@ -141,7 +149,42 @@ fn ours(dir: &Path) -> Result<(BTreeMap<String, u32>, Vec<String>), String> {
             files.push(file);
         }
     }
-    Ok((users, files))
+    Ok(Existing { users, files })
+}
+
+/// Other programs' user and group records in the folders nss-systemd reads (ours in
+/// `own` left out), added to `accounts`: the enumeration leaves nss-systemd out, and a
+/// uid, gid or name they hold must not be given to a record of ours.
+pub fn add_foreign_records(own: &Path, accounts: &mut Accounts) {
+    for dir in NSS_SYSTEMD_DIRS.iter().map(Path::new) {
+        let Ok(entries) = std::fs::read_dir(dir) else { continue };
+        for entry in entries.flatten() {
+            let Ok(file) = entry.file_name().into_string() else { continue };
+            let is_user = file.ends_with(".user");
+            if !(is_user || file.ends_with(".group")) || !entry.file_type().is_ok_and(|t| t.is_file()) {
+                continue;
+            }
+            let Ok(text) = std::fs::read_to_string(entry.path()) else { continue };
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else { continue };
+            if dir == own && v["service"] == SERVICE {
+                continue;
+            }
+            let id = |key: &str| v[key].as_u64().and_then(|n| u32::try_from(n).ok());
+            match (is_user, v["userName"].as_str(), v["groupName"].as_str()) {
+                (true, Some(name), _) => {
+                    if let Some(uid) = id("uid") {
+                        accounts.add_account(name, uid, id("gid").unwrap_or(uid));
+                    }
+                }
+                (false, _, Some(name)) => {
+                    if let Some(gid) = id("gid") {
+                        accounts.add_group(name, gid);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
 }
 
 /// What a pass does to the records.
@@ -156,22 +199,26 @@ pub struct Outcome {
     pub held: HashSet<String>,
     /// Names that had a record of ours before the pass: members of users.group.
     pub before: Vec<String>,
+    /// The records of ours after the pass (name, uid).
+    pub now: Vec<(String, u32)>,
 }
 
 /// Makes the folder hold a record for every store user that should have one, and no
-/// other record of ours. `accounts` is the host's view before the pass.
-pub fn sync(config: &Config, users: &[User], accounts: &Accounts) -> Result<Outcome, String> {
+/// other record of ours. `accounts` is the host's view before the pass, `found` what
+/// [`existing`] read from the folder.
+pub fn sync(config: &Config, users: &[User], accounts: &Accounts, found: &Existing) -> Result<Outcome, String> {
     let dir = &config.agent.userdb_dir;
     make_dir(dir)?;
-    let (existing, files) = ours(dir)?;
+    let (existing, files) = (&found.users, &found.files);
     let mut out = Outcome {
         written: Vec::new(),
         removed: Vec::new(),
         refused: Vec::new(),
         held: HashSet::new(),
         before: existing.keys().cloned().collect(),
+        now: Vec::new(),
     };
-    let mut wanted: BTreeMap<String, Records> = BTreeMap::new();
+    let mut wanted: BTreeMap<String, (u32, Records)> = BTreeMap::new();
     for u in users {
         if crate::names::is_reserved(&u.name) || !config.valid_user_name(&u.name) {
             continue;
@@ -207,11 +254,11 @@ pub fn sync(config: &Config, users: &[User], accounts: &Accounts) -> Result<Outc
             out.refused.push((u.name.clone(), format!("a group {} exists already (gid {gid})", u.name)));
             continue;
         }
-        wanted.insert(u.name.clone(), records_of(config, u, uid));
+        wanted.insert(u.name.clone(), (uid, records_of(config, u, uid)));
     }
     // Records of users no longer wanted go first: a re-added name's old uid link with them.
-    for (name, uid) in &existing {
-        let keep = wanted.get(name).is_some_and(|r| r.files.contains_key(&format!("{uid}.user")));
+    for (name, uid) in existing {
+        let keep = wanted.get(name).is_some_and(|(_, r)| r.files.contains_key(&format!("{uid}.user")));
         if keep {
             continue;
         }
@@ -222,7 +269,7 @@ pub fn sync(config: &Config, users: &[User], accounts: &Accounts) -> Result<Outc
             out.removed.push(name.clone());
         }
     }
-    for (name, records) in &wanted {
+    for (name, (uid, records)) in &wanted {
         let mut changed = false;
         for (file, entry) in &records.files {
             changed |= put(dir, file, entry)?;
@@ -239,6 +286,7 @@ pub fn sync(config: &Config, users: &[User], accounts: &Accounts) -> Result<Outc
             out.written.push((name.clone(), what.to_string()));
         }
         out.held.insert(name.clone());
+        out.now.push((name.clone(), *uid));
     }
     Ok(out)
 }
@@ -362,7 +410,7 @@ mod tests {
         std::fs::write(dir.join("other.user"), r#"{"userName":"other","uid":20500}"#).unwrap();
         let accounts = Accounts::default();
         let users = vec![user("alice", Some(20001), UserState::Enabled), user("bob", Some(20002), UserState::Disabled)];
-        let out = sync(&c, &users, &accounts).unwrap();
+        let out = sync(&c, &users, &accounts, &existing(&dir).unwrap()).unwrap();
         assert_eq!(out.written.len(), 2);
         assert!(out.refused.is_empty(), "{:?}", out.refused);
         let files = listing(&dir);
@@ -377,10 +425,10 @@ mod tests {
         let mode = std::fs::metadata(dir.join("alice.user-privileged")).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
         // Nothing changed: nothing written.
-        assert!(sync(&c, &users, &accounts).unwrap().written.is_empty());
+        assert!(sync(&c, &users, &accounts, &existing(&dir).unwrap()).unwrap().written.is_empty());
         // bob removed, alice re-added under a new uid: bob's files go, alice's old uid link too.
         let users = vec![user("alice", Some(20003), UserState::Enabled)];
-        let out = sync(&c, &users, &accounts).unwrap();
+        let out = sync(&c, &users, &accounts, &existing(&dir).unwrap()).unwrap();
         assert_eq!(out.removed, ["bob"]);
         let files = listing(&dir);
         assert!(!files.iter().any(|f| f.starts_with("bob") || f.starts_with("20001") || f.starts_with("20002")));
@@ -406,7 +454,7 @@ mod tests {
             user("frank", Some(5), UserState::Enabled),
             user("gina", None, UserState::Enabled),
         ];
-        let out = sync(&c, &users, &accounts).unwrap();
+        let out = sync(&c, &users, &accounts, &existing(&dir).unwrap()).unwrap();
         let why = |n: &str| out.refused.iter().find(|(u, _)| u == n).map(|(_, w)| w.clone()).unwrap_or_default();
         assert!(out.written.is_empty(), "{:?}", out.written);
         assert!(why("dave").contains("held by the account holder"), "{}", why("dave"));

@@ -32,6 +32,7 @@ pub use crate::exit;
 pub enum Reason {
     BadUserName,
     SystemAccount,
+    UidMismatch,
     KeyNotValid,
     UserDisabled,
     Expired,
@@ -56,9 +57,10 @@ pub enum Reason {
 }
 
 impl Reason {
-    pub const ALL: [Reason; 23] = [
+    pub const ALL: [Reason; 24] = [
         Reason::BadUserName,
         Reason::SystemAccount,
+        Reason::UidMismatch,
         Reason::KeyNotValid,
         Reason::UserDisabled,
         Reason::Expired,
@@ -86,6 +88,7 @@ impl Reason {
         match self {
             Reason::BadUserName => "bad-user-name",
             Reason::SystemAccount => "system-account",
+            Reason::UidMismatch => "uid-mismatch",
             Reason::KeyNotValid => "key-not-valid",
             Reason::UserDisabled => "user-disabled",
             Reason::Expired => "expired",
@@ -395,6 +398,16 @@ fn not_served(config: &Config, session: &Session<'_>) -> Option<Action> {
     None
 }
 
+/// A refusal when the account is not the one the store gave the user (its uid differs):
+/// a former user's, under a name that was added again (the old uid is retired), or one
+/// made by hand.
+fn other_account(view: &crate::store::LoginView, session: &Session<'_>) -> Option<Action> {
+    view.user
+        .uid
+        .is_some_and(|uid| uid != session.uid)
+        .then(|| refuse("This account is not the one Gatehouse made for you.", Reason::UidMismatch))
+}
+
 /// Decides what the session may do, from the store alone.
 pub fn decide(config: &Config, store: &dyn LoginStore, session: &Session<'_>) -> Result<Action, StoreError> {
     let revoked =
@@ -405,6 +418,9 @@ pub fn decide(config: &Config, store: &dyn LoginStore, session: &Session<'_>) ->
     let Some(view) = store.login_view(session.user, Some(session.fingerprint))? else {
         return Ok(revoked());
     };
+    if let Some(refusal) = other_account(&view, session) {
+        return Ok(refusal);
+    }
     let Some(key) = view.keys.first() else {
         return Ok(revoked());
     };
@@ -525,6 +541,9 @@ pub fn decide_login_shell(
     let Some(view) = store.login_view(session.user, None)? else {
         return Ok(refuse("This account is not served by Gatehouse.", Reason::NotInStore));
     };
+    if let Some(refusal) = other_account(&view, session) {
+        return Ok(refusal);
+    }
     if !view.fresh(config.staleness_max(&view.user.source), session.now) {
         return Ok(stale(&view));
     }
@@ -954,15 +973,25 @@ mod tests {
             ],
             ..Store::default()
         };
+        for (name, uid) in [("root", 0), ("root", 2500), ("erin", 0), ("erin", 1999)] {
+            for reason in reasons_in_both_modes(&config, &store, name, uid) {
+                assert_eq!(reason, "system-account", "{name} uid {uid}");
+            }
+        }
+    }
+
+    /// The outcome of a session of `name` with `uid`, through a key and as a login shell.
+    fn reasons_in_both_modes(config: &Config, store: &Store, name: &str, uid: u32) -> Vec<&'static str> {
         let groups = Vec::new;
         let key = fp(0);
-        for (name, uid) in [("root", 0), ("root", 2500), ("erin", 0), ("erin", 1999)] {
-            for fingerprint in [NO_KEY, key.as_str()] {
+        [NO_KEY, key.as_str()]
+            .into_iter()
+            .map(|fingerprint| {
                 let session = Session {
                     user: name,
                     uid,
                     fingerprint,
-                    command: None,
+                    command: Some("id"),
                     groups: &groups,
                     env: &[],
                     now: Timestamp::from_secs(1),
@@ -970,11 +999,24 @@ mod tests {
                     login_mode: fingerprint == NO_KEY,
                 };
                 let action = if fingerprint == NO_KEY {
-                    decide_login_shell(&config, &store, &session)
+                    decide_login_shell(config, store, &session)
                 } else {
-                    decide(&config, &store, &session)
+                    decide(config, store, &session)
                 };
-                assert_eq!(outcome(&action.unwrap()), "system-account", "{name} uid {uid}");
+                outcome(&action.unwrap())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn an_account_with_another_uid_than_the_stores_is_refused() {
+        let config = Config::parse("g.toml", "[users]\nuid_min = 2000\nuid_max = 2999\n").unwrap();
+        let mut erin = user("erin", Scope::Shell, UserState::Enabled, "cli");
+        erin.uid = Some(2500);
+        let store = Store { users: vec![(erin, vec![Scope::Shell])], ..Store::default() };
+        for (uid, want) in [(2501, true), (2500, false)] {
+            for reason in reasons_in_both_modes(&config, &store, "erin", uid) {
+                assert_eq!(reason == "uid-mismatch", want, "uid {uid}: {reason}");
             }
         }
     }

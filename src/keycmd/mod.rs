@@ -218,6 +218,12 @@ pub fn answer(
         record(log, Level::Warning, "refuse", reason);
         return Ok(refuse(reason));
     }
+    if view.user.uid.is_some_and(|uid| Some(uid) != request.uid) {
+        // Not the account the store gave this user: a former user's, under a name that
+        // was added again (its uid is retired), or one made by hand.
+        record(log, Level::Warning, "refuse", "uid-mismatch");
+        return Ok(refuse("uid-mismatch"));
+    }
     let mut view = view;
     if view.user.port_forwarding && config.jail.group.is_some() && jailed(config, user, request.uid) {
         // sshd's configuration may turn forwarding back on for the jail group (sshd keeps

@@ -127,8 +127,8 @@ pub(crate) fn retire(tx: &Transaction<'_>, name: &str, now: crate::time::Timesta
 }
 
 /// Users from before uids were allocated (schema 5) get one: a directory user its
-/// `uidNumber`, a user whose account this host already has that account's uid (when in
-/// the range), anyone else a fresh one. Returns how many were given a uid.
+/// `uidNumber`, a user whose account this host already has that account's uid (when
+/// served: from uid_min up), anyone else a fresh one. Returns how many were given a uid.
 pub(crate) fn backfill(
     tx: &Transaction<'_>,
     range: UidRange,
@@ -142,7 +142,9 @@ pub(crate) fn backfill(
     let mut given = Vec::new();
     let mut fresh = Vec::new();
     for (id, name, uid_number) in missing {
-        let kept = uid_number.or_else(|| account_uid(&name).filter(|u| (range.min..=range.max).contains(u)));
+        // An account above the range was served before uids were given (the login path
+        // serves every uid from uid_min up): it keeps its uid, or its user is locked out.
+        let kept = uid_number.or_else(|| account_uid(&name).filter(|u| *u >= range.min));
         match kept {
             Some(uid) if holder(tx, uid)?.is_none() => {
                 tx.execute("UPDATE users SET uid = ?2 WHERE id = ?1", params![id, uid])?;

@@ -339,10 +339,22 @@ impl Gatehouse {
     /// `args` are the user and what follows the uid (`%u [%f %t %k]`); [`SERVED_UID`] is
     /// passed as `%U`.
     pub fn keys(&self, args: &[&str]) -> Output {
+        let uid = args.first().map_or(SERVED_UID.to_string(), |user| self.store_uid(user));
         let mut all: Vec<&str> = args.iter().take(1).copied().collect();
-        all.push(SERVED_UID);
+        all.push(&uid);
         all.extend(args.iter().skip(1));
         Command::new(&self.keys_bin).arg("--config").arg(&self.config).arg("--").args(all).output().unwrap()
+    }
+
+    /// The uid the store gave `user`, as sshd would pass it for their account (%U);
+    /// [`SERVED_UID`] for a user the store does not have.
+    pub fn store_uid(&self, user: &str) -> String {
+        let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY;
+        let uid: Option<u32> = rusqlite::Connection::open_with_flags(&self.store, flags)
+            .and_then(|c| c.query_row("SELECT uid FROM users WHERE name = ?1", [user], |r| r.get(0)))
+            .ok()
+            .flatten();
+        uid.map_or(SERVED_UID.to_string(), |u| u.to_string())
     }
 
     /// Runs gatehouse-keys with exactly `args` after `--`, the uid included.
@@ -659,4 +671,49 @@ pub fn stdout(out: &Output) -> String {
 
 pub fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Set in the copy of a test or bench that runs inside [`in_userdb_namespace`].
+const USERDB_NAMESPACE: &str = "GATEHOUSE_TEST_USERDB_NAMESPACE";
+const USERDB_DIRS: [&str; 2] = ["/run/userdb", "/etc/userdb"];
+
+/// Outside: runs this program again with `args` in a mount namespace of its own
+/// (unshare(1)) and returns how that ended. Inside (that copy): mounts empty tmpfs over
+/// /run/userdb and /etc/userdb and returns `None`, so systemd user records made there
+/// are served by nss-systemd to this copy and what it starts (sshd), and to nobody else.
+pub fn in_userdb_namespace(args: &[&str]) -> Option<std::process::ExitStatus> {
+    if std::env::var_os(USERDB_NAMESPACE).is_some() {
+        for dir in USERDB_DIRS {
+            let status = Command::new("mount").args(["-t", "tmpfs", "-o", "mode=0755", "tmpfs", dir]).status();
+            assert!(status.is_ok_and(|s| s.success()), "mount tmpfs on {dir}");
+        }
+        return None;
+    }
+    // The mount points, where the host has none: made for the run, removed after it.
+    let made: Vec<&str> = USERDB_DIRS.into_iter().filter(|d| !Path::new(d).exists()).collect();
+    for dir in &made {
+        std::fs::create_dir(dir).unwrap();
+    }
+    let status = Command::new("unshare")
+        .args(["--mount", "--propagation", "private"])
+        .arg(std::env::current_exe().unwrap())
+        .args(args)
+        .env(USERDB_NAMESPACE, "1")
+        .status()
+        .unwrap();
+    for dir in &made {
+        let _ = std::fs::remove_dir(dir);
+    }
+    Some(status)
+}
+
+/// The `[agent]` section for user records in /run/userdb (in place of [`AGENT_USERADD`]).
+pub const AGENT_USERDB: &str = "\n[agent]\naccounts = \"userdb\"\nuserdb_dir = \"/run/userdb\"\n";
+
+impl Gatehouse {
+    /// The agent makes this instance's accounts as user records (after [`Gatehouse::own_accounts`]).
+    pub fn use_userdb(&self) {
+        let config = std::fs::read_to_string(&self.config).unwrap().replace(AGENT_USERADD, AGENT_USERDB);
+        std::fs::write(&self.config, config).unwrap();
+    }
 }
