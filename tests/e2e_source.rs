@@ -88,10 +88,15 @@ fn two_nodes_follow_postgresql_and_refuse_once_it_is_stale() {
     let fp = key.fingerprint.clone();
     // Timed on the login path itself (gatehouse-keys on each node, as sshd runs it), then
     // confirmed with real logins: an ssh login alone takes a few hundred ms here.
-    let took = on_all(&[&a, &b], Duration::from_secs(10), |n| serves(n, &user.name, &key)).map(|_| added.elapsed());
-    eprintln!("key added -> served on both nodes: {took:?}");
+    // Bounds are from the commit (the command's return or the API's answer): on a loaded
+    // machine a debug build's CLI takes over a second to start, connect and write.
+    let took = on_all(&[&a, &b], Duration::from_secs(10), |n| serves(n, &user.name, &key));
+    eprintln!(
+        "key added -> served on both nodes: {took:?} after the commit, {:?} after the command started",
+        added.elapsed()
+    );
     let took = took.expect("the key was never served on both nodes");
-    assert!(took <= Duration::from_secs(1), "key added -> served on both took {took:?}");
+    assert!(took <= Duration::from_secs(1), "key added -> served on both took {took:?} after the commit");
     let login = |n: &Node| n.sshd.ssh(&user.name, &key.private, &["true"]).status.success();
     assert!(on_all(&[&a, &b], Duration::from_secs(10), login).is_some(), "no ssh login on both nodes");
     let mirrored = std::process::Command::new("sqlite3")
@@ -107,8 +112,11 @@ fn two_nodes_follow_postgresql_and_refuse_once_it_is_stale() {
     // Removed through node B's CLI: refused on both within a second.
     let removed = Instant::now();
     b.gh.ok(&["key", "remove", &user.name, &fp]);
-    let took = on_all(&[&a, &b], Duration::from_secs(10), |n| !serves(n, &user.name, &key)).map(|_| removed.elapsed());
-    eprintln!("key removed -> refused on both nodes: {took:?}");
+    let took = on_all(&[&a, &b], Duration::from_secs(10), |n| !serves(n, &user.name, &key));
+    eprintln!(
+        "key removed -> refused on both nodes: {took:?} after the commit, {:?} after the command started",
+        removed.elapsed()
+    );
     let took = took.expect("the removed key is still served");
     assert!(took <= Duration::from_secs(1), "key removed -> refused on both took {took:?}");
     assert!(!login(&a) && !login(&b), "the removed key still logs in");
@@ -127,8 +135,11 @@ fn two_nodes_follow_postgresql_and_refuse_once_it_is_stale() {
         .send(serde_json::json!({ "key": second.public }).to_string())
         .unwrap();
     assert!(response.status().is_success(), "{}", response.status());
-    let took = on_all(&[&a, &b], Duration::from_secs(10), |n| serves(n, &user.name, &second)).map(|_| added.elapsed());
-    eprintln!("key added through the API -> served on both nodes: {took:?}");
+    let took = on_all(&[&a, &b], Duration::from_secs(10), |n| serves(n, &user.name, &second));
+    eprintln!(
+        "key added through the API -> served on both nodes: {took:?} after the answer, {:?} after the request",
+        added.elapsed()
+    );
     assert!(took.expect("the API's key was never served on both nodes") <= Duration::from_secs(1));
     let login2 = |n: &Node| n.sshd.ssh(&user.name, &second.private, &["true"]).status.success();
     assert!(login2(&a) && login2(&b), "the API's key logs in on both nodes");
@@ -150,8 +161,9 @@ fn two_nodes_follow_postgresql_and_refuse_once_it_is_stale() {
     assert!(took >= Duration::from_secs(2), "refused too early ({took:?}): staleness_max is 4s");
     let doctor = stdout(&b.gh.cli(&["doctor"]));
     assert!(doctor.contains("the copy of the source is stale") && doctor.contains("source: "), "{doctor}");
+    // gatehouse-keys refuses, or, when the limit passed during the login, gatehouse-shell.
     let log = a.gh.log.drain().join("\n");
-    assert!(log.contains("reason=source-stale"), "{log}");
+    assert!(log.contains("reason=source-stale") && !log.contains("directory-stale"), "{log}");
 
     // Back: the nodes catch up and serve again.
     pg.run();

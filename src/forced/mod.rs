@@ -39,6 +39,7 @@ pub enum Reason {
     ScopeOutsidePolicy,
     BadStoredField,
     DirectoryStale,
+    SourceStale,
     CommandTooLong,
     BadCommand,
     CommandNotUtf8,
@@ -56,7 +57,7 @@ pub enum Reason {
 }
 
 impl Reason {
-    pub const ALL: [Reason; 23] = [
+    pub const ALL: [Reason; 24] = [
         Reason::BadUserName,
         Reason::SystemAccount,
         Reason::UidMismatch,
@@ -66,6 +67,7 @@ impl Reason {
         Reason::ScopeOutsidePolicy,
         Reason::BadStoredField,
         Reason::DirectoryStale,
+        Reason::SourceStale,
         Reason::CommandTooLong,
         Reason::BadCommand,
         Reason::CommandNotUtf8,
@@ -93,6 +95,7 @@ impl Reason {
             Reason::ScopeOutsidePolicy => "scope-outside-policy",
             Reason::BadStoredField => "bad-stored-field",
             Reason::DirectoryStale => "directory-stale",
+            Reason::SourceStale => "source-stale",
             Reason::CommandTooLong => "command-too-long",
             Reason::BadCommand => "bad-command",
             Reason::CommandNotUtf8 => "command-not-utf-8",
@@ -305,11 +308,18 @@ fn refuse(message: impl Into<String>, reason: Reason) -> Action {
     Action::Refuse { message: message.into(), reason, code: exit::REFUSED }
 }
 
-fn stale() -> Action {
-    refuse(
-        "Your account comes from the directory, which has been out of reach too long; try again later.",
-        Reason::DirectoryStale,
-    )
+fn stale(view: &crate::store::LoginView) -> Action {
+    if view.user.source == crate::domain::SOURCE_SHARED {
+        refuse(
+            "Your account comes from the shared database, which has been out of reach too long; try again later.",
+            Reason::SourceStale,
+        )
+    } else {
+        refuse(
+            "Your account comes from the directory, which has been out of reach too long; try again later.",
+            Reason::DirectoryStale,
+        )
+    }
 }
 
 fn greeting(session: &Session<'_>) -> Action {
@@ -415,7 +425,7 @@ pub fn decide(config: &Config, store: &dyn LoginStore, session: &Session<'_>) ->
         return Ok(revoked());
     };
     if !view.fresh(config.staleness_max(&view.user.source), session.now) {
-        return Ok(stale());
+        return Ok(stale(&view));
     }
     let scope = match usable_scope(&view.user, key, session.now) {
         Ok(scope) => scope,
@@ -535,7 +545,7 @@ pub fn decide_login_shell(
         return Ok(refusal);
     }
     if !view.fresh(config.staleness_max(&view.user.source), session.now) {
-        return Ok(stale());
+        return Ok(stale(&view));
     }
     if view.user.state != UserState::Enabled {
         return Ok(refuse(format!("Account {} is disabled.", session.user), Reason::UserDisabled));

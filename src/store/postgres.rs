@@ -188,7 +188,15 @@ pub fn connect(cfg: &SourceConfig) -> Result<Client, StoreError> {
         .url
         .parse()
         .map_err(|e| StoreError::Unavailable { path: at.clone(), reason: format!("source.url: {e}") })?;
-    pg.connect_timeout(cfg.timeout).application_name("gatehouse");
+    // A node cut off without a reset must notice within about the timeout, not after
+    // TCP's retransmissions (minutes): unacknowledged data gives up after it, and an idle
+    // connection waiting for a notice is probed from 10 s on.
+    pg.connect_timeout(cfg.timeout)
+        .tcp_user_timeout(cfg.timeout)
+        .keepalives_idle(std::time::Duration::from_secs(10))
+        .keepalives_interval(cfg.timeout)
+        .keepalives_retries(3)
+        .application_name("gatehouse");
     if let Some(file) = &cfg.password_file {
         pg.password(read_password(file)?);
     }
