@@ -60,6 +60,8 @@ fn the_host_follows_the_store_within_a_second() {
     let account = nix::unistd::User::from_name(&alice).unwrap().expect("the agent made the account");
     assert!((42000..=42999).contains(&account.uid.as_raw()), "uid {}", account.uid);
     assert_eq!(account.shell, gh.shell_bin, "accounts get gatehouse-shell as their login shell");
+    // The account comes first in a pass and the folder after it: ssh may win the race.
+    wait_until(Duration::from_millis(20), Duration::from_secs(5), || gh.data.join(&alice).exists());
     let folder = std::fs::metadata(gh.data.join(&alice)).expect("the agent made the data folder");
     assert_eq!(std::os::unix::fs::MetadataExt::uid(&folder), account.uid.as_raw());
     let doctor = stdout(&gh.cli(&["doctor"]));

@@ -69,6 +69,7 @@ fn accounts_are_user_records_served_by_nss_systemd() {
     assert_eq!(std::fs::read_to_string("/etc/passwd").unwrap(), passwd_before, "/etc/passwd is never edited");
     let out = sshd.ssh(&alice, &a_key.private, &["id", "-u"]);
     assert_eq!(stdout(&out).trim(), uid.to_string(), "{}", stderr(&out));
+    wait_until(Duration::from_millis(20), Duration::from_secs(5), || gh.data.join(&alice).exists());
     let folder = std::fs::metadata(gh.data.join(&alice)).expect("the agent made the data folder");
     assert_eq!(std::os::unix::fs::MetadataExt::uid(&folder), uid);
 
