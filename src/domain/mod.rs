@@ -24,6 +24,22 @@ pub struct User {
     pub uid: Option<u32>,
 }
 
+#[cfg(test)]
+impl User {
+    /// A user as unit tests write them: no forwarding, made at the epoch, no uid yet.
+    pub fn for_tests(name: &str, policy: Scope, state: UserState, source: &str) -> User {
+        User {
+            name: name.into(),
+            state,
+            policy,
+            port_forwarding: false,
+            created: Timestamp::EPOCH,
+            source: source.into(),
+            uid: None,
+        }
+    }
+}
+
 /// A change to a user's policy; `None` leaves that part as it is.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PolicyChange {

@@ -737,15 +737,7 @@ mod tests {
     }
 
     fn user(name: &str, policy: Scope, state: UserState, source: &str) -> crate::store::User {
-        crate::store::User {
-            name: name.into(),
-            state,
-            policy,
-            port_forwarding: false,
-            created: Timestamp::EPOCH,
-            source: source.into(),
-            uid: None,
-        }
+        crate::store::User::for_tests(name, policy, state, source)
     }
 
     /// What a decision comes to, in a word: the verb run, `shell`, or the refusal's reason.

@@ -68,15 +68,7 @@ struct Store {
 }
 
 fn user(name: &str, policy: Scope, state: UserState, source: &str) -> User {
-    User {
-        name: name.into(),
-        state,
-        policy,
-        port_forwarding: false,
-        created: Timestamp::EPOCH,
-        source: source.into(),
-        uid: None,
-    }
+    User::for_tests(name, policy, state, source)
 }
 
 impl LoginStore for Store {

@@ -163,44 +163,20 @@ impl Postgres {
 
     /// Runs SQL as the superuser over the private socket.
     pub fn psql(&self, sql: &str) -> String {
-        let socket = self.dir.join("socket");
-        let out = as_postgres(
-            &self.bin.join("psql"),
-            &[
-                "-h",
-                socket.to_str().unwrap(),
-                "-p",
-                &self.port.to_string(),
-                "-d",
-                "postgres",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-Atc",
-                sql,
-            ],
-        );
-        assert!(out.status.success(), "psql {sql}: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8(out.stdout).unwrap()
+        self.sql_in("postgres", sql)
     }
 
     /// SQL in the `gatehouse` database.
     pub fn query(&self, sql: &str) -> String {
+        self.sql_in("gatehouse", sql)
+    }
+
+    /// `sql` in `database`, as the superuser over the private socket; its output.
+    fn sql_in(&self, database: &str, sql: &str) -> String {
         let socket = self.dir.join("socket");
-        let out = as_postgres(
-            &self.bin.join("psql"),
-            &[
-                "-h",
-                socket.to_str().unwrap(),
-                "-p",
-                &self.port.to_string(),
-                "-d",
-                "gatehouse",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-Atc",
-                sql,
-            ],
-        );
+        let port = self.port.to_string();
+        let args = ["-h", socket.to_str().unwrap(), "-p", &port, "-d", database, "-v", "ON_ERROR_STOP=1", "-Atc", sql];
+        let out = as_postgres(&self.bin.join("psql"), &args);
         assert!(out.status.success(), "psql {sql}: {}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8(out.stdout).unwrap()
     }
