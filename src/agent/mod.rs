@@ -78,7 +78,7 @@ pub fn reconcile(config: &Config, log: &mut Logger) -> Result<Pass, StoreError> 
     let records = userdb::in_force(config).then(|| userdb::existing(&config.agent.userdb_dir));
     if let Some(Ok(found)) = &records {
         accounts.add_records(found.users.iter().map(|(name, uid)| (name.clone(), *uid)));
-        userdb::add_foreign_records(&config.agent.userdb_dir, &mut accounts);
+        userdb::add_foreign_records(config, found, &mut accounts);
     }
     let mut steps = provision::plan(config, &users, &accounts);
     if let Some(found) = records {

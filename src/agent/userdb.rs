@@ -106,84 +106,93 @@ fn records_of(config: &Config, user: &User, uid: u32) -> Records {
     Records { files }
 }
 
-/// The records of ours a folder holds.
+/// The records a folder holds: ours, and other programs'.
 #[derive(Debug, Default)]
 pub struct Existing {
     /// Users (name → uid), from `NAME.user` files that carry our service.
     pub users: BTreeMap<String, u32>,
     /// Every file that belongs to them.
     files: Vec<String>,
+    /// Other programs' users (name, uid, gid) and groups (name, gid).
+    foreign_users: Vec<(String, u32, u32)>,
+    foreign_groups: Vec<(String, u32)>,
 }
 
-/// The records of ours in `dir` now.
+fn read_json(path: &Path) -> Option<serde_json::Value> {
+    serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()
+}
+
+fn id_of(v: &serde_json::Value, key: &str) -> Option<u32> {
+    v[key].as_u64().and_then(|n| u32::try_from(n).ok())
+}
+
+/// The records in `dir` now, in one read of the folder: each `NAME.user` file is parsed
+/// once, and of the `NAME.group` files only those not of our users.
 pub fn existing(dir: &Path) -> Result<Existing, String> {
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Existing::default()),
         Err(e) => return Err(format!("{}: {e}", dir.display())),
     };
-    let mut users = BTreeMap::new();
+    let mut found = Existing::default();
     let mut names = Vec::new();
+    let mut group_files = Vec::new();
     for entry in entries.flatten() {
         let Ok(file) = entry.file_name().into_string() else { continue };
         names.push(file.clone());
-        let Some(name) = file.strip_suffix(".user") else { continue };
-        if !entry.file_type().is_ok_and(|t| t.is_file()) || name.bytes().all(|b| b.is_ascii_digit()) {
-            continue;
+        let regular = entry.file_type().is_ok_and(|t| t.is_file());
+        let numeric = |stem: &str| stem.bytes().all(|b| b.is_ascii_digit());
+        if let Some(name) = file.strip_suffix(".group").filter(|n| regular && !numeric(n)) {
+            group_files.push(name.to_string());
         }
-        let Ok(text) = std::fs::read_to_string(entry.path()) else { continue };
-        let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else { continue };
+        let Some(name) = file.strip_suffix(".user").filter(|n| regular && !numeric(n)) else { continue };
+        let Some(v) = read_json(&entry.path()) else { continue };
+        let Some(uid) = id_of(&v, "uid") else { continue };
         if v["service"] == SERVICE && v["userName"] == name {
-            if let Some(uid) = v["uid"].as_u64().and_then(|u| u32::try_from(u).ok()) {
-                users.insert(name.to_string(), uid);
-            }
+            found.users.insert(name.to_string(), uid);
+        } else if let Some(user) = v["userName"].as_str() {
+            found.foreign_users.push((user.to_string(), uid, id_of(&v, "gid").unwrap_or(uid)));
+        }
+    }
+    for name in group_files.iter().filter(|n| !found.users.contains_key(*n)) {
+        let Some(v) = read_json(&dir.join(format!("{name}.group"))) else { continue };
+        if let (Some(group), Some(gid)) = (v["groupName"].as_str(), id_of(&v, "gid")) {
+            found.foreign_groups.push((group.to_string(), gid));
         }
     }
     // Each of our users' files: the ones their records are made of.
-    let mut files = Vec::new();
+    let uids: HashSet<u32> = found.users.values().copied().collect();
     for file in names {
         let owner =
             file.split_once(':').map(|(u, _)| u).or_else(|| file.rsplit_once('.').map(|(stem, _)| stem)).unwrap_or("");
-        let by_number = owner.parse::<u32>().ok().filter(|n| users.values().any(|u| u == n));
-        if users.contains_key(owner) || by_number.is_some() {
-            files.push(file);
+        let by_number = owner.parse::<u32>().is_ok_and(|n| uids.contains(&n));
+        if by_number || found.users.contains_key(owner) {
+            found.files.push(file);
         }
     }
-    Ok(Existing { users, files })
+    Ok(found)
 }
 
-/// Other programs' user and group records in the folders nss-systemd reads (ours in
-/// `own` left out), added to `accounts`: the enumeration leaves nss-systemd out, and a
-/// uid, gid or name they hold must not be given to a record of ours.
-pub fn add_foreign_records(own: &Path, accounts: &mut Accounts) {
-    for dir in NSS_SYSTEMD_DIRS.iter().map(Path::new) {
-        let Ok(entries) = std::fs::read_dir(dir) else { continue };
-        for entry in entries.flatten() {
-            let Ok(file) = entry.file_name().into_string() else { continue };
-            let is_user = file.ends_with(".user");
-            if !(is_user || file.ends_with(".group")) || !entry.file_type().is_ok_and(|t| t.is_file()) {
-                continue;
-            }
-            let Ok(text) = std::fs::read_to_string(entry.path()) else { continue };
-            let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else { continue };
-            if dir == own && v["service"] == SERVICE {
-                continue;
-            }
-            let id = |key: &str| v[key].as_u64().and_then(|n| u32::try_from(n).ok());
-            match (is_user, v["userName"].as_str(), v["groupName"].as_str()) {
-                (true, Some(name), _) => {
-                    if let Some(uid) = id("uid") {
-                        accounts.add_account(name, uid, id("gid").unwrap_or(uid));
-                    }
-                }
-                (false, _, Some(name)) => {
-                    if let Some(gid) = id("gid") {
-                        accounts.add_group(name, gid);
-                    }
-                }
-                _ => {}
-            }
+/// Other programs' user and group records in the folders nss-systemd reads, added to
+/// `accounts`: the enumeration leaves nss-systemd out, and a uid, gid or name they hold
+/// must not be given to a record of ours. `own` is what [`existing`] read of
+/// agent.userdb_dir; any record in another folder is another program's.
+pub fn add_foreign_records(config: &Config, own: &Existing, accounts: &mut Accounts) {
+    let add = |found: &Existing, accounts: &mut Accounts| {
+        for (name, uid, gid) in &found.foreign_users {
+            accounts.add_account(name, *uid, *gid);
         }
+        for (name, gid) in &found.foreign_groups {
+            accounts.add_group(name, *gid);
+        }
+    };
+    add(own, accounts);
+    for dir in NSS_SYSTEMD_DIRS.iter().map(Path::new).filter(|d| *d != config.agent.userdb_dir) {
+        let Ok(other) = existing(dir) else { continue };
+        for (name, uid) in &other.users {
+            accounts.add_account(name, *uid, *uid);
+        }
+        add(&other, accounts);
     }
 }
 
@@ -424,6 +433,11 @@ mod tests {
         assert_eq!(bob["homeDirectory"], "/data/bob");
         let mode = std::fs::metadata(dir.join("alice.user-privileged")).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
+        // The foreign record is read as another program's account, and ours as ours.
+        let found = existing(&dir).unwrap();
+        assert_eq!(found.foreign_users, [("other".to_string(), 20500, 20500)]);
+        assert_eq!(found.users.len(), 2);
+        assert!(found.foreign_groups.is_empty(), "our own groups are not foreign: {:?}", found.foreign_groups);
         // Nothing changed: nothing written.
         assert!(sync(&c, &users, &accounts, &existing(&dir).unwrap()).unwrap().written.is_empty());
         // bob removed, alice re-added under a new uid: bob's files go, alice's old uid link too.
