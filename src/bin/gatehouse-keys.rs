@@ -51,6 +51,12 @@ fn main() -> ExitCode {
         })
     };
     let mut log = Logger::open("gatehouse-keys", &config);
+    let refused = |log: &mut Logger, error: &str| {
+        log.log(
+            Level::Error,
+            &[("user", &user), ("fingerprint", &fingerprint), ("verdict", "refuse"), ("error", error)],
+        )
+    };
     if let Err(e) = gatehouse::keycmd::lines::LineContext::from_config(&config) {
         log.log(Level::Error, &[("error", &e)]);
         return ExitCode::from(exit::CONFIG);
@@ -58,10 +64,7 @@ fn main() -> ExitCode {
     let store = match SqliteStore::open_reader(&config.store.path, config.store.login_timeout_ms) {
         Ok(s) => s,
         Err(e) => {
-            log.log(
-                Level::Error,
-                &[("user", &user), ("fingerprint", &fingerprint), ("verdict", "refuse"), ("error", &e.to_string())],
-            );
+            refused(&mut log, &e.to_string());
             return ExitCode::from(exit::STORE);
         }
     };
@@ -75,10 +78,7 @@ fn main() -> ExitCode {
     match result {
         Ok(_) => ExitCode::SUCCESS,
         Err(e) => {
-            log.log(
-                Level::Error,
-                &[("user", &user), ("fingerprint", &fingerprint), ("verdict", "refuse"), ("error", &e.to_string())],
-            );
+            refused(&mut log, &e.to_string());
             ExitCode::from(match e {
                 keycmd::AnswerError::Config(_) => exit::CONFIG,
                 keycmd::AnswerError::Store(_) | keycmd::AnswerError::Output(_) => exit::STORE,
