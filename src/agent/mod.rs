@@ -135,8 +135,8 @@ fn sync_records(
             for (user, why) in &out.refused {
                 run.failed(user, "account", &format!("no user record: {why}"));
             }
-            let now = out.now;
-            (out.held.into_iter().chain(out.before).collect(), now)
+            let held = out.now.iter().map(|(name, _)| name.clone()).chain(out.before).collect();
+            (held, out.now)
         }
         Err(e) => {
             run.failed("-", "account", &format!("user records in {}: {e}", run.config.agent.userdb_dir.display()));

@@ -204,8 +204,6 @@ pub struct Outcome {
     pub removed: Vec<String>,
     /// Users refused a record: `(user, why)`.
     pub refused: Vec<(String, String)>,
-    /// Names with a record of ours (after the pass): not accounts provisioning may touch.
-    pub held: HashSet<String>,
     /// Names that had a record of ours before the pass: members of users.group.
     pub before: Vec<String>,
     /// The records of ours after the pass (name, uid).
@@ -223,7 +221,6 @@ pub fn sync(config: &Config, users: &[User], accounts: &Accounts, found: &Existi
         written: Vec::new(),
         removed: Vec::new(),
         refused: Vec::new(),
-        held: HashSet::new(),
         before: existing.keys().cloned().collect(),
         now: Vec::new(),
     };
@@ -294,7 +291,6 @@ pub fn sync(config: &Config, users: &[User], accounts: &Accounts, found: &Existi
             };
             out.written.push((name.clone(), what.to_string()));
         }
-        out.held.insert(name.clone());
         out.now.push((name.clone(), *uid));
     }
     Ok(out)
