@@ -324,8 +324,9 @@ pub fn apply(config: &Config, step: &Step) -> Result<(), String> {
                 .arg(&home)
                 .args(["-s", shell]);
             if let Some(uid) = uid {
-                // The store's uid, and the same number for the user's own group.
-                cmd.args(["-u", &uid.to_string(), "-K", &format!("GID_MIN={uid}"), "-K", &format!("GID_MAX={uid}")]);
+                // The store's uid. The user's own group takes the same number when it is
+                // free (useradd's own preference), another one when a group holds it.
+                cmd.args(["-u", &uid.to_string()]);
             }
             if nix::unistd::Group::from_name(&config.users.group).ok().flatten().is_some() {
                 cmd.args(["-G", &config.users.group]);

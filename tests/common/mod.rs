@@ -323,10 +323,16 @@ impl Gatehouse {
         Command::new(&self.cli_bin).arg("--config").arg(&self.config).args(args).stdin(Stdio::null()).output().unwrap()
     }
 
-    /// Runs the CLI and returns stdout, panicking with stderr on failure.
+    /// Runs the CLI and returns stdout, panicking with stderr and stdout on failure (a
+    /// failed provisioning step is said on stdout).
     pub fn ok(&self, args: &[&str]) -> String {
         let out = self.cli(args);
-        assert!(out.status.success(), "gatehouse {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "gatehouse {args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
+        );
         String::from_utf8(out.stdout).unwrap()
     }
 
