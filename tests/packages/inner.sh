@@ -50,10 +50,14 @@ inner() {
     check_units_enabled
 
     # --- 2. upgrade ----------------------------------------------------------------
-    step "upgrade to -2 (the same packages, rebuilt with a new revision)"
+    step "upgrade to -2 (the same packages, rebuilt with a new revision), from a schema-5 store"
+    # The store as a release before store-allocated uids (schema 5) left it: the upgrade's
+    # postinst must migrate it and give alice the uid her account already has.
+    downgrade_store_to_5
     bump_revision
     packages_dir=tmp/packages-2 apt_install gatehouse gatehoused gatehouse-ldap
     expect_version gatehouse 2
+    expect_store_migrated alice
     restart_sshd
     logs_in alice
     logs_in bob
@@ -303,6 +307,28 @@ bump_revision() {
         rm -rf "$dir"
     done
 }
+# Undoes migration 6 of src/store/schema.rs (the uid column, retired_uids), as SQLite
+# allows since 3.35, so the store is what a schema-5 build wrote.
+downgrade_store_to_5() {
+    local db=$root/var/lib/gatehouse/store.db
+    # A later migration must be undone here too, before this one.
+    [ "$(sqlite3 "$db" 'PRAGMA user_version')" = 6 ] || fail "the store is not at schema 6: undo the newer migrations here"
+    sqlite3 "$db" 'PRAGMA foreign_keys = OFF; BEGIN; DROP INDEX users_by_uid;
+        ALTER TABLE users DROP COLUMN uid; DROP TABLE retired_uids; PRAGMA user_version = 5; COMMIT;' ||
+        fail "could not take the store back to schema 5"
+    printf 'packages:   store taken back to schema 5\n'
+}
+
+# The upgraded store is at the current schema, and $1 got the uid of their account.
+expect_store_migrated() {
+    local db=$root/var/lib/gatehouse/store.db want got
+    [ "$(sqlite3 "$db" 'PRAGMA user_version')" -ge 6 ] || fail "the upgrade did not migrate the store"
+    want=$(in_tree id -u "$1")
+    got=$(sqlite3 "$db" "SELECT uid FROM users WHERE name = '$1'")
+    [ "$got" = "$want" ] || fail "after the upgrade the store gives $1 uid '$got', the account has $want"
+    printf 'packages:   store migrated from schema 5, %s keeps uid %s\n' "$1" "$want"
+}
+
 expect_version() {
     local got
     got=$(in_tree dpkg-query -W -f "\${Version}" "$1")
