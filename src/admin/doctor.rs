@@ -215,12 +215,37 @@ fn first<'a>(settings: &'a HashMap<String, Vec<String>>, key: &str) -> Option<&'
 }
 
 /// Runs every check; the caller prints the findings.
+/// Where the programs' log lines go, found as they find it (log.target).
+fn log_destination(r: &mut Report, config: &Config) {
+    let log = &config.log;
+    match crate::log::Logger::open("gatehouse", config).destination() {
+        "syslog" => {
+            r.ok(format!("log lines go to syslog at {} (log.target {})", log.socket.display(), log.target.as_str()))
+        }
+        "journal" => r.ok(format!(
+            "log lines go to the journal at {} (log.target {}), each pair a GATEHOUSE_* field",
+            log.journal_socket.display(),
+            log.target.as_str()
+        )),
+        _ if log.target == crate::config::LogTarget::Stderr => {
+            r.warn("log.target stderr: sshd discards gatehouse-keys' standard error, so its decisions are not kept")
+        }
+        _ => r.warn(format!(
+            "neither syslog ({}) nor the journal ({}) answers: log lines go to standard error only, \
+             and sshd discards gatehouse-keys'",
+            log.socket.display(),
+            log.journal_socket.display()
+        )),
+    }
+}
+
 pub fn diagnose(config: &Config, options: &DoctorOptions<'_>) -> Vec<Finding> {
     let mut r = Report(Vec::new());
     match &config.source {
         Some(p) => r.ok(format!("config {} parsed and trusted", p.display())),
         None => r.warn(format!("no config file at {}; defaults in use", crate::config::DEFAULT_PATH)),
     }
+    log_destination(&mut r, config);
 
     // Store and the files a read-only reader needs.
     for file in store_files(&config.store.path) {

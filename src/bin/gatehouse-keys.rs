@@ -38,12 +38,12 @@ fn main() -> ExitCode {
     let user = request.user.clone().unwrap_or_else(|| "<not utf-8>".to_string());
     let fingerprint = request.fingerprint.clone().unwrap_or_else(|| "-".to_string());
     let watchdog = {
-        let (socket, stderr) = (config.log.socket.clone(), config.log.stderr);
+        let log_config = config.log.clone();
         let (user, fingerprint) = (user.clone(), fingerprint.clone());
         let ms = config.store.login_timeout_ms;
         Watchdog::start(Duration::from_millis(u64::from(ms)), move || {
             let error = format!("no answer from the store within store.login_timeout_ms ({ms} ms)");
-            Logger::open_at("gatehouse-keys", &socket, stderr).log(
+            Logger::with("gatehouse-keys", &log_config).log(
                 Level::Error,
                 &[("user", &user), ("fingerprint", &fingerprint), ("verdict", "refuse"), ("error", &error)],
             );

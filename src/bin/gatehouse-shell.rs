@@ -89,13 +89,13 @@ fn main() -> ExitCode {
         login_mode,
     };
     let watchdog = {
-        let (socket, stderr) = (config.log.socket.clone(), config.log.stderr);
+        let log_config = config.log.clone();
         let (user, fingerprint) = (session.user.to_string(), session.fingerprint.to_string());
         let ms = config.store.login_timeout_ms;
         Watchdog::start(Duration::from_millis(u64::from(ms)), move || {
             eprintln!("gatehouse-shell: service unavailable, please try again later");
             let error = format!("no answer from the store within store.login_timeout_ms ({ms} ms)");
-            Logger::open_at("gatehouse-shell", &socket, stderr).log(
+            Logger::with("gatehouse-shell", &log_config).log(
                 Level::Error,
                 &[("user", &user), ("fingerprint", &fingerprint), ("verdict", "refuse"), ("error", &error)],
             );

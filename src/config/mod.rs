@@ -25,7 +25,7 @@ pub use jail::JailConfig;
 pub use keys::{KeyFamily, KeysConfig};
 pub use ldap::LdapConfig;
 pub use located::ConfigError;
-pub use log::{LogConfig, DEFAULT_LOG_SOCKET};
+pub use log::{LogConfig, LogTarget, DEFAULT_LOG_SOCKET};
 pub use programs::{GitConfig, ProgramConfig};
 pub use shell::{is_gatehouse_shell, is_plain_path, ShellConfig, DEFAULT_LOGIN_SHELL, DEFAULT_SHELL};
 pub use source::{SourceConfig, SourceTls};
