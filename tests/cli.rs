@@ -891,3 +891,58 @@ fn a_damaged_store_is_reported_as_damaged_not_busy() {
         assert!(!stderr(&out).contains("busy"), "{}", stderr(&out));
     }
 }
+
+#[test]
+fn a_closed_pipe_ends_a_listing_quietly() {
+    let gh = setup("closed-pipe", "");
+    gh.ok(&["user", "add", "alice"]);
+    // `gatehouse user list | head`: the reader is gone before the first write.
+    for args in [&["user", "list"][..], &["user", "list", "--json"], &["audit"]] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = Command::new(&gh.cli_bin)
+            .arg("--config")
+            .arg(&gh.config)
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(writer)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}: {:?} {}", out.status, stderr(&out));
+        assert_eq!(stderr(&out), "", "{args:?}");
+    }
+    // The error path still errs: a missing user is not hidden by the closed pipe.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = Command::new(&gh.cli_bin)
+        .arg("--config")
+        .arg(&gh.config)
+        .args(["user", "show", "nobody-here"])
+        .stdout(writer)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+}
+
+#[test]
+fn gatehouse_config_names_the_file_and_config_wins_over_it() {
+    let gh = setup("config-env", "");
+    gh.ok(&["user", "add", "alice"]);
+    let run = |env: &Path, args: &[&str]| {
+        Command::new(&gh.cli_bin)
+            .env("GATEHOUSE_CONFIG", env)
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let out = run(&gh.config, &["user", "list"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).starts_with("alice\t"), "{}", stdout(&out));
+    // --config is taken over the variable.
+    let missing = gh.dir.join("no-such.toml");
+    let out = run(&missing, &["--config", gh.config.to_str().unwrap(), "user", "list"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = run(&missing, &["user", "list"]);
+    assert_fails(&out, 3, "no-such.toml");
+}

@@ -1,6 +1,6 @@
 //! Bulk and migration imports: `import authorized-keys` and `import tsv`.
 
-use super::{Admin, AdminError, KeyOptions};
+use super::{io, Admin, AdminError, KeyOptions};
 use crate::store::{KeyImport, NewKey};
 use std::collections::HashMap;
 use std::io::{BufRead, IsTerminal, Write};
@@ -18,10 +18,6 @@ const MAX_REMEMBERED_NAMES: usize = 100_000;
 pub struct ImportSummary {
     pub imported: u64,
     pub skipped: u64,
-}
-
-fn io(e: std::io::Error) -> AdminError {
-    AdminError::Io(format!("writing output: {e}"))
 }
 
 impl Admin<'_> {

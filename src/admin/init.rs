@@ -78,7 +78,7 @@ pub fn init(
             Some(uid) => format!("user {user}: uid {uid}"),
             None => format!("user {user}: no uid left in users.uid_min..uid_max; widen the range and run init again"),
         };
-        writeln!(out, "{said}").map_err(|e| AdminError::Io(e.to_string()))?;
+        writeln!(out, "{said}").map_err(super::io)?;
     }
     for file in store_files(path) {
         if !file.exists() {
@@ -134,15 +134,13 @@ pub fn init(
         if was < now {
             pg.record(actor, if was == 0 { "store.init" } else { "store.upgrade" }, &format!("from={was} to={now}"))?;
         }
-        writeln!(out, "source {} at schema version {now} (was {was})", pg.path())
-            .map_err(|e| AdminError::Io(e.to_string()))?;
+        writeln!(out, "source {} at schema version {now} (was {was})", pg.path()).map_err(super::io)?;
     }
     let said = match before {
         0 => "created".to_string(),
         v if v < version => format!("upgraded from schema version {v}"),
         _ => "is up to date".to_string(),
     };
-    writeln!(out, "store {} {said} (schema version {version})", path.display())
-        .map_err(|e| AdminError::Io(e.to_string()))?;
+    writeln!(out, "store {} {said} (schema version {version})", path.display()).map_err(super::io)?;
     Ok(action)
 }

@@ -23,6 +23,8 @@ pub enum AdminError {
     Refused(String),
     Store(StoreError),
     Io(String),
+    /// Standard output was closed by its reader (`| head`): not an error, the command stops.
+    OutputClosed,
 }
 
 impl AdminError {
@@ -38,6 +40,7 @@ impl AdminError {
             ) => exit::STORE,
             AdminError::Store(_) => exit::REFUSED,
             AdminError::Io(_) => exit::REFUSED,
+            AdminError::OutputClosed => exit::OK,
         }
     }
 }
@@ -47,6 +50,7 @@ impl fmt::Display for AdminError {
         match self {
             AdminError::Refused(m) | AdminError::Io(m) => f.write_str(m),
             AdminError::Store(e) => e.fmt(f),
+            AdminError::OutputClosed => f.write_str("standard output closed"),
         }
     }
 }
@@ -57,7 +61,11 @@ impl From<StoreError> for AdminError {
     }
 }
 
-fn io(e: std::io::Error) -> AdminError {
+/// An error writing the command's output; a closed pipe is `OutputClosed`.
+pub fn io(e: std::io::Error) -> AdminError {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        return AdminError::OutputClosed;
+    }
     AdminError::Io(format!("writing output: {e}"))
 }
 
@@ -89,7 +97,10 @@ pub struct KeyOptions {
 }
 
 fn print_json(out: &mut dyn Write, value: &impl serde::Serialize) -> Result<(), AdminError> {
-    serde_json::to_writer_pretty(&mut *out, value).map_err(|e| AdminError::Io(e.to_string()))?;
+    serde_json::to_writer_pretty(&mut *out, value).map_err(|e| match e.io_error_kind() {
+        Some(kind) => io(kind.into()),
+        None => AdminError::Io(e.to_string()),
+    })?;
     writeln!(out).map_err(io)
 }
 

@@ -14,7 +14,7 @@ use std::process::ExitCode;
 #[command(name = "gatehouse", version, about = "Gatehouse admin: users, keys, imports, audit, checks")]
 struct Cli {
     /// Configuration file [default: /etc/gatehouse/gatehouse.toml]
-    #[arg(long, global = true, value_name = "FILE")]
+    #[arg(long, global = true, value_name = "FILE", env = "GATEHOUSE_CONFIG", hide_env_values = true)]
     config: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
@@ -327,7 +327,7 @@ fn run(cli: Cli, config: &Config, log: &mut Logger) -> Result<u8, AdminError> {
             let options =
                 doctor::DoctorOptions { sshd: &sshd, sshd_config: sshd_config.as_deref(), user: user.as_deref() };
             let findings = doctor::diagnose(config, &options);
-            let healthy = doctor::print(&findings, &mut out).map_err(|e| AdminError::Io(e.to_string()))?;
+            let healthy = doctor::print(&findings, &mut out).map_err(admin::io)?;
             return Ok(if healthy { exit::OK } else { exit::REFUSED });
         }
         _ => {}
@@ -354,7 +354,7 @@ fn run(cli: Cli, config: &Config, log: &mut Logger) -> Result<u8, AdminError> {
         _ => Box::new(SqliteStore::open_writer(store_path, config.store.busy_timeout_ms, config.users.uid_range())?),
     };
     let mut admin = Admin { config, store: store.as_mut(), actor, log };
-    let say = |out: &mut dyn Write, text: String| writeln!(out, "{text}").map_err(|e| AdminError::Io(e.to_string()));
+    let say = |out: &mut dyn Write, text: String| writeln!(out, "{text}").map_err(admin::io);
     match cli.command {
         Command::Init { .. } | Command::Doctor { .. } | Command::Ldap { .. } | Command::Agent { .. } => {}
         Command::User(cmd) => match cmd {
@@ -516,6 +516,8 @@ fn main() -> ExitCode {
     let mut log = Logger::open("gatehouse", &config);
     match run(cli, &config, &mut log) {
         Ok(code) => ExitCode::from(code),
+        // `gatehouse user list | head`: the reader has what it wanted.
+        Err(AdminError::OutputClosed) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("gatehouse: {e}");
             let actor = admin::cli_actor(gatehouse::time::Timestamp::EPOCH).name;

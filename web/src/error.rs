@@ -81,7 +81,7 @@ impl From<AdminError> for WebError {
         match e {
             AdminError::Store(s) => s.into(),
             AdminError::Refused(m) => WebError::BadRequest(m),
-            AdminError::Io(_) => WebError::Unavailable,
+            AdminError::Io(_) | AdminError::OutputClosed => WebError::Unavailable,
         }
     }
 }
