@@ -946,3 +946,36 @@ fn gatehouse_config_names_the_file_and_config_wins_over_it() {
     let out = run(&missing, &["user", "list"]);
     assert_fails(&out, 3, "no-such.toml");
 }
+
+#[test]
+fn bash_completes_commands_and_subcommands_from_the_generated_script() {
+    let gh = Gatehouse::new("completions", "");
+    let script = gh.dir.join("gatehouse.bash");
+    // No configuration or store is needed to print it.
+    let out = Command::new(&gh.cli_bin).args(["completions", "bash"]).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    std::fs::write(&script, &out.stdout).unwrap();
+    let complete = |line: &str| {
+        let words: Vec<&str> = line.split(' ').collect();
+        let program = format!(
+            "source {}; COMP_WORDS=({}); COMP_CWORD={}; _gatehouse gatehouse '{}' '{}'; printf '%s\\n' \"${{COMPREPLY[@]}}\"",
+            script.display(),
+            words.iter().map(|w| format!("'{w}'")).collect::<Vec<_>>().join(" "),
+            words.len() - 1,
+            words[words.len() - 1],
+            words[words.len() - 2],
+        );
+        let out = Command::new("bash").args(["--norc", "-c", &program]).output().unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        stdout(&out).lines().map(str::to_string).collect::<BTreeSet<String>>()
+    };
+    let top = complete("gatehouse ");
+    for command in ["user", "key", "grant", "doctor", "completions"] {
+        assert!(top.contains(command), "{command} not offered: {top:?}");
+    }
+    let user = complete("gatehouse user ");
+    assert!(user.contains("add") && user.contains("list"), "{user:?}");
+    assert!(!user.contains("grant"), "{user:?}");
+    let out = Command::new(&gh.cli_bin).args(["completions", "tcsh"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "an unknown shell is a usage error");
+}

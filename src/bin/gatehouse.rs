@@ -1,5 +1,5 @@
 //! The admin CLI; see gatehouse(8).
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use gatehouse::admin::{self, doctor, exit, Admin, AdminError, KeyOptions};
 use gatehouse::config::Config;
 use gatehouse::domain::{PolicyChange, Scope, UserState};
@@ -91,6 +91,12 @@ enum Command {
         /// Evaluate sshd's Match blocks for this user [default: the first store user with an account]
         #[arg(long, value_name = "USER")]
         user: Option<String>,
+    },
+    /// Print the shell completion script for bash, zsh or fish
+    Completions {
+        /// The shell
+        #[arg(value_name = "SHELL")]
+        shell: clap_complete::Shell,
     },
 }
 
@@ -356,7 +362,11 @@ fn run(cli: Cli, config: &Config, log: &mut Logger) -> Result<u8, AdminError> {
     let mut admin = Admin { config, store: store.as_mut(), actor, log };
     let say = |out: &mut dyn Write, text: String| writeln!(out, "{text}").map_err(admin::io);
     match cli.command {
-        Command::Init { .. } | Command::Doctor { .. } | Command::Ldap { .. } | Command::Agent { .. } => {}
+        Command::Init { .. }
+        | Command::Doctor { .. }
+        | Command::Ldap { .. }
+        | Command::Agent { .. }
+        | Command::Completions { .. } => {}
         Command::User(cmd) => match cmd {
             UserCommand::Add { name, policy, port_forwarding, disabled } => {
                 admin.user_add(&name, policy, port_forwarding, disabled, "cli")?;
@@ -503,6 +513,20 @@ fn main() -> ExitCode {
             return ExitCode::from(if e.use_stderr() { exit::USAGE } else { exit::OK });
         }
     };
+    // Needs neither the configuration nor the store: the packages run it at build time.
+    if let Command::Completions { shell } = cli.command {
+        // Into a buffer first: clap_complete panics on a failed write (a closed pipe).
+        let mut script = Vec::new();
+        clap_complete::generate(shell, &mut Cli::command(), "gatehouse", &mut script);
+        return match std::io::Write::write_all(&mut std::io::stdout(), &script) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("gatehouse: writing output: {e}");
+                ExitCode::from(exit::REFUSED)
+            }
+        };
+    }
     if let Command::Ldap { args } = &cli.command {
         return run_ldap(cli.config.as_deref(), args);
     }

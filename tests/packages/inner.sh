@@ -241,9 +241,13 @@ check_files_installed() {
         etc/gatehouse/gatehouse.toml etc/ssh/sshd_config.d/gatehouse.conf \
         usr/share/man/man8/gatehouse.8.gz usr/share/man/man5/gatehouse.toml.5.gz \
         lib/systemd/system/gatehouse-agent.service lib/systemd/system/gatehoused.service \
-        lib/systemd/system/gatehouse-ldap-sync.timer var/lib/gatehouse/store.db; do
+        lib/systemd/system/gatehouse-ldap-sync.timer var/lib/gatehouse/store.db \
+        usr/share/bash-completion/completions/gatehouse usr/share/zsh/vendor-completions/_gatehouse \
+        usr/share/fish/vendor_completions.d/gatehouse.fish; do
         [ -e "$root/$f" ] || fail "/$f is missing after install"
     done
+    grep -q 'user' "$root/usr/share/bash-completion/completions/gatehouse" ||
+        fail "the bash completion does not complete gatehouse's commands"
     in_tree getent group gatehouse-users >/dev/null || fail "no group gatehouse-users"
     in_tree id -nG gatehouse-keys | grep -qw gatehouse-users || fail "gatehouse-keys is not in gatehouse-users"
     local mode
