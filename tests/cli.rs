@@ -979,3 +979,64 @@ fn bash_completes_commands_and_subcommands_from_the_generated_script() {
     let out = Command::new(&gh.cli_bin).args(["completions", "tcsh"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2), "an unknown shell is a usage error");
 }
+
+#[test]
+fn key_remove_by_prefix_or_comment_asks_before_removing_several() {
+    let gh = setup("key-remove-names", "");
+    gh.ok(&["user", "add", "alice"]);
+    // Three keys, all with the comment keygen gives (test@gatehouse).
+    let keys: Vec<KeyPair> = (0..3).map(|_| keygen(&gh.dir.path, "ed25519")).collect();
+    for k in &keys {
+        add_ok(&gh, "alice", k, &[]);
+    }
+    let listed = |gh: &Gatehouse| served(gh, "alice").len();
+
+    // A unique prefix removes that key alone.
+    let prefix = &keys[0].fingerprint[..14];
+    let out = gh.cli(&["key", "remove", "alice", prefix]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), format!("removed {} from alice\n", keys[0].fingerprint));
+    assert_eq!(listed(&gh), 2);
+    // Too short a prefix names nothing.
+    assert_fails(&gh.cli(&["key", "remove", "alice", "SHA256:ab"]), 1, "has no key SHA256:ab");
+
+    // The comment names two keys: without a terminal, refused with both listed.
+    let out = gh.cli(&["key", "remove", "alice", "test@gatehouse"]);
+    assert_fails(&out, 1, "names 2 keys of alice");
+    for k in &keys[1..] {
+        assert!(stderr(&out).contains(&k.fingerprint), "{}", stderr(&out));
+    }
+    assert_eq!(listed(&gh), 2, "a refused removal removed something");
+
+    // On a terminal (script(1) gives one), a no keeps them and a yes removes both.
+    let on_terminal = |answer: &str| {
+        let line = format!("{} --config {} key remove alice test@gatehouse", gh.cli_bin.display(), gh.config.display());
+        let mut child = Command::new("script")
+            .args(["-q", "-e", "-c", &line, "/dev/null"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write as _;
+        child.stdin.as_mut().unwrap().write_all(answer.as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).to_string())
+    };
+    let (code, said) = on_terminal("n\n");
+    assert_eq!(code, Some(1), "{said}");
+    assert!(said.contains("Remove all 2? [y/N]") && said.contains("nothing removed"), "{said}");
+    assert_eq!(listed(&gh), 2);
+    let (code, said) = on_terminal("y\n");
+    assert_eq!(code, Some(0), "{said}");
+    assert_eq!(listed(&gh), 0, "{said}");
+
+    // --all says yes in scripts.
+    let k = keygen(&gh.dir.path, "ed25519");
+    add_ok(&gh, "alice", &k, &[]);
+    let again = keygen(&gh.dir.path, "ed25519");
+    add_ok(&gh, "alice", &again, &[]);
+    let out = gh.cli(&["key", "remove", "alice", "test@gatehouse", "--all"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(listed(&gh), 0);
+}

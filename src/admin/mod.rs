@@ -96,6 +96,25 @@ pub struct KeyOptions {
     pub comment: Option<String>,
 }
 
+/// Characters after `SHA256:` a fingerprint prefix needs to name a key: 6 base64
+/// characters, 36 bits, make a chance match among one user's keys negligible.
+pub const MIN_FINGERPRINT_PREFIX: usize = 6;
+
+fn select_keys(keys: Vec<crate::domain::Key>, selector: &str) -> Vec<crate::domain::Key> {
+    match selector.strip_prefix("SHA256:") {
+        Some(rest) if keys.iter().any(|k| k.fingerprint == selector) || rest.len() >= MIN_FINGERPRINT_PREFIX => {
+            let exact: Vec<_> = keys.iter().filter(|k| k.fingerprint == selector).cloned().collect();
+            if exact.is_empty() {
+                keys.into_iter().filter(|k| k.fingerprint.starts_with(selector)).collect()
+            } else {
+                exact
+            }
+        }
+        Some(_) => Vec::new(),
+        None => keys.into_iter().filter(|k| k.comment == selector).collect(),
+    }
+}
+
 fn print_json(out: &mut dyn Write, value: &impl serde::Serialize) -> Result<(), AdminError> {
     serde_json::to_writer_pretty(&mut *out, value).map_err(|e| match e.io_error_kind() {
         Some(kind) => io(kind.into()),
@@ -377,6 +396,13 @@ impl Admin<'_> {
         Ok(())
     }
 
+    /// The keys of `user` that `selector` names: a whole fingerprint, a prefix of one
+    /// (`SHA256:` and at least [`MIN_FINGERPRINT_PREFIX`] characters), or a comment, exactly.
+    pub fn keys_named(&mut self, user: &str, selector: &str) -> Result<Vec<crate::domain::Key>, AdminError> {
+        let keys = self.store.keys(user)?;
+        Ok(select_keys(keys, selector))
+    }
+
     pub fn key_remove(&mut self, user: &str, fingerprint: &str) -> Result<(), AdminError> {
         self.store.remove_key(&self.actor, user, fingerprint)?;
         self.logged("key.remove", &[("user", user), ("fingerprint", fingerprint)]);
@@ -601,4 +627,52 @@ fn write_key(out: &mut dyn Write, k: &Key, now: Timestamp) -> Result<(), AdminEr
     let from = k.from.as_deref().map(|f| format!(" from={f}")).unwrap_or_default();
     writeln!(out, "{} {} {} {} {}{} {}", k.fingerprint, k.algorithm, k.bits, k.scope, expiry, from, k.comment)
         .map_err(io)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::Key;
+
+    fn key(fingerprint: &str, comment: &str) -> Key {
+        Key {
+            user: "alice".into(),
+            algorithm: "ssh-ed25519".into(),
+            blob: String::new(),
+            fingerprint: fingerprint.into(),
+            bits: 256,
+            comment: comment.into(),
+            scope: crate::domain::Scope::Shell,
+            from: None,
+            expires: None,
+            created: Timestamp::EPOCH,
+            source: "cli".into(),
+        }
+    }
+
+    fn named(selector: &str) -> Vec<String> {
+        let keys = vec![
+            key("SHA256:abcdefGHIJ1", "laptop"),
+            key("SHA256:abcdefXYZ22", "laptop"),
+            key("SHA256:zzzzzz00000", "desktop"),
+        ];
+        select_keys(keys, selector).into_iter().map(|k| k.fingerprint).collect()
+    }
+
+    #[test]
+    fn keys_are_named_by_fingerprint_prefix_or_comment() {
+        assert_eq!(named("SHA256:zzzzzz00000"), ["SHA256:zzzzzz00000"]);
+        assert_eq!(named("SHA256:zzzzzz"), ["SHA256:zzzzzz00000"]);
+        assert_eq!(named("SHA256:abcdefG"), ["SHA256:abcdefGHIJ1"]);
+        // A prefix two keys share names both; the caller asks before removing them.
+        assert_eq!(named("SHA256:abcdef").len(), 2);
+        // Too short a prefix names nothing, whatever it would match.
+        assert!(named("SHA256:abc").is_empty());
+        assert!(named("SHA256:").is_empty());
+        assert_eq!(named("desktop"), ["SHA256:zzzzzz00000"]);
+        assert_eq!(named("laptop").len(), 2);
+        // Comments match whole, not in part; fingerprints without SHA256: are not prefixes.
+        assert!(named("lap").is_empty());
+        assert!(named("zzzzzz00000").is_empty());
+    }
 }

@@ -220,8 +220,16 @@ enum KeyCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Remove a key
-    Remove { user: String, fingerprint: String },
+    /// Remove a key, named by its fingerprint, a unique prefix of it, or its comment
+    Remove {
+        /// The key's owner
+        user: String,
+        /// SHA256:… (or a prefix: SHA256: and 6 characters at least), or the key's comment
+        key: String,
+        /// Remove every key KEY names (else several are removed only after a yes on a terminal)
+        #[arg(long)]
+        all: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -416,9 +424,22 @@ fn run(cli: Cli, config: &Config, log: &mut Logger) -> Result<u8, AdminError> {
                 say(&mut out, fingerprint)?;
             }
             KeyCommand::List { user, json } => admin.key_list(&mut out, &user, json)?,
-            KeyCommand::Remove { user, fingerprint } => {
-                admin.key_remove(&user, &fingerprint)?;
-                say(&mut out, format!("removed {fingerprint} from {user}"))?;
+            KeyCommand::Remove { user, key, all } => {
+                let keys = admin.keys_named(&user, &key)?;
+                if keys.len() > 1 && !all && !confirm_removal(&user, &key, &keys)? {
+                    return Ok(exit::REFUSED);
+                }
+                if keys.is_empty() {
+                    return Err(AdminError::Refused(format!(
+                        "{user} has no key {key}: name it by fingerprint (SHA256:…, or a prefix with {} characters \
+                         after the colon at least) or by its whole comment (gatehouse key list {user})",
+                        admin::MIN_FINGERPRINT_PREFIX
+                    )));
+                }
+                for k in keys {
+                    admin.key_remove(&user, &k.fingerprint)?;
+                    say(&mut out, format!("removed {} from {user}", k.fingerprint))?;
+                }
             }
         },
         Command::Import(cmd) => match cmd {
@@ -503,6 +524,29 @@ fn run_ldap(config: Option<&std::path::Path>, args: &[std::ffi::OsString]) -> Ex
     let err = cmd.args(args).exec();
     eprintln!("gatehouse: cannot run {}: {err}", program.display());
     ExitCode::from(exit::CONFIG)
+}
+
+/// Several keys named by one `key remove`: listed, and removed only after a yes typed on
+/// a terminal. Without a terminal the removal is refused (`--all` says yes in scripts).
+fn confirm_removal(user: &str, selector: &str, keys: &[gatehouse::domain::Key]) -> Result<bool, AdminError> {
+    use std::io::{BufRead, IsTerminal};
+    let mut listed = format!("{selector} names {} keys of {user}:\n", keys.len());
+    for k in keys {
+        listed.push_str(&format!("  {} {}\n", k.fingerprint, gatehouse::keys::shown(&k.comment)));
+    }
+    if !(std::io::stdin().is_terminal() && std::io::stderr().is_terminal()) {
+        return Err(AdminError::Refused(format!(
+            "{listed}nothing removed: name one key by its fingerprint, or add --all to remove them all"
+        )));
+    }
+    eprint!("{listed}Remove all {}? [y/N] ", keys.len());
+    let mut answer = String::new();
+    std::io::stdin().lock().read_line(&mut answer).map_err(admin::io)?;
+    if matches!(answer.trim(), "y" | "Y" | "yes") {
+        return Ok(true);
+    }
+    eprintln!("gatehouse: nothing removed");
+    Ok(false)
 }
 
 fn main() -> ExitCode {
