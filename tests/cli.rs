@@ -1040,3 +1040,30 @@ fn key_remove_by_prefix_or_comment_asks_before_removing_several() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(listed(&gh), 0);
 }
+
+#[test]
+fn listings_have_headers_on_a_terminal_and_plain_rows_in_a_pipe() {
+    let gh = setup("columns", "");
+    gh.ok(&["user", "add", "alice"]);
+    gh.ok(&["grant", "add", "alice", "bob/*.git", "read"]);
+    // script(1) runs the command on a terminal.
+    let on_terminal = |args: &str| {
+        let line = format!("{} --config {} {args}", gh.cli_bin.display(), gh.config.display());
+        let out = Command::new("script").args(["-q", "-e", "-c", &line, "/dev/null"]).output().unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        stdout(&out).replace("\r\n", "\n")
+    };
+    let users = on_terminal("user list");
+    let mut lines = users.lines();
+    assert_eq!(
+        lines.next().unwrap().split_whitespace().collect::<Vec<_>>(),
+        ["NAME", "STATE", "POLICY", "FORWARDING", "UID"]
+    );
+    assert!(lines.next().unwrap().starts_with("alice  "), "{users}");
+    assert!(on_terminal("grant list").starts_with("SUBJECT"));
+    assert!(on_terminal("audit").starts_with("TIME"));
+    // Piped: the rows alone, tab-separated, as scripts read them.
+    let piped = gh.ok(&["user", "list"]);
+    assert!(piped.starts_with("alice\tenabled\tshell\t-\t"), "{piped}");
+    assert!(!piped.contains("NAME"));
+}

@@ -5,6 +5,7 @@ pub mod doctor;
 pub mod import;
 pub mod init;
 pub mod provision;
+mod table;
 
 use crate::config::Config;
 use crate::domain::{PolicyChange, Scope, UserState};
@@ -14,6 +15,7 @@ use crate::store::{Actor, AdminStore, AuditQuery, Key, NewKey, StoreError, User}
 use crate::time::{self, Timestamp};
 use std::fmt;
 use std::io::Write;
+use table::Table;
 
 /// Exit statuses, as documented in gatehouse(8).
 pub use crate::exit;
@@ -75,6 +77,8 @@ pub struct Admin<'a> {
     pub store: &'a mut dyn AdminStore,
     pub actor: Actor,
     pub log: &'a mut Logger,
+    /// Listings get a header line and aligned columns (standard output is a terminal).
+    pub columns: bool,
 }
 
 /// `cli:<login name>` for the user running the CLI.
@@ -207,19 +211,17 @@ impl Admin<'_> {
         if json {
             return print_json(out, &users);
         }
+        let mut table = Table::new(&["NAME", "STATE", "POLICY", "FORWARDING", "UID"], "\t");
         for u in &users {
-            writeln!(
-                out,
-                "{}\t{}\t{}\t{}\t{}",
-                u.name,
-                u.state.as_str(),
-                u.policy,
-                if u.port_forwarding { "forwarding" } else { "-" },
-                u.uid.map_or("-".to_string(), |uid| uid.to_string())
-            )
-            .map_err(io)?;
+            table.row(vec![
+                u.name.clone(),
+                u.state.as_str().to_string(),
+                u.policy.to_string(),
+                if u.port_forwarding { "forwarding" } else { "-" }.to_string(),
+                u.uid.map_or("-".to_string(), |uid| uid.to_string()),
+            ]);
         }
-        Ok(())
+        table.write(out, self.columns)
     }
 
     pub fn user_show(&mut self, out: &mut dyn Write, name: &str, json: bool) -> Result<(), AdminError> {
@@ -257,7 +259,7 @@ impl Admin<'_> {
         writeln!(out, "keys: {}", keys.len()).map_err(io)?;
         let used = key_use(self.config, name).unwrap_or_default();
         for k in &keys {
-            write_key(out, k, self.actor.now)?;
+            writeln!(out, "{}", key_cells(k, self.actor.now).join(" ")).map_err(io)?;
             if let Some(u) = used.get(&k.fingerprint) {
                 let from = u.rhost.as_deref().unwrap_or("-");
                 writeln!(out, "  last used {} from {from}", u.last_used).map_err(io)?;
@@ -390,10 +392,11 @@ impl Admin<'_> {
             let keys: Vec<_> = keys.iter().map(key_json).collect();
             return print_json(out, &keys);
         }
+        let mut table = Table::new(&["FINGERPRINT", "TYPE", "BITS", "SCOPE", "EXPIRY", "COMMENT"], " ");
         for k in &keys {
-            write_key(out, k, self.actor.now)?;
+            table.row(key_cells(k, self.actor.now));
         }
-        Ok(())
+        table.write(out, self.columns)
     }
 
     /// The keys of `user` that `selector` names: a whole fingerprint, a prefix of one
@@ -518,15 +521,16 @@ impl Admin<'_> {
         if json {
             return print_json(out, &tokens);
         }
+        let mut table = Table::new(&["ID", "SCOPE", "STATE", "LAST USED", "LABEL"], "\t");
         for t in &tokens {
             let state = match t.revoked {
                 Some(at) => format!("revoked {at}"),
                 None => "live".to_string(),
             };
             let used = t.last_used.map_or_else(|| "never used".to_string(), |at| at.to_string());
-            writeln!(out, "{}\t{}\t{}\t{}\t{}", t.id, t.scope, state, used, t.label).map_err(io)?;
+            table.row(vec![t.id.to_string(), t.scope.to_string(), state, used, t.label.clone()]);
         }
-        Ok(())
+        table.write(out, self.columns)
     }
 
     pub fn token_revoke(&mut self, id: i64) -> Result<(), AdminError> {
@@ -570,10 +574,11 @@ impl Admin<'_> {
         if json {
             return print_json(out, &grants);
         }
+        let mut table = Table::new(&["SUBJECT", "PATTERN", "ACCESS"], "\t");
         for g in &grants {
-            writeln!(out, "{}\t{}\t{}", g.subject, g.pattern, g.access).map_err(io)?;
+            table.row(vec![g.subject.clone(), g.pattern.clone(), g.access.to_string()]);
         }
-        Ok(())
+        table.write(out, self.columns)
     }
 
     pub fn grant_remove(&mut self, subject: &str, pattern: &str) -> Result<(), AdminError> {
@@ -594,10 +599,11 @@ impl Admin<'_> {
             let events: Vec<_> = events.iter().map(|e| EventJson { event: e, time_at: e.time.to_string() }).collect();
             return print_json(out, &events);
         }
+        let mut table = Table::new(&["TIME", "ACTOR", "ACTION", "SUBJECT", "DETAIL"], " ");
         for e in &events {
-            writeln!(out, "{} {} {} {} {}", e.time, e.actor, e.action, e.subject, e.detail).map_err(io)?;
+            table.row(vec![e.time.to_string(), e.actor.clone(), e.action.clone(), e.subject.clone(), e.detail.clone()]);
         }
-        Ok(())
+        table.write(out, self.columns)
     }
 }
 
@@ -617,16 +623,22 @@ fn banned_list(path: &std::path::Path) -> std::io::Result<std::sync::Arc<String>
     Ok(text)
 }
 
-/// One key per line: fingerprint, type and size, scope, expiry, comment.
-fn write_key(out: &mut dyn Write, k: &Key, now: Timestamp) -> Result<(), AdminError> {
+/// A key's cells: fingerprint, type and size, scope, expiry (and `from=`), comment.
+fn key_cells(k: &Key, now: Timestamp) -> Vec<String> {
     let expiry = match k.expires {
         Some(t) if t <= now => format!("expired {t}"),
         Some(t) => format!("expires {t}"),
         None => "no-expiry".to_string(),
     };
     let from = k.from.as_deref().map(|f| format!(" from={f}")).unwrap_or_default();
-    writeln!(out, "{} {} {} {} {}{} {}", k.fingerprint, k.algorithm, k.bits, k.scope, expiry, from, k.comment)
-        .map_err(io)
+    vec![
+        k.fingerprint.clone(),
+        k.algorithm.clone(),
+        k.bits.to_string(),
+        k.scope.to_string(),
+        format!("{expiry}{from}"),
+        k.comment.clone(),
+    ]
 }
 
 #[cfg(test)]

@@ -367,7 +367,8 @@ fn run(cli: Cli, config: &Config, log: &mut Logger) -> Result<u8, AdminError> {
         _ if reads_only => Box::new(SqliteStore::open_reader(store_path, config.store.busy_timeout_ms)?),
         _ => Box::new(SqliteStore::open_writer(store_path, config.store.busy_timeout_ms, config.users.uid_range())?),
     };
-    let mut admin = Admin { config, store: store.as_mut(), actor, log };
+    let columns = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let mut admin = Admin { config, store: store.as_mut(), actor, log, columns };
     let say = |out: &mut dyn Write, text: String| writeln!(out, "{text}").map_err(admin::io);
     match cli.command {
         Command::Init { .. }

@@ -177,7 +177,8 @@ impl Db<'_> {
         let mut store = self.store();
         let mut log = self.app.log.lock().unwrap_or_else(|e| e.into_inner());
         let actor = gatehouse::store::Actor { name: actor, now: gatehouse::time::now() };
-        let mut admin = gatehouse::admin::Admin { config: &self.config, store: &mut **store, actor, log: &mut log };
+        let mut admin =
+            gatehouse::admin::Admin { config: &self.config, store: &mut **store, actor, log: &mut log, columns: false };
         f(&mut admin).map_err(Into::into)
     }
 }
