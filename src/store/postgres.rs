@@ -103,6 +103,44 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX changes_by_seq ON changes (seq);
     ",
+    // 2: login state from every node (store::shared_state): the last use of each key, the
+    // failed passwords (each node's record once, however often it is sent), lockouts and
+    // unlocks. `pushed` is this server's clock (ms) at the write: what nodes pull after.
+    "
+    CREATE TABLE state_key_use (
+        fingerprint text PRIMARY KEY,
+        username    text NOT NULL,
+        last_used   bigint NOT NULL,
+        rhost       text,
+        pushed      bigint NOT NULL
+    );
+    CREATE INDEX state_key_use_by_user ON state_key_use (username);
+    CREATE INDEX state_key_use_by_pushed ON state_key_use (pushed);
+    CREATE TABLE state_failures (
+        node     text NOT NULL,
+        id       bigint NOT NULL,
+        username text NOT NULL,
+        rhost    text,
+        time     bigint NOT NULL,
+        PRIMARY KEY (node, id)
+    );
+    CREATE INDEX state_failures_by_user ON state_failures (username, time);
+    CREATE INDEX state_failures_by_time ON state_failures (time);
+    CREATE TABLE state_lockouts (
+        username text PRIMARY KEY,
+        until    bigint NOT NULL,
+        since    bigint NOT NULL,
+        reason   text NOT NULL,
+        pushed   bigint NOT NULL
+    );
+    CREATE INDEX state_lockouts_by_pushed ON state_lockouts (pushed);
+    CREATE TABLE state_unlocks (
+        username text PRIMARY KEY,
+        time     bigint NOT NULL,
+        pushed   bigint NOT NULL
+    );
+    CREATE INDEX state_unlocks_by_pushed ON state_unlocks (pushed);
+    ",
 ];
 
 /// The schema version this build reads and writes.
