@@ -444,7 +444,8 @@ fn login_state_is_shared_by_every_node() {
     let Some(mut pg) = start_postgres() else { return };
     let a = state_node("pgsa", &pg, "1h");
     let b = state_node("pgsb", &pg, "1h");
-    let c = state_node("pgsc", &pg, "1h");
+    // Node C's copy goes stale 5 s after the source stops (for `sync status`).
+    let c = state_node("pgsc", &pg, "5s");
     // Node B's sshd runs the module too (UsePAM), which records the key that logged in.
     let sshd_svc = pam::PamService::new(&{
         let (so, cfg) = (pam::module().display().to_string(), b.gh.config.display().to_string());
@@ -511,25 +512,44 @@ fn login_state_is_shared_by_every_node() {
     eprintln!("unlock on A -> lifted on B and C: {took:?}");
     assert!(took.is_some(), "the unlock on A did not reach the other nodes");
 
-    // PostgreSQL stopped: node C keeps its failures, and sends them once it is back.
+    // `sync status` on C: fresh, every change applied, nothing waiting.
+    let status = |n: &StateNode| {
+        let out = n.gh.cli(&["sync", "status", "--json"]);
+        let json: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+        (out.status.code(), json)
+    };
+    let (code, json) = status(&c);
+    assert_eq!(code, Some(0), "{json}");
+    let source = &json["sources"][0];
+    assert_eq!((source["source"].as_str(), source["fresh"].as_bool()), (Some("postgres"), Some(true)), "{json}");
+    assert_eq!(source["applied_change"], source["source_change"], "{json}");
+    assert_eq!(source["state_backlog"]["records"], 0, "{json}");
+    let text = stdout(&c.gh.cli(&["sync", "status"]));
+    assert!(text.contains(": fresh") && text.contains("login records waiting to be sent: 0"), "{text}");
+
+    // PostgreSQL stopped: node C keeps its failures, says it is failing, then stale, and
+    // sends them once the source is back.
     pg.stop();
     for _ in 0..2 {
         assert!(!fail_password(&c, &user.name));
     }
-    let backlog = || {
-        let out = std::process::Command::new("sqlite3")
-            .arg(c.gh.store.with_file_name("state.db"))
-            .arg("SELECT count(*) FROM outbox WHERE kind = 'failure'")
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    };
-    std::thread::sleep(Duration::from_secs(1));
-    assert_eq!(backlog(), "2", "node C lost its failures while the source was down");
+    let (code, json) = status(&c);
+    assert_eq!(code, Some(1), "the source is out of reach: {json}");
+    let source = &json["sources"][0];
+    assert!(source["source_error"].is_string(), "{json}");
+    assert_eq!(source["state_backlog"]["records"], 2, "node C lost its failures while the source was down: {json}");
+    let stale = wait_until(Duration::from_millis(200), Duration::from_secs(20), || {
+        status(&c).1["sources"][0]["fresh"] == false
+    });
+    assert!(stale.is_some(), "sync status never said stale");
+    let text = stdout(&c.gh.cli(&["sync", "status"]));
+    assert!(text.contains("STALE") && text.contains("the source does not answer"), "{text}");
     pg.run();
     let arrived = || pg.query(&format!("SELECT count(*) FROM state_failures WHERE username = '{}'", user.name));
     let took = wait_until(Duration::from_millis(50), Duration::from_secs(20), || arrived().trim() == "2");
     eprintln!("source back -> node C's failures arrived: {took:?}");
     assert!(took.is_some(), "node C's failures never arrived: {}", arrived());
-    assert!(wait_until(Duration::from_millis(50), Duration::from_secs(5), || backlog() == "0").is_some());
+    let fresh = wait_until(Duration::from_millis(100), Duration::from_secs(10), || status(&c).0 == Some(0));
+    assert!(fresh.is_some(), "sync status did not come back to fresh: {}", status(&c).1);
+    assert_eq!(status(&c).1["sources"][0]["state_backlog"]["records"], 0);
 }

@@ -5,6 +5,7 @@ pub mod doctor;
 pub mod import;
 pub mod init;
 pub mod provision;
+pub mod sync_status;
 
 use crate::config::Config;
 use crate::domain::{PolicyChange, Scope, UserState};

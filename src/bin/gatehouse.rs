@@ -52,6 +52,9 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "ARGS")]
         args: Vec<std::ffi::OsString>,
     },
+    /// What this node syncs from (the shared PostgreSQL, the directory): fresh or stale
+    #[command(subcommand)]
+    Sync(SyncCommand),
     /// Make the host follow the store: sessions, accounts, data folders (root; the daemon
     /// is gatehouse-agent)
     Agent {
@@ -91,6 +94,16 @@ enum Command {
         /// Evaluate sshd's Match blocks for this user [default: the first store user with an account]
         #[arg(long, value_name = "USER")]
         user: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum SyncCommand {
+    /// The last sync of each source, its age against staleness_max, the change applied,
+    /// the login records waiting to be sent (exit status 1 when one is stale or failing)
+    Status {
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -323,6 +336,12 @@ fn run(cli: Cli, config: &Config, log: &mut Logger) -> Result<u8, AdminError> {
             };
             return Ok(result?);
         }
+        Command::Sync(SyncCommand::Status { json }) => {
+            let sources = admin::sync_status::status(config, now);
+            let healthy =
+                admin::sync_status::print(&sources, json, &mut out).map_err(|e| AdminError::Io(e.to_string()))?;
+            return Ok(if healthy { exit::OK } else { exit::REFUSED });
+        }
         Command::Doctor { sshd, sshd_config, user } => {
             let options =
                 doctor::DoctorOptions { sshd: &sshd, sshd_config: sshd_config.as_deref(), user: user.as_deref() };
@@ -356,7 +375,11 @@ fn run(cli: Cli, config: &Config, log: &mut Logger) -> Result<u8, AdminError> {
     let mut admin = Admin { config, store: store.as_mut(), actor, log };
     let say = |out: &mut dyn Write, text: String| writeln!(out, "{text}").map_err(|e| AdminError::Io(e.to_string()));
     match cli.command {
-        Command::Init { .. } | Command::Doctor { .. } | Command::Ldap { .. } | Command::Agent { .. } => {}
+        Command::Init { .. }
+        | Command::Doctor { .. }
+        | Command::Ldap { .. }
+        | Command::Agent { .. }
+        | Command::Sync(_) => {}
         Command::User(cmd) => match cmd {
             UserCommand::Add { name, policy, port_forwarding, disabled } => {
                 admin.user_add(&name, policy, port_forwarding, disabled, "cli")?;

@@ -286,11 +286,9 @@ impl Mirror {
             self.pull_cursor = Some(cursor);
             Ok(Exchanged { sent, merged })
         });
-        if let Err(StoreError::Unavailable { path, .. }) = &result {
-            if path == &self.at {
-                // The connection may be gone: the next step makes a new one.
-                self.client = None;
-            }
+        if result.is_err() && self.client.as_ref().is_some_and(Client::is_closed) {
+            // The connection is gone: the next step makes a new one.
+            self.client = None;
         }
         result
     }
