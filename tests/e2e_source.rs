@@ -279,6 +279,18 @@ fn the_postgresql_store_numbers_its_changes_and_a_local_store_follows() {
     let uids = pg.query("SELECT count(DISTINCT uid) = count(*) FROM users");
     assert_eq!(uids.trim(), "t", "no uid given twice");
 
+    // The change log pruned (its older changes backdated here): a node that applied less
+    // than what was pruned copies everything; one past it follows the changes.
+    assert!(top < before);
+    pg.query(&format!("UPDATE changes SET time = 0 WHERE seq <= {before}"));
+    assert_eq!(store.prune_changes(Duration::from_secs(86_400)).unwrap(), Some(before));
+    assert_eq!(pg.query(&format!("SELECT count(*) FROM changes WHERE seq <= {before}")).trim(), "0");
+    assert_eq!(store.prune_changes(Duration::from_secs(86_400)).unwrap(), None, "nothing more to prune");
+    let batch = gatehouse::store::mirror::read_batch(&mut client, &shared.url, Some(top)).unwrap().unwrap();
+    assert!(batch.full, "a node behind the pruned changes must copy everything");
+    let batch = gatehouse::store::mirror::read_batch(&mut client, &shared.url, Some(before)).unwrap().unwrap();
+    assert!(!batch.full && batch.users.len() == 40, "{} users", batch.users.len());
+
     // The source went back (restored from an older backup): the node copies it all.
     let batch = gatehouse::store::mirror::read_batch(&mut client, &shared.url, Some(after + 1000)).unwrap().unwrap();
     assert!(batch.full);

@@ -119,10 +119,12 @@ pub fn read_batch(client: &mut Client, at: &str, after: Option<i64>) -> Result<O
         .read_only(true)
         .start()
         .map_err(db)?;
-    let top: i64 = tx.query_one("SELECT seq FROM change_seq", &[]).map_err(db)?.get(0);
+    let row = tx.query_one("SELECT seq, pruned FROM change_seq", &[]).map_err(db)?;
+    let (top, pruned): (i64, i64) = (row.get(0), row.get(1));
     let batch = match after {
         Some(last) if last == top => None,
-        Some(last) if last < top => {
+        // The log still holds every change after `last` (older ones are pruned).
+        Some(last) if last < top && last >= pruned => {
             let rows = tx
                 .query("SELECT DISTINCT kind, name FROM changes WHERE seq > $1 AND seq <= $2", &[&last, &top])
                 .map_err(db)?;
@@ -149,7 +151,8 @@ pub fn read_batch(client: &mut Client, at: &str, after: Option<i64>) -> Result<O
                 seq: top,
             })
         }
-        // First run, or the source went back (restored, replaced): copy it all.
+        // First run, the source went back (restored, replaced), or the changes this node
+        // lacks were pruned (cut off longer than the log keeps them): copy it all.
         _ => Some(MirrorBatch {
             full: true,
             users: read_users(&mut tx, at, None)?.into_iter().map(|m| (m.user.name.clone(), Some(m))).collect(),
