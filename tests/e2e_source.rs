@@ -565,3 +565,42 @@ fn login_state_is_shared_by_every_node() {
     assert!(fresh.is_some(), "sync status did not come back to fresh: {}", status(&c).1);
     assert_eq!(status(&c).1["sources"][0]["state_backlog"]["records"], 0);
 }
+
+/// A node whose `[source]` is a hot standby of the primary the writers use (issue 14 item
+/// 5): `NOTIFY` does not arrive on a standby, so the poll (`source.poll_interval_ms`, 500
+/// ms here) carries the changes; a key added on the primary logs in on the node, and once
+/// removed there it is refused. The node's login records cannot be written to a standby:
+/// they wait in its state file (`sync status` counts them).
+#[test]
+fn a_node_on_a_hot_standby_follows_it() {
+    require_root!();
+    let Some(pg) = start_postgres() else { return };
+    // A writer host on the primary: its init makes the schema the standby copies.
+    let writer = Gatehouse::new("pgw", &pg.source_config("1h"));
+    writer.init(None);
+    let standby = pg.standby();
+    assert_eq!(standby.query("SELECT pg_is_in_recovery()").trim(), "t", "not a standby");
+    let n = node("pgst", &standby, "1h", "");
+
+    let user = SystemUser::new("ghu", &writer.dir.path, &[&n.sshd.managed.name]);
+    let key = keygen(&writer.dir.path, "ed25519");
+    writer.ok(&["user", "add", &user.name]);
+    assert!(writer.cli_stdin(&["key", "add", &user.name, "-"], key.public.as_bytes()).status.success());
+    let took = on_all(&[&n], Duration::from_secs(15), |n| serves(n, &user.name, &key));
+    eprintln!("key added on the primary -> served by the standby's node: {took:?}");
+    assert!(
+        took.is_some(),
+        "the standby's node never served the key: {}\n{}",
+        n.gh.log.drain().join("\n"),
+        std::fs::read_to_string(&standby.log).unwrap_or_default()
+    );
+    assert!(n.sshd.ssh(&user.name, &key.private, &["true"]).status.success(), "no login on the standby's node");
+
+    writer.ok(&["key", "remove", &user.name, &key.fingerprint]);
+    let took = on_all(&[&n], Duration::from_secs(15), |n| !serves(n, &user.name, &key));
+    eprintln!("key removed on the primary -> refused by the standby's node: {took:?}");
+    assert!(took.is_some(), "the standby's node still serves the removed key");
+    assert!(!n.sshd.ssh(&user.name, &key.private, &["true"]).status.success(), "the removed key logs in");
+    let status = n.gh.cli(&["sync", "status"]);
+    assert!(stdout(&status).contains(": fresh"), "{}", stdout(&status));
+}

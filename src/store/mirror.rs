@@ -194,6 +194,8 @@ pub struct Mirror {
     pull_cursor: Option<i64>,
     /// Why the last exchange of login state failed, until one works.
     pub state_failing: Option<String>,
+    /// The source is a hot standby (read-only, no notices).
+    standby: bool,
 }
 
 /// What one exchange of login state did.
@@ -222,13 +224,22 @@ impl Mirror {
             lockout: config.lockout.clone(),
             pull_cursor: None,
             state_failing: None,
+            standby: false,
         })
     }
 
     fn client(&mut self) -> Result<&mut Client, StoreError> {
         if self.client.is_none() {
             let mut c = pg::connect(&self.cfg)?;
-            c.batch_execute(&format!("LISTEN {CHANNEL}; LISTEN {STATE_CHANNEL}")).map_err(|e| pg_error(&self.at, e))?;
+            // A hot standby refuses LISTEN (and every write): there the poll is the only
+            // wake-up, and this node's login records wait until it follows a primary.
+            let standby: bool =
+                c.query_one("SELECT pg_is_in_recovery()", &[]).map_err(|e| pg_error(&self.at, e))?.get(0);
+            if !standby {
+                c.batch_execute(&format!("LISTEN {CHANNEL}; LISTEN {STATE_CHANNEL}"))
+                    .map_err(|e| pg_error(&self.at, e))?;
+            }
+            self.standby = standby;
             self.client = Some(c);
         }
         self.client
@@ -277,7 +288,9 @@ impl Mirror {
             return Err(StoreError::Unavailable { path: self.at.clone(), reason: "no connection".into() });
         };
         let at = self.at.as_str();
-        let result = shared_state::send(client, at, state, &self.lockout).and_then(|sent| {
+        // Nothing can be written to a standby: the records wait, and the others' are read.
+        let sending = if self.standby { Ok(0) } else { shared_state::send(client, at, state, &self.lockout) };
+        let result = sending.and_then(|sent| {
             // A write stamped before the cursor may commit after it: read a little back.
             let slack = (self.cfg.timeout * 2).max(Duration::from_secs(10));
             let (pulled, cursor) = shared_state::pull(client, at, self.pull_cursor, slack)?;
