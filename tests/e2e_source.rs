@@ -357,6 +357,22 @@ fn login_state_merges_on_the_source(pg: &postgres::Postgres, shared: &gatehouse:
     assert_eq!((pulled.uses.len(), pulled.unlocks.len()), (0, 1), "{pulled:?}");
     state.merge_shared(&pulled).unwrap();
     assert_eq!(state.locked_until("carol", t(now)).unwrap(), None);
+    // A lock by hand reaches every node as it is.
+    push(
+        client,
+        at,
+        "three",
+        &[StateEvent {
+            id: 2,
+            kind: Lock { until: t(now + 60), reason: "by hand".into() },
+            user: "dan".into(),
+            time: t(now),
+        }],
+        &lockout,
+    )
+    .unwrap();
+    let (pulled, _) = pull(client, at, Some(cursor), Duration::from_millis(0)).unwrap();
+    assert!(pulled.lockouts.iter().any(|(u, until, _, _)| u == "dan" && *until == t(now + 60)), "{pulled:?}");
     // Failures sent late from before the unlock do not count again.
     let late: Vec<_> = (10..16).map(|i| failure(i, now - 3)).collect();
     push(client, at, "four", &late, &lockout).unwrap();
@@ -485,6 +501,8 @@ fn login_state_is_shared_by_every_node() {
     let seen = wait_until(Duration::from_millis(50), Duration::from_secs(10), || last_used(&a));
     eprintln!("login on B -> last use shown on A: {seen:?}");
     assert!(seen.is_some(), "node A does not show the use on node B");
+    let listed = a.gh.ok(&["key", "list", &user.name, "--json"]);
+    assert!(listed.contains("last_used_at"), "{listed}");
     let merged_into_c = || {
         let out = std::process::Command::new("sqlite3")
             .arg(c.gh.store.with_file_name("state.db"))

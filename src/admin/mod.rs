@@ -375,7 +375,15 @@ impl Admin<'_> {
     pub fn key_list(&mut self, out: &mut dyn Write, user: &str, json: bool) -> Result<(), AdminError> {
         let keys = self.store.keys(user)?;
         if json {
-            let keys: Vec<_> = keys.iter().map(key_json).collect();
+            let used = key_use(self.config, user).unwrap_or_default();
+            let keys: Vec<_> = keys
+                .iter()
+                .map(|k| {
+                    let mut j = key_json(k);
+                    j.last_used_at = used.get(&k.fingerprint).map(|u| u.last_used.to_string());
+                    j
+                })
+                .collect();
             return print_json(out, &keys);
         }
         for k in &keys {
