@@ -125,7 +125,9 @@ pub fn key_use(config: &Config, user: &str) -> Option<std::collections::HashMap<
     };
     #[cfg(feature = "postgres")]
     if let Some(cfg) = &config.shared {
-        let shared = crate::store::postgres::connect(cfg)
+        // A page must not wait long on a source that is down: a second at most.
+        let cfg = cfg.quick(std::time::Duration::from_secs(1));
+        let shared = crate::store::postgres::connect(&cfg)
             .and_then(|mut c| crate::store::shared_state::key_use(&mut c, &cfg.url, user));
         if let Ok(shared) = shared {
             let mut all = local.unwrap_or_default();

@@ -95,7 +95,7 @@ pub fn status(config: &Config, now: Timestamp) -> Vec<SourceStatus> {
         s.applied_change = store.as_ref().and_then(|st| st.mirrored_seq().ok().flatten());
         #[cfg(feature = "postgres")]
         {
-            let quick = crate::config::SourceConfig { timeout: shared.timeout.min(ASK_TIMEOUT), ..shared.clone() };
+            let quick = shared.quick(ASK_TIMEOUT);
             let asked = crate::store::postgres::connect(&quick).and_then(|mut c| {
                 c.query_one("SELECT seq FROM change_seq", &[])
                     .map(|r| r.get::<_, i64>(0))

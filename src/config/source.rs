@@ -51,6 +51,14 @@ pub struct SourceConfig {
     pub state_interval: Duration,
 }
 
+impl SourceConfig {
+    /// The same source with connecting and each statement bounded by `limit` at most: for
+    /// a question that must not hold its caller up long (`sync status`, "last used").
+    pub fn quick(&self, limit: Duration) -> SourceConfig {
+        SourceConfig { timeout: self.timeout.min(limit), ..self.clone() }
+    }
+}
+
 /// Where the URL points: a Unix socket folder, or a host name or address.
 fn host_of(url: &str) -> Option<(String, bool)> {
     let rest = url.strip_prefix("postgresql://").or_else(|| url.strip_prefix("postgres://"))?;
