@@ -621,4 +621,7 @@ fn a_node_on_a_hot_standby_follows_it() {
     assert!(!n.sshd.ssh(&user.name, &key.private, &["true"]).status.success(), "the removed key logs in");
     let status = n.gh.cli(&["sync", "status"]);
     assert!(stdout(&status).contains(": fresh"), "{}", stdout(&status));
+    // Nothing is written to the standby: `agent --once` reads, applies, and sends nothing.
+    let once = n.gh.cli(&["agent", "--once"]);
+    assert!(stdout(&once).contains("login state: 0 record(s) sent"), "{}{}", stdout(&once), stderr(&once));
 }
