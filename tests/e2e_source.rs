@@ -345,6 +345,7 @@ fn login_state_merges_on_the_source(pg: &postgres::Postgres, shared: &gatehouse:
     // Read back by a node: the use and the lockout; merged into its state file, where the
     // login path reads it.
     let (pulled, cursor) = pull(client, at, None, Duration::from_secs(10)).unwrap();
+    let cursor = cursor.expect("rows were read: the cursor is the newest");
     assert_eq!(pulled.uses.len(), 1);
     assert_eq!(pulled.lockouts.len(), 1);
     let state = StateStore::open_writer(&dir.join("state.db"), 1000, None).unwrap();

@@ -297,9 +297,11 @@ impl Mirror {
             let merged = !pulled.is_empty();
             if merged {
                 state.merge_shared(&pulled)?;
-                state.set_shared_value("pull_cursor", &cursor.to_string())?;
+                if let Some(c) = cursor {
+                    state.set_shared_value("pull_cursor", &c.to_string())?;
+                }
             }
-            self.pull_cursor = Some(cursor);
+            self.pull_cursor = cursor;
             Ok(Exchanged { sent, merged })
         });
         if result.is_err() && self.client.as_ref().is_some_and(Client::is_closed) {

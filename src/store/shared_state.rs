@@ -140,13 +140,15 @@ fn lock(
 
 /// What was written since `after` (a cursor this returned before; `None`: everything),
 /// less `slack` (a write that took its time stamp before the cursor may commit after it),
-/// and the cursor for next time. Read-only: works on a hot standby.
+/// and the cursor for next time: the newest time stamp read. Time stamps are all the
+/// primary's clock (only it takes writes), so a node on a standby, whatever its lag and
+/// its clock, reads on from where it was. Read-only: works on a hot standby.
 pub fn pull(
     client: &mut Client,
     at: &str,
     after: Option<i64>,
     slack: Duration,
-) -> Result<(SharedState, i64), StoreError> {
+) -> Result<(SharedState, Option<i64>), StoreError> {
     let db = |e| pg_error(at, e);
     let mut tx = client
         .build_transaction()
@@ -154,36 +156,37 @@ pub fn pull(
         .read_only(true)
         .start()
         .map_err(db)?;
-    let cursor: i64 = tx.query_one(&format!("SELECT {NOW_MS}"), &[]).map_err(db)?.get(0);
     let slack = i64::try_from(slack.as_millis()).unwrap_or(i64::MAX);
     let since = after.map_or(i64::MIN, |c| c.saturating_sub(slack));
-    let uses = tx
-        .query("SELECT fingerprint, username, last_used, rhost FROM state_key_use WHERE pushed > $1", &[&since])
+    let mut newest = after;
+    let mut seen = |pushed: i64| newest = Some(newest.map_or(pushed, |n| n.max(pushed)));
+    let mut uses = Vec::new();
+    for r in tx
+        .query("SELECT fingerprint, username, last_used, rhost, pushed FROM state_key_use WHERE pushed > $1", &[&since])
         .map_err(db)?
-        .iter()
-        .map(|r| {
-            let used = KeyUse { last_used: Timestamp::from_secs(r.get(2)), rhost: r.get(3) };
-            (r.get(0), r.get(1), used)
-        })
-        .collect();
-    let lockouts = tx
+    {
+        seen(r.get(4));
+        uses.push((r.get(0), r.get(1), KeyUse { last_used: Timestamp::from_secs(r.get(2)), rhost: r.get(3) }));
+    }
+    let mut lockouts = Vec::new();
+    for r in tx
         .query(
-            "SELECT username, until, since, reason FROM state_lockouts WHERE pushed > $1 \
+            "SELECT username, until, since, reason, pushed FROM state_lockouts WHERE pushed > $1 \
              AND until > extract(epoch from now())::bigint",
             &[&since],
         )
         .map_err(db)?
-        .iter()
-        .map(|r| (r.get(0), Timestamp::from_secs(r.get(1)), Timestamp::from_secs(r.get(2)), r.get(3)))
-        .collect();
-    let unlocks = tx
-        .query("SELECT username, time FROM state_unlocks WHERE pushed > $1", &[&since])
-        .map_err(db)?
-        .iter()
-        .map(|r| (r.get(0), Timestamp::from_secs(r.get(1))))
-        .collect();
+    {
+        seen(r.get(4));
+        lockouts.push((r.get(0), Timestamp::from_secs(r.get(1)), Timestamp::from_secs(r.get(2)), r.get(3)));
+    }
+    let mut unlocks = Vec::new();
+    for r in tx.query("SELECT username, time, pushed FROM state_unlocks WHERE pushed > $1", &[&since]).map_err(db)? {
+        seen(r.get(2));
+        unlocks.push((r.get(0), Timestamp::from_secs(r.get(1))));
+    }
     tx.commit().map_err(db)?;
-    Ok((SharedState { uses, lockouts, unlocks }, cursor))
+    Ok((SharedState { uses, lockouts, unlocks }, newest))
 }
 
 /// A name for a node that has none yet: its host name and a random part (two nodes may
