@@ -622,6 +622,20 @@ fn a_node_on_a_hot_standby_follows_it() {
     assert!(!n.sshd.ssh(&user.name, &key.private, &["true"]).status.success(), "the removed key logs in");
     let status = n.gh.cli(&["sync", "status"]);
     assert!(stdout(&status).contains(": fresh"), "{}", stdout(&status));
+    // Login state is read back from the standby too: a lock by hand on the writer host
+    // (sent to the primary) reaches the node's state file.
+    writer.ok(&["user", "lock", &user.name, "--for", "1h"]);
+    let locked = || {
+        let out = std::process::Command::new("sqlite3")
+            .arg(n.gh.store.with_file_name("state.db"))
+            .arg(format!("SELECT count(*) FROM lockouts WHERE user = '{}'", user.name))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim() == "1"
+    };
+    let took = wait_until(Duration::from_millis(50), Duration::from_secs(15), locked);
+    eprintln!("lock on the primary -> in the standby node's state: {took:?}");
+    assert!(took.is_some(), "the lock never reached the standby's node");
     // Nothing is written to the standby: `agent --once` reads, applies, and sends nothing.
     let once = n.gh.cli(&["agent", "--once"]);
     assert!(stdout(&once).contains("login state: 0 record(s) sent"), "{}{}", stdout(&once), stderr(&once));
