@@ -8,6 +8,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
+#[path = "common/pam.rs"]
+mod pam;
 #[path = "common/postgres.rs"]
 mod postgres;
 #[path = "common/slapd.rs"]
@@ -72,7 +74,7 @@ fn two_nodes_follow_postgresql_and_refuse_once_it_is_stale() {
     let web_port = free_port();
     let a = node("pga", &pg, "4s", &web_config(web_port));
     let b = node("pgb", &pg, "4s", "");
-    assert_eq!(pg.query("SELECT version FROM gatehouse_schema"), "1\n", "init made the shared schema");
+    assert_eq!(pg.query("SELECT version FROM gatehouse_schema"), "2\n", "init made the shared schema");
 
     // A user who may log in on both nodes (each sshd matches its own managed group).
     let user = SystemUser::new("ghu", &a.gh.dir.path, &[&a.sshd.managed.name, &b.sshd.managed.name]);
@@ -107,7 +109,7 @@ fn two_nodes_follow_postgresql_and_refuse_once_it_is_stale() {
     assert_eq!(String::from_utf8_lossy(&mirrored.stdout), "postgres\n", "node B's copy is from the source");
 
     let doctor = stdout(&b.gh.cli(&["doctor"]));
-    assert!(doctor.contains("last mirror of the source") && doctor.contains("answers, schema version 1"), "{doctor}");
+    assert!(doctor.contains("last mirror of the source") && doctor.contains("answers, schema version 2"), "{doctor}");
 
     // Removed through node B's CLI: refused on both within a second.
     let removed = Instant::now();
@@ -210,8 +212,8 @@ fn the_postgresql_store_numbers_its_changes_and_a_local_store_follows() {
     let range = config.users.uid_range();
     let open = || PgStore::open_unchecked(&shared, range).unwrap().with_host(no_host_uid, no_account);
     let mut store = open();
-    assert_eq!(store.migrate().unwrap(), 1);
-    assert_eq!(store.migrate().unwrap(), 1, "a second migration changes nothing");
+    assert_eq!(store.migrate().unwrap(), 2);
+    assert_eq!(store.migrate().unwrap(), 2, "a second migration changes nothing");
     let mut store = PgStore::open(&shared, range).unwrap().with_host(no_host_uid, no_account);
     let actor = Actor { name: "cli:test".into(), now: gatehouse::time::Timestamp::from_secs(10) };
 
@@ -277,11 +279,105 @@ fn the_postgresql_store_numbers_its_changes_and_a_local_store_follows() {
     let uids = pg.query("SELECT count(DISTINCT uid) = count(*) FROM users");
     assert_eq!(uids.trim(), "t", "no uid given twice");
 
+    // The change log pruned (its older changes backdated here): a node that applied less
+    // than what was pruned copies everything; one past it follows the changes.
+    assert!(top < before);
+    pg.query(&format!("UPDATE changes SET time = 0 WHERE seq <= {before}"));
+    assert_eq!(store.prune_changes(Duration::from_secs(86_400)).unwrap(), Some(before));
+    assert_eq!(pg.query(&format!("SELECT count(*) FROM changes WHERE seq <= {before}")).trim(), "0");
+    assert_eq!(store.prune_changes(Duration::from_secs(86_400)).unwrap(), None, "nothing more to prune");
+    let batch = gatehouse::store::mirror::read_batch(&mut client, &shared.url, Some(top)).unwrap().unwrap();
+    assert!(batch.full, "a node behind the pruned changes must copy everything");
+    let batch = gatehouse::store::mirror::read_batch(&mut client, &shared.url, Some(before)).unwrap().unwrap();
+    assert!(!batch.full && batch.users.len() == 40, "{} users", batch.users.len());
+
     // The source went back (restored from an older backup): the node copies it all.
     let batch = gatehouse::store::mirror::read_batch(&mut client, &shared.url, Some(after + 1000)).unwrap().unwrap();
     assert!(batch.full);
     local.apply_mirror(&batch, actor.now).unwrap();
     assert_eq!(local.users().unwrap().len(), 42);
+
+    login_state_merges_on_the_source(&pg, &shared, &dir);
+}
+
+/// Two nodes' login records merged on the source: a resend counts once, the last use of
+/// a key is the latest, failures are counted across nodes within the window, an unlock
+/// lifts what came before it.
+fn login_state_merges_on_the_source(pg: &postgres::Postgres, shared: &gatehouse::config::SourceConfig, dir: &TestDir) {
+    use gatehouse::store::shared_state::{pull, push};
+    let mut client = gatehouse::store::postgres::connect(shared).unwrap();
+    let (client, at) = (&mut client, shared.url.as_str());
+    use gatehouse::store::state::{StateEvent, StateEventKind::*, StateStore};
+    use gatehouse::time::Timestamp;
+    let t = Timestamp::from_secs;
+    let now = gatehouse::time::now().as_secs();
+    let lockout = gatehouse::config::LockoutConfig {
+        threshold: 5,
+        window: Duration::from_secs(600),
+        duration: Duration::from_secs(3600),
+        sessions_per_minute: 10,
+    };
+    let event = |id: i64, kind, time: i64| StateEvent { id, kind, user: "carol".into(), time: t(time) };
+    let failure = |id: i64, time: i64| event(id, Failure { rhost: None }, time);
+    let used =
+        |id: i64, time: i64| event(id, Use { fingerprint: "SHA256:c".into(), rhost: Some(format!("h{id}")) }, time);
+    let count = || pg.query("SELECT count(*) FROM state_failures WHERE username = 'carol'").trim().to_string();
+    let locked = || pg.query("SELECT count(*) FROM state_lockouts WHERE username = 'carol'").trim().to_string();
+
+    // Node one: three failures and a use, sent twice (the ack was lost): counted once.
+    let one = [failure(1, now - 30), failure(2, now - 20), used(3, now - 10), failure(4, now - 5)];
+    push(client, at, "one", &one, &lockout).unwrap();
+    push(client, at, "one", &one, &lockout).unwrap();
+    assert_eq!(count(), "3", "a resend counted twice");
+    assert_eq!(locked(), "0");
+    // Node two: an older use (does not win), a failure outside the window (not counted),
+    // then the fifth and sixth in it: the cluster's count locks the user out.
+    push(client, at, "two", &[used(1, now - 100), failure(2, now - 4000)], &lockout).unwrap();
+    assert_eq!(pg.query("SELECT last_used, rhost FROM state_key_use").trim(), format!("{}|h3", now - 10));
+    assert_eq!(locked(), "0", "a failure outside the window counted");
+    push(client, at, "two", &[failure(3, now - 2)], &lockout).unwrap();
+    assert_eq!(locked(), "0", "four failures in the window locked the user out");
+    push(client, at, "two", &[failure(4, now - 1)], &lockout).unwrap();
+    assert_eq!(
+        pg.query("SELECT until FROM state_lockouts WHERE username = 'carol'").trim(),
+        (now - 1 + 3600).to_string()
+    );
+    // Read back by a node: the use and the lockout; merged into its state file, where the
+    // login path reads it.
+    let (pulled, cursor) = pull(client, at, None, Duration::from_secs(10)).unwrap();
+    let cursor = cursor.expect("rows were read: the cursor is the newest");
+    assert_eq!(pulled.uses.len(), 1);
+    assert_eq!(pulled.lockouts.len(), 1);
+    let state = StateStore::open_writer(&dir.join("state.db"), 1000, None).unwrap();
+    state.merge_shared(&pulled).unwrap();
+    assert_eq!(state.locked_until("carol", t(now)).unwrap(), Some(t(now - 1 + 3600)));
+    // An unlock lifts the lockout and the failures before it, everywhere.
+    push(client, at, "three", &[event(1, Unlock, now)], &lockout).unwrap();
+    assert_eq!((count(), locked()), ("0".to_string(), "0".to_string()), "the unlock left failures or the lockout");
+    let (pulled, _) = pull(client, at, Some(cursor), Duration::from_millis(0)).unwrap();
+    assert_eq!((pulled.uses.len(), pulled.unlocks.len()), (0, 1), "{pulled:?}");
+    state.merge_shared(&pulled).unwrap();
+    assert_eq!(state.locked_until("carol", t(now)).unwrap(), None);
+    // A lock by hand reaches every node as it is.
+    push(
+        client,
+        at,
+        "three",
+        &[StateEvent {
+            id: 2,
+            kind: Lock { until: t(now + 60), reason: "by hand".into() },
+            user: "dan".into(),
+            time: t(now),
+        }],
+        &lockout,
+    )
+    .unwrap();
+    let (pulled, _) = pull(client, at, Some(cursor), Duration::from_millis(0)).unwrap();
+    assert!(pulled.lockouts.iter().any(|(u, until, _, _)| u == "dan" && *until == t(now + 60)), "{pulled:?}");
+    // Failures sent late from before the unlock do not count again.
+    let late: Vec<_> = (10..16).map(|i| failure(i, now - 3)).collect();
+    push(client, at, "four", &late, &lockout).unwrap();
+    assert_eq!(locked(), "0", "failures from before the unlock locked the user out again");
 }
 
 /// TLS with the site's CA: the server's certificate is checked against `source.ca_file`
@@ -305,7 +401,7 @@ fn the_source_is_reached_over_tls_with_the_sites_ca_only() {
     let shared = good.shared.clone().unwrap();
     assert_eq!(shared.tls, gatehouse::config::SourceTls::Verified);
     let mut store = PgStore::open_unchecked(&shared, good.users.uid_range()).unwrap();
-    assert_eq!(store.migrate().unwrap(), 1);
+    assert_eq!(store.migrate().unwrap(), 2);
     let ssl = pg.query("SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) WHERE a.application_name = 'gatehouse' AND s.ssl");
     assert_eq!(ssl.trim(), "1", "the connection uses TLS");
     drop(store);
@@ -318,4 +414,229 @@ fn the_source_is_reached_over_tls_with_the_sites_ca_only() {
     std::fs::set_permissions(&pg.password_file, std::fs::Permissions::from_mode(0o644)).unwrap();
     let err = PgStore::open_unchecked(&shared, good.users.uid_range()).err().unwrap().to_string();
     assert!(err.contains("readable by its owner alone"), "{err}");
+}
+
+/// A node for the login-state test: its own store, state file and agent, a PAM service
+/// that runs the module as sshd's stack would for passwords (`preauth`, then `authfail`
+/// after a failed password), and, on one node, a real sshd with `UsePAM yes`.
+struct StateNode {
+    gh: Gatehouse,
+    svc: pam::PamService,
+    _agent: AgentProcess,
+}
+
+const LOCKOUT: &str = "\n[lockout]\nthreshold = 5\nwindow = \"10m\"\nduration = \"1h\"\n";
+
+fn state_node(name: &str, pg: &postgres::Postgres, staleness: &str) -> StateNode {
+    let source = pg.source_config(staleness) + "state_interval_ms = 300\n";
+    let gh =
+        Gatehouse::new(name, &format!("\n[agent]\naccounts = \"useradd\"\nend_sessions = false\n{LOCKOUT}{source}"));
+    gh.init(None);
+    let so = pam::module().display().to_string();
+    let cfg = gh.config.display();
+    let svc = pam::PamService::new(&format!(
+        "auth requisite {so} config={cfg} preauth\n\
+         auth required {so} config={cfg} authfail\n\
+         account required {so} config={cfg}\n\
+         session required {so} config={cfg}\n"
+    ));
+    let agent = AgentProcess::start(&gh.config);
+    StateNode { gh, svc, _agent: agent }
+}
+
+fn pamtester(svc: &pam::PamService, user: &str, op: &str) -> std::process::Output {
+    std::process::Command::new("pamtester").arg("-v").arg(&svc.name).arg(user).arg(op).output().unwrap()
+}
+
+/// A failed password on node `n` (no password module accepts one here: `authfail` counts
+/// it); true when the module refused before any password, as `preauth` does a locked-out
+/// user.
+fn fail_password(n: &StateNode, user: &str) -> bool {
+    let out = pamtester(&n.svc, user, "authenticate");
+    assert!(!out.status.success(), "a password was accepted");
+    stderr(&out).contains("Permission denied")
+}
+
+/// Whether node `n`'s account stage refuses `user` as locked out.
+fn locked_on(n: &StateNode, user: &str) -> bool {
+    let out = pamtester(&n.svc, user, "acct_mgmt");
+    !out.status.success() && stderr(&out).contains("locked until")
+}
+
+/// Login state flows between nodes through PostgreSQL (issue 14 item 3): the last use of a
+/// key on node B shows on node A; failed passwords on A and B lock the user out on C too
+/// (the threshold counts the cluster's failures), an unlock on A lifts it everywhere; with
+/// PostgreSQL stopped a node keeps its failures and sends them once it is back.
+#[test]
+fn login_state_is_shared_by_every_node() {
+    require_root!();
+    let Some(mut pg) = start_postgres() else { return };
+    let a = state_node("pgsa", &pg, "1h");
+    let b = state_node("pgsb", &pg, "1h");
+    // Node C's copy goes stale 5 s after the source stops (for `sync status`).
+    let c = state_node("pgsc", &pg, "5s");
+    // Node B's sshd runs the module too (UsePAM), which records the key that logged in.
+    let sshd_svc = pam::PamService::new(&{
+        let (so, cfg) = (pam::module().display().to_string(), b.gh.config.display().to_string());
+        format!(
+            "auth required pam_permit.so\naccount required {so} config={cfg} unknown=deny\n\
+             session required {so} config={cfg}\n"
+        )
+    });
+    let link = b.gh.dir.join(&sshd_svc.name);
+    std::os::unix::fs::symlink("/usr/sbin/sshd", &link).unwrap();
+    let sshd = Sshd::start_as(&b.gh, "", &link, true);
+
+    let user = SystemUser::new("ghu", &a.gh.dir.path, &[&sshd.managed.name]);
+    let key = keygen(&a.gh.dir.path, "ed25519");
+    a.gh.ok(&["user", "add", &user.name]);
+    assert!(a.gh.cli_stdin(&["key", "add", &user.name, "-"], key.public.as_bytes()).status.success());
+    let on_b = sshd.wait_for_login(&user.name, &key.private, Duration::from_secs(10));
+    assert!(on_b.is_some(), "no login on node B: {}", sshd.log_text());
+
+    // The use on B, seen from A's CLI (read from the source) and merged into C's state.
+    let last_used = |n: &StateNode| {
+        let json: serde_json::Value = serde_json::from_str(&n.gh.ok(&["user", "show", &user.name, "--json"])).unwrap();
+        json["keys"][0]["last_used_at"].is_string()
+    };
+    let seen = wait_until(Duration::from_millis(50), Duration::from_secs(10), || last_used(&a));
+    eprintln!("login on B -> last use shown on A: {seen:?}");
+    assert!(seen.is_some(), "node A does not show the use on node B");
+    let listed = a.gh.ok(&["key", "list", &user.name, "--json"]);
+    assert!(listed.contains("last_used_at"), "{listed}");
+    let merged_into_c = || {
+        let out = std::process::Command::new("sqlite3")
+            .arg(c.gh.store.with_file_name("state.db"))
+            .arg(format!("SELECT count(*) FROM key_use WHERE user = '{}'", user.name))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim() == "1"
+    };
+    assert!(
+        wait_until(Duration::from_millis(50), Duration::from_secs(10), merged_into_c).is_some(),
+        "node C's state did not get the use on B"
+    );
+
+    // Three failed passwords on A and one on B: four, under the threshold of five.
+    for n in [&a, &a, &a, &b] {
+        assert!(!fail_password(n, &user.name), "refused before the password");
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(!locked_on(&c, &user.name), "four failures on the cluster locked the user out");
+    // The fifth, on B: locked out on C, which saw none, and on A, which saw three.
+    fail_password(&b, &user.name);
+    let failed = Instant::now();
+    let took = wait_until(Duration::from_millis(20), Duration::from_secs(10), || locked_on(&c, &user.name));
+    eprintln!("fifth failure on B -> locked out on C: {took:?}");
+    assert!(took.is_some(), "five failures over two nodes did not lock the user out on the third");
+    assert!(locked_on(&a, &user.name), "node A does not apply the cluster's lockout");
+    assert!(fail_password(&c, &user.name), "node C's preauth did not refuse the locked-out user");
+    let log = c.gh.log.drain().join("\n");
+    assert!(log.contains("stage=auth") && log.contains("reason=locked-out"), "{log}");
+    eprintln!("(from the failure: {:?})", failed.elapsed());
+
+    // Unlocked on A: lifted on every node.
+    assert!(a.gh.ok(&["user", "unlock", &user.name]).contains("unlocked"));
+    let took = wait_until(Duration::from_millis(20), Duration::from_secs(10), || {
+        !locked_on(&b, &user.name) && !locked_on(&c, &user.name)
+    });
+    eprintln!("unlock on A -> lifted on B and C: {took:?}");
+    assert!(took.is_some(), "the unlock on A did not reach the other nodes");
+
+    // `sync status` on C: fresh, every change applied, nothing waiting.
+    let status = |n: &StateNode| {
+        let out = n.gh.cli(&["sync", "status", "--json"]);
+        let json: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+        (out.status.code(), json)
+    };
+    let (code, json) = status(&c);
+    assert_eq!(code, Some(0), "{json}");
+    let source = &json["sources"][0];
+    assert_eq!((source["source"].as_str(), source["fresh"].as_bool()), (Some("postgres"), Some(true)), "{json}");
+    assert_eq!(source["applied_change"], source["source_change"], "{json}");
+    assert_eq!(source["state_backlog"]["records"], 0, "{json}");
+    let text = stdout(&c.gh.cli(&["sync", "status"]));
+    assert!(text.contains(": fresh") && text.contains("login records waiting to be sent: 0"), "{text}");
+
+    // PostgreSQL stopped: node C keeps its failures, says it is failing, then stale, and
+    // sends them once the source is back.
+    pg.stop();
+    for _ in 0..2 {
+        assert!(!fail_password(&c, &user.name));
+    }
+    let (code, json) = status(&c);
+    assert_eq!(code, Some(1), "the source is out of reach: {json}");
+    let source = &json["sources"][0];
+    assert!(source["source_error"].is_string(), "{json}");
+    assert_eq!(source["state_backlog"]["records"], 2, "node C lost its failures while the source was down: {json}");
+    let stale = wait_until(Duration::from_millis(200), Duration::from_secs(20), || {
+        status(&c).1["sources"][0]["fresh"] == false
+    });
+    assert!(stale.is_some(), "sync status never said stale");
+    let text = stdout(&c.gh.cli(&["sync", "status"]));
+    assert!(text.contains("STALE") && text.contains("the source does not answer"), "{text}");
+    pg.run();
+    let arrived = || pg.query(&format!("SELECT count(*) FROM state_failures WHERE username = '{}'", user.name));
+    let took = wait_until(Duration::from_millis(50), Duration::from_secs(20), || arrived().trim() == "2");
+    eprintln!("source back -> node C's failures arrived: {took:?}");
+    assert!(took.is_some(), "node C's failures never arrived: {}", arrived());
+    let fresh = wait_until(Duration::from_millis(100), Duration::from_secs(10), || status(&c).0 == Some(0));
+    assert!(fresh.is_some(), "sync status did not come back to fresh: {}", status(&c).1);
+    assert_eq!(status(&c).1["sources"][0]["state_backlog"]["records"], 0);
+}
+
+/// A node whose `[source]` is a hot standby of the primary the writers use (issue 14 item
+/// 5): `NOTIFY` does not arrive on a standby, so the poll (`source.poll_interval_ms`, 500
+/// ms here) carries the changes; a key added on the primary logs in on the node, and once
+/// removed there it is refused. The node's login records cannot be written to a standby:
+/// they wait in its state file (`sync status` counts them).
+#[test]
+fn a_node_on_a_hot_standby_follows_it() {
+    require_root!();
+    let Some(pg) = start_postgres() else { return };
+    // A writer host on the primary: its init makes the schema the standby copies.
+    let writer = Gatehouse::new("pgw", &pg.source_config("1h"));
+    writer.init(None);
+    let standby = pg.standby();
+    assert_eq!(standby.query("SELECT pg_is_in_recovery()").trim(), "t", "not a standby");
+    let n = node("pgst", &standby, "1h", "");
+
+    let user = SystemUser::new("ghu", &writer.dir.path, &[&n.sshd.managed.name]);
+    let key = keygen(&writer.dir.path, "ed25519");
+    writer.ok(&["user", "add", &user.name]);
+    assert!(writer.cli_stdin(&["key", "add", &user.name, "-"], key.public.as_bytes()).status.success());
+    let took = on_all(&[&n], Duration::from_secs(15), |n| serves(n, &user.name, &key));
+    eprintln!("key added on the primary -> served by the standby's node: {took:?}");
+    assert!(
+        took.is_some(),
+        "the standby's node never served the key: {}\n{}",
+        n.gh.log.drain().join("\n"),
+        std::fs::read_to_string(&standby.log).unwrap_or_default()
+    );
+    assert!(n.sshd.ssh(&user.name, &key.private, &["true"]).status.success(), "no login on the standby's node");
+
+    writer.ok(&["key", "remove", &user.name, &key.fingerprint]);
+    let took = on_all(&[&n], Duration::from_secs(15), |n| !serves(n, &user.name, &key));
+    eprintln!("key removed on the primary -> refused by the standby's node: {took:?}");
+    assert!(took.is_some(), "the standby's node still serves the removed key");
+    assert!(!n.sshd.ssh(&user.name, &key.private, &["true"]).status.success(), "the removed key logs in");
+    let status = n.gh.cli(&["sync", "status"]);
+    assert!(stdout(&status).contains(": fresh"), "{}", stdout(&status));
+    // Login state is read back from the standby too: a lock by hand on the writer host
+    // (sent to the primary) reaches the node's state file.
+    writer.ok(&["user", "lock", &user.name, "--for", "1h"]);
+    let locked = || {
+        let out = std::process::Command::new("sqlite3")
+            .arg(n.gh.store.with_file_name("state.db"))
+            .arg(format!("SELECT count(*) FROM lockouts WHERE user = '{}'", user.name))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim() == "1"
+    };
+    let took = wait_until(Duration::from_millis(50), Duration::from_secs(15), locked);
+    eprintln!("lock on the primary -> in the standby node's state: {took:?}");
+    assert!(took.is_some(), "the lock never reached the standby's node");
+    // Nothing is written to the standby: `agent --once` reads, applies, and sends nothing.
+    let once = n.gh.cli(&["agent", "--once"]);
+    assert!(stdout(&once).contains("login state: 0 record(s) sent"), "{}{}", stdout(&once), stderr(&once));
 }

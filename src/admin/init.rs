@@ -130,7 +130,8 @@ pub fn init(
         // The shared source's schema; the local store above is this node's mirror.
         let mut pg = crate::store::postgres::PgStore::open_unchecked(shared, config.users.uid_range())?;
         let was = pg.version()?;
-        let now = pg.migrate()?;
+        // Already current: nothing to write (a node pointed at a read-only standby).
+        let now = if was == crate::store::postgres::current_version() { was } else { pg.migrate()? };
         if was < now {
             pg.record(actor, if was == 0 { "store.init" } else { "store.upgrade" }, &format!("from={was} to={now}"))?;
         }

@@ -5,6 +5,7 @@ pub mod doctor;
 pub mod import;
 pub mod init;
 pub mod provision;
+pub mod sync_status;
 mod table;
 
 use crate::config::Config;
@@ -148,12 +149,31 @@ fn key_json(key: &Key) -> KeyJson<'_> {
 
 /// When each of `user`'s keys last logged in, from the state file; `None` when we may not
 /// read it (it is root's unless `state.group` is set). No state file yet: nobody logged in.
+/// With `[source]`, the last use on any node: the source's, or (while it cannot be
+/// reached) what this host's agent last merged, whichever is later.
 pub fn key_use(config: &Config, user: &str) -> Option<std::collections::HashMap<String, crate::store::state::KeyUse>> {
-    match crate::store::state::StateStore::open_reader(&config.state.path, config.store.busy_timeout_ms) {
+    let local = match crate::store::state::StateStore::open_reader(&config.state.path, config.store.busy_timeout_ms) {
         Ok(Some(s)) => s.key_use(user).ok(),
         Ok(None) => Some(Default::default()),
         Err(_) => None,
+    };
+    #[cfg(feature = "postgres")]
+    if let Some(cfg) = &config.shared {
+        // A page must not wait long on a source that is down: a second at most.
+        let cfg = cfg.quick(std::time::Duration::from_secs(1));
+        let shared = crate::store::postgres::connect(&cfg)
+            .and_then(|mut c| crate::store::shared_state::key_use(&mut c, &cfg.url, user));
+        if let Ok(shared) = shared {
+            let mut all = local.unwrap_or_default();
+            for (fp, used) in shared {
+                if all.get(&fp).is_none_or(|mine| mine.last_used < used.last_used) {
+                    all.insert(fp, used);
+                }
+            }
+            return Some(all);
+        }
     }
+    local
 }
 
 impl Admin<'_> {
@@ -389,7 +409,15 @@ impl Admin<'_> {
     pub fn key_list(&mut self, out: &mut dyn Write, user: &str, json: bool) -> Result<(), AdminError> {
         let keys = self.store.keys(user)?;
         if json {
-            let keys: Vec<_> = keys.iter().map(key_json).collect();
+            let used = key_use(self.config, user).unwrap_or_default();
+            let keys: Vec<_> = keys
+                .iter()
+                .map(|k| {
+                    let mut j = key_json(k);
+                    j.last_used_at = used.get(&k.fingerprint).map(|u| u.last_used.to_string());
+                    j
+                })
+                .collect();
             return print_json(out, &keys);
         }
         let mut table = Table::new(&["FINGERPRINT", "TYPE", "BITS", "SCOPE", "EXPIRY", "COMMENT"], " ");
@@ -417,7 +445,8 @@ impl Admin<'_> {
             &self.config.state.path,
             self.config.store.busy_timeout_ms,
             self.config.state.gid(),
-        )?)
+        )?
+        .share(self.config.shared.is_some()))
     }
 
     pub fn user_lock(&mut self, name: &str, duration: Option<&str>) -> Result<Timestamp, AdminError> {
@@ -427,10 +456,30 @@ impl Admin<'_> {
             None => self.config.lockout.duration,
         };
         let until = self.actor.now.saturating_add(span);
-        self.state()?.lock(name, until, &format!("locked by {}", self.actor.name))?;
+        self.state()?.lock(name, until, &format!("locked by {}", self.actor.name), self.actor.now)?;
         self.store.record_event(&self.actor, "user.lock", name, &format!("until={until}"))?;
         self.logged("user.lock", &[("user", name), ("until", &until.to_string())]);
+        self.send_state(name);
         Ok(until)
+    }
+
+    /// With `[source]`, sends a lock or unlock by hand to the shared source at once, so it
+    /// applies on every node; when the source cannot be reached, it stays queued in this
+    /// host's state file for its agent to send, and the log says so.
+    fn send_state(&mut self, user: &str) {
+        #[cfg(feature = "postgres")]
+        if let Some(cfg) = &self.config.shared {
+            if let Err(e) = crate::store::mirror::send_state(self.config, cfg) {
+                let error = e.to_string();
+                let pairs = [("actor", self.actor.name.as_str()), ("action", "state.send"), ("user", user)];
+                let mut all = pairs.to_vec();
+                all.push(("error", &error));
+                all.push(("queued", "this host's agent sends it"));
+                self.log.log(Level::Warning, &all);
+            }
+        }
+        #[cfg(not(feature = "postgres"))]
+        let _ = user;
     }
 
     /// Lifts a lockout. Any valid name: failures may have been counted for an account
@@ -439,9 +488,10 @@ impl Admin<'_> {
         if !self.config.valid_user_name(name) {
             return Err(AdminError::Refused(format!("`{}` is not a valid user name", name.escape_debug())));
         }
-        let was = self.state()?.unlock(name)?;
+        let was = self.state()?.unlock(name, self.actor.now)?;
         self.store.record_event(&self.actor, "user.unlock", name, "")?;
         self.logged("user.unlock", &[("user", name)]);
+        self.send_state(name);
         Ok(was)
     }
 

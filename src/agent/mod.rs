@@ -290,14 +290,25 @@ pub fn run(config: &Config, log: &mut Logger) -> Result<(), StoreError> {
 
 /// `--once`: one pass, its changes printed; returns how many steps failed.
 pub fn once(config: &Config, log: &mut Logger, out: &mut dyn Write) -> Result<u32, StoreError> {
+    let mut failed = 0;
     #[cfg(feature = "postgres")]
     if let Some(shared) = &config.shared {
-        let step = crate::store::mirror::Mirror::open(config, shared)?.step(crate::time::now())?;
+        let mut mirror = crate::store::mirror::Mirror::open(config, shared)?;
+        let step = mirror.step(crate::time::now())?;
         let _ = writeln!(out, "source: {step:?}");
+        match mirror.exchange_state() {
+            Ok(done) => {
+                let _ = writeln!(out, "login state: {} record(s) sent", done.sent);
+            }
+            Err(e) => {
+                let _ = writeln!(out, "login state: not sent: {e}");
+                failed += 1;
+            }
+        }
     }
     let pass = reconcile(config, log)?;
     for line in &pass.changes {
         let _ = writeln!(out, "{line}");
     }
-    Ok(pass.failures)
+    Ok(pass.failures + failed)
 }

@@ -52,6 +52,9 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "ARGS")]
         args: Vec<std::ffi::OsString>,
     },
+    /// What this node syncs from (the shared PostgreSQL, the directory): fresh or stale
+    #[command(subcommand)]
+    Sync(SyncCommand),
     /// Make the host follow the store: sessions, accounts, data folders (root; the daemon
     /// is gatehouse-agent)
     Agent {
@@ -97,6 +100,16 @@ enum Command {
         /// The shell
         #[arg(value_name = "SHELL")]
         shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Subcommand)]
+enum SyncCommand {
+    /// The last sync of each source, its age against staleness_max, the change applied,
+    /// the login records waiting to be sent (exit status 1 when one is stale or failing)
+    Status {
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -337,6 +350,12 @@ fn run(cli: Cli, config: &Config, log: &mut Logger) -> Result<u8, AdminError> {
             };
             return Ok(result?);
         }
+        Command::Sync(SyncCommand::Status { json }) => {
+            let sources = admin::sync_status::status(config, now);
+            let healthy =
+                admin::sync_status::print(&sources, json, &mut out).map_err(|e| AdminError::Io(e.to_string()))?;
+            return Ok(if healthy { exit::OK } else { exit::REFUSED });
+        }
         Command::Doctor { sshd, sshd_config, user } => {
             let options =
                 doctor::DoctorOptions { sshd: &sshd, sshd_config: sshd_config.as_deref(), user: user.as_deref() };
@@ -375,7 +394,8 @@ fn run(cli: Cli, config: &Config, log: &mut Logger) -> Result<u8, AdminError> {
         | Command::Doctor { .. }
         | Command::Ldap { .. }
         | Command::Agent { .. }
-        | Command::Completions { .. } => {}
+        | Command::Completions { .. }
+        | Command::Sync(_) => {}
         Command::User(cmd) => match cmd {
             UserCommand::Add { name, policy, port_forwarding, disabled } => {
                 admin.user_add(&name, policy, port_forwarding, disabled, "cli")?;

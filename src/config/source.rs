@@ -18,6 +18,7 @@ pub(super) struct Raw {
     staleness_max: Option<Spanned<String>>,
     poll_interval_ms: Option<Spanned<i64>>,
     timeout_ms: Option<Spanned<i64>>,
+    state_interval_ms: Option<Spanned<i64>>,
 }
 
 /// How the connection to PostgreSQL is protected.
@@ -45,6 +46,17 @@ pub struct SourceConfig {
     pub poll_interval: Duration,
     /// How long connecting, and each request, may take.
     pub timeout: Duration,
+    /// How often the agent sends this node's login records to the source and reads back
+    /// the others': the delay before a lockout or a use is seen cluster-wide.
+    pub state_interval: Duration,
+}
+
+impl SourceConfig {
+    /// The same source with connecting and each statement bounded by `limit` at most: for
+    /// a question that must not hold its caller up long (`sync status`, "last used").
+    pub fn quick(&self, limit: Duration) -> SourceConfig {
+        SourceConfig { timeout: self.timeout.min(limit), ..self.clone() }
+    }
 }
 
 /// Where the URL points: a Unix socket folder, or a host name or address.
@@ -112,6 +124,9 @@ pub(super) fn parse(at: &Located<'_>, raw: Raw) -> Result<SourceConfig, ConfigEr
             at.int(raw.poll_interval_ms, "source.poll_interval_ms", 100..=600_000)?.unwrap_or(5000),
         ),
         timeout: Duration::from_millis(at.int(raw.timeout_ms, "source.timeout_ms", 100..=60_000)?.unwrap_or(5000)),
+        state_interval: Duration::from_millis(
+            at.int(raw.state_interval_ms, "source.state_interval_ms", 100..=600_000)?.unwrap_or(1000),
+        ),
     })
 }
 
@@ -132,6 +147,7 @@ mod tests {
         assert_eq!(s.tls, SourceTls::Verified);
         assert_eq!(s.staleness_max, Duration::from_secs(3600));
         assert_eq!(s.poll_interval, Duration::from_secs(5));
+        assert_eq!(s.state_interval, Duration::from_secs(1));
         let socket = parse("[source]\nurl = \"postgresql:///gatehouse?host=/run/postgresql\"\n").unwrap();
         assert_eq!(socket.shared.unwrap().tls, SourceTls::Plain);
         let local = parse("[source]\nurl = \"postgresql://gh@127.0.0.1:5433/gh\"\nstaleness_max = \"5s\"\n").unwrap();

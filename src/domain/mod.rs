@@ -116,6 +116,17 @@ pub struct LoginView {
     pub synced: Option<Timestamp>,
 }
 
+/// The staleness rule of synced sources: the last successful sync (`synced`) is no older
+/// than `staleness_max`. What [`LoginView::fresh`] applies to each login, and `gatehouse
+/// sync status` reports.
+pub fn synced_recently(staleness_max: Option<Duration>, synced: Option<Timestamp>, now: Timestamp) -> bool {
+    match (staleness_max, synced) {
+        (Some(max), Some(at)) => now.saturating_duration_since(at) <= max,
+        // No [ldap] or [source] section any more, or never synced: fail closed.
+        _ => false,
+    }
+}
+
 impl LoginView {
     /// Whether the user's data may still be trusted: always for local users; for directory
     /// users and users mirrored from the shared source only while the last successful sync
@@ -124,11 +135,7 @@ impl LoginView {
         if self.user.source != SOURCE_LDAP && self.user.source != SOURCE_SHARED {
             return true;
         }
-        match (staleness_max, self.synced) {
-            (Some(max), Some(at)) => now.saturating_duration_since(at) <= max,
-            // No [ldap] or [source] section any more, or never synced: fail closed.
-            _ => false,
-        }
+        synced_recently(staleness_max, self.synced, now)
     }
 
     /// The reason logged when [`LoginView::fresh`] refuses.

@@ -154,7 +154,9 @@ impl Backends {
     fn state(&mut self) -> Result<&StateStore, StoreError> {
         if self.state.is_none() {
             let c = &self.config;
-            self.state = Some(StateStore::open_login(&c.state.path, c.store.busy_timeout_ms, c.state.gid())?);
+            // With [source], what is recorded is also queued for the agent to send.
+            let state = StateStore::open_login(&c.state.path, c.store.busy_timeout_ms, c.state.gid())?;
+            self.state = Some(state.share(c.shared.is_some()));
         }
         match &self.state {
             Some(s) => Ok(s),

@@ -256,7 +256,7 @@ fn account_stage() {
     assert_eq!(account(&mut ctx("Not Valid"), b, &deny, NOW), Verdict::UserUnknown);
     assert_eq!(account(&mut Ctx { user: None, ..ctx("x") }, b, &none, NOW), Verdict::UserUnknown);
     // Locked out, whatever the method.
-    b.state().unwrap().lock("alice", later(60), "test").unwrap();
+    b.state().unwrap().lock("alice", later(60), "test", NOW).unwrap();
     let mut c = ctx("alice");
     assert_eq!(account(&mut c, b, &none, NOW), Verdict::PermissionDenied);
     assert!(c.told[0].starts_with("This account is locked until"), "{:?}", c.told);

@@ -10,6 +10,10 @@
 //! Each success is recorded in the local store's `sync_state` (source `postgres`), which
 //! is what the login path's staleness rule reads: while the source is out of reach the
 //! node serves the last copy, until `source.staleness_max`, then refuses its users.
+//!
+//! The same thread carries login state the other way ([`crate::store::shared_state`]):
+//! every `source.state_interval_ms` it sends what this node's login path recorded and
+//! reads back what the others sent, woken early by their `NOTIFY gatehouse_state`.
 
 use super::postgres::{self as pg, CHANNEL};
 use super::sqlite::SqliteStore;
@@ -22,6 +26,8 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use super::postgres::pg_error;
+use super::shared_state::{self, STATE_CHANNEL};
+use super::state::StateStore;
 
 const USER_COLUMNS: &str = "u.id, u.name, u.state, u.policy, u.port_forwarding, u.created, u.source, u.uid";
 
@@ -113,10 +119,12 @@ pub fn read_batch(client: &mut Client, at: &str, after: Option<i64>) -> Result<O
         .read_only(true)
         .start()
         .map_err(db)?;
-    let top: i64 = tx.query_one("SELECT seq FROM change_seq", &[]).map_err(db)?.get(0);
+    let row = tx.query_one("SELECT seq, pruned FROM change_seq", &[]).map_err(db)?;
+    let (top, pruned): (i64, i64) = (row.get(0), row.get(1));
     let batch = match after {
         Some(last) if last == top => None,
-        Some(last) if last < top => {
+        // The log still holds every change after `last` (older ones are pruned).
+        Some(last) if last < top && last >= pruned => {
             let rows = tx
                 .query("SELECT DISTINCT kind, name FROM changes WHERE seq > $1 AND seq <= $2", &[&last, &top])
                 .map_err(db)?;
@@ -143,7 +151,8 @@ pub fn read_batch(client: &mut Client, at: &str, after: Option<i64>) -> Result<O
                 seq: top,
             })
         }
-        // First run, or the source went back (restored, replaced): copy it all.
+        // First run, the source went back (restored, replaced), or the changes this node
+        // lacks were pruned (cut off longer than the log keeps them): copy it all.
         _ => Some(MirrorBatch {
             full: true,
             users: read_users(&mut tx, at, None)?.into_iter().map(|m| (m.user.name.clone(), Some(m))).collect(),
@@ -175,6 +184,25 @@ pub struct Mirror {
     /// How often a step with nothing new still records a success.
     heartbeat: Duration,
     failing: bool,
+    /// The node's state file, opened at the first exchange.
+    state: Option<StateStore>,
+    state_path: std::path::PathBuf,
+    state_gid: Option<u32>,
+    busy_timeout_ms: u32,
+    lockout: crate::config::LockoutConfig,
+    /// Where the last read of the others' records ended (the source's clock, ms).
+    pull_cursor: Option<i64>,
+    /// Why the last exchange of login state failed, until one works.
+    pub state_failing: Option<String>,
+    /// The source is a hot standby (read-only, no notices).
+    standby: bool,
+}
+
+/// What one exchange of login state did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Exchanged {
+    pub sent: usize,
+    pub merged: bool,
 }
 
 impl Mirror {
@@ -189,13 +217,29 @@ impl Mirror {
             last_written: None,
             heartbeat: (cfg.staleness_max / 10).clamp(Duration::from_millis(100), Duration::from_secs(300)),
             failing: false,
+            state: None,
+            state_path: config.state.path.clone(),
+            state_gid: config.state.gid(),
+            busy_timeout_ms: config.store.busy_timeout_ms,
+            lockout: config.lockout.clone(),
+            pull_cursor: None,
+            state_failing: None,
+            standby: false,
         })
     }
 
     fn client(&mut self) -> Result<&mut Client, StoreError> {
         if self.client.is_none() {
             let mut c = pg::connect(&self.cfg)?;
-            c.batch_execute(&format!("LISTEN {CHANNEL}")).map_err(|e| pg_error(&self.at, e))?;
+            // A hot standby refuses LISTEN (and every write): there the poll is the only
+            // wake-up, and this node's login records wait until it follows a primary.
+            let standby: bool =
+                c.query_one("SELECT pg_is_in_recovery()", &[]).map_err(|e| pg_error(&self.at, e))?.get(0);
+            if !standby {
+                c.batch_execute(&format!("LISTEN {CHANNEL}; LISTEN {STATE_CHANNEL}"))
+                    .map_err(|e| pg_error(&self.at, e))?;
+            }
+            self.standby = standby;
             self.client = Some(c);
         }
         self.client
@@ -229,6 +273,42 @@ impl Mirror {
         self.last_written = Some(Instant::now());
         self.failing = false;
         Ok(step)
+    }
+
+    /// Sends this node's login records to the source and merges back what every node
+    /// sent since the last time. A record is forgotten here only once the source has it.
+    pub fn exchange_state(&mut self) -> Result<Exchanged, StoreError> {
+        if self.state.is_none() {
+            let state = StateStore::open_writer(&self.state_path, self.busy_timeout_ms, self.state_gid)?.share(true);
+            self.pull_cursor = state.shared_value("pull_cursor")?.and_then(|c| c.parse().ok());
+            self.state = Some(state);
+        }
+        self.client()?;
+        let (Some(client), Some(state)) = (self.client.as_mut(), self.state.as_ref()) else {
+            return Err(StoreError::Unavailable { path: self.at.clone(), reason: "no connection".into() });
+        };
+        let at = self.at.as_str();
+        // Nothing can be written to a standby: the records wait, and the others' are read.
+        let sending = if self.standby { Ok(0) } else { shared_state::send(client, at, state, &self.lockout) };
+        let result = sending.and_then(|sent| {
+            // A write stamped before the cursor may commit after it: read a little back.
+            let slack = (self.cfg.timeout * 2).max(Duration::from_secs(10));
+            let (pulled, cursor) = shared_state::pull(client, at, self.pull_cursor, slack)?;
+            let merged = !pulled.is_empty();
+            if merged {
+                state.merge_shared(&pulled)?;
+                if let Some(c) = cursor {
+                    state.set_shared_value("pull_cursor", &c.to_string())?;
+                }
+            }
+            self.pull_cursor = cursor;
+            Ok(Exchanged { sent, merged })
+        });
+        if result.is_err() && self.client.as_ref().is_some_and(Client::is_closed) {
+            // The connection is gone: the next step makes a new one.
+            self.client = None;
+        }
+        result
     }
 
     /// Waits for a change notice, at most `source.poll_interval_ms` (or `limit`).
@@ -297,7 +377,8 @@ pub fn run(config: &Config, cfg: &SourceConfig, log: &mut Logger) -> Result<(), 
                     );
                 }
                 retry = Duration::from_secs(1);
-                mirror.wait(cfg.poll_interval);
+                exchange(&mut mirror, log);
+                mirror.wait(cfg.poll_interval.min(cfg.state_interval));
             }
             Err(e) => {
                 let error = e.to_string();
@@ -310,6 +391,37 @@ pub fn run(config: &Config, cfg: &SourceConfig, log: &mut Logger) -> Result<(), 
             }
         }
     }
+}
+
+/// One exchange of login state, logged when it sends something, when it fails (once) and
+/// when it works again.
+fn exchange(mirror: &mut Mirror, log: &mut Logger) {
+    match mirror.exchange_state() {
+        Ok(done) => {
+            if mirror.state_failing.take().is_some() {
+                log.log(Level::Info, &[("action", "state.recovered"), ("source", &mirror.at)]);
+            }
+            if done.sent > 0 {
+                log.log(Level::Info, &[("action", "state.sent"), ("records", &done.sent.to_string())]);
+            }
+        }
+        Err(e) => {
+            let error = e.to_string();
+            if mirror.state_failing.is_none() {
+                log.log(Level::Warning, &[("action", "state.send"), ("source", &mirror.at), ("error", &error)]);
+            }
+            mirror.state_failing = Some(error);
+        }
+    }
+}
+
+/// Sends what this host's state file holds for the source now (the CLI, after a lock or
+/// an unlock by hand, so that it applies cluster-wide without waiting for an agent).
+pub fn send_state(config: &Config, cfg: &SourceConfig) -> Result<usize, StoreError> {
+    let state =
+        StateStore::open_writer(&config.state.path, config.store.busy_timeout_ms, config.state.gid())?.share(true);
+    let mut client = pg::connect(cfg)?;
+    shared_state::send(&mut client, &cfg.url, &state, &config.lockout)
 }
 
 /// Starts the mirror on a thread of its own when `[source]` is set; it runs for the life

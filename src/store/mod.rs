@@ -15,6 +15,8 @@ pub mod postgres;
 mod schema;
 #[cfg(feature = "admin")]
 pub mod secrets;
+#[cfg(feature = "postgres")]
+pub mod shared_state;
 pub mod sqlite;
 pub mod state;
 pub mod uids;

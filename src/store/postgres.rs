@@ -103,6 +103,49 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX changes_by_seq ON changes (seq);
     ",
+    // 2: login state from every node (store::shared_state): the last use of each key, the
+    // failed passwords (each node's record once, however often it is sent), lockouts and
+    // unlocks. `pushed` is this server's clock (ms) at the write: what nodes pull after.
+    // And the change log pruned: each change's time, and the highest number pruned (a
+    // node that applied less copies everything, as from a restored database).
+    "
+    ALTER TABLE changes ADD COLUMN time bigint NOT NULL DEFAULT extract(epoch from now())::bigint;
+    CREATE INDEX changes_by_time ON changes (time);
+    ALTER TABLE change_seq ADD COLUMN pruned bigint NOT NULL DEFAULT 0;
+    CREATE TABLE state_key_use (
+        fingerprint text PRIMARY KEY,
+        username    text NOT NULL,
+        last_used   bigint NOT NULL,
+        rhost       text,
+        pushed      bigint NOT NULL
+    );
+    CREATE INDEX state_key_use_by_user ON state_key_use (username);
+    CREATE INDEX state_key_use_by_pushed ON state_key_use (pushed);
+    CREATE TABLE state_failures (
+        node     text NOT NULL,
+        id       bigint NOT NULL,
+        username text NOT NULL,
+        rhost    text,
+        time     bigint NOT NULL,
+        PRIMARY KEY (node, id)
+    );
+    CREATE INDEX state_failures_by_user ON state_failures (username, time);
+    CREATE INDEX state_failures_by_time ON state_failures (time);
+    CREATE TABLE state_lockouts (
+        username text PRIMARY KEY,
+        until    bigint NOT NULL,
+        since    bigint NOT NULL,
+        reason   text NOT NULL,
+        pushed   bigint NOT NULL
+    );
+    CREATE INDEX state_lockouts_by_pushed ON state_lockouts (pushed);
+    CREATE TABLE state_unlocks (
+        username text PRIMARY KEY,
+        time     bigint NOT NULL,
+        pushed   bigint NOT NULL
+    );
+    CREATE INDEX state_unlocks_by_pushed ON state_unlocks (pushed);
+    ",
 ];
 
 /// The schema version this build reads and writes.
@@ -391,8 +434,23 @@ impl PgStore {
             .get(0);
         let mut w = Write { tx, seq, at: at.clone(), announced: false };
         let value = f(&mut w)?;
+        if seq % PRUNE_EVERY == 0 {
+            prune_changes(&mut w.tx, &at, CHANGES_KEPT)?;
+        }
         w.tx.commit().map_err(|e| pg_error(&at, e))?;
         Ok(value)
+    }
+
+    /// Prunes the change log of what is older than `keep` now, in a transaction of its own
+    /// (writers do it every [`PRUNE_EVERY`] changes); the highest number pruned, if any.
+    pub fn prune_changes(&mut self, keep: std::time::Duration) -> Result<Option<i64>, StoreError> {
+        let at = self.at.clone();
+        let mut tx = self.client.get_mut().transaction().map_err(|e| pg_error(&at, e))?;
+        // The sequence's row lock: no writer adds changes meanwhile.
+        tx.execute("SELECT seq FROM change_seq FOR UPDATE", &[]).map_err(|e| pg_error(&at, e))?;
+        let cut = prune_changes(&mut tx, &at, keep)?;
+        tx.commit().map_err(|e| pg_error(&at, e))?;
+        Ok(cut)
     }
 
     /// Records an event that is not a change to users or keys (init).
@@ -408,6 +466,30 @@ impl PgStore {
             .map_err(|e| pg_error(&at, e))?
             .map(|r| (r.get(0), r.get(1))))
     }
+}
+
+/// How long the change log keeps a change: a node that applied nothing for longer (cut off,
+/// switched off) copies everything when it is back, as at its first start.
+pub const CHANGES_KEPT: std::time::Duration = std::time::Duration::from_secs(7 * 86_400);
+
+/// A writer prunes the change log once every this many changes.
+pub const PRUNE_EVERY: i64 = 1000;
+
+/// Deletes the changes older than `keep` (by the server's clock), up to the highest number
+/// among them, and records that number as pruned: a node that applied less cannot follow
+/// the log and copies everything ([`crate::store::mirror::read_batch`]).
+fn prune_changes(tx: &mut Transaction<'_>, at: &str, keep: std::time::Duration) -> Result<Option<i64>, StoreError> {
+    let db = |e| pg_error(at, e);
+    let keep = i64::try_from(keep.as_secs()).unwrap_or(i64::MAX);
+    let cut: Option<i64> = tx
+        .query_one("SELECT max(seq) FROM changes WHERE time < extract(epoch from now())::bigint - $1", &[&keep])
+        .map_err(db)?
+        .get(0);
+    if let Some(cut) = cut {
+        tx.execute("DELETE FROM changes WHERE seq <= $1", &[&cut]).map_err(db)?;
+        tx.execute("UPDATE change_seq SET pruned = greatest(pruned, $1)", &[&cut]).map_err(db)?;
+    }
+    Ok(cut)
 }
 
 /// The lowest free uid above every uid ever handed out, then the gaps below; uids held by

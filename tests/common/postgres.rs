@@ -117,6 +117,57 @@ impl Postgres {
         Some(pg)
     }
 
+    /// A hot standby of this server on a loopback port of its own: `pg_basebackup -R -X
+    /// stream` over the private socket (the postgres account's peer authentication), then
+    /// started; it follows by streaming replication, read-only, and `NOTIFY` does not
+    /// reach its clients. Role `gatehouse` and its password come with the copy.
+    pub fn standby(&self) -> Postgres {
+        let dir = TestDir::new("pgstandby");
+        let data = dir.join("data");
+        let socket = dir.join("socket");
+        for d in [&data, &socket] {
+            std::fs::create_dir(d).unwrap();
+            std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o700)).unwrap();
+            Command::new("chown").args(["postgres:postgres", d.to_str().unwrap()]).status().unwrap();
+        }
+        let (primary_socket, port) = (self.dir.join("socket"), self.port.to_string());
+        let out = as_postgres(
+            &self.bin.join("pg_basebackup"),
+            &[
+                "-h",
+                primary_socket.to_str().unwrap(),
+                "-p",
+                &port,
+                "-U",
+                "postgres",
+                "-D",
+                data.to_str().unwrap(),
+                "-R",
+                "-X",
+                "stream",
+                "--checkpoint=fast",
+            ],
+        );
+        assert!(out.status.success(), "pg_basebackup: {}", String::from_utf8_lossy(&out.stderr));
+        let password_file = dir.join("pg-password");
+        std::fs::copy(&self.password_file, &password_file).unwrap();
+        std::fs::set_permissions(&password_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let log = dir.join("postgres.log");
+        let mut standby = Postgres {
+            child: None,
+            dir,
+            port: free_port(),
+            bin: self.bin.clone(),
+            data,
+            log,
+            password_file,
+            extra: Vec::new(),
+            cert_dir: None,
+        };
+        standby.run();
+        standby
+    }
+
     /// Starts the server (again, after [`Postgres::stop`]) and waits for its port.
     pub fn run(&mut self) {
         let logfile = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
