@@ -10,6 +10,9 @@
 //! Each success is recorded in the local store's `sync_state` (source `postgres`), which
 //! is what the login path's staleness rule reads: while the source is out of reach the
 //! node serves the last copy, until `source.staleness_max`, then refuses its users.
+//! Directory users (`gatehouse-ldap` writing into PostgreSQL) keep their source `ldap`
+//! on the node, and the directory sync's own record is copied with every batch: they are
+//! refused when either the node's mirror or the directory's sync is too old.
 
 use super::postgres::{self as pg, CHANNEL};
 use super::sqlite::SqliteStore;
@@ -103,6 +106,11 @@ fn read_groups(c: &mut impl GenericClient, at: &str) -> Result<Vec<(String, Stri
     Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
 }
 
+/// The directory sync's record (`gatehouse-ldap` writing into the source), if any.
+fn read_directory_sync(c: &mut impl GenericClient, at: &str) -> Result<Option<SyncState>, StoreError> {
+    super::postgres::read_sync_state(c, at, crate::domain::SOURCE_LDAP)
+}
+
 /// What the source holds after change `after` (everything when `None`), read in one
 /// snapshot. `None`: nothing new.
 pub fn read_batch(client: &mut Client, at: &str, after: Option<i64>) -> Result<Option<MirrorBatch>, StoreError> {
@@ -141,6 +149,7 @@ pub fn read_batch(client: &mut Client, at: &str, after: Option<i64>) -> Result<O
                 grants: if grants { Some(read_grants(&mut tx, at)?) } else { None },
                 groups: if groups { Some(read_groups(&mut tx, at)?) } else { None },
                 seq: top,
+                directory: read_directory_sync(&mut tx, at)?,
             })
         }
         // First run, or the source went back (restored, replaced): copy it all.
@@ -150,6 +159,7 @@ pub fn read_batch(client: &mut Client, at: &str, after: Option<i64>) -> Result<O
             grants: Some(read_grants(&mut tx, at)?),
             groups: Some(read_groups(&mut tx, at)?),
             seq: top,
+            directory: read_directory_sync(&mut tx, at)?,
         }),
     };
     tx.commit().map_err(db)?;
