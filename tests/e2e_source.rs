@@ -4,6 +4,8 @@
 //! logins. A key added through one node's CLI (which writes to PostgreSQL) logs in on both
 //! within a second; removed, it is refused on both; with PostgreSQL stopped the nodes go
 //! on serving their copy until `source.staleness_max`, then refuse users from the source.
+//! A directory (slapd with syncprov) followed by `gatehouse-ldap follow` into PostgreSQL
+//! reaches a node the same way, its users refused when either sync is stale.
 //! Needs root (sshd, system users, the postgres account) and Debian's postgresql package.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -318,4 +320,88 @@ fn the_source_is_reached_over_tls_with_the_sites_ca_only() {
     std::fs::set_permissions(&pg.password_file, std::fs::Permissions::from_mode(0o644)).unwrap();
     let err = PgStore::open_unchecked(&shared, good.users.uid_range()).err().unwrap().to_string();
     assert!(err.contains("readable by its owner alone"), "{err}");
+}
+
+/// A directory and PostgreSQL together: `gatehouse-ldap follow` on a host with both
+/// `[ldap]` and `[source]` writes into PostgreSQL, the node's agent mirrors it, and the
+/// node's login path serves the directory user, checking both stalenesses.
+#[test]
+fn a_directory_user_reaches_a_node_through_postgresql() {
+    require_root!();
+    let Some(mut pg) = start_postgres() else { return };
+    let s = slapd::Slapd::start_syncprov();
+    let ldap = format!(
+        "\n[ldap]\nurl = \"{}\"\nstarttls = false\nbase_dn = \"{}\"\nbind_dn = \"{}\"\nbind_password_file = \"{}\"\n\
+         timeout = \"5s\"\nstaleness_max = \"1h\"\nfollow = \"content-sync\"\npoll_interval = \"1h\"\n",
+        s.url,
+        slapd::BASE_DN,
+        slapd::SERVICE_DN,
+        s.password_file.display()
+    );
+    let n = node("pgl", &pg, "4s", &ldap);
+    let account = SystemUser::new("ghd", &n.gh.dir.path, &[&n.sshd.managed.name]);
+    let (old, new) = (keygen(&n.gh.dir.path, "ed25519"), keygen(&n.gh.dir.path, "ed25519"));
+    s.add(&slapd::user_ldif(&account.name, "people", account.uid, &[&old.public, &new.public], ""));
+
+    let program = std::path::Path::new(env!("CARGO_BIN_EXE_gatehouse")).with_file_name("gatehouse-ldap");
+    assert!(program.is_file(), "{} is missing: cargo build --workspace --bins", program.display());
+    let errors = n.gh.dir.join("follow.err");
+    let mut follow = std::process::Command::new(&program)
+        .arg("--config")
+        .arg(&n.gh.config)
+        .arg("follow")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&errors).unwrap())
+        .spawn()
+        .unwrap();
+    let follow_errors = || std::fs::read_to_string(&errors).unwrap_or_default();
+
+    // Directory → PostgreSQL → the node's store → ssh.
+    let took = on_all(&[&n], Duration::from_secs(15), |n| serves(n, &account.name, &old));
+    assert!(took.is_some(), "never served on the node; follow: {}", follow_errors());
+    assert!(pg.query(&format!("SELECT source FROM users WHERE name = '{}'", account.name)).contains("ldap"));
+    let local = |sql: &str| {
+        let out = std::process::Command::new("sqlite3").arg(&n.gh.store).arg(sql).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    assert_eq!(local(&format!("SELECT source FROM users WHERE name = '{}'", account.name)), "ldap\n");
+    assert_eq!(local("SELECT count(*) FROM sync_state WHERE source = 'ldap' AND last_success IS NOT NULL"), "1\n");
+    let login = |key: &KeyPair| n.sshd.ssh(&account.name, &key.private, &["true"]).status.success();
+    assert!(login(&old), "no ssh login: {}", n.sshd.log_text());
+
+    // A key removed in the directory: refused on the node.
+    let removed = Instant::now();
+    s.modify(&format!(
+        "dn: {}\nchangetype: modify\ndelete: sshPublicKey\nsshPublicKey: {}\n\n",
+        slapd::user_dn(&account.name, "people"),
+        old.public
+    ));
+    let took = on_all(&[&n], Duration::from_secs(15), |n| !serves(n, &account.name, &old));
+    eprintln!("directory key removed -> refused on the node: {took:?} ({:?} with ldapmodify)", removed.elapsed());
+    assert!(took.is_some(), "the removed key is still served; follow: {}", follow_errors());
+    assert!(!login(&old), "the removed key still logs in");
+    assert!(login(&new), "the other key no longer logs in");
+    let _ = follow.kill();
+    let _ = follow.wait();
+    assert!(!follow_errors().contains("panicked"), "{}", follow_errors());
+
+    // The directory sync in PostgreSQL two hours old (past ldap.staleness_max): the node
+    // copies the record with its next batch and refuses the directory user.
+    let bump = "UPDATE change_seq SET seq = seq + 1; NOTIFY gatehouse_changes;";
+    pg.query(&format!("UPDATE sync_state SET last_success = last_success - 7200 WHERE source = 'ldap'; {bump}"));
+    n.gh.log.drain();
+    let took = on_all(&[&n], Duration::from_secs(15), |n| !serves(n, &account.name, &new));
+    assert!(took.is_some(), "a stale directory sync did not reach the node");
+    assert!(n.gh.log.drain().join("\n").contains("reason=directory-stale"));
+    pg.query(&format!("UPDATE sync_state SET last_success = last_success + 7200 WHERE source = 'ldap'; {bump}"));
+    assert!(on_all(&[&n], Duration::from_secs(15), |n| serves(n, &account.name, &new)).is_some());
+
+    // PostgreSQL gone: past the node's source.staleness_max the directory user is refused
+    // too, though the directory's own record is fresh.
+    pg.stop();
+    let took = on_all(&[&n], Duration::from_secs(20), |n| !serves(n, &account.name, &new));
+    assert!(took.is_some(), "still served with the mirror stale");
+    assert!(n.gh.log.drain().join("\n").contains("reason=source-stale"));
+    assert!(!login(&new), "logs in with the mirror stale");
 }

@@ -1008,8 +1008,8 @@ impl AdminStore for PgStore {
             };
             w.tx.execute(
                 "INSERT INTO sync_state AS s (source, last_success, last_attempt, last_error, high_water, users, keys, \
-                 last_full) VALUES ($1, CASE WHEN $3::text IS NULL THEN $2 END, $2, $3, $4, $5, $6, \
-                 CASE WHEN $3::text IS NULL AND $7 THEN $2 END) \
+                 last_full) VALUES ($1, CASE WHEN $3::text IS NULL THEN $2::bigint END, $2::bigint, $3::text, $4::text, \
+                 $5::bigint, $6::bigint, CASE WHEN $3::text IS NULL AND $7::boolean THEN $2::bigint END) \
                  ON CONFLICT (source) DO UPDATE SET \
                    last_success = CASE WHEN $3::text IS NULL THEN $2 ELSE s.last_success END, \
                    last_attempt = $2, last_error = $3, high_water = coalesce($4, s.high_water), users = $5, keys = $6, \
