@@ -440,6 +440,99 @@ mod tests {
         }
     }
 
+    /// A directory that answers a content-sync search with `reply` (built for the
+    /// request's message id), then keeps the connection open and says nothing more.
+    fn fake_directory(reply: fn(i64) -> Vec<u8>) -> (u16, std::thread::JoinHandle<()>) {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = std::thread::spawn(move || {
+            let (mut conn, _) = listener.accept().unwrap();
+            let mut buf = Vec::new();
+            let request = loop {
+                let mut chunk = [0u8; 4096];
+                let n = conn.read(&mut chunk).unwrap();
+                assert!(n > 0, "the client went away before asking");
+                buf.extend_from_slice(&chunk[..n]);
+                if let Ok((_, tag)) = lber::parse::parse_tag(&buf) {
+                    break tag;
+                }
+            };
+            let mut parts = request.expect_constructed().unwrap().into_iter();
+            let id = parts.next().unwrap().expect_primitive().unwrap();
+            let id = id.iter().fold(0i64, |n, b| n << 8 | i64::from(*b));
+            conn.write_all(&reply(id)).unwrap();
+            // Silent from now on; the client must not wait for ever.
+            let _ = conn.read(&mut [0u8; 4096]);
+        });
+        (port, server)
+    }
+
+    fn message(id: i64, op: Tag, controls: Option<Vec<u8>>) -> Vec<u8> {
+        use ldap3::asn1::{Integer, TagClass};
+        let mut inner = vec![Tag::Integer(Integer { inner: id, ..Default::default() }), op];
+        if let Some(value) = controls {
+            let control = Tag::Sequence(Sequence {
+                inner: vec![
+                    Tag::OctetString(OctetString { inner: STATE_OID.as_bytes().to_vec(), ..Default::default() }),
+                    Tag::OctetString(OctetString { inner: value, ..Default::default() }),
+                ],
+                ..Default::default()
+            });
+            inner.push(Tag::Sequence(Sequence { id: 0, class: TagClass::Context, inner: vec![control] }));
+        }
+        ber(Tag::Sequence(Sequence { inner, ..Default::default() }))
+    }
+
+    fn entry_op(dn: &str) -> Tag {
+        Tag::Sequence(Sequence {
+            id: 4,
+            class: ldap3::asn1::TagClass::Application,
+            inner: vec![
+                Tag::OctetString(OctetString { inner: dn.as_bytes().to_vec(), ..Default::default() }),
+                Tag::Sequence(Sequence { inner: vec![], ..Default::default() }),
+            ],
+        })
+    }
+
+    fn run_session(port: u16) -> (Result<End, SyncError>, usize) {
+        let config = gatehouse::config::Config::parse(
+            "t.toml",
+            &format!("[ldap]\nurl = \"ldap://127.0.0.1:{port}\"\nstarttls = false\nbase_dn = \"dc=org\"\n"),
+        )
+        .unwrap();
+        let cfg = config.ldap.unwrap();
+        let mut applied = 0;
+        let result = session(&cfg, None, Duration::from_secs(2), &mut |_, _| {
+            applied += 1;
+            Ok(())
+        });
+        (result, applied)
+    }
+
+    /// Through the real client: an unknown syncState, and a directory that goes silent,
+    /// end the session with one line of error (or a quiet end), no panic, no hang.
+    #[test]
+    fn a_session_with_a_malformed_or_silent_directory_ends() {
+        let (port, server) = fake_directory(|id| message(id, entry_op("uid=a,dc=org"), Some(state_value(9, None))));
+        let started = std::time::Instant::now();
+        let (result, applied) = run_session(port);
+        let e = result.expect_err("an unknown syncState was accepted").to_string();
+        assert!(e.starts_with("directory search: content sync: ") && !e.contains('\n'), "{e}");
+        assert_eq!(applied, 0);
+        assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+        drop(server);
+
+        // An entry before the refresh ends, then nothing: the session ends at the quiet
+        // limit, having applied nothing half-read.
+        let (port, _server) = fake_directory(|id| message(id, entry_op("uid=b,dc=org"), Some(state_value(1, None))));
+        let started = std::time::Instant::now();
+        let (result, applied) = run_session(port);
+        assert_eq!(result.unwrap(), End::Quiet);
+        assert_eq!(applied, 0);
+        assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
+    }
+
     #[test]
     fn cookies_round_trip_and_bad_ones_are_refused() {
         let c = b"rid=000,csn=20261203182800.000000Z#000000#000#000000\xff".to_vec();
