@@ -196,28 +196,50 @@ pub fn cookie_from_text(text: &str) -> Result<Vec<u8>, String> {
         .collect()
 }
 
+/// Opens the store the sync writes (again, after it failed).
+pub type OpenStore<'a> = dyn Fn() -> Result<Box<dyn AdminStore>, gatehouse::store::StoreError> + 'a;
+
 /// The daemon: runs until killed. Each failure is logged (one line, then again when it
-/// recovers) and retried after a wait that doubles up to 30 s.
-pub fn run(config: &Config, store: &mut dyn AdminStore, log: &mut Logger) -> Result<(), SyncError> {
+/// recovers) and retried after a wait that doubles up to 30 s; after a failure of the
+/// store, the store is opened again (a PostgreSQL restarted, say). `Err` only when the
+/// store cannot be opened at the start.
+pub fn run(config: &Config, open: &OpenStore<'_>, log: &mut Logger) -> Result<(), SyncError> {
     let Some(cfg) = config.ldap.clone() else {
         return Err(SyncError::NotConfigured);
     };
-    let mut cookie = match store.sync_state(COOKIE_SOURCE)?.and_then(|s| s.high_water) {
-        None => None,
-        Some(text) => match cookie_from_text(&text) {
-            Ok(c) => Some(c),
-            Err(e) => {
-                log.log(Level::Warning, &[("action", "ldap.follow"), ("cookie", "dropped"), ("error", &e)]);
-                None
-            }
-        },
-    };
+    let mut held: Option<Box<dyn AdminStore>> = Some(open()?);
+    let mut cookie = None;
+    if let Some(store) = held.as_mut() {
+        cookie = match store.sync_state(COOKIE_SOURCE)?.and_then(|s| s.high_water).filter(|t| !t.is_empty()) {
+            None => None,
+            Some(text) => match cookie_from_text(&text) {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    log.log(Level::Warning, &[("action", "ldap.follow"), ("cookie", "dropped"), ("error", &e)]);
+                    None
+                }
+            },
+        };
+    }
     let mut mode = cfg.follow;
     let mode_name = |m: FollowMode| if m == FollowMode::Poll { "poll" } else { "content-sync" };
     log.log(Level::Info, &[("action", "ldap.follow"), ("mode", mode_name(mode)), ("verdict", "start")]);
     let mut backoff = Duration::from_secs(1);
     let mut failing = false;
     loop {
+        let store = match held.as_mut() {
+            Some(s) => s,
+            None => match open() {
+                Ok(s) => held.insert(s),
+                Err(e) => {
+                    failed(log, &mut failing, &e.to_string());
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                    continue;
+                }
+            },
+        };
+        let store = store.as_mut();
         // A read by the usual rules (incremental, full at least hourly): it records a
         // success each `ldap.poll_interval` however quiet the directory is.
         let mut result = apply(config, store, log, false, None, "timer").map(|()| End::Quiet);
@@ -226,8 +248,11 @@ pub fn run(config: &Config, store: &mut dyn AdminStore, log: &mut Logger) -> Res
             result = session(&cfg, cookie.clone(), cfg.poll_interval, &mut on_change);
             // What the session applied is in the store, its cookie with it.
             if let Ok(Some(text)) = store.sync_state(COOKIE_SOURCE).map(|s| s.and_then(|s| s.high_water)) {
-                cookie = cookie_from_text(&text).ok();
+                cookie = cookie_from_text(&text).ok().filter(|c| !c.is_empty());
             }
+        }
+        if matches!(result, Err(SyncError::Store(_))) {
+            held = None;
         }
         match result {
             Ok(End::Quiet) => {
@@ -245,13 +270,7 @@ pub fn run(config: &Config, store: &mut dyn AdminStore, log: &mut Logger) -> Res
                     &[("action", "ldap.follow"), ("cookie", "dropped"), ("reason", "refresh-required")],
                 );
                 cookie = None;
-                let _ = store.record_sync(&SyncAttempt {
-                    source: COOKIE_SOURCE,
-                    at: gatehouse::time::now(),
-                    error: Some("the directory asked for a refresh"),
-                    high_water: None,
-                    full: false,
-                });
+                forget_cookie(held.as_deref_mut(), "the directory asked for a refresh");
             }
             Ok(End::NotOffered(why)) if mode == FollowMode::Auto => {
                 let every = format!("{}s", cfg.poll_interval.as_secs());
@@ -273,13 +292,29 @@ pub fn run(config: &Config, store: &mut dyn AdminStore, log: &mut Logger) -> Res
                 failed(log, &mut failing, &text);
                 // A directory that refused the session (not one we could not reach) may
                 // not like the cookie: the next one starts afresh.
-                if matches!(&e, SyncError::Directory(DirectoryError::Search(_))) {
+                if matches!(&e, SyncError::Directory(DirectoryError::Search(_))) && cookie.is_some() {
                     cookie = None;
+                    forget_cookie(held.as_deref_mut(), "the directory refused the session");
                 }
                 std::thread::sleep(backoff);
                 backoff = (backoff * 2).min(BACKOFF_MAX);
             }
         }
+    }
+}
+
+/// Drops the kept cookie (an empty one in the store), so that neither the next session nor
+/// a restart uses it.
+fn forget_cookie(store: Option<&mut (dyn AdminStore + 'static)>, why: &str) {
+    if let Some(store) = store {
+        let attempt = SyncAttempt {
+            source: COOKIE_SOURCE,
+            at: gatehouse::time::now(),
+            error: Some(why),
+            high_water: Some(""),
+            full: false,
+        };
+        let _ = store.record_sync(&attempt);
     }
 }
 

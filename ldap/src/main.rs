@@ -80,22 +80,13 @@ fn main() -> ExitCode {
                 }
             }
         }
-        ["follow"] => {
-            let mut store = match gatehouse_ldap::open_store(&config) {
-                Ok(s) => s,
-                Err(e) => {
-                    eprintln!("gatehouse-ldap: {e}");
-                    return ExitCode::from(exit::STORE);
-                }
-            };
-            match gatehouse_ldap::follow::run(&config, store.as_mut(), &mut log) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("gatehouse-ldap: follow: {}", gatehouse::keys::shown(&e.to_string()));
-                    ExitCode::from(if e.is_store() { exit::STORE } else { exit::REFUSED })
-                }
+        ["follow"] => match gatehouse_ldap::follow::run(&config, &|| gatehouse_ldap::open_store(&config), &mut log) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("gatehouse-ldap: follow: {}", gatehouse::keys::shown(&e.to_string()));
+                ExitCode::from(if e.is_store() { exit::STORE } else { exit::REFUSED })
             }
-        }
+        },
         ["status", rest @ ..] if rest.iter().all(|a| *a == "--json") => {
             let store = match SqliteStore::open_reader(&config.store.path, config.store.busy_timeout_ms) {
                 Ok(s) => s,
