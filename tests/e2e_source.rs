@@ -382,6 +382,18 @@ fn a_directory_user_reaches_a_node_through_postgresql() {
     assert!(took.is_some(), "the removed key is still served; follow: {}", follow_errors());
     assert!(!login(&old), "the removed key still logs in");
     assert!(login(&new), "the other key no longer logs in");
+
+    // PostgreSQL restarted under the running follow: it opens the store again, and a key
+    // added back in the directory reaches the node.
+    pg.stop();
+    pg.run();
+    s.modify(&format!(
+        "dn: {}\nchangetype: modify\nadd: sshPublicKey\nsshPublicKey: {}\n\n",
+        slapd::user_dn(&account.name, "people"),
+        old.public
+    ));
+    let took = on_all(&[&n], Duration::from_secs(60), |n| serves(n, &account.name, &old));
+    assert!(took.is_some(), "nothing reached the node after PostgreSQL restarted; follow: {}", follow_errors());
     let _ = follow.kill();
     let _ = follow.wait();
     assert!(!follow_errors().contains("panicked"), "{}", follow_errors());
