@@ -668,7 +668,10 @@ impl super::directory::DirectoryWrite for DirectoryTx<'_, '_> {
              VALUES ($1, $2, $3, false, $4, 'ldap', $5, $6, $7) RETURNING id",
             &[&u.name, &state, &policy.as_str(), &now.as_secs(), &u.uid_number, &u.dn, &i64::from(uid)],
         )?;
-        Ok(rows.first().map(|r| r.get(0)).unwrap_or_default())
+        rows.first().map(|r| r.get(0)).ok_or_else(|| StoreError::Unavailable {
+            path: self.w.at.clone(),
+            reason: format!("adding directory user {}: no row id returned", u.name),
+        })
     }
 
     fn set_state(&mut self, id: i64, enabled: bool) -> Result<(), StoreError> {
