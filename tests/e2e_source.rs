@@ -284,6 +284,64 @@ fn the_postgresql_store_numbers_its_changes_and_a_local_store_follows() {
     assert!(batch.full);
     local.apply_mirror(&batch, actor.now).unwrap();
     assert_eq!(local.users().unwrap().len(), 42);
+
+    // The directory sync's merge, on PostgreSQL: one change number for a whole sync, the
+    // users it changed named; the same rules as on SQLite (store/directory.rs).
+    use gatehouse::store::{DirectorySnapshot, DirectoryUser, SyncAttempt};
+    let dkey = keygen(&dir.path, "ed25519");
+    let dkey = gatehouse::keys::parse_public_key(&dkey.public, &config).unwrap();
+    let entry = |name: &str, uid: i64, keys: Vec<gatehouse::keys::ValidKey>| DirectoryUser {
+        name: name.into(),
+        dn: format!("uid={name},ou=people,dc=org"),
+        uid_number: Some(uid),
+        enabled: true,
+        keys,
+    };
+    let snapshot = DirectorySnapshot {
+        users: vec![
+            entry("alice", 40600, vec![]),
+            entry("dora", 40500, vec![dkey.clone()]),
+            entry("erin", 40501, vec![]),
+        ],
+        groups: vec![("lab".into(), vec!["dora".into(), "erin".into()])],
+        high_water: None,
+        full: true,
+    };
+    let ldap = Actor { name: "ldap-sync".into(), now: gatehouse::time::Timestamp::from_secs(30) };
+    let before: i64 = pg.query("SELECT seq FROM change_seq").trim().parse().unwrap();
+    let report = store.apply_directory(&ldap, &snapshot, gatehouse::domain::Scope::Shell).unwrap();
+    assert_eq!((report.users_added, report.keys_added), (2, 1), "{report:?}");
+    assert!(report.conflicts.iter().any(|c| c.starts_with("alice: a local user")), "{report:?}");
+    let after: i64 = pg.query("SELECT seq FROM change_seq").trim().parse().unwrap();
+    assert_eq!(after, before + 1, "one change number for the whole sync");
+    let named = pg.query(&format!("SELECT kind || ':' || name FROM changes WHERE seq = {after} ORDER BY 1"));
+    assert_eq!(named, "groups:\nuser:dora\nuser:erin\n");
+    // The same again changes nothing, and names nothing.
+    let report = store.apply_directory(&ldap, &snapshot, gatehouse::domain::Scope::Shell).unwrap();
+    assert_eq!((report.users_added, report.keys_added, report.keys_removed), (0, 0, 0));
+    assert_eq!(pg.query(&format!("SELECT count(*) FROM changes WHERE seq > {after}")), "0\n");
+    // Gone from a full read: disabled, directory keys removed.
+    let gone = DirectorySnapshot { users: vec![entry("erin", 40501, vec![])], ..snapshot.clone() };
+    let report = store.apply_directory(&ldap, &gone, gatehouse::domain::Scope::Shell).unwrap();
+    assert_eq!((report.users_disabled, report.keys_removed), (1, 1), "{report:?}");
+    store
+        .record_sync(&SyncAttempt {
+            source: "ldap",
+            at: ldap.now,
+            error: None,
+            high_water: Some("20261203"),
+            full: true,
+        })
+        .unwrap();
+    // A node keeps the directory user's source and copies the directory's record.
+    let batch =
+        gatehouse::store::mirror::read_batch(&mut client, &shared.url, local.mirrored_seq().unwrap()).unwrap().unwrap();
+    local.apply_mirror(&batch, actor.now).unwrap();
+    let seen = local.login_view("erin", None).unwrap().unwrap();
+    assert_eq!(seen.user.source, "ldap");
+    assert_eq!(seen.synced, Some(ldap.now), "the directory's record, copied");
+    assert_eq!(seen.mirrored, Some(Some(actor.now)), "the mirror's own, beside it");
+    assert_eq!(local.login_view("alice", None).unwrap().unwrap().user.source, "postgres");
 }
 
 /// TLS with the site's CA: the server's certificate is checked against `source.ca_file`
