@@ -404,15 +404,18 @@ fn a_directory_user_reaches_a_node_through_postgresql() {
     let program = std::path::Path::new(env!("CARGO_BIN_EXE_gatehouse")).with_file_name("gatehouse-ldap");
     assert!(program.is_file(), "{} is missing: cargo build --workspace --bins", program.display());
     let errors = n.gh.dir.join("follow.err");
-    let mut follow = std::process::Command::new(&program)
-        .arg("--config")
-        .arg(&n.gh.config)
-        .arg("follow")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(&errors).unwrap())
-        .spawn()
-        .unwrap();
+    // Killed on drop, should an assertion fail first.
+    let mut follow = AgentProcess(
+        std::process::Command::new(&program)
+            .arg("--config")
+            .arg(&n.gh.config)
+            .arg("follow")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&errors).unwrap())
+            .spawn()
+            .unwrap(),
+    );
     let follow_errors = || std::fs::read_to_string(&errors).unwrap_or_default();
 
     // Directory → PostgreSQL → the node's store → ssh.
@@ -452,8 +455,7 @@ fn a_directory_user_reaches_a_node_through_postgresql() {
     ));
     let took = on_all(&[&n], Duration::from_secs(60), |n| serves(n, &account.name, &old));
     assert!(took.is_some(), "nothing reached the node after PostgreSQL restarted; follow: {}", follow_errors());
-    let _ = follow.kill();
-    let _ = follow.wait();
+    follow.kill();
     assert!(!follow_errors().contains("panicked"), "{}", follow_errors());
 
     // The directory sync in PostgreSQL two hours old (past ldap.staleness_max): the node
