@@ -92,7 +92,7 @@ GEN_S=$(awk -v us=$(($(now_us) - t0)) 'BEGIN { printf "%.1f", us / 1e6 }')
 LDIF_MB=$(du -m "$WORK/load.ldif" | cut -f1)
 
 cp "$FIXTURES/ldap-test.schema" "$WORK/slapd/"
-sed -e "s#@DIR@#$WORK/slapd#g" -e "s#@TLS@##" "$FIXTURES/slapd.conf.in" >"$WORK/slapd/slapd.conf"
+sed -e "s#@DIR@#$WORK/slapd#g" -e "s#@TLS@##" -e "s#@SYNCPROV_MODULE@##" -e "s#@SYNCPROV_OVERLAY@##" "$FIXTURES/slapd.conf.in" >"$WORK/slapd/slapd.conf"
 cat >"$WORK/base.ldif" <<EOF
 dn: $BASE_DN
 objectClass: dcObject

@@ -1463,3 +1463,144 @@ fn a_locked_store_during_a_sync_is_reported_as_the_store() {
     assert!(!err.contains("directory search"), "a store failure named as the directory's: {err}");
     holder.execute_batch("ROLLBACK;").unwrap();
 }
+
+// ---- follow mode: content sync (syncprov) and the poll fallback ----
+
+/// `gatehouse-ldap follow` for `gh`, its standard error in a file; killed on drop.
+struct Follow {
+    child: std::process::Child,
+    stderr: PathBuf,
+}
+
+impl Follow {
+    fn start(gh: &Gatehouse, name: &str) -> Follow {
+        let stderr = gh.dir.join(&format!("follow-{name}.err"));
+        let file = std::fs::File::create(&stderr).unwrap();
+        let child = ldap_cmd(gh, &["follow"]).stdin(Stdio::null()).stdout(Stdio::null()).stderr(file).spawn().unwrap();
+        Follow { child, stderr }
+    }
+
+    fn errors(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+}
+
+impl Drop for Follow {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits (bounded) until `gatehouse-keys` serves `user` exactly `want` keys by blob.
+fn wait_served(gh: &Gatehouse, f: &Follow, user: &str, want: &[&KeyPair]) {
+    let mut last = Vec::new();
+    let done = wait_until(Duration::from_millis(50), Duration::from_secs(15), || {
+        let out = gh.keys(&[user]);
+        last = stdout(&out).lines().map(str::to_string).collect();
+        last.len() == want.len() && want.iter().all(|k| last.iter().any(|l| l.contains(blob(&k.public))))
+    });
+    assert!(done.is_some(), "{user}: still served {last:#?}\nfollow: {}", f.errors());
+}
+
+fn remove_key_ldif(user: &str, key: &KeyPair) -> String {
+    format!(
+        "dn: {}\nchangetype: modify\ndelete: sshPublicKey\nsshPublicKey: {}\n\n",
+        user_dn(user, "people"),
+        key.public
+    )
+}
+
+#[test]
+fn follow_sees_directory_changes_as_they_are_made_and_resumes_from_its_cookie() {
+    require_root!();
+    let s = Slapd::start_syncprov();
+    // A long poll interval: what is seen within seconds came through content sync.
+    let gh = instance(
+        "lfollow",
+        &plain_section(
+            &s,
+            "follow = \"content-sync\"\npoll_interval = \"1h\"\nuser_filter = \"(objectClass=inetOrgPerson)\"\n",
+        ),
+    );
+    let sshd = Sshd::start(&gh, "");
+    let account = directory_account(&gh, &sshd);
+    let old = keygen(&gh.dir.path, "ed25519");
+    let new = keygen(&gh.dir.path, "ed25519");
+    let extra = keygen(&gh.dir.path, "ed25519");
+    s.add(&user_ldif(&account.name, "people", account.uid, &[&old.public, &new.public], ""));
+    let f = Follow::start(&gh, "1");
+    wait_served(&gh, &f, &account.name, &[&old, &new]);
+    assert_logs_in(&sshd, &account.name, &old);
+
+    // A key removed in the directory: refused by sshd within seconds.
+    s.modify(&remove_key_ldif(&account.name, &old));
+    wait_served(&gh, &f, &account.name, &[&new]);
+    assert_refused_login(&sshd, &account.name, &old);
+    assert_logs_in(&sshd, &account.name, &new);
+
+    // A user added appears; an entry without a uid is reported and skipped, nothing else.
+    let added = keygen(&gh.dir.path, "ed25519");
+    s.add(&user_ldif("ghfnew", "people", 20950, &[&added.public], ""));
+    s.add(&format!("dn: cn=nouid,ou=people,{BASE_DN}\nobjectClass: inetOrgPerson\ncn: nouid\nsn: nouid\n\n"));
+    wait_served(&gh, &f, "ghfnew", &[&added]);
+    let logged = gh.log.drain().join("\n");
+    assert!(logged.contains("no uid attribute; skipped"), "{logged}");
+
+    // Stopped, a change made meanwhile, started again: the kept cookie resumes the sync.
+    let cookie = sqlite(&gh.store, "SELECT high_water FROM sync_state WHERE source = 'ldap-follow'");
+    assert!(!cookie.trim().is_empty(), "no cookie kept");
+    drop(f);
+    s.modify(&format!(
+        "dn: {}\nchangetype: modify\nadd: sshPublicKey\nsshPublicKey: {}\n\n",
+        user_dn(&account.name, "people"),
+        extra.public
+    ));
+    let f = Follow::start(&gh, "2");
+    wait_served(&gh, &f, &account.name, &[&new, &extra]);
+    // The timer's read at the start may apply the change first; the session's refresh
+    // from the old cookie then brings the new one.
+    let moved = wait_until(Duration::from_millis(50), Duration::from_secs(15), || {
+        sqlite(&gh.store, "SELECT high_water FROM sync_state WHERE source = 'ldap-follow'") != cookie
+    });
+    assert!(moved.is_some(), "the cookie did not move on; follow: {}", f.errors());
+
+    // A user deleted in the directory: disabled, its keys gone (a full read settles it).
+    s.delete(&user_dn("ghfnew", "people"));
+    wait_served(&gh, &f, "ghfnew", &[]);
+    assert_eq!(state(&gh, "ghfnew").as_deref(), Some("disabled"));
+    drop(f);
+
+    // A cookie the directory does not know: the session starts afresh, changes still come.
+    sqlite(
+        &gh.store,
+        "UPDATE sync_state SET high_water = '7269643d3939392c63736e3d6e6f6e73656e7365' WHERE source = 'ldap-follow'",
+    );
+    let f = Follow::start(&gh, "3");
+    s.modify(&remove_key_ldif(&account.name, &extra));
+    wait_served(&gh, &f, &account.name, &[&new]);
+    // Nothing the directory sent made it panic; what went wrong was said in one line each.
+    assert!(!f.errors().contains("panicked"), "{}", f.errors());
+    // Directory users stay fresh: every change and every quiet period records a success.
+    let out = ldap(&gh, &["status"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+}
+
+#[test]
+fn follow_polls_where_the_directory_offers_no_content_sync() {
+    require_root!();
+    let s = Slapd::start();
+    let gh = instance("lpoll", &plain_section(&s, "poll_interval = \"1s\"\n"));
+    let old = keygen(&gh.dir.path, "ed25519");
+    let new = keygen(&gh.dir.path, "ed25519");
+    s.add(&user_ldif("ghpoll", "people", 20960, &[&old.public, &new.public], ""));
+    let f = Follow::start(&gh, "poll");
+    wait_served(&gh, &f, "ghpoll", &[&old, &new]);
+    let said =
+        wait_until(Duration::from_millis(50), Duration::from_secs(10), || f.errors().contains("polling every 1s"));
+    assert!(said.is_some(), "{}", f.errors());
+    assert_eq!(f.errors().lines().count(), 1, "{}", f.errors());
+    // modifyTimestamp has whole seconds: a change in the second of the last read is read again.
+    s.modify(&remove_key_ldif("ghpoll", &old));
+    wait_served(&gh, &f, "ghpoll", &[&new]);
+}

@@ -4,6 +4,8 @@
 //! logins. A key added through one node's CLI (which writes to PostgreSQL) logs in on both
 //! within a second; removed, it is refused on both; with PostgreSQL stopped the nodes go
 //! on serving their copy until `source.staleness_max`, then refuse users from the source.
+//! A directory (slapd with syncprov) followed by `gatehouse-ldap follow` into PostgreSQL
+//! reaches a node the same way, its users refused when either sync is stale.
 //! Needs root (sshd, system users, the postgres account) and Debian's postgresql package.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -297,6 +299,63 @@ fn the_postgresql_store_numbers_its_changes_and_a_local_store_follows() {
     local.apply_mirror(&batch, actor.now).unwrap();
     assert_eq!(local.users().unwrap().len(), 42);
 
+    // The directory sync's merge, on PostgreSQL: one change number for a whole sync, the
+    // users it changed named; the same rules as on SQLite (store/directory.rs).
+    use gatehouse::store::{DirectorySnapshot, DirectoryUser, SyncAttempt};
+    let dkey = keygen(&dir.path, "ed25519");
+    let dkey = gatehouse::keys::parse_public_key(&dkey.public, &config).unwrap();
+    let entry = |name: &str, uid: i64, keys: Vec<gatehouse::keys::ValidKey>| DirectoryUser {
+        name: name.into(),
+        dn: format!("uid={name},ou=people,dc=org"),
+        uid_number: Some(uid),
+        enabled: true,
+        keys,
+    };
+    let snapshot = DirectorySnapshot {
+        users: vec![
+            entry("alice", 40600, vec![]),
+            entry("dora", 40500, vec![dkey.clone()]),
+            entry("erin", 40501, vec![]),
+        ],
+        groups: vec![("lab".into(), vec!["dora".into(), "erin".into()])],
+        high_water: None,
+        full: true,
+    };
+    let ldap = Actor { name: "ldap-sync".into(), now: gatehouse::time::Timestamp::from_secs(30) };
+    let before: i64 = pg.query("SELECT seq FROM change_seq").trim().parse().unwrap();
+    let report = store.apply_directory(&ldap, &snapshot, gatehouse::domain::Scope::Shell).unwrap();
+    assert_eq!((report.users_added, report.keys_added), (2, 1), "{report:?}");
+    assert!(report.conflicts.iter().any(|c| c.starts_with("alice: a local user")), "{report:?}");
+    let after: i64 = pg.query("SELECT seq FROM change_seq").trim().parse().unwrap();
+    assert_eq!(after, before + 1, "one change number for the whole sync");
+    let named = pg.query(&format!("SELECT kind || ':' || name FROM changes WHERE seq = {after} ORDER BY 1"));
+    assert_eq!(named, "groups:\nuser:dora\nuser:erin\n");
+    // The same again changes nothing, and names nothing.
+    let report = store.apply_directory(&ldap, &snapshot, gatehouse::domain::Scope::Shell).unwrap();
+    assert_eq!((report.users_added, report.keys_added, report.keys_removed), (0, 0, 0));
+    assert_eq!(pg.query(&format!("SELECT count(*) FROM changes WHERE seq > {after}")), "0\n");
+    // Gone from a full read: disabled, directory keys removed.
+    let gone = DirectorySnapshot { users: vec![entry("erin", 40501, vec![])], ..snapshot.clone() };
+    let report = store.apply_directory(&ldap, &gone, gatehouse::domain::Scope::Shell).unwrap();
+    assert_eq!((report.users_disabled, report.keys_removed), (1, 1), "{report:?}");
+    store
+        .record_sync(&SyncAttempt {
+            source: "ldap",
+            at: ldap.now,
+            error: None,
+            high_water: Some("20261203"),
+            full: true,
+        })
+        .unwrap();
+    // A node keeps the directory user's source and copies the directory's record.
+    let batch =
+        gatehouse::store::mirror::read_batch(&mut client, &shared.url, local.mirrored_seq().unwrap()).unwrap().unwrap();
+    local.apply_mirror(&batch, actor.now).unwrap();
+    let seen = local.login_view("erin", None).unwrap().unwrap();
+    assert_eq!(seen.user.source, "ldap");
+    assert_eq!(seen.synced, Some(ldap.now), "the directory's record, copied");
+    assert_eq!(seen.mirrored, Some(Some(actor.now)), "the mirror's own, beside it");
+    assert_eq!(local.login_view("alice", None).unwrap().unwrap().user.source, "postgres");
     login_state_merges_on_the_source(&pg, &shared, &dir);
 }
 
@@ -639,4 +698,102 @@ fn a_node_on_a_hot_standby_follows_it() {
     // Nothing is written to the standby: `agent --once` reads, applies, and sends nothing.
     let once = n.gh.cli(&["agent", "--once"]);
     assert!(stdout(&once).contains("login state: 0 record(s) sent"), "{}{}", stdout(&once), stderr(&once));
+}
+
+/// A directory and PostgreSQL together: `gatehouse-ldap follow` on a host with both
+/// `[ldap]` and `[source]` writes into PostgreSQL, the node's agent mirrors it, and the
+/// node's login path serves the directory user, checking both stalenesses.
+#[test]
+fn a_directory_user_reaches_a_node_through_postgresql() {
+    require_root!();
+    let Some(mut pg) = start_postgres() else { return };
+    let s = slapd::Slapd::start_syncprov();
+    let ldap = format!(
+        "\n[ldap]\nurl = \"{}\"\nstarttls = false\nbase_dn = \"{}\"\nbind_dn = \"{}\"\nbind_password_file = \"{}\"\n\
+         timeout = \"5s\"\nstaleness_max = \"1h\"\nfollow = \"content-sync\"\npoll_interval = \"1h\"\n",
+        s.url,
+        slapd::BASE_DN,
+        slapd::SERVICE_DN,
+        s.password_file.display()
+    );
+    let n = node("pgl", &pg, "4s", &ldap);
+    let account = SystemUser::new("ghd", &n.gh.dir.path, &[&n.sshd.managed.name]);
+    let (old, new) = (keygen(&n.gh.dir.path, "ed25519"), keygen(&n.gh.dir.path, "ed25519"));
+    s.add(&slapd::user_ldif(&account.name, "people", account.uid, &[&old.public, &new.public], ""));
+
+    let program = std::path::Path::new(env!("CARGO_BIN_EXE_gatehouse")).with_file_name("gatehouse-ldap");
+    assert!(program.is_file(), "{} is missing: cargo build --workspace --bins", program.display());
+    let errors = n.gh.dir.join("follow.err");
+    // Killed on drop, should an assertion fail first.
+    let mut follow = AgentProcess(
+        std::process::Command::new(&program)
+            .arg("--config")
+            .arg(&n.gh.config)
+            .arg("follow")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&errors).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let follow_errors = || std::fs::read_to_string(&errors).unwrap_or_default();
+
+    // Directory → PostgreSQL → the node's store → ssh.
+    let took = on_all(&[&n], Duration::from_secs(15), |n| serves(n, &account.name, &old));
+    assert!(took.is_some(), "never served on the node; follow: {}", follow_errors());
+    assert!(pg.query(&format!("SELECT source FROM users WHERE name = '{}'", account.name)).contains("ldap"));
+    let local = |sql: &str| {
+        let out = std::process::Command::new("sqlite3").arg(&n.gh.store).arg(sql).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    assert_eq!(local(&format!("SELECT source FROM users WHERE name = '{}'", account.name)), "ldap\n");
+    assert_eq!(local("SELECT count(*) FROM sync_state WHERE source = 'ldap' AND last_success IS NOT NULL"), "1\n");
+    let login = |key: &KeyPair| n.sshd.ssh(&account.name, &key.private, &["true"]).status.success();
+    assert!(login(&old), "no ssh login: {}", n.sshd.log_text());
+
+    // A key removed in the directory: refused on the node.
+    let removed = Instant::now();
+    s.modify(&format!(
+        "dn: {}\nchangetype: modify\ndelete: sshPublicKey\nsshPublicKey: {}\n\n",
+        slapd::user_dn(&account.name, "people"),
+        old.public
+    ));
+    let took = on_all(&[&n], Duration::from_secs(15), |n| !serves(n, &account.name, &old));
+    eprintln!("directory key removed -> refused on the node: {took:?} ({:?} with ldapmodify)", removed.elapsed());
+    assert!(took.is_some(), "the removed key is still served; follow: {}", follow_errors());
+    assert!(!login(&old), "the removed key still logs in");
+    assert!(login(&new), "the other key no longer logs in");
+
+    // PostgreSQL restarted under the running follow: it opens the store again, and a key
+    // added back in the directory reaches the node.
+    pg.stop();
+    pg.run();
+    s.modify(&format!(
+        "dn: {}\nchangetype: modify\nadd: sshPublicKey\nsshPublicKey: {}\n\n",
+        slapd::user_dn(&account.name, "people"),
+        old.public
+    ));
+    let took = on_all(&[&n], Duration::from_secs(60), |n| serves(n, &account.name, &old));
+    assert!(took.is_some(), "nothing reached the node after PostgreSQL restarted; follow: {}", follow_errors());
+    follow.kill();
+    assert!(!follow_errors().contains("panicked"), "{}", follow_errors());
+
+    // The directory sync in PostgreSQL two hours old (past ldap.staleness_max): the node
+    // copies the record with its next batch and refuses the directory user.
+    let bump = "UPDATE change_seq SET seq = seq + 1; NOTIFY gatehouse_changes;";
+    pg.query(&format!("UPDATE sync_state SET last_success = last_success - 7200 WHERE source = 'ldap'; {bump}"));
+    n.gh.log.drain();
+    let took = on_all(&[&n], Duration::from_secs(15), |n| !serves(n, &account.name, &new));
+    assert!(took.is_some(), "a stale directory sync did not reach the node");
+    assert!(n.gh.log.drain().join("\n").contains("reason=directory-stale"));
+    pg.query(&format!("UPDATE sync_state SET last_success = last_success + 7200 WHERE source = 'ldap'; {bump}"));
+    assert!(on_all(&[&n], Duration::from_secs(15), |n| serves(n, &account.name, &new)).is_some());
+
+    // PostgreSQL gone: past the node's source.staleness_max the directory user is refused
+    // too, though the directory's own record is fresh.
+    pg.stop();
+    let took = on_all(&[&n], Duration::from_secs(20), |n| !serves(n, &account.name, &new));
+    assert!(took.is_some(), "still served with the mirror stale");
+    assert!(n.gh.log.drain().join("\n").contains("reason=source-stale"));
+    assert!(!login(&new), "logs in with the mirror stale");
 }

@@ -80,9 +80,34 @@ fn tls_config(cfg: &LdapConfig) -> Result<Option<Arc<rustls::ClientConfig>>, Dir
 
 /// Runs `f` and turns a panic inside the LDAP library (it panics on some malformed
 /// answers) into an error: a hostile directory must not take us down.
-fn guarded<T>(what: &str, f: impl FnOnce() -> Result<T, DirectoryError>) -> Result<T, DirectoryError> {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
-        .unwrap_or_else(|_| Err(DirectoryError::Unreachable(format!("{what}: malformed answer from the directory"))))
+pub(crate) fn guarded<T>(what: &str, f: impl FnOnce() -> Result<T, DirectoryError>) -> Result<T, DirectoryError> {
+    caught(f)
+        .unwrap_or_else(|| Err(DirectoryError::Unreachable(format!("{what}: malformed answer from the directory"))))
+}
+
+thread_local! {
+    /// Whether this thread is inside [`caught`]: its panics are reported as errors, once.
+    static CATCHING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f`; `None` if it panicked. The panic message is not printed (see
+/// [`quiet_caught_panics`]): the caller reports the failure itself, in one line.
+pub(crate) fn caught<T>(f: impl FnOnce() -> T) -> Option<T> {
+    let outer = CATCHING.with(|c| c.replace(true));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).ok();
+    CATCHING.with(|c| c.set(outer));
+    result
+}
+
+/// Keeps the panic hook quiet for panics that [`caught`] turns into errors; any other
+/// panic is printed as before.
+pub fn quiet_caught_panics() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if !CATCHING.with(|c| c.get()) {
+            default(info)
+        }
+    }));
 }
 
 /// An open, bound connection.
@@ -159,6 +184,11 @@ impl Directory {
             stream.result().success().map_err(|e| DirectoryError::Search(e.to_string()))?;
             Ok(entries)
         })
+    }
+
+    /// The connection itself, for a search the helpers above do not cover (content sync).
+    pub(crate) fn conn(&mut self) -> &mut LdapConn {
+        &mut self.conn
     }
 
     pub fn unbind(mut self) {

@@ -8,9 +8,12 @@ use std::io::Read;
 use std::process::ExitCode;
 
 const USAGE: &str =
-    "usage: gatehouse-ldap [--config FILE] sync [--full [--allow-mass-disable]] | status [--json] | check-password [--] USER";
+    "usage: gatehouse-ldap [--config FILE] sync [--full [--allow-mass-disable]] | follow | status [--json] | check-password [--] USER";
 
 fn main() -> ExitCode {
+    // What the directory sends is not trusted: a panic in the LDAP library on a malformed
+    // answer is caught and reported as one line, without the panic's own message.
+    gatehouse_ldap::client::quiet_caught_panics();
     let mut args: Vec<String> = std::env::args().skip(1).collect();
     let mut config_path = None;
     if args.first().map(String::as_str) == Some("--config") && args.len() >= 2 {
@@ -32,20 +35,7 @@ fn main() -> ExitCode {
     let now = gatehouse::time::now();
     match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
         ["sync", rest @ ..] if rest.iter().all(|a| ["--full", "--allow-mass-disable"].contains(a)) => {
-            if config.shared.is_some() {
-                // The local store is the agent's mirror of [source]; a second writer there
-                // would be undone by its next full copy. Syncing into PostgreSQL is to come.
-                eprintln!(
-                    "gatehouse-ldap: [source] is set: this host's store mirrors PostgreSQL and takes no directory \
-                     sync; run the sync on a host without [source]"
-                );
-                return ExitCode::from(exit::CONFIG);
-            }
-            let mut store = match SqliteStore::open_writer(
-                &config.store.path,
-                config.store.busy_timeout_ms,
-                config.users.uid_range(),
-            ) {
+            let mut store = match gatehouse_ldap::open_store(&config) {
                 Ok(s) => s,
                 Err(e) => {
                     eprintln!("gatehouse-ldap: {e}");
@@ -58,7 +48,7 @@ fn main() -> ExitCode {
                 eprintln!("gatehouse-ldap: --allow-mass-disable goes with --full\n{USAGE}");
                 return ExitCode::from(exit::USAGE);
             }
-            match gatehouse_ldap::sync::sync(&config, &mut store, full, allow_mass_disable, now) {
+            match gatehouse_ldap::sync::sync(&config, store.as_mut(), full, allow_mass_disable, now) {
                 Ok(o) => {
                     let r = &o.report;
                     println!(
@@ -90,6 +80,13 @@ fn main() -> ExitCode {
                 }
             }
         }
+        ["follow"] => match gatehouse_ldap::follow::run(&config, &|| gatehouse_ldap::open_store(&config), &mut log) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("gatehouse-ldap: follow: {}", gatehouse::keys::shown(&e.to_string()));
+                ExitCode::from(if e.is_store() { exit::STORE } else { exit::REFUSED })
+            }
+        },
         ["status", rest @ ..] if rest.iter().all(|a| *a == "--json") => {
             let store = match SqliteStore::open_reader(&config.store.path, config.store.busy_timeout_ms) {
                 Ok(s) => s,

@@ -3,5 +3,5 @@
 if [ "$1" -eq 0 ]; then
     systemctl --no-reload disable --now gatehouse-agent.service gatehoused.service \
         gatehouse-provision.path gatehouse-provision.timer gatehouse-provision.service \
-        gatehouse-ldap-sync.timer gatehouse-ldap-sync.service >/dev/null 2>&1 || :
+        gatehouse-ldap-sync.timer gatehouse-ldap-sync.service gatehouse-ldap-follow.service >/dev/null 2>&1 || :
 fi

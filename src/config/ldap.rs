@@ -29,6 +29,19 @@ pub(super) struct Raw {
     allow_web_keys: Option<bool>,
     max_disable_percent: Option<Spanned<i64>>,
     program: Option<Spanned<String>>,
+    follow: Option<Spanned<String>>,
+    poll_interval: Option<Spanned<String>>,
+}
+
+/// How `gatehouse-ldap follow` learns of directory changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FollowMode {
+    /// Content sync where the directory offers it, else the poll.
+    Auto,
+    /// RFC 4533 content sync (refreshAndPersist) only; a directory without it is an error.
+    ContentSync,
+    /// Incremental reads every `ldap.poll_interval` (Active Directory, or no syncprov).
+    Poll,
 }
 
 /// The `[ldap]` section: where users, keys and passwords come from.
@@ -58,6 +71,11 @@ pub struct LdapConfig {
     pub max_disable_percent: u32,
     /// `gatehouse-ldap`, which pam_gatehouse runs to check a directory password.
     pub program: PathBuf,
+    /// How `gatehouse-ldap follow` learns of changes.
+    pub follow: FollowMode,
+    /// How often `follow` reads the directory's changes when it polls, and how often it
+    /// reads them anyway when content sync is on (recording a success each time).
+    pub poll_interval: Duration,
 }
 
 fn ldap_attribute_ok(text: &str) -> bool {
@@ -149,5 +167,40 @@ pub(super) fn parse(at: &Located<'_>, raw: Raw) -> Result<LdapConfig, ConfigErro
             None => PathBuf::from("/usr/bin/gatehouse-ldap"),
         },
         max_disable_percent: at.int(raw.max_disable_percent, "ldap.max_disable_percent", 0..=100)?.unwrap_or(10),
+        follow: match raw.follow {
+            None => FollowMode::Auto,
+            Some(f) => match f.get_ref().as_str() {
+                "auto" => FollowMode::Auto,
+                "content-sync" => FollowMode::ContentSync,
+                "poll" => FollowMode::Poll,
+                _ => return at.error(&f.span(), "ldap.follow", "must be auto, content-sync or poll"),
+            },
+        },
+        poll_interval: at.duration(raw.poll_interval, "ldap.poll_interval")?.unwrap_or(Duration::from_secs(30)),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::FollowMode;
+    use crate::config::Config;
+    use std::time::Duration;
+
+    fn parse(extra: &str) -> Result<Config, String> {
+        let text = format!("[ldap]\nurl = \"ldap://127.0.0.1\"\nbase_dn = \"dc=example,dc=org\"\n{extra}");
+        Config::parse("t.toml", &text).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn follow_mode_and_poll_interval() {
+        let c = parse("").unwrap().ldap.unwrap();
+        assert_eq!((c.follow, c.poll_interval), (FollowMode::Auto, Duration::from_secs(30)));
+        let c = parse("follow = \"content-sync\"\npoll_interval = \"1s\"\n").unwrap().ldap.unwrap();
+        assert_eq!((c.follow, c.poll_interval), (FollowMode::ContentSync, Duration::from_secs(1)));
+        assert_eq!(parse("follow = \"poll\"\n").unwrap().ldap.unwrap().follow, FollowMode::Poll);
+        let e = parse("follow = \"syncrepl\"\n").unwrap_err();
+        assert!(e.starts_with("t.toml:4: ldap.follow:"), "{e}");
+        let e = parse("poll_interval = \"0s\"\n").unwrap_err();
+        assert!(e.contains("ldap.poll_interval"), "{e}");
+    }
 }

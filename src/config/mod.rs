@@ -23,7 +23,7 @@ pub use agent::{AccountsMode, AgentConfig};
 pub use forwarding::ForwardingConfig;
 pub use jail::JailConfig;
 pub use keys::{KeyFamily, KeysConfig};
-pub use ldap::LdapConfig;
+pub use ldap::{FollowMode, LdapConfig};
 pub use located::ConfigError;
 pub use log::{LogConfig, LogTarget, DEFAULT_LOG_SOCKET};
 pub use programs::{GitConfig, ProgramConfig};

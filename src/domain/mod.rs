@@ -114,6 +114,21 @@ pub struct LoginView {
     /// For a user synced from a directory or mirrored from the shared source: when that
     /// sync last succeeded.
     pub synced: Option<Timestamp>,
+    /// On a login node (a store the agent mirrors from the shared source), for a user whose
+    /// own source is another (a directory user that reached the node through PostgreSQL):
+    /// `Some` with when the mirror last succeeded. `None` on a store that is no mirror.
+    pub mirrored: Option<Option<Timestamp>>,
+}
+
+/// The `source` a mirrored user keeps on a login node: a directory user stays one (its
+/// password is checked against the directory and its sync's staleness applies), every
+/// other user is the shared source's.
+pub fn mirrored_source(source: &str) -> &'static str {
+    if source == SOURCE_LDAP {
+        SOURCE_LDAP
+    } else {
+        SOURCE_SHARED
+    }
 }
 
 /// The staleness rule of synced sources: the last successful sync (`synced`) is no older
@@ -130,20 +145,88 @@ pub fn synced_recently(staleness_max: Option<Duration>, synced: Option<Timestamp
 impl LoginView {
     /// Whether the user's data may still be trusted: always for local users; for directory
     /// users and users mirrored from the shared source only while the last successful sync
-    /// is younger than `staleness_max` (the one of their source: [`crate::config::Config::staleness_max`]).
-    pub fn fresh(&self, staleness_max: Option<Duration>, now: Timestamp) -> bool {
-        if self.user.source != SOURCE_LDAP && self.user.source != SOURCE_SHARED {
-            return true;
-        }
-        synced_recently(staleness_max, self.synced, now)
+    /// is younger than `staleness_max` of their source ([`crate::config::Config::staleness_max`]).
+    /// On a login node a directory user needs both: the directory's sync into the shared
+    /// source, and the node's mirror of it.
+    pub fn fresh(&self, staleness_max: &dyn Fn(&str) -> Option<Duration>, now: Timestamp) -> bool {
+        self.stale_source(staleness_max, now).is_none()
     }
 
-    /// The reason logged when [`LoginView::fresh`] refuses.
-    pub fn stale_reason(&self) -> &'static str {
-        if self.user.source == SOURCE_SHARED {
+    /// The source whose sync is too old to trust this user's data (the shared source first:
+    /// a node cut off cannot know how fresh the directory is); `None`: fresh.
+    pub fn stale_source(
+        &self,
+        staleness_max: &dyn Fn(&str) -> Option<Duration>,
+        now: Timestamp,
+    ) -> Option<&'static str> {
+        let within = |source: &str, synced: Option<Timestamp>| synced_recently(staleness_max(source), synced, now);
+        if let Some(mirror) = self.mirrored {
+            if !within(SOURCE_SHARED, mirror) {
+                return Some(SOURCE_SHARED);
+            }
+        }
+        match self.user.source.as_str() {
+            SOURCE_LDAP if !within(SOURCE_LDAP, self.synced) => Some(SOURCE_LDAP),
+            SOURCE_SHARED if !within(SOURCE_SHARED, self.synced) => Some(SOURCE_SHARED),
+            _ => None,
+        }
+    }
+
+    /// The reason logged when [`LoginView::fresh`] refuses for `stale_source`.
+    pub fn stale_reason(stale_source: &str) -> &'static str {
+        if stale_source == SOURCE_SHARED {
             "source-stale"
         } else {
             "directory-stale"
         }
+    }
+}
+
+#[cfg(test)]
+mod freshness_tests {
+    use super::*;
+
+    fn view(source: &str, synced: Option<i64>, mirrored: Option<Option<i64>>) -> LoginView {
+        LoginView {
+            user: User {
+                name: "dora".into(),
+                state: UserState::Enabled,
+                policy: Scope::Shell,
+                port_forwarding: false,
+                created: Timestamp::EPOCH,
+                source: source.into(),
+                uid: Some(20001),
+            },
+            keys: Vec::new(),
+            synced: synced.map(Timestamp::from_secs),
+            mirrored: mirrored.map(|m| m.map(Timestamp::from_secs)),
+        }
+    }
+
+    /// A directory user on a login node: refused when either the directory's sync into
+    /// the shared source or the node's mirror is too old; the mirror is named first.
+    #[test]
+    fn a_directory_user_on_a_node_needs_both_syncs_fresh() {
+        let max = |s: &str| match s {
+            SOURCE_LDAP => Some(Duration::from_secs(100)),
+            SOURCE_SHARED => Some(Duration::from_secs(10)),
+            _ => None,
+        };
+        let now = Timestamp::from_secs(1000);
+        assert_eq!(view("ldap", Some(950), Some(Some(995))).stale_source(&max, now), None);
+        assert_eq!(view("ldap", Some(850), Some(Some(995))).stale_source(&max, now), Some(SOURCE_LDAP));
+        assert_eq!(view("ldap", Some(950), Some(Some(980))).stale_source(&max, now), Some(SOURCE_SHARED));
+        assert_eq!(view("ldap", Some(850), Some(Some(980))).stale_source(&max, now), Some(SOURCE_SHARED));
+        assert_eq!(view("ldap", Some(950), Some(None)).stale_source(&max, now), Some(SOURCE_SHARED));
+        // Not a node: the directory alone.
+        assert_eq!(view("ldap", Some(950), None).stale_source(&max, now), None);
+        // Without [source] on a node that mirrors: fail closed.
+        let no_source = |s: &str| (s == SOURCE_LDAP).then(|| Duration::from_secs(100));
+        assert_eq!(view("ldap", Some(950), Some(Some(995))).stale_source(&no_source, now), Some(SOURCE_SHARED));
+        assert_eq!(view("postgres", Some(995), None).stale_source(&max, now), None);
+        assert_eq!(view("postgres", Some(980), None).stale_source(&max, now), Some(SOURCE_SHARED));
+        assert_eq!(view("cli", None, None).stale_source(&max, now), None);
+        assert_eq!(LoginView::stale_reason(SOURCE_SHARED), "source-stale");
+        assert_eq!(LoginView::stale_reason(SOURCE_LDAP), "directory-stale");
     }
 }

@@ -308,8 +308,8 @@ fn refuse(message: impl Into<String>, reason: Reason) -> Action {
     Action::Refuse { message: message.into(), reason, code: exit::REFUSED }
 }
 
-fn stale(view: &crate::store::LoginView) -> Action {
-    if view.user.source == crate::domain::SOURCE_SHARED {
+fn stale(source: &str) -> Action {
+    if source == crate::domain::SOURCE_SHARED {
         refuse(
             "Your account comes from the shared database, which has been out of reach too long; try again later.",
             Reason::SourceStale,
@@ -424,8 +424,8 @@ pub fn decide(config: &Config, store: &dyn LoginStore, session: &Session<'_>) ->
     let Some(key) = view.keys.first() else {
         return Ok(revoked());
     };
-    if !view.fresh(config.staleness_max(&view.user.source), session.now) {
-        return Ok(stale(&view));
+    if let Some(source) = view.stale_source(&|s| config.staleness_max(s), session.now) {
+        return Ok(stale(source));
     }
     let scope = match usable_scope(&view.user, key, session.now) {
         Ok(scope) => scope,
@@ -544,8 +544,8 @@ pub fn decide_login_shell(
     if let Some(refusal) = other_account(&view, session) {
         return Ok(refusal);
     }
-    if !view.fresh(config.staleness_max(&view.user.source), session.now) {
-        return Ok(stale(&view));
+    if let Some(source) = view.stale_source(&|s| config.staleness_max(s), session.now) {
+        return Ok(stale(source));
     }
     if view.user.state != UserState::Enabled {
         return Ok(refuse(format!("Account {} is disabled.", session.user), Reason::UserDisabled));
@@ -726,6 +726,7 @@ mod tests {
                     })
                     .collect(),
                 synced: self.synced,
+                mirrored: None,
             }))
         }
         fn grants_for(&self, subjects: &[String]) -> Result<Vec<crate::store::Grant>, crate::store::StoreError> {

@@ -211,10 +211,10 @@ pub fn answer(
         record(log, Level::Notice, "refuse", "unknown-user");
         return Ok(refuse("unknown-user"));
     };
-    if !view.fresh(config.staleness_max(&view.user.source), now) {
+    if let Some(stale) = view.stale_source(&|s| config.staleness_max(s), now) {
         // Synced from a directory, or mirrored from the shared source, that has been out
         // of reach for longer than we trust it.
-        let reason = view.stale_reason();
+        let reason = crate::store::LoginView::stale_reason(stale);
         record(log, Level::Warning, "refuse", reason);
         return Ok(refuse(reason));
     }

@@ -215,8 +215,9 @@ fn store_view(
         let view = b.store().and_then(|s| s.login_view(&login.user, fingerprint));
         match view {
             Err(e) => return Err(failed(b, login, stage, &e)),
-            Ok(Some(v)) if !v.fresh(b.config.staleness_max(&v.user.source), now) => {
-                say(b, login, Level::Warning, stage, "refuse", v.stale_reason());
+            Ok(Some(v)) if !v.fresh(&|s| b.config.staleness_max(s), now) => {
+                let stale = v.stale_source(&|s| b.config.staleness_max(s), now).unwrap_or_default();
+                say(b, login, Level::Warning, stage, "refuse", crate::store::LoginView::stale_reason(stale));
                 return Err(Verdict::PermissionDenied);
             }
             Ok(Some(v)) => return Ok(Some(v)),

@@ -93,7 +93,7 @@ impl LoginStore for Store {
                 }],
                 _ => vec![],
             };
-            LoginView { user: u.clone(), keys, synced: self.synced }
+            LoginView { user: u.clone(), keys, synced: self.synced, mirrored: None }
         }))
     }
     fn grants_for(&self, _: &[String]) -> Result<Vec<Grant>, StoreError> {

@@ -14,6 +14,10 @@
 //! The same thread carries login state the other way ([`crate::store::shared_state`]):
 //! every `source.state_interval_ms` it sends what this node's login path recorded and
 //! reads back what the others sent, woken early by their `NOTIFY gatehouse_state`.
+//!
+//! Directory users (`gatehouse-ldap` writing into PostgreSQL) keep their source `ldap`
+//! on the node, and the directory sync's own record is copied with every batch: they are
+//! refused when either the node's mirror or the directory's sync is too old.
 
 use super::postgres::{self as pg, CHANNEL};
 use super::sqlite::SqliteStore;
@@ -109,6 +113,11 @@ fn read_groups(c: &mut impl GenericClient, at: &str) -> Result<Vec<(String, Stri
     Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
 }
 
+/// The directory sync's record (`gatehouse-ldap` writing into the source), if any.
+fn read_directory_sync(c: &mut impl GenericClient, at: &str) -> Result<Option<SyncState>, StoreError> {
+    super::postgres::read_sync_state(c, at, crate::domain::SOURCE_LDAP)
+}
+
 /// What the source holds after change `after` (everything when `None`), read in one
 /// snapshot. `None`: nothing new.
 pub fn read_batch(client: &mut Client, at: &str, after: Option<i64>) -> Result<Option<MirrorBatch>, StoreError> {
@@ -149,6 +158,7 @@ pub fn read_batch(client: &mut Client, at: &str, after: Option<i64>) -> Result<O
                 grants: if grants { Some(read_grants(&mut tx, at)?) } else { None },
                 groups: if groups { Some(read_groups(&mut tx, at)?) } else { None },
                 seq: top,
+                directory: read_directory_sync(&mut tx, at)?,
             })
         }
         // First run, the source went back (restored, replaced), or the changes this node
@@ -159,6 +169,7 @@ pub fn read_batch(client: &mut Client, at: &str, after: Option<i64>) -> Result<O
             grants: Some(read_grants(&mut tx, at)?),
             groups: Some(read_groups(&mut tx, at)?),
             seq: top,
+            directory: read_directory_sync(&mut tx, at)?,
         }),
     };
     tx.commit().map_err(db)?;

@@ -8,6 +8,7 @@
 //! synced replica, PostgreSQL) can stand beside it by implementing the same traits.
 
 pub mod db;
+mod directory;
 #[cfg(feature = "postgres")]
 pub mod mirror;
 #[cfg(feature = "postgres")]
@@ -324,4 +325,7 @@ pub struct MirrorBatch {
     pub groups: Option<Vec<(String, String)>>,
     /// The source's change number this batch is complete up to.
     pub seq: i64,
+    /// The directory sync's record in the source (`sync_state` of [`crate::domain::SOURCE_LDAP`]),
+    /// read with every batch: directory users on the node go stale with it.
+    pub directory: Option<SyncState>,
 }

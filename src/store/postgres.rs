@@ -548,19 +548,7 @@ fn allocate_uid(
     Ok(gaps.iter().map(|r| r.get::<_, i64>(0) as u32).find(|&uid| !host(uid)))
 }
 
-fn key_detail(new: &NewKey, scope: Scope) -> String {
-    let mut detail = String::new();
-    crate::log::push_pair(&mut detail, "fingerprint", &new.key.fingerprint);
-    crate::log::push_pair(&mut detail, "scope", scope.as_str());
-    crate::log::push_pair(&mut detail, "source", &new.source);
-    if let Some(from) = &new.from {
-        crate::log::push_pair(&mut detail, "from", from);
-    }
-    if let Some(expires) = new.expires {
-        crate::log::push_pair(&mut detail, "expires", &expires.to_string());
-    }
-    detail
-}
+use super::directory::key_detail;
 
 /// Inserts a key unless its fingerprint is registered; returns whether it was inserted.
 fn insert_key(w: &mut Write<'_>, user_id: i64, new: &NewKey, scope: Scope, now: Timestamp) -> Result<bool, StoreError> {
@@ -603,6 +591,29 @@ fn owner_of(w: &mut Write<'_>, fingerprint: &str) -> Result<String, StoreError> 
         .unwrap_or_default())
 }
 
+/// The last sync of `source` as recorded in the database.
+pub(crate) fn read_sync_state(
+    c: &mut impl GenericClient,
+    at: &str,
+    source: &str,
+) -> Result<Option<SyncState>, StoreError> {
+    Ok(c.query_opt(
+        "SELECT last_success, last_attempt, last_error, high_water, users, keys, last_full \
+         FROM sync_state WHERE source = $1",
+        &[&source],
+    )
+    .map_err(|e| pg_error(at, e))?
+    .map(|r| SyncState {
+        last_success: r.get::<_, Option<i64>>(0).map(Timestamp::from_secs),
+        last_attempt: Timestamp::from_secs(r.get(1)),
+        last_error: r.get(2),
+        high_water: r.get(3),
+        users: r.get(4),
+        keys: r.get(5),
+        last_full: r.get::<_, Option<i64>>(6).map(Timestamp::from_secs),
+    }))
+}
+
 /// The reads the login path's trait asks for; the admin side uses them too.
 fn read_login_view(
     c: &mut impl GenericClient,
@@ -638,6 +649,7 @@ fn read_login_view(
         user: user_from(&row, at)?,
         keys,
         synced: row.get::<_, Option<i64>>("synced").map(Timestamp::from_secs),
+        mirrored: None,
     }))
 }
 
@@ -678,13 +690,148 @@ impl LoginStore for PgStore {
     }
 }
 
-/// Directory data in PostgreSQL is issue 14's item 4 (gatehouse-ldap writing into the
-/// configured store); until then the sync keeps writing a host's SQLite store.
-fn not_yet(at: &str) -> StoreError {
-    StoreError::Unavailable {
-        path: at.to_string(),
-        reason: "directory sync into PostgreSQL is not supported yet: run gatehouse-ldap on a host without [source]"
-            .into(),
+/// The directory sync's row operations ([`super::directory`]) in one PostgreSQL
+/// transaction: each user it changes is named in the change log for the nodes.
+struct DirectoryTx<'a, 'b> {
+    w: &'a mut Write<'b>,
+    range: UidRange,
+    host: HostCheck,
+    account: AccountCheck,
+}
+
+impl DirectoryTx<'_, '_> {
+    fn run(&mut self, sql: &str, p: &[&(dyn ::postgres::types::ToSql + Sync)]) -> Result<u64, StoreError> {
+        let at = self.w.at.clone();
+        self.w.tx.execute(sql, p).map_err(|e| pg_error(&at, e))
+    }
+
+    fn rows(&mut self, sql: &str, p: &[&(dyn ::postgres::types::ToSql + Sync)]) -> Result<Vec<Row>, StoreError> {
+        let at = self.w.at.clone();
+        self.w.tx.query(sql, p).map_err(|e| pg_error(&at, e))
+    }
+}
+
+impl super::directory::DirectoryWrite for DirectoryTx<'_, '_> {
+    fn find(&mut self, name: &str) -> Result<Option<super::directory::Known>, StoreError> {
+        let rows = self.rows(
+            "SELECT id, source, state, uid_number, directory_dn FROM users WHERE name = $1 FOR UPDATE",
+            &[&name],
+        )?;
+        Ok(rows.first().map(|r| super::directory::Known {
+            id: r.get(0),
+            source: r.get(1),
+            state: r.get(2),
+            uid_number: r.get(3),
+            dn: r.get(4),
+        }))
+    }
+
+    fn claim_uid(&mut self, uid: u32, name: &str) -> Result<Option<String>, StoreError> {
+        let n = i64::from(uid);
+        self.run("DELETE FROM retired_uids WHERE uid = $1 AND name = $2", &[&n, &name])?;
+        if let Some(r) = self.rows("SELECT name FROM users WHERE uid = $1", &[&n])?.first() {
+            return Ok(Some(r.get(0)));
+        }
+        Ok(self.rows("SELECT name FROM retired_uids WHERE uid = $1", &[&n])?.first().map(|r| {
+            let name: String = r.get(0);
+            format!("{name} (retired)")
+        }))
+    }
+
+    fn allocate_uid(&mut self, name: &str) -> Result<Option<u32>, StoreError> {
+        let at = self.w.at.clone();
+        allocate_uid(&mut self.w.tx, &at, self.range, self.host, self.account, name)
+    }
+
+    fn insert_user(&mut self, u: &DirectoryUser, policy: Scope, uid: u32, now: Timestamp) -> Result<i64, StoreError> {
+        let state = if u.enabled { "enabled" } else { "disabled" };
+        let rows = self.rows(
+            "INSERT INTO users (name, state, policy, port_forwarding, created, source, uid_number, directory_dn, uid) \
+             VALUES ($1, $2, $3, false, $4, 'ldap', $5, $6, $7) RETURNING id",
+            &[&u.name, &state, &policy.as_str(), &now.as_secs(), &u.uid_number, &u.dn, &i64::from(uid)],
+        )?;
+        rows.first().map(|r| r.get(0)).ok_or_else(|| StoreError::Unavailable {
+            path: self.w.at.clone(),
+            reason: format!("adding directory user {}: no row id returned", u.name),
+        })
+    }
+
+    fn set_state(&mut self, id: i64, enabled: bool) -> Result<(), StoreError> {
+        let state = if enabled { "enabled" } else { "disabled" };
+        self.run("UPDATE users SET state = $2 WHERE id = $1", &[&id, &state]).map(|_| ())
+    }
+
+    fn set_dn(&mut self, id: i64, dn: &str) -> Result<(), StoreError> {
+        self.run("UPDATE users SET directory_dn = $2 WHERE id = $1", &[&id, &dn]).map(|_| ())
+    }
+
+    fn policy(&mut self, id: i64) -> Result<Scope, StoreError> {
+        let at = self.w.at.clone();
+        let policy: String =
+            self.rows("SELECT policy FROM users WHERE id = $1", &[&id])?.first().map(|r| r.get(0)).unwrap_or_default();
+        scope_of(&policy, &at)
+    }
+
+    fn directory_keys(&mut self, id: i64) -> Result<Vec<String>, StoreError> {
+        Ok(self
+            .rows("SELECT fingerprint FROM keys WHERE user_id = $1 AND source = 'ldap' ORDER BY id", &[&id])?
+            .iter()
+            .map(|r| r.get(0))
+            .collect())
+    }
+
+    fn insert_key(&mut self, id: i64, key: &NewKey, scope: Scope, now: Timestamp) -> Result<bool, StoreError> {
+        insert_key(self.w, id, key, scope, now)
+    }
+
+    fn remove_key(&mut self, fingerprint: &str) -> Result<(), StoreError> {
+        self.run("DELETE FROM keys WHERE fingerprint = $1", &[&fingerprint]).map(|_| ())
+    }
+
+    fn remove_directory_keys(&mut self, id: i64) -> Result<u64, StoreError> {
+        self.run("DELETE FROM keys WHERE user_id = $1 AND source = 'ldap'", &[&id])
+    }
+
+    fn directory_users(&mut self) -> Result<Vec<(i64, String, String)>, StoreError> {
+        Ok(self
+            .rows("SELECT id, name, state FROM users WHERE source = 'ldap'", &[])?
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect())
+    }
+
+    fn directory_groups(&mut self) -> Result<Vec<(String, String)>, StoreError> {
+        // Sorted as Rust sorts (bytes), whatever the database's collation.
+        let mut members: Vec<(String, String)> = self
+            .rows("SELECT grp, member FROM group_members WHERE source = 'ldap'", &[])?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        members.sort();
+        Ok(members)
+    }
+
+    fn replace_groups(&mut self, members: &[(String, String)]) -> Result<(), StoreError> {
+        self.run("DELETE FROM group_members WHERE source = 'ldap'", &[])?;
+        for (group, member) in members {
+            self.run(
+                "INSERT INTO group_members (grp, member, source) VALUES ($1, $2, 'ldap') ON CONFLICT DO NOTHING",
+                &[group, member],
+            )?;
+        }
+        Ok(())
+    }
+
+    fn audit(&mut self, actor: &Actor, action: &str, subject: &str, detail: &str) -> Result<(), StoreError> {
+        self.w.audit(actor, action, subject, detail)
+    }
+
+    fn user_changed(&mut self, name: &str) -> Result<(), StoreError> {
+        self.w.changed(Changed::User(name.to_string()))
+    }
+
+    fn groups_changed(&mut self) -> Result<(), StoreError> {
+        self.w.changed(Changed::Groups)
     }
 }
 
@@ -908,37 +1055,62 @@ impl AdminStore for PgStore {
         })
     }
 
+    /// One transaction, so one change number: the nodes take the whole sync at once.
     fn apply_directory(
         &mut self,
-        _actor: &Actor,
-        _snapshot: &DirectorySnapshot,
-        _default_policy: Scope,
+        actor: &Actor,
+        snapshot: &DirectorySnapshot,
+        default_policy: Scope,
     ) -> Result<SyncReport, StoreError> {
-        Err(not_yet(&self.at))
+        let (range, host, account) = (self.uids, self.host_check, self.host_account);
+        self.write(|w| {
+            let mut report = SyncReport::default();
+            let mut d = DirectoryTx { w, range, host, account };
+            for u in &snapshot.users {
+                super::directory::merge_user(&mut d, actor, u, default_policy, snapshot.full, &mut report)?;
+            }
+            super::directory::finish(&mut d, actor, snapshot, &mut report)?;
+            Ok(report)
+        })
     }
 
-    fn record_sync(&mut self, _attempt: &SyncAttempt<'_>) -> Result<(), StoreError> {
-        Err(not_yet(&self.at))
+    /// A change number of its own even when nothing else changed: the nodes read the
+    /// directory's `sync_state` with every batch, and judge its users' staleness by it.
+    fn record_sync(&mut self, attempt: &SyncAttempt<'_>) -> Result<(), StoreError> {
+        let SyncAttempt { source, at, error, high_water, full } = *attempt;
+        self.write(|w| {
+            let here = w.at.clone();
+            let db = |e| pg_error(&here, e);
+            let (users, keys): (i64, i64) = {
+                let r =
+                    w.tx.query_one(
+                        "SELECT (SELECT count(*) FROM users WHERE source = $1), \
+                         (SELECT count(*) FROM keys WHERE source = $1)",
+                        &[&source],
+                    )
+                    .map_err(db)?;
+                (r.get(0), r.get(1))
+            };
+            w.tx.execute(
+                "INSERT INTO sync_state AS s (source, last_success, last_attempt, last_error, high_water, users, keys, \
+                 last_full) VALUES ($1, CASE WHEN $3::text IS NULL THEN $2::bigint END, $2::bigint, $3::text, $4::text, \
+                 $5::bigint, $6::bigint, CASE WHEN $3::text IS NULL AND $7::boolean THEN $2::bigint END) \
+                 ON CONFLICT (source) DO UPDATE SET \
+                   last_success = CASE WHEN $3::text IS NULL THEN $2 ELSE s.last_success END, \
+                   last_attempt = $2, last_error = $3, high_water = coalesce($4, s.high_water), users = $5, keys = $6, \
+                   last_full = CASE WHEN $3::text IS NULL AND $7 THEN $2 ELSE s.last_full END",
+                &[&source, &at.as_secs(), &error, &high_water, &users, &keys, &full],
+            )
+            .map_err(|e| pg_error(&here, e))?;
+            // Wakes the nodes: the record is what keeps directory users fresh there.
+            w.tx.batch_execute(&format!("NOTIFY {CHANNEL}")).map_err(|e| pg_error(&here, e))?;
+            w.announced = true;
+            Ok(())
+        })
     }
 
     fn sync_state(&self, source: &str) -> Result<Option<SyncState>, StoreError> {
-        self.read(|c, at| {
-            Ok(c.query_opt(
-                "SELECT last_success, last_attempt, last_error, high_water, users, keys, last_full \
-                 FROM sync_state WHERE source = $1",
-                &[&source],
-            )
-            .map_err(|e| pg_error(at, e))?
-            .map(|r| SyncState {
-                last_success: r.get::<_, Option<i64>>(0).map(Timestamp::from_secs),
-                last_attempt: Timestamp::from_secs(r.get(1)),
-                last_error: r.get(2),
-                high_water: r.get(3),
-                users: r.get(4),
-                keys: r.get(5),
-                last_full: r.get::<_, Option<i64>>(6).map(Timestamp::from_secs),
-            }))
-        })
+        self.read(|c, at| read_sync_state(c, at, source))
     }
 
     fn directory_dns(&self) -> Result<Vec<(String, String)>, StoreError> {

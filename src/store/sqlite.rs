@@ -315,19 +315,7 @@ fn insert_key(
     ])
 }
 
-fn key_detail(new: &NewKey, scope: Scope) -> String {
-    let mut detail = String::new();
-    crate::log::push_pair(&mut detail, "fingerprint", &new.key.fingerprint);
-    crate::log::push_pair(&mut detail, "scope", scope.as_str());
-    crate::log::push_pair(&mut detail, "source", &new.source);
-    if let Some(from) = &new.from {
-        crate::log::push_pair(&mut detail, "from", from);
-    }
-    if let Some(expires) = new.expires {
-        crate::log::push_pair(&mut detail, "expires", &expires.to_string());
-    }
-    detail
-}
+use super::directory::key_detail;
 
 fn audit(tx: &Transaction<'_>, actor: &Actor, action: &str, subject: &str, detail: &str) -> rusqlite::Result<()> {
     tx.prepare_cached(INSERT_AUDIT)?.execute(params![actor.now, actor.name, action, subject, detail])?;
@@ -353,149 +341,142 @@ impl LoginStore for SqliteStore {
     }
 }
 
-/// id, source, state, uid_number, directory_dn of a user a sync meets again.
-type KnownUser = (i64, String, String, Option<i64>, Option<String>);
-
 /// Users per transaction in a directory sync: other writers wait at most one batch.
 const SYNC_BATCH: usize = 2000;
 
-fn sync_user(
-    tx: &Transaction<'_>,
-    allocator: &mut Allocator,
-    actor: &Actor,
-    u: &DirectoryUser,
-    default_policy: Scope,
-    full: bool,
-    report: &mut SyncReport,
-) -> rusqlite::Result<()> {
-    let found: Option<KnownUser> = tx
-        .prepare_cached("SELECT id, source, state, uid_number, directory_dn FROM users WHERE name = ?1")?
-        .query_row([&u.name], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))
-        .optional()?;
-    let state = if u.enabled { "enabled" } else { "disabled" };
-    let id = match found {
-        None => {
-            // Directory users keep their uidNumber; one another user holds (or held) is
-            // refused, so nobody inherits someone else's files.
-            let uid = match u.uid_number.map(u32::try_from) {
-                Some(Ok(n)) => match uids::reclaim(tx, n, &u.name).and_then(|()| uids::holder(tx, n))? {
-                    None => Some(n),
-                    Some(holder) => {
-                        report.conflicts.push(format!("{}: uidNumber {n} is already {holder}'s; skipped", u.name));
-                        return Ok(());
-                    }
-                },
-                Some(Err(_)) => {
-                    let n = u.uid_number.unwrap_or_default();
-                    report.conflicts.push(format!("{}: uidNumber {n} is not a uid; skipped", u.name));
-                    return Ok(());
-                }
-                None => allocator.for_user(tx, &u.name)?,
-            };
-            let Some(uid) = uid else {
-                report.conflicts.push(format!("{}: no uid left in users.uid_min..uid_max; skipped", u.name));
-                return Ok(());
-            };
-            tx.prepare_cached(
+/// The directory sync's row operations ([`super::directory`]) in one SQLite transaction.
+struct DirectoryTx<'a, 't> {
+    tx: &'a Transaction<'t>,
+    allocator: &'a mut Allocator,
+    path: &'a str,
+}
+
+impl super::directory::DirectoryWrite for DirectoryTx<'_, '_> {
+    fn find(&mut self, name: &str) -> Result<Option<super::directory::Known>, StoreError> {
+        self.tx
+            .prepare_cached("SELECT id, source, state, uid_number, directory_dn FROM users WHERE name = ?1")
+            .and_then(|mut s| {
+                s.query_row([name], |r| {
+                    Ok(super::directory::Known {
+                        id: r.get(0)?,
+                        source: r.get(1)?,
+                        state: r.get(2)?,
+                        uid_number: r.get(3)?,
+                        dn: r.get(4)?,
+                    })
+                })
+                .optional()
+            })
+            .map_err(|e| self.fail(e))
+    }
+
+    fn claim_uid(&mut self, uid: u32, name: &str) -> Result<Option<String>, StoreError> {
+        uids::reclaim(self.tx, uid, name).and_then(|()| uids::holder(self.tx, uid)).map_err(|e| self.fail(e))
+    }
+
+    fn allocate_uid(&mut self, name: &str) -> Result<Option<u32>, StoreError> {
+        self.allocator.for_user(self.tx, name).map_err(|e| self.fail(e))
+    }
+
+    fn insert_user(&mut self, u: &DirectoryUser, policy: Scope, uid: u32, now: Timestamp) -> Result<i64, StoreError> {
+        let state = if u.enabled { "enabled" } else { "disabled" };
+        self.tx
+            .prepare_cached(
                 "INSERT INTO users (name, state, policy, port_forwarding, created, source, uid_number, directory_dn, uid) \
                  VALUES (?1, ?2, ?3, 0, ?4, 'ldap', ?5, ?6, ?7)",
-            )?
-            .execute(params![u.name, state, default_policy.as_str(), actor.now, u.uid_number, u.dn, uid])?;
-            let id = tx.last_insert_rowid();
-            audit(tx, actor, "user.add", &u.name, "source=ldap")?;
-            report.users_added += 1;
-            id
-        }
-        Some((_, source, _, _, _)) if source != "ldap" => {
-            report
-                .conflicts
-                .push(format!("{}: a local user of that name exists; the directory entry is ignored", u.name));
-            return Ok(());
-        }
-        Some((id, _, state, Some(old), _)) if u.uid_number.is_some_and(|new| new != old) => {
-            // Another person under an old name: nothing of the old one's may serve them,
-            // and nothing stays usable until someone looks.
-            report.conflicts.push(format!(
-                "{}: uidNumber changed from {old} to {}: another person under an old name; disabled, resolve by hand",
-                u.name,
-                u.uid_number.unwrap_or_default()
-            ));
-            if state != "disabled" {
-                tx.prepare_cached("UPDATE users SET state = 'disabled' WHERE id = ?1")?.execute([id])?;
-                audit(tx, actor, "user.disable", &u.name, "source=ldap reason=uid-number-changed")?;
-                report.users_disabled += 1;
-            }
-            let removed =
-                tx.prepare_cached("DELETE FROM keys WHERE user_id = ?1 AND source = 'ldap'")?.execute([id])?;
-            report.keys_removed += removed as u32;
-            return Ok(());
-        }
-        // Another entry for a name we know from elsewhere in the directory: only a full
-        // read can tell a move from a second person, so an incremental sync refuses it.
-        Some((_, _, _, _, Some(old_dn))) if !full && !old_dn.eq_ignore_ascii_case(&u.dn) => {
-            report.conflicts.push(format!(
-                "{}: a second directory entry ({}) for the user known as {old_dn}; skipped (a full sync settles moves)",
-                u.name, u.dn
-            ));
-            return Ok(());
-        }
-        Some((id, _, old_state, _, old_dn)) => {
-            if old_dn.as_deref() != Some(u.dn.as_str()) {
-                tx.prepare_cached("UPDATE users SET directory_dn = ?2 WHERE id = ?1")?.execute(params![id, u.dn])?;
-            }
-            if old_state != state {
-                tx.prepare_cached("UPDATE users SET state = ?2 WHERE id = ?1")?.execute(params![id, state])?;
-                let action = if u.enabled { "user.enable" } else { "user.disable" };
-                audit(tx, actor, action, &u.name, "source=ldap")?;
-                if u.enabled {
-                    report.users_enabled += 1;
-                } else {
-                    report.users_disabled += 1;
-                }
-            }
-            id
-        }
-    };
-    let existing: Vec<String> = tx
-        .prepare_cached("SELECT fingerprint FROM keys WHERE user_id = ?1 AND source = 'ldap'")?
-        .query_map([id], |r| r.get(0))?
-        .collect::<rusqlite::Result<_>>()?;
-    // The user's policy is each new key's scope: read once, when the first new key needs it.
-    let mut policy_scope = None;
-    for key in &u.keys {
-        if existing.contains(&key.fingerprint) {
-            continue;
-        }
-        let new = NewKey { key: key.clone(), scope: None, from: None, expires: None, source: "ldap".to_string() };
-        let scope = match policy_scope {
-            Some(s) => s,
-            None => {
-                let policy: String =
-                    tx.prepare_cached("SELECT policy FROM users WHERE id = ?1")?.query_row([id], |r| r.get(0))?;
-                *policy_scope.insert(parse_scope(policy)?)
-            }
-        };
-        let mut statement = tx.prepare_cached(INSERT_KEY)?;
-        match insert_key(&mut statement, id, &new, scope, actor.now) {
-            Ok(_) => {
-                audit(tx, actor, "key.add", &u.name, &key_detail(&new, scope))?;
-                report.keys_added += 1;
-            }
-            Err(e) if is_duplicate(&e) => {
-                report.conflicts.push(format!("{}: key {} is registered to another user", u.name, key.fingerprint))
-            }
-            Err(e) => return Err(e),
+            )
+            .and_then(|mut s| s.execute(params![u.name, state, policy.as_str(), now, u.uid_number, u.dn, uid]))
+            .map_err(|e| self.fail(e))?;
+        Ok(self.tx.last_insert_rowid())
+    }
+
+    fn set_state(&mut self, id: i64, enabled: bool) -> Result<(), StoreError> {
+        let state = if enabled { "enabled" } else { "disabled" };
+        self.run("UPDATE users SET state = ?2 WHERE id = ?1", params![id, state]).map(|_| ())
+    }
+
+    fn set_dn(&mut self, id: i64, dn: &str) -> Result<(), StoreError> {
+        self.run("UPDATE users SET directory_dn = ?2 WHERE id = ?1", params![id, dn]).map(|_| ())
+    }
+
+    fn policy(&mut self, id: i64) -> Result<Scope, StoreError> {
+        self.tx
+            .prepare_cached("SELECT policy FROM users WHERE id = ?1")
+            .and_then(|mut s| s.query_row([id], |r| parse_scope(r.get(0)?)))
+            .map_err(|e| self.fail(e))
+    }
+
+    fn directory_keys(&mut self, id: i64) -> Result<Vec<String>, StoreError> {
+        self.tx
+            .prepare_cached("SELECT fingerprint FROM keys WHERE user_id = ?1 AND source = 'ldap'")
+            .and_then(|mut s| s.query_map([id], |r| r.get(0))?.collect())
+            .map_err(|e| self.fail(e))
+    }
+
+    fn insert_key(&mut self, id: i64, key: &NewKey, scope: Scope, now: Timestamp) -> Result<bool, StoreError> {
+        let mut statement = self.tx.prepare_cached(INSERT_KEY).map_err(|e| self.fail(e))?;
+        match insert_key(&mut statement, id, key, scope, now) {
+            Ok(_) => Ok(true),
+            Err(e) if is_duplicate(&e) => Ok(false),
+            Err(e) => Err(self.fail(e)),
         }
     }
-    for fp in existing.iter().filter(|fp| !u.keys.iter().any(|k| &&k.fingerprint == fp)) {
-        tx.prepare_cached("DELETE FROM keys WHERE fingerprint = ?1")?.execute([fp])?;
-        let mut detail = String::new();
-        crate::log::push_pair(&mut detail, "fingerprint", fp);
-        crate::log::push_pair(&mut detail, "source", "ldap");
-        audit(tx, actor, "key.remove", &u.name, &detail)?;
-        report.keys_removed += 1;
+
+    fn remove_key(&mut self, fingerprint: &str) -> Result<(), StoreError> {
+        self.run("DELETE FROM keys WHERE fingerprint = ?1", params![fingerprint]).map(|_| ())
     }
-    Ok(())
+
+    fn remove_directory_keys(&mut self, id: i64) -> Result<u64, StoreError> {
+        self.run("DELETE FROM keys WHERE user_id = ?1 AND source = 'ldap'", params![id]).map(|n| n as u64)
+    }
+
+    fn directory_users(&mut self) -> Result<Vec<(i64, String, String)>, StoreError> {
+        self.tx
+            .prepare_cached("SELECT id, name, state FROM users WHERE source = 'ldap'")
+            .and_then(|mut s| s.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?.collect())
+            .map_err(|e| self.fail(e))
+    }
+
+    fn directory_groups(&mut self) -> Result<Vec<(String, String)>, StoreError> {
+        self.tx
+            .prepare_cached("SELECT grp, user FROM group_members WHERE source = 'ldap' ORDER BY grp, user")
+            .and_then(|mut s| s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect())
+            .map_err(|e| self.fail(e))
+    }
+
+    fn replace_groups(&mut self, members: &[(String, String)]) -> Result<(), StoreError> {
+        self.run("DELETE FROM group_members WHERE source = 'ldap'", params![])?;
+        let mut insert = self
+            .tx
+            .prepare_cached("INSERT OR IGNORE INTO group_members (grp, user, source) VALUES (?1, ?2, 'ldap')")
+            .map_err(|e| self.fail(e))?;
+        for (group, member) in members {
+            insert.execute(params![group, member]).map_err(|e| self.fail(e))?;
+        }
+        Ok(())
+    }
+
+    fn audit(&mut self, actor: &Actor, action: &str, subject: &str, detail: &str) -> Result<(), StoreError> {
+        audit(self.tx, actor, action, subject, detail).map_err(|e| self.fail(e))
+    }
+
+    fn user_changed(&mut self, _name: &str) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    fn groups_changed(&mut self) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
+
+impl DirectoryTx<'_, '_> {
+    fn fail(&self, e: rusqlite::Error) -> StoreError {
+        db_error(self.path, e)
+    }
+
+    fn run(&self, sql: &str, p: impl rusqlite::Params) -> Result<usize, StoreError> {
+        self.tx.prepare_cached(sql).and_then(|mut s| s.execute(p)).map_err(|e| self.fail(e))
+    }
 }
 
 impl SqliteStore {
@@ -523,13 +504,16 @@ impl SqliteStore {
         // One statement: on the login path, parsing SQL costs more than running it.
         let sql = format!(
             "SELECT {USER_COLUMNS}, {KEY_COLUMNS}, \
-             (SELECT last_success FROM sync_state WHERE source = u.source) FROM users u \
+             (SELECT last_success FROM sync_state WHERE source = u.source), \
+             (SELECT 1 FROM sync_state WHERE source = ?3 AND u.source <> ?3), \
+             (SELECT last_success FROM sync_state WHERE source = ?3) FROM users u \
              LEFT JOIN keys k ON k.user_id = u.id AND (?2 IS NULL OR k.fingerprint = ?2) \
              WHERE u.name = ?1 ORDER BY k.id"
         );
         let mut view: Option<LoginView> = None;
         let mut stmt = self.conn.prepare(&sql).map_err(|e| self.error(e))?;
-        let mut rows = stmt.query(params![user, fingerprint]).map_err(|e| self.error(e))?;
+        let shared = crate::domain::SOURCE_SHARED;
+        let mut rows = stmt.query(params![user, fingerprint, shared]).map_err(|e| self.error(e))?;
         while let Some(row) = rows.next().map_err(|e| self.error(e))? {
             let v = match &mut view {
                 Some(v) => v,
@@ -537,6 +521,15 @@ impl SqliteStore {
                     user: user_from_row(row).map_err(|e| self.error(e))?,
                     keys: Vec::new(),
                     synced: row.get(USER_COLUMN_COUNT + KEY_COLUMN_COUNT).map_err(|e| self.error(e))?,
+                    // A store the agent mirrors (it keeps a row for the shared source), and a
+                    // user whose own source is another: the mirror's freshness counts too.
+                    mirrored: match row.get::<_, Option<i64>>(USER_COLUMN_COUNT + KEY_COLUMN_COUNT + 1) {
+                        Ok(Some(_)) => {
+                            Some(row.get(USER_COLUMN_COUNT + KEY_COLUMN_COUNT + 2).map_err(|e| self.error(e))?)
+                        }
+                        Ok(None) => None,
+                        Err(e) => return Err(self.error(e)),
+                    },
                 }),
             };
             let has_key: Option<String> = row.get(USER_COLUMN_COUNT).map_err(|e| self.error(e))?;
@@ -581,48 +574,25 @@ impl AdminStore for SqliteStore {
         let full = snapshot.full;
         let mut report = SyncReport::default();
         let (range, host, account) = (self.allocation()?, self.host_check, self.host_account);
+        let path = self.path.clone();
         for batch in snapshot.users.chunks(SYNC_BATCH) {
-            let path = self.path.clone();
             self.write(|tx| {
-                let db = |e| db_error(&path, e);
-                let mut allocator = Allocator::start(tx, range, host, account).map_err(db)?;
+                let mut allocator = Allocator::start(tx, range, host, account).map_err(|e| db_error(&path, e))?;
+                let mut w = DirectoryTx { tx, allocator: &mut allocator, path: &path };
                 for u in batch {
-                    sync_user(tx, &mut allocator, actor, u, default_policy, full, &mut report).map_err(db)?;
+                    super::directory::merge_user(&mut w, actor, u, default_policy, full, &mut report)?;
                 }
                 Ok(())
             })?;
         }
-        let path = self.path.clone();
         self.write(|tx| {
-            let db = |e| db_error(&path, e);
-            if full {
-                // Gone from the directory: disabled, and its keys removed.
-                let listed: std::collections::HashSet<&str> = snapshot.users.iter().map(|u| u.name.as_str()).collect();
-                let ours: Vec<(i64, String, String)> = tx
-                    .prepare("SELECT id, name, state FROM users WHERE source = 'ldap'")
-                    .and_then(|mut s| s.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?.collect())
-                    .map_err(db)?;
-                for (id, name, state) in ours.iter().filter(|(_, n, _)| !listed.contains(n.as_str())) {
-                    if state != "disabled" {
-                        tx.execute("UPDATE users SET state = 'disabled' WHERE id = ?1", [id]).map_err(db)?;
-                        audit(tx, actor, "user.disable", name, "source=ldap reason=gone-from-directory").map_err(db)?;
-                        report.users_disabled += 1;
-                    }
-                    let removed =
-                        tx.execute("DELETE FROM keys WHERE user_id = ?1 AND source = 'ldap'", [id]).map_err(db)?;
-                    report.keys_removed += removed as u32;
-                }
-            }
-            tx.execute("DELETE FROM group_members WHERE source = 'ldap'", []).map_err(db)?;
-            let mut insert = tx
-                .prepare("INSERT OR IGNORE INTO group_members (grp, user, source) VALUES (?1, ?2, 'ldap')")
-                .map_err(db)?;
-            for (group, members) in &snapshot.groups {
-                for m in members {
-                    insert.execute(params![group, m]).map_err(db)?;
-                }
-            }
-            Ok(())
+            let mut allocator = Allocator::start(tx, range, host, account).map_err(|e| db_error(&path, e))?;
+            super::directory::finish(
+                &mut DirectoryTx { tx, allocator: &mut allocator, path: &path },
+                actor,
+                snapshot,
+                &mut report,
+            )
         })?;
         Ok(report)
     }
@@ -1057,8 +1027,10 @@ impl SqliteStore {
     /// it as the source's last successful sync (`sync_state`, source
     /// [`crate::domain::SOURCE_SHARED`], the change number as high water), so the login
     /// path never sees half a batch and judges staleness by it. Mirrored users keep their
-    /// uid and get the source `postgres`; nothing is audited here (the source audits the
-    /// change itself).
+    /// uid and get the source `postgres`, directory users keep `ldap`
+    /// ([`crate::domain::mirrored_source`]) and the directory sync's record comes with
+    /// every batch, so both stalenesses apply to them; nothing is audited here (the source
+    /// audits the change itself).
     pub fn apply_mirror(&mut self, batch: &MirrorBatch, now: Timestamp) -> Result<(), StoreError> {
         let path = self.path.clone();
         self.write(|tx| {
@@ -1094,7 +1066,7 @@ impl SqliteStore {
                         u.policy.as_str(),
                         u.port_forwarding,
                         u.created,
-                        shared,
+                        crate::domain::mirrored_source(&u.source),
                         u.uid
                     ])
                     .map_err(db)?;
@@ -1134,6 +1106,27 @@ impl SqliteStore {
                 for (group, member) in groups {
                     add.execute(params![group, member, shared]).map_err(db)?;
                 }
+            }
+            if let Some(d) = &batch.directory {
+                // The directory sync as the source recorded it: the login path judges the
+                // staleness of directory users by it (and by the mirror's own record).
+                tx.execute(
+                    "INSERT INTO sync_state (source, last_success, last_attempt, last_error, high_water, users, keys, \
+                     last_full) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT (source) DO UPDATE SET \
+                     last_success = ?2, last_attempt = ?3, last_error = ?4, high_water = ?5, users = ?6, keys = ?7, \
+                     last_full = ?8",
+                    params![
+                        crate::domain::SOURCE_LDAP,
+                        d.last_success,
+                        d.last_attempt,
+                        d.last_error,
+                        d.high_water,
+                        d.users,
+                        d.keys,
+                        d.last_full
+                    ],
+                )
+                .map_err(db)?;
             }
             record_success(tx, shared, now, &batch.seq.to_string(), batch.full).map_err(db)
         })

@@ -145,15 +145,20 @@ fn base_ldif() -> String {
 impl Slapd {
     /// Plain ldap:// only.
     pub fn start() -> Slapd {
-        Slapd::start_with(false)
+        Slapd::start_with(false, false)
     }
 
     /// ldaps:// on a second port, and StartTLS on the ldap:// one.
     pub fn start_tls() -> Slapd {
-        Slapd::start_with(true)
+        Slapd::start_with(true, false)
     }
 
-    fn start_with(tls: bool) -> Slapd {
+    /// Plain ldap:// with the syncprov overlay: RFC 4533 content sync offered.
+    pub fn start_syncprov() -> Slapd {
+        Slapd::start_with(false, true)
+    }
+
+    fn start_with(tls: bool, syncprov: bool) -> Slapd {
         need("/usr/sbin/slapd");
         need("/usr/bin/ldapadd");
         let dir = TestDir::new("slapd");
@@ -168,7 +173,17 @@ impl Slapd {
             String::new()
         };
         let conf = dir.join("slapd.conf");
-        std::fs::write(&conf, CONF_TEMPLATE.replace("@DIR@", &d).replace("@TLS@", &tls_lines)).unwrap();
+        let (module, overlay) = if syncprov {
+            ("moduleload syncprov", "index entryCSN,entryUUID eq\noverlay syncprov\nsyncprov-checkpoint 100 1")
+        } else {
+            ("", "")
+        };
+        let text = CONF_TEMPLATE
+            .replace("@DIR@", &d)
+            .replace("@TLS@", &tls_lines)
+            .replace("@SYNCPROV_MODULE@", module)
+            .replace("@SYNCPROV_OVERLAY@", overlay);
+        std::fs::write(&conf, text).unwrap();
         std::fs::create_dir(dir.join("db")).unwrap();
         // slapadd reads LDIF from standard input when given no -l.
         ok(Command::new("/usr/sbin/slapadd").arg("-q").arg("-f").arg(&conf), base_ldif().as_bytes());

@@ -241,7 +241,8 @@ check_files_installed() {
         etc/gatehouse/gatehouse.toml etc/ssh/sshd_config.d/gatehouse.conf \
         usr/share/man/man8/gatehouse.8.gz usr/share/man/man5/gatehouse.toml.5.gz \
         lib/systemd/system/gatehouse-agent.service lib/systemd/system/gatehoused.service \
-        lib/systemd/system/gatehouse-ldap-sync.timer var/lib/gatehouse/store.db \
+        lib/systemd/system/gatehouse-ldap-sync.timer lib/systemd/system/gatehouse-ldap-follow.service \
+        var/lib/gatehouse/store.db \
         usr/share/bash-completion/completions/gatehouse usr/share/zsh/vendor-completions/_gatehouse \
         usr/share/fish/vendor_completions.d/gatehouse.fish; do
         [ -e "$root/$f" ] || fail "/$f is missing after install"
@@ -276,6 +277,8 @@ check_units_enabled() {
         fail "gatehoused.service is not enabled"
     [ ! -e "$root/etc/systemd/system/timers.target.wants/gatehouse-ldap-sync.timer" ] ||
         fail "gatehouse-ldap-sync.timer was enabled"
+    [ ! -e "$root/etc/systemd/system/multi-user.target.wants/gatehouse-ldap-follow.service" ] ||
+        fail "gatehouse-ldap-follow.service was enabled"
 }
 
 # Nothing of the packages' left but users' data: the files dpkg knew, the configuration,
