@@ -531,7 +531,13 @@ fn login_state_is_shared_by_every_node() {
     assert!(took.is_some(), "five failures over two nodes did not lock the user out on the third");
     assert!(locked_on(&a, &user.name), "node A does not apply the cluster's lockout");
     // (Up to three tries: on a loaded machine a login may fail on the store's timeout.)
-    let refused = (0..3).any(|_| fail_password(&c, &user.name));
+    let refused = (0..3).any(|i| {
+        let refused = fail_password(&c, &user.name);
+        if !refused {
+            eprintln!("try {i}: node C did not refuse before the password: {}", c.gh.log.drain().join("\n"));
+        }
+        refused
+    });
     let log = c.gh.log.drain().join("\n");
     assert!(refused, "node C's preauth did not refuse the locked-out user: {log}");
     assert!(log.contains("stage=auth") && log.contains("reason=locked-out"), "{log}");
