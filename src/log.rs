@@ -166,6 +166,17 @@ impl Logger {
     }
 
     pub fn with(program: &'static str, log: &LogConfig) -> Logger {
+        Logger::build(program, log, true)
+    }
+
+    /// For a program whose standard error is the SSH client's (gatehouse-shell): lines go
+    /// there only where `log.stderr` says so, never as the fallback, or every user would
+    /// read them in their sessions, git clones and rsync runs.
+    pub fn for_session(program: &'static str, log: &LogConfig) -> Logger {
+        Logger::build(program, log, false)
+    }
+
+    fn build(program: &'static str, log: &LogConfig, stderr_fallback: bool) -> Logger {
         let sink = match log.target {
             LogTarget::Auto => open_syslog(program, &log.socket).or_else(|| open_journal(&log.journal_socket)),
             LogTarget::Syslog => open_syslog(program, &log.socket),
@@ -174,7 +185,7 @@ impl Logger {
         };
         let sink = sink.unwrap_or(Sink::Nothing);
         // Nowhere else to go: standard error, so no line vanishes.
-        let stderr = log.stderr || matches!(sink, Sink::Nothing);
+        let stderr = log.stderr || (stderr_fallback && matches!(sink, Sink::Nothing));
         Logger { program, sink, stderr }
     }
 
@@ -289,10 +300,11 @@ mod tests {
         assert!(String::from_utf8_lossy(&buf[..n]).contains("GATEHOUSE_USER=bob\n"));
         drop(journal);
         std::fs::remove_file(&socket).unwrap();
-        // Neither socket: standard error, always.
+        // Neither socket: standard error, always; but not into an SSH session.
         let logger = Logger::with("gatehouse", &log);
         assert_eq!(logger.destination(), "stderr");
         assert!(logger.stderr);
+        assert!(!Logger::for_session("gatehouse-shell", &log).stderr);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -232,7 +232,7 @@ fn log_destination(r: &mut Report, config: &Config) {
         }
         _ => r.warn(format!(
             "neither syslog ({}) nor the journal ({}) answers: log lines go to standard error only, \
-             and sshd discards gatehouse-keys'",
+             where sshd discards gatehouse-keys' and gatehouse-shell's would reach the user (they are dropped)",
             log.socket.display(),
             log.journal_socket.display()
         )),

@@ -38,7 +38,7 @@ fn main() -> ExitCode {
             return ExitCode::from(exit::CONFIG);
         }
     };
-    let mut log = Logger::open("gatehouse-shell", &config);
+    let mut log = Logger::for_session("gatehouse-shell", &config.log);
     if login_mode && std::env::var(LOOP_MARK).is_ok_and(|pid| pid == std::process::id().to_string()) {
         eprintln!("gatehouse-shell: service misconfigured, please tell the administrators");
         log.log(Level::Error, &[("error", "shell.login_shell starts gatehouse-shell again; it must be a real shell")]);
@@ -95,7 +95,7 @@ fn main() -> ExitCode {
         Watchdog::start(Duration::from_millis(u64::from(ms)), move || {
             eprintln!("gatehouse-shell: service unavailable, please try again later");
             let error = format!("no answer from the store within store.login_timeout_ms ({ms} ms)");
-            Logger::with("gatehouse-shell", &log_config).log(
+            Logger::for_session("gatehouse-shell", &log_config).log(
                 Level::Error,
                 &[("user", &user), ("fingerprint", &fingerprint), ("verdict", "refuse"), ("error", &error)],
             );
