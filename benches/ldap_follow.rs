@@ -21,6 +21,9 @@ mod common;
 mod postgres;
 #[path = "../tests/common/slapd.rs"]
 mod slapd;
+#[path = "support/measure.rs"]
+mod support;
+use support::{env_or, ms, percentile};
 
 use common::*;
 use std::path::Path;
@@ -28,19 +31,6 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const TARGET: Duration = Duration::from_secs(2);
-
-fn env_or(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
-    sorted[i]
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.0} ms", d.as_secs_f64() * 1000.0)
-}
 
 fn ldap_section(s: &slapd::Slapd) -> String {
     format!(
