@@ -20,11 +20,11 @@
 mod common;
 #[path = "support/measure.rs"]
 mod support;
-use support::{env_or, ms, percentile};
 use common::*;
 use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+use support::{env_or, ms, percentile};
 
 /// The table's rows; each also goes to standard error as it is measured.
 struct Rows(Vec<(String, String, String)>);

@@ -122,12 +122,7 @@ fn read_directory_sync(c: &mut impl GenericClient, at: &str) -> Result<Option<Sy
 /// snapshot. `None`: nothing new.
 pub fn read_batch(client: &mut Client, at: &str, after: Option<i64>) -> Result<Option<MirrorBatch>, StoreError> {
     let db = |e| pg_error(at, e);
-    let mut tx = client
-        .build_transaction()
-        .isolation_level(::postgres::IsolationLevel::RepeatableRead)
-        .read_only(true)
-        .start()
-        .map_err(db)?;
+    let mut tx = pg::snapshot(client).map_err(db)?;
     let row = tx.query_one("SELECT seq, pruned FROM change_seq", &[]).map_err(db)?;
     let (top, pruned): (i64, i64) = (row.get(0), row.get(1));
     let batch = match after {

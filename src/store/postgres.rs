@@ -166,6 +166,12 @@ fn shown(cfg: &SourceConfig) -> String {
     cfg.url.clone()
 }
 
+/// A read-only REPEATABLE READ transaction: one snapshot of the source for everything a
+/// node reads in it (works on a hot standby too).
+pub fn snapshot(client: &mut Client) -> Result<::postgres::Transaction<'_>, ::postgres::Error> {
+    client.build_transaction().isolation_level(::postgres::IsolationLevel::RepeatableRead).read_only(true).start()
+}
+
 pub(crate) fn pg_error(at: &str, e: ::postgres::Error) -> StoreError {
     let reason = match e.as_db_error() {
         Some(db) => format!("{}: {}", db.code().code(), db.message()),

@@ -12,7 +12,7 @@
 //! `lockout.threshold`, the source records a lockout every node reads back, and the PAM
 //! module's `preauth` and account stages refuse it there as they do a local one.
 
-use super::postgres::pg_error;
+use super::postgres::{self as pg, pg_error};
 use super::state::{KeyUse, SharedState, StateEvent, StateEventKind, StateStore};
 use super::StoreError;
 use crate::config::LockoutConfig;
@@ -150,12 +150,7 @@ pub fn pull(
     slack: Duration,
 ) -> Result<(SharedState, Option<i64>), StoreError> {
     let db = |e| pg_error(at, e);
-    let mut tx = client
-        .build_transaction()
-        .isolation_level(::postgres::IsolationLevel::RepeatableRead)
-        .read_only(true)
-        .start()
-        .map_err(db)?;
+    let mut tx = pg::snapshot(client).map_err(db)?;
     let slack = i64::try_from(slack.as_millis()).unwrap_or(i64::MAX);
     let since = after.map_or(i64::MIN, |c| c.saturating_sub(slack));
     let mut newest = after;
