@@ -40,7 +40,8 @@ fn with_private_journald(gh: &Gatehouse, commands: &str) -> Vec<Value> {
     for dir in &made {
         std::fs::create_dir(dir).unwrap();
     }
-    let out = Command::new("unshare").args(["--mount", "--propagation", "private", "bash"]).arg(&script).output().unwrap();
+    let out =
+        Command::new("unshare").args(["--mount", "--propagation", "private", "bash"]).arg(&script).output().unwrap();
     for dir in &made {
         let _ = std::fs::remove_dir(dir);
     }

@@ -108,6 +108,7 @@ enum SyncCommand {
     /// The last sync of each source, its age against staleness_max, the change applied,
     /// the login records waiting to be sent (exit status 1 when one is stale or failing)
     Status {
+        /// Print JSON
         #[arg(long)]
         json: bool,
     },
@@ -117,6 +118,7 @@ enum SyncCommand {
 enum UserCommand {
     /// Add a user
     Add {
+        /// The user's name
         name: String,
         /// Access policy: shell, files, git or git-read [default: users.default_policy]
         #[arg(long, value_name = "SCOPE")]
@@ -130,40 +132,60 @@ enum UserCommand {
     },
     /// List users
     List {
+        /// Print JSON
         #[arg(long)]
         json: bool,
     },
     /// Show a user and their keys
     Show {
+        /// The user's name
         name: String,
+        /// Print JSON
         #[arg(long)]
         json: bool,
     },
     /// Disable a user: no key works until enabled again
-    Disable { name: String },
+    Disable {
+        /// The user's name
+        name: String,
+    },
     /// Enable a user
-    Enable { name: String },
+    Enable {
+        /// The user's name
+        name: String,
+    },
     /// Change a user's policy
     Set {
+        /// The user's name
         name: String,
+        /// The new policy: shell, files, git or git-read
         #[arg(long, value_name = "SCOPE")]
         policy: Option<Scope>,
+        /// Allow local port forwarding (yes or no)
         #[arg(long, value_name = "yes|no", value_parser = parse_yes_no)]
         port_forwarding: Option<bool>,
     },
     /// Remove a user and all their keys
-    Remove { name: String },
+    Remove {
+        /// The user's name
+        name: String,
+    },
     /// Lock a user out of logins for a while (see also `unlock`)
     Lock {
+        /// The user's name
         name: String,
         /// How long [default: lockout.duration]
         #[arg(long = "for", value_name = "DURATION")]
         duration: Option<String>,
     },
     /// Lift a lockout and forget the failed attempts behind it
-    Unlock { name: String },
+    Unlock {
+        /// The user's name
+        name: String,
+    },
     /// Print a one-time link with which the user sets a web password and adds a key
     Invite {
+        /// The user's name
         name: String,
         /// How long the link works [default: web.invite_lifetime]
         #[arg(long, value_name = "DURATION")]
@@ -184,11 +206,15 @@ enum TokenCommand {
     },
     /// List tokens (never the tokens themselves)
     List {
+        /// Print JSON
         #[arg(long)]
         json: bool,
     },
     /// Revoke a token
-    Revoke { id: i64 },
+    Revoke {
+        /// The token's number, as `token list` shows it
+        id: i64,
+    },
 }
 
 #[derive(Args, Clone)]
@@ -214,6 +240,7 @@ impl KeyArgs {
 enum KeyCommand {
     /// Add a key; prints its fingerprint
     Add {
+        /// The user's name
         user: String,
         /// `-` to read the key from standard input
         #[arg(value_name = "-", conflicts_with = "file", required_unless_present = "file")]
@@ -229,7 +256,9 @@ enum KeyCommand {
     },
     /// List a user's keys
     List {
+        /// The user's name
         user: String,
+        /// Print JSON
         #[arg(long)]
         json: bool,
     },
@@ -258,11 +287,17 @@ enum GrantCommand {
     },
     /// List grants
     List {
+        /// Print JSON
         #[arg(long)]
         json: bool,
     },
     /// Remove a grant
-    Remove { subject: String, pattern: String },
+    Remove {
+        /// A user name, or @GROUP
+        subject: String,
+        /// The pattern, as `grant list` shows it
+        pattern: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -270,13 +305,16 @@ enum ImportCommand {
     /// Import an existing authorized_keys file for USER
     #[command(name = "authorized-keys")]
     AuthorizedKeys {
+        /// The user's name
         user: String,
+        /// The authorized_keys file (its options and comments are read too)
         file: PathBuf,
         #[command(flatten)]
         key: KeyArgs,
     },
     /// Bulk import of USER<TAB>KEY lines (FILE or - for standard input)
     Tsv {
+        /// The file of USER<TAB>KEY lines, or - for standard input
         file: PathBuf,
         /// Create users that do not exist yet
         #[arg(long)]
@@ -613,5 +651,36 @@ fn main() -> ExitCode {
             log.log(Level::Notice, &[("actor", &actor), ("verdict", "error"), ("error", &e.to_string())]);
             ExitCode::from(e.exit_code())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every command, argument and flag says what it is in `--help`.
+    #[test]
+    fn every_command_and_argument_has_help() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for arg in cmd.get_arguments() {
+                let id = arg.get_id().as_str();
+                if id == "help" || id == "version" {
+                    continue;
+                }
+                if arg.get_help().is_none() {
+                    missing.push(format!("{path} <{id}>"));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                let here = format!("{path} {}", sub.get_name());
+                if sub.get_about().is_none() && sub.get_name() != "help" {
+                    missing.push(here.clone());
+                }
+                walk(sub, &here, missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&Cli::command(), "gatehouse", &mut missing);
+        assert!(missing.is_empty(), "no help text: {missing:#?}");
     }
 }
