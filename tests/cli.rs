@@ -1067,3 +1067,35 @@ fn listings_have_headers_on_a_terminal_and_plain_rows_in_a_pipe() {
     assert!(piped.starts_with("alice\tenabled\tshell\t-\t"), "{piped}");
     assert!(!piped.contains("NAME"));
 }
+
+#[test]
+fn every_json_listing_dates_its_items_the_same_way() {
+    let gh = setup("json-dates", "");
+    gh.ok(&["user", "add", "alice"]);
+    let key = keygen(&gh.dir.path, "ed25519");
+    add_ok(&gh, "alice", &key, &[]);
+    gh.ok(&["grant", "add", "alice", "bob/*.git", "read"]);
+    gh.ok(&["token", "create", "--scope", "admin"]);
+    let rfc3339 = |v: &Value| v.as_str().is_some_and(|t| t.len() == 20 && t.ends_with('Z') && t.as_bytes()[10] == b'T');
+    for args in [&["user", "list"][..], &["key", "list", "alice"], &["grant", "list"], &["token", "list"], &["audit"]] {
+        let mut full = args.to_vec();
+        full.push("--json");
+        let items = json(&gh.ok(&full));
+        let items = items.as_array().unwrap();
+        assert!(!items.is_empty(), "{args:?}");
+        for item in items {
+            let at = if args[0] == "audit" { &item["time_at"] } else { &item["created_at"] };
+            assert!(rfc3339(at), "{args:?}: {item}");
+        }
+    }
+    // Where uses are recorded, last_used_at is there, null until the first use.
+    for (args, field) in
+        [(&["key", "list", "alice", "--json"][..], "last_used_at"), (&["token", "list", "--json"], "last_used_at")]
+    {
+        let items = json(&gh.ok(args));
+        let item = &items.as_array().unwrap()[0];
+        assert!(item.get(field).is_some_and(Value::is_null), "{args:?}: {item}");
+    }
+    let tokens = json(&gh.ok(&["token", "list", "--json"]));
+    assert!(tokens[0].get("revoked_at").is_some_and(Value::is_null), "{tokens}");
+}

@@ -134,8 +134,25 @@ struct KeyJson<'a> {
     key: &'a Key,
     expires_at: Option<String>,
     created_at: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// `null`: no use recorded (never, or before the state file knew it).
     last_used_at: Option<String>,
+}
+
+/// Every `--json` listing gives its items' times as RFC 3339 text beside the raw
+/// seconds: `created_at`, and `last_used_at` where uses are recorded.
+#[derive(serde::Serialize)]
+struct Dated<'a, T: serde::Serialize> {
+    #[serde(flatten)]
+    item: &'a T,
+    created_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last_used_at: Option<Option<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    revoked_at: Option<Option<String>>,
+}
+
+fn dated<T: serde::Serialize>(item: &T, created: Timestamp) -> Dated<'_, T> {
+    Dated { item, created_at: created.to_string(), last_used_at: None, revoked_at: None }
 }
 
 fn key_json(key: &Key) -> KeyJson<'_> {
@@ -229,6 +246,7 @@ impl Admin<'_> {
     pub fn user_list(&mut self, out: &mut dyn Write, json: bool) -> Result<(), AdminError> {
         let users = self.store.users()?;
         if json {
+            let users: Vec<_> = users.iter().map(|u| dated(u, u.created)).collect();
             return print_json(out, &users);
         }
         let mut table = Table::new(&["NAME", "STATE", "POLICY", "FORWARDING", "UID"], "\t");
@@ -569,6 +587,14 @@ impl Admin<'_> {
     pub fn token_list(&mut self, out: &mut dyn Write, json: bool) -> Result<(), AdminError> {
         let tokens = self.secrets()?.tokens()?;
         if json {
+            let tokens: Vec<_> = tokens
+                .iter()
+                .map(|t| Dated {
+                    last_used_at: Some(t.last_used.map(|at| at.to_string())),
+                    revoked_at: Some(t.revoked.map(|at| at.to_string())),
+                    ..dated(t, t.created)
+                })
+                .collect();
             return print_json(out, &tokens);
         }
         let mut table = Table::new(&["ID", "SCOPE", "STATE", "LAST USED", "LABEL"], "\t");
@@ -622,6 +648,7 @@ impl Admin<'_> {
     pub fn grant_list(&mut self, out: &mut dyn Write, json: bool) -> Result<(), AdminError> {
         let grants = self.store.grants()?;
         if json {
+            let grants: Vec<_> = grants.iter().map(|g| dated(g, g.created)).collect();
             return print_json(out, &grants);
         }
         let mut table = Table::new(&["SUBJECT", "PATTERN", "ACCESS"], "\t");
