@@ -46,6 +46,9 @@ enum Command {
     /// Manage API tokens for the web service
     #[command(subcommand)]
     Token(TokenCommand),
+    /// The shared PostgreSQL of several login nodes ([source])
+    #[command(subcommand)]
+    Source(SourceCommand),
     /// Directory sync and status (runs gatehouse-ldap, installed beside gatehouse)
     Ldap {
         /// sync [--full] | status [--json] | check-password USER
@@ -149,6 +152,16 @@ enum UserCommand {
         /// How long the link works [default: web.invite_lifetime]
         #[arg(long, value_name = "DURATION")]
         expires: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum SourceCommand {
+    /// Copy this host's own store and web secrets into the source, in one transaction
+    Import {
+        /// Import into a source that already holds users, keeping what is there
+        #[arg(long)]
+        merge: bool,
     },
 }
 
@@ -323,6 +336,10 @@ fn run(cli: Cli, config: &Config, log: &mut Logger) -> Result<u8, AdminError> {
             };
             return Ok(result?);
         }
+        Command::Source(SourceCommand::Import { merge }) => {
+            admin::source::import(config, merge, &actor, log, &mut out)?;
+            return Ok(exit::OK);
+        }
         Command::Doctor { sshd, sshd_config, user } => {
             let options =
                 doctor::DoctorOptions { sshd: &sshd, sshd_config: sshd_config.as_deref(), user: user.as_deref() };
@@ -356,7 +373,11 @@ fn run(cli: Cli, config: &Config, log: &mut Logger) -> Result<u8, AdminError> {
     let mut admin = Admin { config, store: store.as_mut(), actor, log };
     let say = |out: &mut dyn Write, text: String| writeln!(out, "{text}").map_err(|e| AdminError::Io(e.to_string()));
     match cli.command {
-        Command::Init { .. } | Command::Doctor { .. } | Command::Ldap { .. } | Command::Agent { .. } => {}
+        Command::Init { .. }
+        | Command::Doctor { .. }
+        | Command::Ldap { .. }
+        | Command::Agent { .. }
+        | Command::Source(_) => {}
         Command::User(cmd) => match cmd {
             UserCommand::Add { name, policy, port_forwarding, disabled } => {
                 admin.user_add(&name, policy, port_forwarding, disabled, "cli")?;
