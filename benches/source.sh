@@ -303,6 +303,25 @@ for ((r = 0; r < TOTAL; r++)); do
         fi
     } >>"$f"
 done
+# cpu_s PID...: CPU seconds (user + system) the processes have used so far.
+cpu_s() {
+    local p t=0
+    for p in "$@"; do
+        [ -r "/proc/$p/stat" ] || continue
+        t=$((t + $(awk '{ print $14 + $15 }' "/proc/$p/stat")))
+    done
+    awk -v t="$t" -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.1f", t / hz }'
+}
+# Our server's processes now, the postmaster and its children (backends come and go:
+# those that ended are not counted).
+pg_cpu() {
+    local pids
+    read -ra pids <<<"$PG_PID $(pgrep -P "$PG_PID" -d ' ' || true)"
+    cpu_s "${pids[@]}"
+}
+AGENTS_CPU0=$(cpu_s "${AGENT_PID[@]}")
+WEB_CPU0=$(cpu_s "$WEB_PID")
+PG_CPU0=$(pg_cpu)
 LOAD_START=$(now_us)
 LOAD_PIDS=()
 for ((p = 0; p < PAR; p++)); do
@@ -312,11 +331,16 @@ for ((p = 0; p < PAR; p++)); do
 done
 lookups "$LOAD_SECS" "$W/busy"
 for p in "${LOAD_PIDS[@]}"; do wait "$p" || true; done
+AGENTS_CPU=$(awk -v a="$(cpu_s "${AGENT_PID[@]}")" -v b="$AGENTS_CPU0" 'BEGIN { printf "%.1f", a - b }')
+WEB_CPU=$(awk -v a="$(cpu_s "$WEB_PID")" -v b="$WEB_CPU0" 'BEGIN { printf "%.1f", a - b }')
+PG_CPU=$(awk -v a="$(pg_cpu)" -v b="$PG_CPU0" 'BEGIN { printf "%.1f", a - b }')
 LOAD_TOOK=$((($(now_us) - LOAD_START) / 1000))
 OK_CHANGES=$(cat "$W"/load*.codes | grep -c '^20[0-9]$' || true)
 ACHIEVED=$(awk -v n="$OK_CHANGES" -v ms="$LOAD_TOOK" 'BEGIN { printf "%.0f", n / (ms / 1000) }')
 row "changes through the API under load (of $TOTAL sent, $LOAD_TOOK ms)" "$OK_CHANGES ok, $ACHIEVED/s" "$RATE/s" \
     "$(verdict_ge "$ACHIEVED" "$((RATE * 95 / 100))")"
+row "CPU seconds used during the load: $NODES agents / gatehoused / PostgreSQL (live backends)" \
+    "$AGENTS_CPU / $WEB_CPU / $PG_CPU s" "" info
 for n in $(seq "$NODES"); do
     idle=$(awk -v n="$n" '$1 == n { print $2 / 1000 }' "$W/idle" | median)
     busy=$(awk -v n="$n" '$1 == n { print $2 / 1000 }' "$W/busy" | median)
