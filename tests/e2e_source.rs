@@ -76,7 +76,8 @@ fn two_nodes_follow_postgresql_and_refuse_once_it_is_stale() {
     let web_port = free_port();
     let a = node("pga", &pg, "4s", &web_config(web_port));
     let b = node("pgb", &pg, "4s", "");
-    assert_eq!(pg.query("SELECT version FROM gatehouse_schema"), "2\n", "init made the shared schema");
+    let version = gatehouse::store::postgres::current_version();
+    assert_eq!(pg.query("SELECT version FROM gatehouse_schema"), format!("{version}\n"), "init made the shared schema");
 
     // A user who may log in on both nodes (each sshd matches its own managed group).
     let user = SystemUser::new("ghu", &a.gh.dir.path, &[&a.sshd.managed.name, &b.sshd.managed.name]);
@@ -111,7 +112,8 @@ fn two_nodes_follow_postgresql_and_refuse_once_it_is_stale() {
     assert_eq!(String::from_utf8_lossy(&mirrored.stdout), "postgres\n", "node B's copy is from the source");
 
     let doctor = stdout(&b.gh.cli(&["doctor"]));
-    assert!(doctor.contains("last mirror of the source") && doctor.contains("answers, schema version 2"), "{doctor}");
+    let answers = format!("answers, schema version {version}");
+    assert!(doctor.contains("last mirror of the source") && doctor.contains(&answers), "{doctor}");
 
     // Removed through node B's CLI: refused on both within a second.
     let removed = Instant::now();
@@ -214,8 +216,9 @@ fn the_postgresql_store_numbers_its_changes_and_a_local_store_follows() {
     let range = config.users.uid_range();
     let open = || PgStore::open_unchecked(&shared, range).unwrap().with_host(no_host_uid, no_account);
     let mut store = open();
-    assert_eq!(store.migrate().unwrap(), 2);
-    assert_eq!(store.migrate().unwrap(), 2, "a second migration changes nothing");
+    let version = gatehouse::store::postgres::current_version();
+    assert_eq!(store.migrate().unwrap(), version);
+    assert_eq!(store.migrate().unwrap(), version, "a second migration changes nothing");
     let mut store = PgStore::open(&shared, range).unwrap().with_host(no_host_uid, no_account);
     let actor = Actor { name: "cli:test".into(), now: gatehouse::time::Timestamp::from_secs(10) };
 
@@ -460,7 +463,7 @@ fn the_source_is_reached_over_tls_with_the_sites_ca_only() {
     let shared = good.shared.clone().unwrap();
     assert_eq!(shared.tls, gatehouse::config::SourceTls::Verified);
     let mut store = PgStore::open_unchecked(&shared, good.users.uid_range()).unwrap();
-    assert_eq!(store.migrate().unwrap(), 2);
+    assert_eq!(store.migrate().unwrap(), gatehouse::store::postgres::current_version());
     let ssl = pg.query("SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) WHERE a.application_name = 'gatehouse' AND s.ssl");
     assert_eq!(ssl.trim(), "1", "the connection uses TLS");
     drop(store);
@@ -824,4 +827,198 @@ fn a_directory_user_reaches_a_node_through_postgresql() {
     assert!(took.is_some(), "still served with the mirror stale");
     assert!(n.gh.log.drain().join("\n").contains("reason=source-stale"));
     assert!(!login(&new), "logs in with the mirror stale");
+}
+
+/// An HTTP client that returns every status and follows no redirect (a 303 after sign-in
+/// carries the cookie), a connection per request.
+fn http() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .max_redirects(0)
+        .max_idle_connections(0)
+        .max_idle_connections_per_host(0)
+        .timeout_global(Some(Duration::from_secs(30)))
+        .build()
+        .into()
+}
+
+/// Status, the `gh_session` cookie it sets (if any), and the body.
+fn send(req: ureq::http::Request<Vec<u8>>) -> (u16, Option<String>, String) {
+    let mut r = http().run(req).unwrap();
+    let cookie = r
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|c| c.starts_with("gh_session="))
+        .map(|c| c.split(';').next().unwrap()["gh_session=".len()..].to_string());
+    (r.status().as_u16(), cookie, r.body_mut().read_to_string().unwrap_or_default())
+}
+
+fn request(method: &str, url: &str) -> ureq::http::request::Builder {
+    ureq::http::Request::builder().method(method).uri(url)
+}
+
+fn page(web: &Gatehoused, cookie: &str) -> (u16, String) {
+    let (status, _, body) = send(
+        request("GET", &format!("{}/keys", web.url))
+            .header("Cookie", format!("gh_session={cookie}"))
+            .body(vec![])
+            .unwrap(),
+    );
+    (status, body)
+}
+
+fn api_status(web: &Gatehoused, token: &str) -> u16 {
+    let req = request("GET", &format!("{}/api/v1/users", web.url)).header("Authorization", format!("Bearer {token}"));
+    send(req.body(vec![]).unwrap()).0
+}
+
+/// The move from one host to several, then two gatehoused side by side. A host with its
+/// own store (users with uids, a key, a grant, a retired uid, a web password and an API
+/// token) gets `[source]`: its agent refuses to replace that store with the source's
+/// empty copy, naming `gatehouse source import`; the import copies it all, is refused a
+/// second time and changes nothing with --merge; the agent then mirrors, the uids kept.
+/// A second gatehoused on another port over the same PostgreSQL shares everything with
+/// the host's: a sign-in, the imported token, a token made through either, sign-out and
+/// revocation; a key added through the second one's API is served on the node.
+#[test]
+fn a_host_moves_to_postgresql_and_two_gatehoused_share_the_web() {
+    use gatehouse::store::secrets::Secrets;
+    require_root!();
+    let Some(pg) = start_postgres() else { return };
+    let (port1, port2) = (free_port(), free_port());
+    let h = Gatehouse::new("pgmv", &web_config(port1));
+    h.init(None);
+    let (alice, bob) = ("ghmva", "ghmvb");
+    let key = keygen(&h.dir.path, "ed25519");
+    h.ok(&["user", "add", alice]);
+    h.ok(&["user", "add", bob]);
+    assert!(h.cli_stdin(&["key", "add", alice, "-"], key.public.as_bytes()).status.success());
+    h.ok(&["grant", "add", alice, "alice/*.git", "write"]);
+    h.ok(&["user", "remove", bob]);
+    let token = h.ok(&["token", "create", "--scope", "admin", "--label", "host"]).trim().to_string();
+    let config = gatehouse::config::Config::load(Some(&h.config)).unwrap();
+    let password = "a long enough password";
+    Secrets::open(&config.web.secrets, 1000, false)
+        .unwrap()
+        .set_password(alice, password, gatehouse::time::now())
+        .unwrap();
+    let uid = h.store_uid(alice);
+    assert!(serves_user(&h, alice, &key), "the host serves its own key");
+
+    // [source] added: the schema is made, the host's store is still its own.
+    let userdb = h.dir.join("userdb");
+    std::fs::create_dir(&userdb).unwrap();
+    let mut text = std::fs::read_to_string(&h.config).unwrap();
+    text.push_str(&format!(
+        "\n[agent]\naccounts = \"userdb\"\nuserdb_dir = \"{}\"\nend_sessions = false\n{}",
+        userdb.display(),
+        pg.source_config("1h")
+    ));
+    std::fs::write(&h.config, text).unwrap();
+    h.init(None);
+    let mut agent = AgentProcess::start(&h.config);
+    let refused = wait_until(Duration::from_millis(100), Duration::from_secs(20), || {
+        h.log.drain().iter().any(|l| l.contains("action=source.sync") && l.contains("gatehouse source import"))
+    });
+    assert!(refused.is_some(), "the agent did not refuse to replace the host's own store");
+    assert_eq!(h.store_uid(alice), uid, "the host's store was left alone");
+    assert!(serves_user(&h, alice, &key), "and still serves");
+
+    // The import: everything, once; a second run is refused, with --merge it adds nothing.
+    let out = h.ok(&["source", "import"]);
+    assert!(out.contains("1 users") && out.contains("1 keys") && out.contains("1 tokens"), "{out}");
+    assert_eq!(pg.query(&format!("SELECT uid FROM users WHERE name = '{alice}'")).trim(), uid);
+    assert_eq!(pg.query("SELECT name FROM retired_uids").trim(), bob);
+    assert_eq!(pg.query("SELECT count(*) FROM grants").trim(), "1");
+    let audit = pg.query("SELECT count(*) FROM audit WHERE action <> 'source.import'");
+    assert!(audit.trim().parse::<u32>().unwrap() >= 6, "the host's audit trail came along: {audit}");
+    let again = h.cli(&["source", "import"]);
+    assert_eq!(again.status.code(), Some(i32::from(gatehouse::exit::REFUSED)), "{}", stderr(&again));
+    assert!(stderr(&again).contains("--merge"), "{}", stderr(&again));
+    let out = h.ok(&["source", "import", "--merge"]);
+    assert!(out.contains("0 users, 1 kept, 0 keys") && out.contains("0 audit"), "{out}");
+    assert_eq!(pg.query("SELECT count(*) FROM audit WHERE action <> 'source.import'"), audit, "nothing twice");
+
+    // The agent now mirrors the source: same uid, the key still served.
+    let mirrored = wait_until(Duration::from_millis(100), Duration::from_secs(20), || {
+        let out = std::process::Command::new("sqlite3")
+            .arg(&h.store)
+            .arg(format!("SELECT source FROM users WHERE name = '{alice}'"))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout) == "postgres\n"
+    });
+    assert!(mirrored.is_some(), "the agent never mirrored the source after the import");
+    assert_eq!(h.store_uid(alice), uid);
+    assert!(serves_user(&h, alice, &key));
+
+    // Two gatehoused over the one PostgreSQL.
+    let w2 = Gatehouse::new("pgw2", &format!("{}{}", web_config(port2), pg.source_config("1h")));
+    w2.init(None);
+    let web1 = Gatehoused::start(&h, port1);
+    let web2 = Gatehoused::start(&w2, port2);
+    assert_eq!(api_status(&web2, &token), 200, "the host's token, imported, works on the other instance");
+
+    // Signed in on one, the cookie works on the other; signed out on one, on neither.
+    let form = format!("user={alice}&password={}", password.replace(' ', "+"));
+    let (status, cookie, body) = send(
+        request("POST", &format!("{}/signin", web1.url))
+            .header("Content-Type", "application/x-www-form-urlencoded")
+            .body(form.into_bytes())
+            .unwrap(),
+    );
+    assert_eq!(status, 303, "sign-in with the imported password: {body}");
+    let cookie = cookie.expect("a session cookie");
+    let stored = pg.query(&format!("SELECT count(*) FROM web_sessions WHERE id_hash = '{cookie}'"));
+    assert_eq!((pg.query("SELECT count(*) FROM web_sessions").trim(), stored.trim()), ("1", "0"), "digests only");
+    let (status, body) = page(&web2, &cookie);
+    assert!(status == 200 && body.contains(&key.fingerprint), "the other instance knows the session: {status}");
+    let csrf = {
+        let marker = "name=\"csrf\" value=\"";
+        let rest = &body[body.find(marker).unwrap() + marker.len()..];
+        rest[..rest.find('"').unwrap()].to_string()
+    };
+    let (status, _, _) = send(
+        request("POST", &format!("{}/signout", web1.url))
+            .header("Cookie", format!("gh_session={cookie}"))
+            .header("Origin", &web1.url)
+            .header("Content-Type", "application/x-www-form-urlencoded")
+            .body(format!("csrf={csrf}").into_bytes())
+            .unwrap(),
+    );
+    assert_eq!(status, 303);
+    assert_eq!(page(&web2, &cookie).0, 303, "signed out on one instance, the session ended on the other");
+    assert_eq!(page(&web1, &cookie).0, 303);
+
+    // A token made through either works on both; revoked through one, it works on neither.
+    let made = w2.cli(&["token", "create", "--scope", "admin", "--label", "w2"]);
+    assert!(made.status.success(), "{}", stderr(&made));
+    let token2 = stdout(&made).trim().to_string();
+    assert_eq!((api_status(&web1, &token2), api_status(&web2, &token2)), (200, 200));
+    let id = stderr(&made).split_whitespace().nth(1).unwrap().to_string();
+    h.ok(&["token", "revoke", &id]);
+    assert_eq!((api_status(&web1, &token2), api_status(&web2, &token2)), (401, 401), "revoked on both");
+    assert_eq!(api_status(&web1, &token), 200, "the other token lives on");
+
+    // A key added through the second instance's API is served on the node.
+    let second = keygen(&h.dir.path, "ed25519");
+    let body = serde_json::json!({ "key": second.public }).to_string();
+    let (status, _, answer) = send(
+        request("POST", &format!("{}/api/v1/users/{alice}/keys", web2.url))
+            .header("Authorization", format!("Bearer {token}"))
+            .header("Content-Type", "application/json")
+            .body(body.into_bytes())
+            .unwrap(),
+    );
+    assert!((200..300).contains(&status), "{status}: {answer}");
+    let served = wait_until(Duration::from_millis(20), Duration::from_secs(10), || serves_user(&h, alice, &second));
+    assert!(served.is_some(), "the key added through the second instance never reached the node");
+    agent.kill();
+}
+
+fn serves_user(gh: &Gatehouse, user: &str, key: &KeyPair) -> bool {
+    let blob = key.public.split_whitespace().nth(1).unwrap();
+    stdout(&gh.keys(&[user])).contains(blob)
 }

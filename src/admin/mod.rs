@@ -5,6 +5,8 @@ pub mod doctor;
 pub mod import;
 pub mod init;
 pub mod provision;
+#[cfg(feature = "postgres")]
+pub mod source;
 pub mod sync_status;
 mod table;
 
@@ -541,16 +543,17 @@ impl Admin<'_> {
         Ok(failed)
     }
 
-    /// The secrets file, when the web service's side has been set up.
+    /// The web service's secrets, when its side has been set up (always with `[source]`:
+    /// they live in the shared PostgreSQL).
     fn existing_secrets(&self) -> Result<Option<crate::store::secrets::Secrets>, AdminError> {
-        if !self.config.web.secrets.exists() {
+        if self.config.shared.is_none() && !self.config.web.secrets.exists() {
             return Ok(None);
         }
         self.secrets().map(Some)
     }
 
     fn secrets(&self) -> Result<crate::store::secrets::Secrets, AdminError> {
-        Ok(crate::store::secrets::Secrets::open(&self.config.web.secrets, self.config.store.busy_timeout_ms, false)?)
+        Ok(crate::store::secrets::Secrets::for_config(self.config)?)
     }
 
     /// A one-time sign-in link for `name`.

@@ -34,6 +34,12 @@ use std::time::{Duration, Instant};
 /// changes on the host alone (an account unlocked by hand, a folder removed).
 pub const RESWEEP: Duration = Duration::from_secs(600);
 
+/// The least time between the end of one pass and the start of the next. A stream of
+/// commits (a node's mirror applying a hundred changes a second) would otherwise wake a
+/// pass for each; this way one pass takes in all that came meanwhile. Logins do not wait
+/// for passes (the key command reads the store), only the end of revoked sessions does.
+const PASS_GAP: Duration = Duration::from_millis(50);
+
 /// What one pass did.
 #[derive(Debug, Default)]
 pub struct Pass {
@@ -252,6 +258,9 @@ pub fn run(config: &Config, log: &mut Logger) -> Result<(), StoreError> {
     let mut retry: Option<(Instant, Duration)> = None;
     loop {
         if due {
+            if let Some(wait) = PASS_GAP.checked_sub(last.elapsed()) {
+                std::thread::sleep(wait);
+            }
             let started = Instant::now();
             let failed = match reconcile(config, log) {
                 Ok(pass) => {

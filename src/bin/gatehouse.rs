@@ -46,6 +46,9 @@ enum Command {
     /// Manage API tokens for the web service
     #[command(subcommand)]
     Token(TokenCommand),
+    /// The shared PostgreSQL of several login nodes ([source])
+    #[command(subcommand)]
+    Source(SourceCommand),
     /// Directory sync and status (runs gatehouse-ldap, installed beside gatehouse)
     Ldap {
         /// sync [--full] | status [--json] | check-password USER
@@ -190,6 +193,16 @@ enum UserCommand {
         /// How long the link works [default: web.invite_lifetime]
         #[arg(long, value_name = "DURATION")]
         expires: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum SourceCommand {
+    /// Copy this host's own store and web secrets into the source, in one transaction
+    Import {
+        /// Import into a source that already holds users, keeping what is there
+        #[arg(long)]
+        merge: bool,
     },
 }
 
@@ -390,9 +403,12 @@ fn run(cli: Cli, config: &Config, log: &mut Logger) -> Result<u8, AdminError> {
         }
         Command::Sync(SyncCommand::Status { json }) => {
             let sources = admin::sync_status::status(config, now);
-            let healthy =
-                admin::sync_status::print(&sources, json, &mut out).map_err(|e| AdminError::Io(e.to_string()))?;
+            let healthy = admin::sync_status::print(&sources, json, &mut out).map_err(admin::io)?;
             return Ok(if healthy { exit::OK } else { exit::REFUSED });
+        }
+        Command::Source(SourceCommand::Import { merge }) => {
+            admin::source::import(config, merge, &actor, log, &mut out)?;
+            return Ok(exit::OK);
         }
         Command::Doctor { sshd, sshd_config, user } => {
             let options =
@@ -433,7 +449,8 @@ fn run(cli: Cli, config: &Config, log: &mut Logger) -> Result<u8, AdminError> {
         | Command::Ldap { .. }
         | Command::Agent { .. }
         | Command::Completions { .. }
-        | Command::Sync(_) => {}
+        | Command::Sync(_)
+        | Command::Source(_) => {}
         Command::User(cmd) => match cmd {
             UserCommand::Add { name, policy, port_forwarding, disabled } => {
                 admin.user_add(&name, policy, port_forwarding, disabled, "cli")?;

@@ -14,8 +14,9 @@ use super::uids::{self, AccountCheck, HostCheck, UidRange};
 use super::*;
 use crate::config::{SourceConfig, SourceTls};
 use ::postgres::{Client, GenericClient, NoTls, Row, Transaction};
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::sync::Arc;
+use std::time::Instant;
 
 /// The channel every change is announced on.
 pub const CHANNEL: &str = "gatehouse_changes";
@@ -146,7 +147,44 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX state_unlocks_by_pushed ON state_unlocks (pushed);
     ",
+    // 3: the web service's secrets (store::secrets), shared by every gatehoused: argon2id
+    // hashes of passwords, SHA-256 digests of invitation links, session ids and tokens.
+    // The nodes never read them.
+    "
+    CREATE TABLE web_passwords (
+        name    text PRIMARY KEY,
+        hash    text NOT NULL,
+        updated bigint NOT NULL
+    );
+    CREATE TABLE web_invites (
+        token_hash text PRIMARY KEY,
+        name       text NOT NULL,
+        created    bigint NOT NULL,
+        expires    bigint NOT NULL
+    );
+    CREATE INDEX web_invites_by_name ON web_invites (name);
+    CREATE TABLE web_sessions (
+        id_hash   text PRIMARY KEY,
+        name      text NOT NULL,
+        csrf      text NOT NULL,
+        created   bigint NOT NULL,
+        last_seen bigint NOT NULL
+    );
+    CREATE INDEX web_sessions_by_name ON web_sessions (name);
+    CREATE TABLE web_tokens (
+        id         bigserial PRIMARY KEY,
+        token_hash text NOT NULL UNIQUE,
+        scope      text NOT NULL,
+        label      text NOT NULL,
+        created    bigint NOT NULL,
+        last_used  bigint,
+        revoked    bigint
+    );
+    ",
 ];
+
+pub mod import;
+pub mod secrets;
 
 /// The schema version this build reads and writes.
 pub fn current_version() -> i64 {
@@ -260,10 +298,40 @@ pub fn connect(cfg: &SourceConfig) -> Result<Client, StoreError> {
     Ok(client)
 }
 
+/// How long a connection may sit unused before it is checked with a round trip: a
+/// server restarted or failed over meanwhile dropped it.
+const QUIET: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Makes `client` again if the server dropped it (a restart, a failover): long-lived
+/// holders (gatehoused's pools) would otherwise fail every request from then on. Checked
+/// with a round trip only after [`QUIET`], so that a busy service pays nothing.
+pub(crate) fn keep_alive(client: &mut Client, cfg: &SourceConfig, used: &Cell<Instant>) -> Result<(), StoreError> {
+    if client.is_closed() || (used.get().elapsed() > QUIET && client.is_valid(cfg.timeout).is_err()) {
+        *client = connect(cfg)?;
+    }
+    used.set(Instant::now());
+    Ok(())
+}
+
+/// The schema version a database is at (0: none yet).
+pub(crate) fn version_of(client: &mut Client, at: &str) -> Result<i64, StoreError> {
+    let exists: bool = client
+        .query_one("SELECT to_regclass('gatehouse_schema') IS NOT NULL", &[])
+        .map_err(|e| pg_error(at, e))?
+        .get(0);
+    if !exists {
+        return Ok(0);
+    }
+    let row = client.query_one("SELECT version FROM gatehouse_schema", &[]).map_err(|e| pg_error(at, e))?;
+    Ok(i64::from(row.get::<_, i32>(0)))
+}
+
 pub struct PgStore {
     /// ::postgres::Client wants `&mut` for every query; the traits' readers take `&self`.
     /// A store is used by one thread at a time (gatehoused keeps a pool of them).
     client: RefCell<Client>,
+    cfg: SourceConfig,
+    used: Cell<Instant>,
     at: String,
     uids: UidRange,
     host_check: HostCheck,
@@ -373,6 +441,8 @@ impl PgStore {
     pub fn open_unchecked(cfg: &SourceConfig, uids: UidRange) -> Result<PgStore, StoreError> {
         Ok(PgStore {
             client: RefCell::new(connect(cfg)?),
+            cfg: cfg.clone(),
+            used: Cell::new(Instant::now()),
             at: shown(cfg),
             uids,
             host_check: uids::held_on_this_host,
@@ -394,16 +464,7 @@ impl PgStore {
     /// The schema version the database is at (0: none yet).
     pub fn version(&mut self) -> Result<i64, StoreError> {
         let at = self.at.clone();
-        let client = self.client.get_mut();
-        let exists: bool = client
-            .query_one("SELECT to_regclass('gatehouse_schema') IS NOT NULL", &[])
-            .map_err(|e| pg_error(&at, e))?
-            .get(0);
-        if !exists {
-            return Ok(0);
-        }
-        let row = client.query_one("SELECT version FROM gatehouse_schema", &[]).map_err(|e| pg_error(&at, e))?;
-        Ok(i64::from(row.get::<_, i32>(0)))
+        version_of(self.client.get_mut(), &at)
     }
 
     /// Applies the migrations the database lacks, each in its own transaction, under an
@@ -433,6 +494,7 @@ impl PgStore {
     /// Runs `f` in one transaction that holds the next change number.
     fn write<T>(&mut self, f: impl FnOnce(&mut Write<'_>) -> Result<T, StoreError>) -> Result<T, StoreError> {
         let at = self.at.clone();
+        keep_alive(self.client.get_mut(), &self.cfg, &self.used)?;
         let mut tx = self.client.get_mut().transaction().map_err(|e| pg_error(&at, e))?;
         let seq: i64 = tx
             .query_one("UPDATE change_seq SET seq = seq + 1 RETURNING seq", &[])
@@ -666,6 +728,7 @@ impl PgStore {
             path: self.at.clone(),
             reason: "connection already in use".into(),
         })?;
+        keep_alive(&mut client, &self.cfg, &self.used)?;
         f(&mut client, &self.at)
     }
 }

@@ -1037,6 +1037,10 @@ impl SqliteStore {
             let db = |e| db_error(&path, e);
             let shared = crate::domain::SOURCE_SHARED;
             if batch.full {
+                refuse_foreign_users(tx, &path, batch).map_err(|e| match e {
+                    Refusal::Db(e) => db(e),
+                    Refusal::Foreign(e) => e,
+                })?;
                 tx.execute_batch("DELETE FROM keys; DELETE FROM users; DELETE FROM grants; DELETE FROM group_members;")
                     .map_err(db)?;
             } else {
@@ -1146,6 +1150,129 @@ impl SqliteStore {
     pub fn mirrored_seq(&self) -> Result<Option<i64>, StoreError> {
         Ok(self.sync_state(crate::domain::SOURCE_SHARED)?.and_then(|s| s.high_water).and_then(|h| h.parse().ok()))
     }
+}
+
+/// One user of a host's store with everything `gatehouse source import` carries over.
+#[derive(Debug, Clone)]
+pub struct ExportedUser {
+    pub user: User,
+    pub uid_number: Option<i64>,
+    pub directory_dn: Option<String>,
+    pub keys: Vec<Key>,
+}
+
+/// A host's whole store, as `gatehouse source import` copies it into the shared source.
+#[derive(Debug, Clone, Default)]
+pub struct StoreExport {
+    pub users: Vec<ExportedUser>,
+    pub grants: Vec<Grant>,
+    /// (group, member, source)
+    pub groups: Vec<(String, String, String)>,
+    /// (uid, name, retired)
+    pub retired: Vec<(u32, String, Timestamp)>,
+    /// Oldest first.
+    pub audit: Vec<AuditEvent>,
+}
+
+impl SqliteStore {
+    /// Everything [`StoreExport`] names; users, keys, grants, groups and retired uids in
+    /// one read transaction.
+    pub fn export(&self) -> Result<StoreExport, StoreError> {
+        let audit = self.audit(&AuditQuery::default())?;
+        let tx = self.conn.unchecked_transaction().map_err(|e| self.error(e))?;
+        let read = || -> rusqlite::Result<StoreExport> {
+            let mut by_id = std::collections::HashMap::new();
+            let mut users = Vec::new();
+            let mut rows = tx.prepare(&format!(
+                "SELECT {USER_COLUMNS}, u.uid_number, u.directory_dn, u.id FROM users u ORDER BY u.id"
+            ))?;
+            let mut q = rows.query([])?;
+            while let Some(r) = q.next()? {
+                let at = USER_COLUMN_COUNT;
+                by_id.insert(r.get::<_, i64>(at + 2)?, users.len());
+                users.push(ExportedUser {
+                    user: user_from_row(r)?,
+                    uid_number: r.get(at)?,
+                    directory_dn: r.get(at + 1)?,
+                    keys: Vec::new(),
+                });
+            }
+            let mut rows = tx.prepare(&format!("SELECT k.user_id, {KEY_COLUMNS} FROM keys k ORDER BY k.id"))?;
+            let mut q = rows.query([])?;
+            while let Some(r) = q.next()? {
+                if let Some(&i) = by_id.get(&r.get::<_, i64>(0)?) {
+                    let key = key_from_row(&users[i].user.name, r, 1)?;
+                    users[i].keys.push(key);
+                }
+            }
+            let grants = tx
+                .prepare("SELECT subject, pattern, access, created FROM grants ORDER BY id")?
+                .query_map([], grant_from_row)?
+                .collect::<rusqlite::Result<_>>()?;
+            let groups = tx
+                .prepare("SELECT grp, user, source FROM group_members ORDER BY grp, user")?
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                .collect::<rusqlite::Result<_>>()?;
+            let retired = tx
+                .prepare("SELECT uid, name, retired FROM retired_uids ORDER BY uid")?
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                .collect::<rusqlite::Result<_>>()?;
+            Ok(StoreExport { users, grants, groups, retired, audit: Vec::new() })
+        };
+        let mut export = read().map_err(|e| self.error(e))?;
+        drop(tx);
+        export.audit = audit;
+        Ok(export)
+    }
+}
+
+enum Refusal {
+    Db(rusqlite::Error),
+    Foreign(StoreError),
+}
+
+/// A full copy replaces the local store. One that was never a copy of the source (no
+/// successful mirror recorded) and holds users the source does not know is a host's own
+/// store, [source] added to its config: replacing it would drop those users. Refused,
+/// naming the fix, until they are in the source (`gatehouse source import`).
+fn refuse_foreign_users(tx: &Transaction<'_>, path: &str, batch: &MirrorBatch) -> Result<(), Refusal> {
+    let mirrored: bool = tx
+        .query_row(
+            "SELECT EXISTS (SELECT 1 FROM sync_state WHERE source = ?1 AND last_success IS NOT NULL)",
+            [crate::domain::SOURCE_SHARED],
+            |r| r.get(0),
+        )
+        .map_err(Refusal::Db)?;
+    if mirrored {
+        return Ok(());
+    }
+    let known: std::collections::HashSet<&str> =
+        batch.users.iter().filter(|(_, m)| m.is_some()).map(|(n, _)| n.as_str()).collect();
+    let mut unknown = Vec::new();
+    let mut names = tx.prepare("SELECT name FROM users ORDER BY name").map_err(Refusal::Db)?;
+    let mut rows = names.query([]).map_err(Refusal::Db)?;
+    while let Some(r) = rows.next().map_err(Refusal::Db)? {
+        let name: String = r.get(0).map_err(Refusal::Db)?;
+        if !known.contains(name.as_str()) {
+            unknown.push(name);
+        }
+    }
+    if unknown.is_empty() {
+        return Ok(());
+    }
+    let shown: Vec<&str> = unknown.iter().take(5).map(String::as_str).collect();
+    let more =
+        if unknown.len() > shown.len() { format!(" and {} more", unknown.len() - shown.len()) } else { String::new() };
+    Err(Refusal::Foreign(StoreError::Unavailable {
+        path: path.to_string(),
+        reason: format!(
+            "not replaced by the source's copy: it holds {} user(s) the source does not know ({}{more}) and was \
+             never a copy of it; run `gatehouse source import` on this host to copy them into the source first \
+             (or move the store aside to start from the source's)",
+            unknown.len(),
+            shown.join(", ")
+        ),
+    }))
 }
 
 fn record_success(

@@ -75,9 +75,9 @@ impl App {
                 ),
             };
             stores.push(store);
-            secrets.push(
-                Secrets::open(&config.web.secrets, config.store.busy_timeout_ms, false).map_err(|e| e.to_string())?,
-            );
+            // With [source], in the shared PostgreSQL: every instance sees the same
+            // sessions and tokens.
+            secrets.push(Secrets::for_config(&config).map_err(|e| e.to_string())?);
         }
         let proxy_secret = match &config.web.proxy_secret_file {
             Some(path) => {
@@ -163,7 +163,8 @@ impl Db<'_> {
         self.app.stores.get()
     }
 
-    /// A connection to the secrets file (`web.secrets`).
+    /// A connection to the secrets: the file `web.secrets`, or with `[source]` the
+    /// shared PostgreSQL.
     pub fn secrets(&self) -> MutexGuard<'_, Secrets> {
         self.app.secrets.get()
     }

@@ -1,0 +1,60 @@
+//! `gatehouse source import`: the move from one host to several. This host's own store
+//! (and its web service's secrets) copied into the shared PostgreSQL named by `[source]`;
+//! see [`crate::store::postgres::import`] for what is copied and when it refuses.
+
+use super::{AdminError, Config};
+use crate::log::{Level, Logger};
+use crate::store::postgres::import::ImportOutcome;
+use crate::store::postgres::PgStore;
+use crate::store::secrets::SqliteSecrets;
+use crate::store::sqlite::SqliteStore;
+use crate::store::Actor;
+use std::io::Write;
+
+pub fn import(
+    config: &Config,
+    merge: bool,
+    actor: &Actor,
+    log: &mut Logger,
+    out: &mut dyn Write,
+) -> Result<(), AdminError> {
+    let Some(shared) = &config.shared else {
+        return Err(AdminError::Refused(
+            "no [source] in the configuration: add the shared PostgreSQL's url there first".into(),
+        ));
+    };
+    let path = &config.store.path;
+    let local = SqliteStore::open_reader(path, config.store.busy_timeout_ms)?;
+    let store = local.export()?;
+    let secrets = if config.web.secrets.exists() {
+        Some(SqliteSecrets::open(&config.web.secrets, config.store.busy_timeout_ms, false)?.export()?)
+    } else {
+        None
+    };
+    let mut pg = PgStore::open(shared, config.users.uid_range())?;
+    let report = match pg.import(actor, &store, secrets.as_ref(), merge)? {
+        ImportOutcome::Done(report) => report,
+        ImportOutcome::Refused(reason) => return Err(AdminError::Refused(reason)),
+    };
+    let counts = [
+        ("users", report.users),
+        ("kept", report.kept),
+        ("keys", report.keys),
+        ("grants", report.grants),
+        ("groups", report.groups),
+        ("retired", report.retired),
+        ("audit", report.audit),
+        ("passwords", report.passwords),
+        ("invites", report.invites),
+        ("tokens", report.tokens),
+    ];
+    let from = path.display().to_string();
+    let shown: Vec<String> = counts.iter().map(|(k, v)| v.to_string() + " " + k).collect();
+    writeln!(out, "imported {from} into {}: {}", pg.path(), shown.join(", "))
+        .map_err(|e| AdminError::Io(e.to_string()))?;
+    let values: Vec<(&str, String)> = counts.iter().map(|(k, v)| (*k, v.to_string())).collect();
+    let mut pairs = vec![("actor", actor.name.as_str()), ("action", "source.import"), ("store", from.as_str())];
+    pairs.extend(values.iter().map(|(k, v)| (*k, v.as_str())));
+    log.log(Level::Info, &pairs);
+    Ok(())
+}
