@@ -189,7 +189,7 @@ fn sshd_with_use_pam_records_the_key_that_logged_in() {
     let shown = gh.ok(&["user", "show", &alice.name]);
     assert!(shown.contains("last used"), "{shown}");
     let json: serde_json::Value = serde_json::from_str(&gh.ok(&["user", "show", &bob.name, "--json"])).unwrap();
-    assert!(json["keys"][0].get("last_used_at").is_none(), "bob's key was only offered, never used: {json}");
+    assert!(json["keys"][0]["last_used_at"].is_null(), "bob's key was only offered, never used: {json}");
     let json: serde_json::Value = serde_json::from_str(&gh.ok(&["user", "show", &alice.name, "--json"])).unwrap();
     assert!(json["keys"][0]["last_used_at"].is_string(), "{json}");
 

@@ -36,22 +36,10 @@ pub fn import(
         ImportOutcome::Done(report) => report,
         ImportOutcome::Refused(reason) => return Err(AdminError::Refused(reason)),
     };
-    let counts = [
-        ("users", report.users),
-        ("kept", report.kept),
-        ("keys", report.keys),
-        ("grants", report.grants),
-        ("groups", report.groups),
-        ("retired", report.retired),
-        ("audit", report.audit),
-        ("passwords", report.passwords),
-        ("invites", report.invites),
-        ("tokens", report.tokens),
-    ];
+    let counts = report.counts();
     let from = path.display().to_string();
     let shown: Vec<String> = counts.iter().map(|(k, v)| v.to_string() + " " + k).collect();
-    writeln!(out, "imported {from} into {}: {}", pg.path(), shown.join(", "))
-        .map_err(|e| AdminError::Io(e.to_string()))?;
+    writeln!(out, "imported {from} into {}: {}", pg.path(), shown.join(", ")).map_err(super::io)?;
     let values: Vec<(&str, String)> = counts.iter().map(|(k, v)| (*k, v.to_string())).collect();
     let mut pairs = vec![("actor", actor.name.as_str()), ("action", "source.import"), ("store", from.as_str())];
     pairs.extend(values.iter().map(|(k, v)| (*k, v.as_str())));

@@ -505,7 +505,7 @@ impl SqliteStore {
         let sql = format!(
             "SELECT {USER_COLUMNS}, {KEY_COLUMNS}, \
              (SELECT last_success FROM sync_state WHERE source = u.source), \
-             (SELECT 1 FROM sync_state WHERE source = ?3 AND u.source <> ?3), \
+             (SELECT 1 FROM sync_state WHERE source = ?3 AND last_success IS NOT NULL AND u.source <> ?3), \
              (SELECT last_success FROM sync_state WHERE source = ?3) FROM users u \
              LEFT JOIN keys k ON k.user_id = u.id AND (?2 IS NULL OR k.fingerprint = ?2) \
              WHERE u.name = ?1 ORDER BY k.id"
@@ -521,8 +521,10 @@ impl SqliteStore {
                     user: user_from_row(row).map_err(|e| self.error(e))?,
                     keys: Vec::new(),
                     synced: row.get(USER_COLUMN_COUNT + KEY_COLUMN_COUNT).map_err(|e| self.error(e))?,
-                    // A store the agent mirrors (it keeps a row for the shared source), and a
-                    // user whose own source is another: the mirror's freshness counts too.
+                    // A store the agent mirrors (a mirror of the shared source has succeeded:
+                    // until then the store is the host's own, as apply_mirror's guard
+                    // holds), and a user whose own source is another: the mirror's
+                    // freshness counts too.
                     mirrored: match row.get::<_, Option<i64>>(USER_COLUMN_COUNT + KEY_COLUMN_COUNT + 1) {
                         Ok(Some(_)) => {
                             Some(row.get(USER_COLUMN_COUNT + KEY_COLUMN_COUNT + 2).map_err(|e| self.error(e))?)

@@ -32,6 +32,24 @@ pub struct ImportReport {
     pub tokens: u64,
 }
 
+impl ImportReport {
+    /// Each count with its name, in the order the CLI, the log and the audit trail show them.
+    pub fn counts(&self) -> [(&'static str, u64); 10] {
+        [
+            ("users", self.users),
+            ("kept", self.kept),
+            ("keys", self.keys),
+            ("grants", self.grants),
+            ("groups", self.groups),
+            ("retired", self.retired),
+            ("audit", self.audit),
+            ("passwords", self.passwords),
+            ("invites", self.invites),
+            ("tokens", self.tokens),
+        ]
+    }
+}
+
 /// The import's end: done, or refused with the reasons (nothing was written).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ImportOutcome {
@@ -362,18 +380,7 @@ fn import(
         w.announced = true;
     }
     let mut detail = String::new();
-    for (key, value) in [
-        ("users", report.users),
-        ("kept", report.kept),
-        ("keys", report.keys),
-        ("grants", report.grants),
-        ("groups", report.groups),
-        ("retired", report.retired),
-        ("audit", report.audit),
-        ("passwords", report.passwords),
-        ("invites", report.invites),
-        ("tokens", report.tokens),
-    ] {
+    for (key, value) in report.counts() {
         crate::log::push_pair(&mut detail, key, &value.to_string());
     }
     w.audit(actor, "source.import", &at, &detail)?;

@@ -286,9 +286,11 @@ impl Server {
         assert!(out.status.success(), "token create: {}", String::from_utf8_lossy(&out.stderr));
         let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
         let stderr = String::from_utf8(out.stderr).unwrap();
+        // "token N created; …" (the CLI's log lines may come first, where no syslog answers).
         let id = stderr
-            .split_whitespace()
-            .nth(1)
+            .lines()
+            .find(|l| l.starts_with("token "))
+            .and_then(|l| l.split_whitespace().nth(1))
             .and_then(|n| n.parse().ok())
             .unwrap_or_else(|| panic!("no token id in {stderr:?}"));
         (id, token)
