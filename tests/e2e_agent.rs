@@ -306,6 +306,15 @@ fn grants_become_file_access() {
     assert!(!clone("after").status.success(), "bob cloned after the grant was removed");
     assert!(!acl_of(&repo).contains(&format!("user:{alice}:")), "the owner's entry stayed: {}", acl_of(&repo));
     assert_eq!(shared(), "", "core.sharedRepository stayed");
+    // What bob pushed is alice's again: without her named entry she could not write into
+    // the object folders he made (a push whose object lands in one would fail).
+    let alice_uid = nix::unistd::User::from_name(&alice).unwrap().unwrap().uid.as_raw();
+    let given_back = wait_until(Duration::from_millis(100), Duration::from_secs(10), || {
+        let out = Command::new("find").arg(&repo).args(["-not", "-uid", &alice_uid.to_string()]).output().unwrap();
+        stdout(&out).trim().is_empty()
+    });
+    let out = Command::new("find").arg(&repo).args(["-not", "-uid", &alice_uid.to_string()]).output().unwrap();
+    assert!(given_back.is_some(), "files in alice's repository are not hers: {}", stdout(&out));
     // Alice still owns a working repository.
     let out = commit_and_push(&sshd, &a_key.private, &a_dir, "alice5");
     assert!(out.status.success(), "alice's push after the revocation: {}", stderr(&out));

@@ -216,6 +216,15 @@ fn has_entry(path: &Path, qualifier: &str) -> Result<bool, Failure> {
     Ok(text.lines().any(|l| l.strip_prefix("default:").unwrap_or(l).starts_with(&prefix)))
 }
 
+/// The last write grant on a repository is gone: what grantees pushed (object folders and
+/// files they made) becomes the owner's again, or the owner, whose named ACL entry goes
+/// with the grant, could not write into those folders (a push whose object lands in one
+/// fails). `-P -h`: no link is followed, neither in the walk nor as a target.
+fn give_back(dir: &Path) -> Result<(), Failure> {
+    let meta = std::fs::symlink_metadata(dir).map_err(|e| Failure { text: e.to_string(), unsupported: false })?;
+    run_tool(Command::new("chown").args(["-R", "-P", "-h", &meta.uid().to_string(), "--"]).arg(dir)).map(|_| ())
+}
+
 /// `git config` as the repository's owner: the config stays theirs, and no link in it
 /// leads root anywhere.
 fn owner_git(config: &crate::config::Config, dir: &Path, args: &[&str]) -> Result<String, Failure> {
@@ -286,6 +295,7 @@ fn remove(config: &crate::config::Config, entry: &Entry) -> Result<Done, Failure
             if owner_git(config, &entry.path, &["--get", "core.sharedRepository"]).is_ok_and(|v| v.trim() == "group") {
                 owner_git(config, &entry.path, &["--unset", "core.sharedRepository"])?;
             }
+            give_back(&entry.path)?;
         }
         Kind::Tree => {
             let q = &entry.qualifier;

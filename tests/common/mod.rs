@@ -78,7 +78,23 @@ impl SystemUser {
     pub fn new(prefix: &str, home_base: &Path, groups: &[&str]) -> SystemUser {
         let name = unique(prefix);
         let home = home_base.join(&name);
-        let mut args = vec!["-M", "-p", "*", "-s", "/bin/sh", "-d", home.to_str().unwrap(), "-U"];
+        // Below the uid ranges the provisioning tests give their stores (41000 and up):
+        // useradd takes the highest uid in use plus one, and a harness account made while
+        // such a test ran would take the uid its store hands out next.
+        let mut args = vec![
+            "-M",
+            "-p",
+            "*",
+            "-s",
+            "/bin/sh",
+            "-d",
+            home.to_str().unwrap(),
+            "-U",
+            "-K",
+            "UID_MAX=39999",
+            "-K",
+            "GID_MAX=39999",
+        ];
         let group_list = groups.join(",");
         if !groups.is_empty() {
             args.extend(["-G", &group_list]);
