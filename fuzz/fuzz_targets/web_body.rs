@@ -18,7 +18,6 @@ use libfuzzer_sys::fuzz_target;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use std::cell::RefCell;
-use std::path::Path;
 use std::sync::LazyLock;
 
 const NOW: Timestamp = Timestamp::from_secs(1_700_000_000);
@@ -49,14 +48,16 @@ thread_local! {
         std::fs::create_dir_all(&dir).expect("a scratch folder");
         let store = SqliteStore::create(&dir.join("store.db"), 1000, gatehouse::config::UsersConfig::default().uid_range()).expect("a scratch store");
         let _ = std::fs::remove_dir_all(&dir);
-        Scratch { store, log: Logger::open_at("gatehouse-fuzz", Path::new("/nonexistent"), false) }
+        // No socket and no standard-error fallback: a fuzz run logs nothing.
+        let log = gatehouse::config::LogConfig { socket: "/nonexistent".into(), ..Default::default() };
+        Scratch { store, log: Logger::for_session("gatehouse-fuzz", &log) }
     });
 }
 
 fn new_key(config: &Config, text: &str, options: &KeyOptions, source: &str) -> Result<NewKey, AdminError> {
     SCRATCH.with_borrow_mut(|s| {
         let actor = Actor { name: "fuzz".to_string(), now: NOW };
-        let admin = Admin { config, store: &mut s.store, actor, log: &mut s.log };
+        let admin = Admin { config, store: &mut s.store, actor, log: &mut s.log, columns: false };
         admin.new_key(text, options, source)
     })
 }
