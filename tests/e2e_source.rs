@@ -960,6 +960,11 @@ fn a_host_moves_to_postgresql_and_two_gatehoused_share_the_web() {
     let web1 = Gatehoused::start(&h, port1);
     let web2 = Gatehoused::start(&w2, port2);
     assert_eq!(api_status(&web2, &token), 200, "the host's token, imported, works on the other instance");
+    // Both ready: PostgreSQL answers and takes writes.
+    for web in [&web1, &web2] {
+        let (status, _, body) = send(request("GET", &format!("{}/readyz", web.url)).body(Vec::new()).unwrap());
+        assert_eq!((status, body.as_str()), (200, "ready\n"), "{}", web.url);
+    }
 
     // Signed in on one, the cookie works on the other; signed out on one, on neither.
     let form = format!("user={alice}&password={}", password.replace(' ', "+"));

@@ -263,6 +263,10 @@ pub(crate) struct ImportUser {
 
 /// The writers' side.
 pub trait AdminStore: LoginStore {
+    /// Whether a write could go through now, without making one (a web service's
+    /// readiness): the store answers, and takes writes (SQLite: its write lock can be had;
+    /// PostgreSQL: the server is no read-only standby).
+    fn ready(&mut self) -> Result<(), StoreError>;
     /// Adds a user (its `uid` field is ignored) and returns the uid the store gave it.
     fn add_user(&mut self, actor: &Actor, user: &User) -> Result<u32, StoreError>;
     fn user(&self, name: &str) -> Result<User, StoreError>;

@@ -905,6 +905,16 @@ impl super::directory::DirectoryWrite for DirectoryTx<'_, '_> {
 }
 
 impl AdminStore for PgStore {
+    fn ready(&mut self) -> Result<(), StoreError> {
+        let at = self.at.clone();
+        keep_alive(self.client.get_mut(), &self.cfg, &self.used)?;
+        let row = self.client.get_mut().query_one("SHOW transaction_read_only", &[]).map_err(|e| pg_error(&at, e))?;
+        if row.get::<_, String>(0) == "on" {
+            return Err(StoreError::Unavailable { path: at, reason: "the server takes no writes (a standby?)".into() });
+        }
+        Ok(())
+    }
+
     fn add_user(&mut self, actor: &Actor, user: &User) -> Result<u32, StoreError> {
         let (range, host, account) = (self.uids, self.host_check, self.host_account);
         self.write(|w| {

@@ -567,6 +567,12 @@ fn grant_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Grant> {
 }
 
 impl AdminStore for SqliteStore {
+    fn ready(&mut self) -> Result<(), StoreError> {
+        // The write lock, taken and given back: the file is writable and no writer holds
+        // it past the busy timeout.
+        self.conn.execute_batch("BEGIN IMMEDIATE; ROLLBACK").map_err(|e| self.error(e))
+    }
+
     fn apply_directory(
         &mut self,
         actor: &Actor,

@@ -2,7 +2,7 @@
 //! headers, the body size limit).
 
 use crate::error::{ApiError, WebError};
-use crate::handlers::{api, pages};
+use crate::handlers::{api, health, pages};
 use crate::state::App;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{header, HeaderMap, HeaderValue};
@@ -15,6 +15,8 @@ pub fn router(app: Arc<App>) -> Router {
     Router::new()
         .route("/", get(pages::home))
         .route("/static/style.css", get(pages::style))
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
         .route("/signin", get(pages::signin_form).post(pages::signin))
         .route("/signout", post(pages::signout))
         .route("/invite/{token}", get(pages::invite_form).post(pages::invite_accept))

@@ -1658,3 +1658,33 @@ fn a_damaged_store_is_reported_as_damaged_not_busy() {
     let e = assert_json_error(&r, 503);
     assert!(e.contains("damaged") && !e.contains("busy"), "{e}");
 }
+
+#[test]
+fn healthz_answers_and_readyz_follows_the_stores_write_lock() {
+    let (s, _) = alice_and_bob(&[]);
+    let r = s.get("/healthz");
+    assert_eq!((r.status, r.body.as_str()), (200, "ok\n"));
+    let r = s.get("/readyz");
+    assert_eq!((r.status, r.body.as_str()), (200, "ready\n"));
+    // Another program holds the store's write lock: not ready (after the busy timeout),
+    // and ready again once it lets go.
+    let mut holder = std::process::Command::new("sqlite3")
+        .arg(s.dir.join("store.db"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    use std::io::Write as _;
+    let stdin = holder.stdin.as_mut().unwrap();
+    stdin.write_all(b"BEGIN IMMEDIATE;\nSELECT 1;\n").unwrap();
+    stdin.flush().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let r = s.get("/readyz");
+    assert_eq!((r.status, r.body.as_str()), (503, "not ready\n"), "ready while another writer holds the store");
+    let r = s.get("/healthz");
+    assert_eq!(r.status, 200, "the process still answers");
+    stdin.write_all(b"ROLLBACK;\n.quit\n").unwrap();
+    holder.wait().unwrap();
+    let r = s.get("/readyz");
+    assert_eq!((r.status, r.body.as_str()), (200, "ready\n"));
+}

@@ -3,6 +3,7 @@
 //! and rate-limit checks, and reaches the databases through `App::blocking` only.
 
 pub mod api;
+pub mod health;
 pub mod pages;
 
 use crate::error::WebError;
