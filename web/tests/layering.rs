@@ -17,6 +17,7 @@ const LAYERS: &[(&str, u32)] = &[
     // What the page and API handlers share; they reach it as `super::`.
     ("handlers", 4),
     ("handlers::api", 5),
+    ("handlers::health", 5),
     ("handlers::pages", 5),
     ("routes", 6),
     ("server", 7),
