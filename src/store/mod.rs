@@ -252,6 +252,21 @@ impl KeyImport {
     pub fn new(create_users: Option<Scope>, max_keys: u32) -> KeyImport {
         KeyImport { create_users, max_keys, users: std::collections::HashMap::new() }
     }
+
+    /// The bulk import's rule for one key of `user`, for every backend: a user the import
+    /// knows, room for one more key, a scope within the user's policy. The row id and the
+    /// scope the key gets.
+    pub(crate) fn admit(&self, user: &str, new: &NewKey) -> Result<(i64, Scope), StoreError> {
+        let entry = self.users.get(user).ok_or_else(|| StoreError::NoSuchUser(user.to_string()))?;
+        if entry.keys >= self.max_keys {
+            return Err(StoreError::TooManyKeys { user: user.to_string(), max: self.max_keys });
+        }
+        let scope = new.scope.unwrap_or(entry.policy);
+        if !entry.policy.includes(scope) {
+            return Err(StoreError::ScopeOutsidePolicy { scope, policy: entry.policy });
+        }
+        Ok((entry.id, scope))
+    }
 }
 
 #[derive(Debug, Clone)]

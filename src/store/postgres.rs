@@ -1304,20 +1304,14 @@ impl AdminStore for PgStore {
                         );
                     }
                 }
-                let Some(entry) = import.users.get(user).cloned() else {
-                    results.push(Err(StoreError::NoSuchUser(user.clone())));
-                    continue;
+                let (id, scope) = match import.admit(user, new) {
+                    Ok(admitted) => admitted,
+                    Err(e) => {
+                        results.push(Err(e));
+                        continue;
+                    }
                 };
-                if entry.keys >= import.max_keys {
-                    results.push(Err(StoreError::TooManyKeys { user: user.clone(), max: import.max_keys }));
-                    continue;
-                }
-                let scope = new.scope.unwrap_or(entry.policy);
-                if !entry.policy.includes(scope) {
-                    results.push(Err(StoreError::ScopeOutsidePolicy { scope, policy: entry.policy }));
-                    continue;
-                }
-                if insert_key(w, entry.id, new, scope, actor.now)? {
+                if insert_key(w, id, new, scope, actor.now)? {
                     if let Some(e) = import.users.get_mut(user) {
                         e.keys += 1;
                     }

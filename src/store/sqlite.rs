@@ -769,22 +769,18 @@ impl AdminStore for SqliteStore {
                         import.users.insert(user.clone(), ImportUser { id, policy, keys });
                     }
                 }
-                let Some(entry) = import.users.get_mut(user) else {
-                    results.push(Err(StoreError::NoSuchUser(user.clone())));
-                    continue;
+                let (id, scope) = match import.admit(user, new) {
+                    Ok(admitted) => admitted,
+                    Err(e) => {
+                        results.push(Err(e));
+                        continue;
+                    }
                 };
-                if entry.keys >= import.max_keys {
-                    results.push(Err(StoreError::TooManyKeys { user: user.clone(), max: import.max_keys }));
-                    continue;
-                }
-                let scope = new.scope.unwrap_or(entry.policy);
-                if !entry.policy.includes(scope) {
-                    results.push(Err(StoreError::ScopeOutsidePolicy { scope, policy: entry.policy }));
-                    continue;
-                }
-                match insert_key(&mut insert_key_stmt, entry.id, new, scope, actor.now) {
+                match insert_key(&mut insert_key_stmt, id, new, scope, actor.now) {
                     Ok(_) => {
-                        entry.keys += 1;
+                        if let Some(entry) = import.users.get_mut(user) {
+                            entry.keys += 1;
+                        }
                         audit
                             .execute(params![actor.now, actor.name, "key.add", user, key_detail(new, scope)])
                             .map_err(db)?;
