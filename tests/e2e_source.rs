@@ -926,6 +926,20 @@ fn a_host_moves_to_postgresql_and_two_gatehoused_share_the_web() {
     assert_eq!(h.store_uid(alice), uid, "the host's store was left alone");
     assert!(serves_user(&h, alice, &key), "and still serves");
 
+    // A name no writer may store, put into the store by hand: the import refuses it all.
+    let sql = |q: &str| {
+        let out = std::process::Command::new("sqlite3").arg(&h.store).arg(q).output().unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+    };
+    sql(&format!(
+        "INSERT INTO users (name, state, policy, port_forwarding, created, source) \
+         SELECT 'daemon', state, policy, port_forwarding, created, source FROM users WHERE name = '{alice}'"
+    ));
+    let out = h.cli(&["source", "import"]);
+    assert!(!out.status.success() && stderr(&out).contains("daemon"), "{}{}", stdout(&out), stderr(&out));
+    assert_eq!(pg.query("SELECT count(*) FROM users").trim(), "0", "a refused import wrote something");
+    sql("DELETE FROM users WHERE name = 'daemon'");
+
     // The import: everything, once; a second run is refused, with --merge it adds nothing.
     let out = h.ok(&["source", "import"]);
     assert!(out.contains("1 users") && out.contains("1 keys") && out.contains("1 tokens"), "{out}");

@@ -26,6 +26,18 @@ pub fn import(
     let path = &config.store.path;
     let local = SqliteStore::open_reader(path, config.store.busy_timeout_ms)?;
     let store = local.export()?;
+    // The writers' name rule again (names::check), as for every other writer: a store
+    // edited by hand, or written before a rule was added, must not carry a reserved or
+    // system account's name into the shared source, from which every node would serve it.
+    let refused: Vec<String> = store
+        .users
+        .iter()
+        .filter_map(|u| crate::names::check(config, &u.user.name).err())
+        .map(|e| e.to_string())
+        .collect();
+    if !refused.is_empty() {
+        return Err(AdminError::Refused(format!("nothing imported: {}", refused.join("; "))));
+    }
     let secrets = if config.web.secrets.exists() {
         Some(SqliteSecrets::open(&config.web.secrets, config.store.busy_timeout_ms, false)?.export()?)
     } else {
