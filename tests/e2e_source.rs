@@ -10,6 +10,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
+#[path = "common/netns.rs"]
+mod netns;
 #[path = "common/pam.rs"]
 mod pam;
 #[path = "common/postgres.rs"]
@@ -38,14 +40,31 @@ struct Node {
 }
 
 fn node(name: &str, pg: &postgres::Postgres, staleness: &str, web: &str) -> Node {
+    node_with(name, &pg.source_config(staleness), web, None)
+}
+
+/// A node with `source` as its `[source]` section; with `net`, its agent (the only part
+/// that talks to the source) runs in that namespace, while its sshd and key command stay
+/// on loopback.
+fn node_with(name: &str, source: &str, web: &str, net: Option<&netns::Netns>) -> Node {
     // The agent makes no accounts here (the test's accounts exist) and ends no sessions;
     // useradd mode keeps it away from the host's /run/userdb.
-    let extra =
-        format!("\n[agent]\naccounts = \"useradd\"\nend_sessions = false\n{}{web}", pg.source_config(staleness));
+    let extra = format!("\n[agent]\naccounts = \"useradd\"\nend_sessions = false\n{source}{web}");
     let gh = Gatehouse::new(name, &extra);
     gh.init(None);
     let sshd = Sshd::start(&gh, "");
-    let agent = AgentProcess::start(&gh.config);
+    let agent = match net {
+        None => AgentProcess::start(&gh.config),
+        Some(net) => AgentProcess(
+            net.command(std::path::Path::new(env!("CARGO_BIN_EXE_gatehouse-agent")))
+                .arg("--config")
+                .arg(&gh.config)
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .unwrap(),
+        ),
+    };
     Node { sshd, _agent: agent, gh }
 }
 
@@ -177,6 +196,72 @@ fn two_nodes_follow_postgresql_and_refuse_once_it_is_stale() {
     let took = on_all(&[&a, &b], Duration::from_secs(20), login).map(|_| back.elapsed());
     eprintln!("source back -> login on both nodes: {took:?}");
     assert!(took.is_some(), "nodes did not recover when the source came back");
+}
+
+/// One node cut off from the source (its link taken down, as a partition would) while
+/// another goes on (issue 14 item 5): the cut-off node keeps serving the copy it had, says
+/// the source does not answer, and once the link is back catches up on what changed
+/// meanwhile: a key removed is refused there, a key added logs in.
+#[test]
+fn a_node_cut_off_keeps_its_copy_and_catches_up_when_it_rejoins() {
+    require_root!();
+    let Some(mut pg) = start_postgres() else { return };
+    let Some(net) = netns::Netns::new("ghcut") else {
+        assert!(std::env::var_os("CI").is_none(), "ip (iproute2) is not installed; .ci/run installs it");
+        eprintln!("SKIPPED: ip (iproute2) is not installed");
+        return;
+    };
+    pg.also_listen(&net.host_addr.to_string(), &net.network());
+    // The link is the test's own, between two network namespaces of this host.
+    let over_link = pg.source_config_at(&net.host_addr.to_string(), "60s", "insecure = true\n");
+    let c = node_with("cutc", &over_link, "", Some(&net));
+    let a = node("cuta", &pg, "60s", "");
+    let user = SystemUser::new("ghcut", &a.gh.dir.path, &[&a.sshd.managed.name, &c.sshd.managed.name]);
+    let (old, new) = (keygen(&a.gh.dir.path, "ed25519"), keygen(&a.gh.dir.path, "ed25519"));
+    a.gh.ok(&["user", "add", &user.name]);
+    assert!(a.gh.cli_stdin(&["key", "add", &user.name, "-"], old.public.as_bytes()).status.success());
+    let served = on_all(&[&a, &c], Duration::from_secs(10), |n| serves(n, &user.name, &old));
+    assert!(served.is_some(), "the key never reached both nodes");
+    let login = |n: &Node, key: &KeyPair| n.sshd.ssh(&user.name, &key.private, &["true"]).status.success();
+    assert!(login(&c, &old), "no login on node C before the cut");
+    // `sync status` as node C sees it: from inside its namespace.
+    let status = || {
+        let out =
+            net.command(&c.gh.cli_bin).arg("--config").arg(&c.gh.config).args(["sync", "status", "--json"]).output();
+        let out = out.unwrap();
+        (out.status.code(), serde_json::from_str::<serde_json::Value>(&stdout(&out)).unwrap())
+    };
+    assert_eq!(status().0, Some(0), "node C is not fresh before the cut: {}", status().1);
+
+    net.link(false);
+    let cut = Instant::now();
+    a.gh.ok(&["key", "remove", &user.name, &old.fingerprint]);
+    assert!(a.gh.cli_stdin(&["key", "add", &user.name, "-"], new.public.as_bytes()).status.success());
+    let followed =
+        on_all(&[&a], Duration::from_secs(10), |n| !serves(n, &user.name, &old) && serves(n, &user.name, &new));
+    assert!(followed.is_some(), "node A did not follow the source while C was cut off");
+    // C would have seen both changes within a poll (500 ms) had it been connected.
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(serves(&c, &user.name, &old) && !serves(&c, &user.name, &new), "node C changed while cut off");
+    assert!(login(&c, &old), "node C stopped serving its copy within staleness_max");
+    let failing = wait_until(Duration::from_millis(200), Duration::from_secs(20), || status().0 == Some(1));
+    let (_, json) = status();
+    assert!(failing.is_some(), "sync status on the cut-off node never said the source is out of reach: {json}");
+    let source = &json["sources"][0];
+    assert!(source["source_error"].is_string() && source["fresh"] == true, "{json}");
+    eprintln!("cut off -> sync status says the source does not answer: {:?}", cut.elapsed());
+
+    net.link(true);
+    let back = Instant::now();
+    let took = on_all(&[&c], Duration::from_secs(30), |n| !serves(n, &user.name, &old) && serves(n, &user.name, &new));
+    eprintln!("link back -> node C caught up: {took:?}");
+    assert!(took.is_some(), "node C did not catch up after the link came back");
+    assert!(login(&c, &new) && !login(&c, &old), "node C's logins do not follow the source after the rejoin");
+    let fresh = wait_until(Duration::from_millis(200), Duration::from_secs(10), || status().0 == Some(0));
+    assert!(fresh.is_some(), "sync status did not come back to fresh: {}", status().1);
+    let log = c.gh.log.drain().join("\n");
+    assert!(log.contains("action=source.recovered"), "node C never logged the recovery: {log}");
+    eprintln!("cut-off node: caught up {:?} after the link came back", back.elapsed());
 }
 
 fn user(name: &str) -> gatehouse::store::User {

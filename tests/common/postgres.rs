@@ -234,12 +234,31 @@ impl Postgres {
 
     /// The `[source]` section for a node of this server.
     pub fn source_config(&self, staleness_max: &str) -> String {
+        self.source_config_at("127.0.0.1", staleness_max, "")
+    }
+
+    /// The `[source]` section for a node that reaches this server at `host` (after
+    /// [`Postgres::also_listen`]); `extra` adds keys (`insecure = true` off loopback).
+    pub fn source_config_at(&self, host: &str, staleness_max: &str, extra: &str) -> String {
         format!(
-            "\n[source]\nurl = \"postgresql://gatehouse@127.0.0.1:{}/gatehouse\"\npassword_file = \"{}\"\n\
-             staleness_max = \"{staleness_max}\"\npoll_interval_ms = 500\ntimeout_ms = 2000\n",
+            "\n[source]\nurl = \"postgresql://gatehouse@{host}:{}/gatehouse\"\npassword_file = \"{}\"\n\
+             staleness_max = \"{staleness_max}\"\npoll_interval_ms = 500\ntimeout_ms = 2000\n{extra}",
             self.port,
             self.password_file.display()
         )
+    }
+
+    /// Listens on `addr` too (besides loopback), and lets role `gatehouse` in from
+    /// `network` with its password; restarts the server.
+    pub fn also_listen(&mut self, addr: &str, network: &str) {
+        let hba = self.data.join("pg_hba.conf");
+        let mut rules = std::fs::read_to_string(&hba).unwrap();
+        rules.push_str(&format!("host gatehouse gatehouse {network} scram-sha-256\n"));
+        std::fs::write(&hba, rules).unwrap();
+        // The last `-c` of a setting wins over the harness's own.
+        self.extra.push(format!("listen_addresses=127.0.0.1,{addr}"));
+        self.stop();
+        self.run();
     }
 }
 
